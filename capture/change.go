@@ -1,0 +1,131 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// LSN is a PostgreSQL log sequence number: a byte position in the WAL.
+type LSN uint64
+
+// String formats the LSN the way PostgreSQL does (16/B374D848).
+func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
+
+// MarshalText implements encoding.TextMarshaler.
+func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (l *LSN) UnmarshalText(b []byte) error {
+	v, err := ParseLSN(string(b))
+	if err != nil {
+		return err
+	}
+	*l = v
+	return nil
+}
+
+// ParseLSN parses the textual form X/Y of an LSN.
+func ParseLSN(s string) (LSN, error) {
+	var hi, lo uint32
+	if _, err := fmt.Sscanf(s, "%X/%X", &hi, &lo); err != nil {
+		return 0, fmt.Errorf("parse lsn %q: %w", s, err)
+	}
+	return LSN(uint64(hi)<<32 | uint64(lo)), nil
+}
+
+// Op is the kind of a row change.
+type Op uint8
+
+// Row change kinds, as pgoutput reports them.
+const (
+	Insert Op = iota + 1
+	Update
+	Delete
+	Truncate
+)
+
+func (o Op) String() string {
+	switch o {
+	case Insert:
+		return "insert"
+	case Update:
+		return "update"
+	case Delete:
+		return "delete"
+	case Truncate:
+		return "truncate"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Unchanged marks a column whose value the source did not send because it did
+// not change (an unchanged TOASTed value). A sink must leave such a column as
+// it is; it is never NULL.
+type Unchanged struct{}
+
+// Row maps column names to exact Go values: nil (SQL NULL), int64, string,
+// bool, decimal.Decimal, time.Time, []byte, json.RawMessage, Unchanged, or
+// Special for values with no exact Go form (numeric NaN/Infinity).
+type Row map[string]any
+
+// Special is a value that has no exact Go representation of its column's
+// kind, kept as PostgreSQL's text (numeric 'NaN', 'Infinity'). Converters
+// refuse it where it cannot be carried exactly.
+type Special string
+
+// Change is one row change of a committed transaction.
+type Change struct {
+	Schema string
+	Table  string
+	Op     Op
+	// New holds the new row for Insert and Update.
+	New Row
+	// Old holds the replica identity columns (or the whole old row with
+	// REPLICA IDENTITY FULL) for Delete, and for Update when the key changed
+	// or the table has REPLICA IDENTITY FULL. Nil otherwise.
+	Old Row
+	// Tables lists every truncated table for Truncate ("schema.table").
+	Tables []string
+}
+
+// QualifiedTable is "schema.table".
+func (c *Change) QualifiedTable() string { return c.Schema + "." + c.Table }
+
+// TxInfo identifies a committed source transaction.
+type TxInfo struct {
+	// System names the source ("crm").
+	System string
+	// CommitLSN is the LSN of the commit record; with Chunk it identifies
+	// a message on the bus.
+	CommitLSN LSN
+	// EndLSN is the end of the commit record: the position the slot is
+	// confirmed to once the transaction is durable downstream.
+	EndLSN     LSN
+	CommitTime time.Time
+	Xid        uint32
+	// Origin is the replication origin that wrote the transaction, if any.
+	Origin string
+}
+
+// Chunk is a run of consecutive changes of one transaction. Large
+// transactions arrive as several chunks numbered from 0; the one with Last
+// set closes the transaction. A chunk is handed on only after the source
+// has seen the transaction commit.
+type Chunk struct {
+	Tx      TxInfo
+	Index   int
+	Last    bool
+	First   int // index in the transaction of Changes[0]
+	Changes []Change
+}
+
+// Handler receives what a source captures.
+type Handler interface {
+	// Chunk takes a chunk of a committed transaction. It may block to
+	// apply back-pressure. An error ends the source's session.
+	Chunk(ctx context.Context, c *Chunk) error
+	// Drain waits until everything handed on is durable or ctx ends; a
+	// source calls it when asked to stop, before its last status update.
+	Drain(ctx context.Context)
+}

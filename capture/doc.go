@@ -1,0 +1,10 @@
+// Package capture defines what a change-data-capture source hands to the rest
+// of duplex: committed source transactions, cut into chunks, made of row
+// changes whose column values are exact Go values (numeric stays a
+// decimal.Decimal, never a float).
+//
+// The package owns the shape of a captured change and the LSN type. It does
+// not know about canonical entities (that is transform's job) nor about
+// JetStream (pipeline's). Sources live in subpackages, one per technology:
+// capture/postgres reads a PostgreSQL logical replication slot with pgoutput.
+package capture

@@ -1,0 +1,17 @@
+// Package postgres is a capture source that reads committed row changes of
+// one PostgreSQL database from a logical replication slot with the pgoutput
+// plugin (protocol version 1).
+//
+// It owns the publication and the slot: it creates them when absent and adds
+// mapped tables missing from the publication. Stream runs one replication
+// session: it starts at the slot's confirmed position, decodes Relation,
+// Origin, Begin, Insert, Update, Delete, Truncate and Commit messages, keeps
+// a relation cache, turns text-format values into exact Go values by type
+// OID (numeric becomes decimal.Decimal), and hands each transaction on in
+// chunks. It answers keepalives and reports as flushed only the LSN that the
+// caller confirmed durable (Confirm), so a crash anywhere makes the slot
+// send again whatever was not yet safe downstream.
+//
+// Retrying a lost session is the caller's job (pipeline), which starts a new
+// Stream with backoff; this package does not reconnect by itself.
+package postgres

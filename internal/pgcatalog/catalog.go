@@ -1,0 +1,98 @@
+// Package pgcatalog reads what duplex needs to know of a PostgreSQL
+// database's tables from pg_catalog: columns with their base types,
+// precision and scale, single-column unique indexes, and replica identity.
+// It returns a transform.Catalog; deciding what fits is transform's job.
+package pgcatalog
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+// Querier is a pgx connection or pool.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Read describes the given "schema.table" tables. Tables that do not exist
+// are absent from the result.
+func Read(ctx context.Context, q Querier, tables []string) (*transform.Catalog, error) {
+	cat := &transform.Catalog{Tables: map[string]*transform.TableInfo{}}
+	rows, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, c.relreplident, a.attname, a.attnotnull, a.atthasdef,
+       bt.typname, bt.typtype = 'e', format_type(a.atttypid, a.atttypmod),
+       CASE WHEN bt.typname = 'numeric' AND coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) >= 4
+            THEN ((coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) - 4) >> 16) & 65535 ELSE -1 END,
+       CASE WHEN bt.typname = 'numeric' AND coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) >= 4
+            THEN ((coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) - 4) & 65535) ELSE -1 END,
+       CASE WHEN bt.typname IN ('varchar', 'bpchar') AND coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) >= 4
+            THEN coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) - 4 ELSE -1 END,
+       CASE WHEN tn.nspname = 'pg_catalog' THEN t.typname ELSE quote_ident(tn.nspname) || '.' || quote_ident(t.typname) END
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_namespace tn ON tn.oid = t.typnamespace
+JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY($1)
+ORDER BY 1, a.attnum`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog: %w", err)
+	}
+	for rows.Next() {
+		var tbl string
+		var ident byte
+		ci := &transform.ColumnInfo{}
+		var prec, scale, maxLen int32
+		if err := rows.Scan(&tbl, &ident, &ci.Name, &ci.NotNull, &ci.HasDefault, &ci.Type, &ci.IsEnum, &ci.SQLType, &prec, &scale, &maxLen, &ci.CastType); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read catalog: %w", err)
+		}
+		ci.Precision, ci.Scale, ci.MaxLen = prec, scale, int(maxLen)
+		ti := cat.Tables[tbl]
+		if ti == nil {
+			ti = &transform.TableInfo{Columns: map[string]*transform.ColumnInfo{}, UniqueColumns: map[string]bool{}, ReplicaIdentity: ident}
+			cat.Tables[tbl] = ti
+		}
+		ti.Columns[ci.Name] = ci
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog: %w", err)
+	}
+	idx, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, a.attname, i.indnkeyatts = 1 AND i.indisunique AND i.indpred IS NULL, i.indisprimary OR i.indisreplident
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey[0:i.indnkeyatts-1])
+WHERE n.nspname || '.' || c.relname = ANY($1)`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog indexes: %w", err)
+	}
+	for idx.Next() {
+		var tbl, col string
+		var unique, ident bool
+		if err := idx.Scan(&tbl, &col, &unique, &ident); err != nil {
+			idx.Close()
+			return nil, fmt.Errorf("read catalog indexes: %w", err)
+		}
+		ti := cat.Tables[tbl]
+		if ti == nil {
+			continue
+		}
+		if unique {
+			ti.UniqueColumns[col] = true
+		}
+		if ident {
+			ti.IdentityColumns = append(ti.IdentityColumns, col)
+		}
+	}
+	if err := idx.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog indexes: %w", err)
+	}
+	return cat, nil
+}

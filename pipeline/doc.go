@@ -1,0 +1,22 @@
+// Package pipeline carries canonical events between systems on NATS
+// JetStream and owns the rules of delivery: ordering, acknowledgement,
+// retries, dead letters and replay.
+//
+// A Producer takes the chunks a capture source hands on, normalizes them
+// into canonical transactions (transform.Tx), and publishes one message per
+// chunk on the stream DUPLEX (subject duplex.<source>.tx) with bounded
+// in-flight asynchronous publishes and a Nats-Msg-Id of
+// <source>:<commit LSN>:<chunk>, so a transaction captured twice is
+// deduplicated. It confirms a source LSN only after JetStream acknowledged
+// every message up to that commit.
+//
+// An Applier is one flow ("to-erp"): a durable pull consumer that fetches in
+// batches, reassembles whole source transactions, hands them to a Sink and
+// acknowledges only after the sink committed. Events that fail permanently
+// go to the stream DUPLEX_DLQ with the reason and the flow goes on;
+// transient failures are retried with capped, jittered backoff for as long
+// as they last.
+//
+// The package declares the small interfaces it needs of a source and a
+// sink; it knows nothing of PostgreSQL.
+package pipeline

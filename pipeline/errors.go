@@ -1,0 +1,60 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Kind says how the pipeline treats a failed apply.
+type Kind int
+
+const (
+	// Transient failures (connection lost, target down, serialization
+	// failure) are retried without limit.
+	Transient Kind = iota
+	// Permanent failures (bad value, constraint violation) go to the dead
+	// letters.
+	Permanent
+	// Waiting failures (a referenced row has not arrived yet) are retried
+	// a bounded number of times, then dead-lettered.
+	Waiting
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Permanent:
+		return "permanent"
+	case Waiting:
+		return "waiting"
+	}
+	return "transient"
+}
+
+// ApplyError is what a Sink returns when it could not apply a batch. Tx and
+// Event locate the culprit in the batch when the sink knows it (-1 when not).
+type ApplyError struct {
+	Kind  Kind
+	Tx    int
+	Event int
+	Err   error
+}
+
+func (e *ApplyError) Error() string {
+	return fmt.Sprintf("%s apply error: %v", e.Kind, e.Err)
+}
+
+func (e *ApplyError) Unwrap() error { return e.Err }
+
+// KindOf classifies an error: an *ApplyError's kind; an error with a
+// Permanent() bool method that says true; otherwise Transient.
+func KindOf(err error) Kind {
+	var ae *ApplyError
+	if errors.As(err, &ae) {
+		return ae.Kind
+	}
+	var p interface{ Permanent() bool }
+	if errors.As(err, &p) && p.Permanent() {
+		return Permanent
+	}
+	return Transient
+}

@@ -1,0 +1,302 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+// Source is what the pipeline needs of a capture source.
+type Source interface {
+	System() string
+	// Stream runs one session, handing chunks to h, until ctx ends or the
+	// session fails.
+	Stream(ctx context.Context, h capture.Handler) error
+	// Confirm tells the source that everything up to lsn is durable.
+	Confirm(lsn capture.LSN)
+}
+
+// ProducerConfig configures the capture side of a source.
+type ProducerConfig struct {
+	Mapping *transform.Mapping
+	// MaxInFlight bounds unacknowledged asynchronous publishes (default 256).
+	MaxInFlight int
+	Logger      *slog.Logger
+	Stats       *SourceStats
+}
+
+// SourceStats counts what a producer did; safe for concurrent use.
+type SourceStats struct {
+	mu sync.Mutex
+	SourceCounts
+}
+
+// SourceCounts is a snapshot of SourceStats.
+type SourceCounts struct {
+	Transactions int64
+	Events       int64
+	ByEntityOp   map[string]int64 // "entity/op"
+	DeadLetters  int64
+	LastEvent    time.Time
+	InFlight     int
+	Reconnects   int64
+	LastError    string
+}
+
+func (s *SourceStats) update(f func(s *SourceStats)) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	f(s)
+	s.mu.Unlock()
+}
+
+// Snapshot returns a copy.
+func (s *SourceStats) Snapshot() SourceCounts {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.SourceCounts
+	c.ByEntityOp = make(map[string]int64, len(s.ByEntityOp))
+	for k, v := range s.ByEntityOp {
+		c.ByEntityOp[k] = v
+	}
+	return c
+}
+
+// RunCapture runs a source into the stream until ctx ends, starting a new
+// session with backoff whenever one fails.
+func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg ProducerConfig) error {
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 256
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := cfg.Logger.With(slog.String("source", src.System()))
+	bo := newBackoff()
+	for {
+		started := time.Now()
+		p := newProducer(js, src, cfg, log)
+		err := p.run(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(started) > time.Minute {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		cfg.Stats.update(func(s *SourceStats) { s.Reconnects++; s.LastError = err.Error() })
+		log.Warn("capture session ended; restarting", slog.Any("error", err), slog.Duration("retry_in", wait))
+		if !sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+func newBackoff() *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 200 * time.Millisecond
+	bo.MaxInterval = 5 * time.Second
+	bo.MaxElapsedTime = 0
+	bo.RandomizationFactor = 0.3
+	bo.Reset()
+	return bo
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// producer is one capture session's publisher.
+type producer struct {
+	js      jetstream.JetStream
+	src     Source
+	cfg     ProducerConfig
+	log     *slog.Logger
+	subject string
+
+	pending chan pending
+	failed  chan struct{}
+	once    sync.Once
+	err     error
+}
+
+// pending is a published chunk awaiting its JetStream acknowledgement, or
+// a drain marker.
+type pending struct {
+	fut     jetstream.PubAckFuture
+	msgID   string
+	last    bool
+	endLSN  capture.LSN
+	drained chan struct{}
+}
+
+func newProducer(js jetstream.JetStream, src Source, cfg ProducerConfig, log *slog.Logger) *producer {
+	return &producer{js: js, src: src, cfg: cfg, log: log, subject: Subject(src.System()),
+		pending: make(chan pending, cfg.MaxInFlight), failed: make(chan struct{})}
+}
+
+func (p *producer) fail(err error) {
+	p.once.Do(func() { p.err = err; close(p.failed) })
+}
+
+func (p *producer) run(ctx context.Context) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.track(sctx)
+	}()
+	err := p.src.Stream(sctx, p)
+	select {
+	case <-p.failed:
+		err = p.err
+	default:
+	}
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// track waits for acknowledgements in publish order and confirms the end
+// LSN of each transaction whose every chunk is stored.
+func (p *producer) track(ctx context.Context) {
+	for {
+		var e pending
+		select {
+		case <-ctx.Done():
+			return
+		case e = <-p.pending:
+		}
+		if e.drained != nil {
+			close(e.drained)
+			continue
+		}
+		if e.fut != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-e.fut.Ok():
+			case err := <-e.fut.Err():
+				p.fail(fmt.Errorf("publish %s: %w", e.msgID, err))
+				return
+			}
+		}
+		p.cfg.Stats.update(func(s *SourceStats) { s.InFlight = len(p.pending) })
+		if e.last {
+			p.src.Confirm(e.endLSN)
+		}
+	}
+}
+
+// Chunk implements capture.Handler.
+func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
+	select {
+	case <-p.failed:
+		return p.err
+	default:
+	}
+	system := p.src.System()
+	tx := &transform.Tx{Version: transform.SchemaVersion, Source: system, CommitLSN: c.Tx.CommitLSN, EndLSN: c.Tx.EndLSN,
+		CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Chunk: c.Index, Last: c.Last, Events: make([]transform.Event, 0, len(c.Changes))}
+	for i := range c.Changes {
+		ch := &c.Changes[i]
+		evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, c.First+i, ch)
+		if err != nil {
+			if err := p.deadLetter(ctx, c, c.First+i, ch, err); err != nil {
+				return err
+			}
+			continue
+		}
+		tx.Events = append(tx.Events, evs...)
+		p.cfg.Stats.update(func(s *SourceStats) {
+			if s.ByEntityOp == nil {
+				s.ByEntityOp = map[string]int64{}
+			}
+			for _, e := range evs {
+				s.ByEntityOp[e.Entity+"/"+string(e.Op)]++
+			}
+			s.Events += int64(len(evs))
+			s.LastEvent = time.Now()
+			if c.Last {
+				s.Transactions++
+			}
+		})
+	}
+	e := pending{msgID: tx.MsgID(), last: c.Last, endLSN: c.Tx.EndLSN}
+	if len(tx.Events) > 0 || c.Last {
+		data, err := json.Marshal(tx)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", e.msgID, err)
+		}
+		msg := nats.NewMsg(p.subject)
+		msg.Data = data
+		fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.msgID), jetstream.WithStallWait(30*time.Second))
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", e.msgID, err)
+		}
+		e.fut = fut
+	}
+	select {
+	case p.pending <- e:
+		return nil
+	case <-p.failed:
+		return p.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Drain implements capture.Handler.
+func (p *producer) Drain(ctx context.Context) {
+	d := pending{drained: make(chan struct{})}
+	select {
+	case p.pending <- d:
+	case <-ctx.Done():
+		return
+	case <-p.failed:
+		return
+	}
+	select {
+	case <-d.drained:
+	case <-ctx.Done():
+	case <-p.failed:
+	}
+}
+
+func (p *producer) deadLetter(ctx context.Context, c *capture.Chunk, index int, ch *capture.Change, cause error) error {
+	system := p.src.System()
+	dl := &DeadLetter{Flow: "capture-" + system, Stage: "capture", Source: system, Error: cause.Error(), FailedAt: time.Now().UTC(), Change: ch,
+		Position: transform.Position{LSN: c.Tx.CommitLSN, CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Index: index}}
+	var fe *transform.FieldError
+	if errors.As(cause, &fe) {
+		dl.Entity, dl.Key = fe.Entity, fe.Key
+	} else if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
+		dl.Entity = e.Name
+	}
+	p.log.Error("change dead-lettered at capture", slog.String("table", ch.QualifiedTable()), slog.String("lsn", c.Tx.CommitLSN.String()), slog.Any("error", cause))
+	p.cfg.Stats.update(func(s *SourceStats) { s.DeadLetters++ })
+	id := fmt.Sprintf("dlq:capture:%s:%s:%d", system, c.Tx.CommitLSN, index)
+	return publishDeadLetter(ctx, p.js, DLQSubject("capture-"+system), id, dl)
+}

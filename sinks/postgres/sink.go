@@ -1,0 +1,573 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/internal/pgcatalog"
+	"github.com/duplex-cdc/duplex/pipeline"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+var _ pipeline.Sink = (*Sink)(nil)
+
+// Config configures a Sink.
+type Config struct {
+	// Flow names the flow; the applied position is kept per flow.
+	Flow string
+	// System is the target system's name in the mapping ("erp").
+	System string
+	DSN    string
+	// Origin is the replication origin the session is bound to
+	// ("duplex_to_erp"). The capture of this database skips it.
+	Origin  string
+	Mapping *transform.Mapping
+	Logger  *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Flow == "" || c.System == "" {
+		errs = append(errs, errors.New("sink: flow and system are required"))
+	}
+	if c.DSN == "" {
+		errs = append(errs, fmt.Errorf("sink %s: dsn is empty", c.System))
+	}
+	if c.Origin == "" {
+		errs = append(errs, fmt.Errorf("sink %s: replication origin is empty", c.System))
+	}
+	if c.Mapping == nil {
+		errs = append(errs, fmt.Errorf("sink %s: no mapping", c.System))
+	}
+	return errors.Join(errs...)
+}
+
+// Sink writes into one PostgreSQL database. It is used by one goroutine.
+type Sink struct {
+	cfg     Config
+	log     *slog.Logger
+	conn    *pgx.Conn
+	catalog *transform.Catalog
+	order   []*transform.Entity // parents before children
+	stmts   map[string]string
+}
+
+// New returns a Sink. It connects lazily, on the first Apply.
+func New(cfg Config) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Sink{cfg: cfg, log: cfg.Logger.With(slog.String("sink", cfg.System), slog.String("flow", cfg.Flow)), stmts: map[string]string{}}
+	order, err := entityOrder(cfg.Mapping, cfg.System)
+	if err != nil {
+		return nil, err
+	}
+	s.order = order
+	return s, nil
+}
+
+// entityOrder sorts the entities stored in system so that an entity comes
+// after every entity it refers to.
+func entityOrder(m *transform.Mapping, system string) ([]*transform.Entity, error) {
+	var out []*transform.Entity
+	state := map[string]int{}
+	var visit func(e *transform.Entity) error
+	visit = func(e *transform.Entity) error {
+		switch state[e.Name] {
+		case 1:
+			return fmt.Errorf("sink %s: entity %s is part of a reference cycle", system, e.Name)
+		case 2:
+			return nil
+		}
+		state[e.Name] = 1
+		t := e.Tables[system]
+		for _, f := range e.Fields {
+			if c := t.Columns[f.Name]; c != nil && c.Ref != nil && c.Ref.Entity != e.Name {
+				if err := visit(m.Entity(c.Ref.Entity)); err != nil {
+					return err
+				}
+			}
+		}
+		state[e.Name] = 2
+		out = append(out, e)
+		return nil
+	}
+	for _, e := range m.Entities {
+		if e.Tables[system] != nil {
+			if err := visit(e); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// Close ends the session.
+func (s *Sink) Close(ctx context.Context) {
+	if s.conn != nil {
+		_ = s.conn.Close(ctx)
+		s.conn = nil
+	}
+}
+
+const schemaDDL = `
+CREATE SCHEMA IF NOT EXISTS duplex;
+CREATE TABLE IF NOT EXISTS duplex.applied (
+	flow        text PRIMARY KEY,
+	source      text NOT NULL,
+	commit_lsn  pg_lsn NOT NULL,
+	commit_time timestamptz NOT NULL,
+	xid         bigint NOT NULL,
+	applied_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE duplex.applied IS 'duplex: last source transaction applied per flow, written in the same transaction as the rows';`
+
+// connect opens the session, creates duplex's schema, binds the
+// replication origin and reads the catalog.
+func (s *Sink) connect(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, s.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("sink %s: connect: %w", s.cfg.System, err)
+	}
+	fail := func(what string, err error) error {
+		_ = conn.Close(ctx)
+		return fmt.Errorf("sink %s: %s: %w", s.cfg.System, what, err)
+	}
+	if _, err := conn.Exec(ctx, schemaDDL); err != nil {
+		if !isUniqueViolation(err) { // two sinks creating the schema at once
+			return fail("create schema duplex", err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL`, s.cfg.Origin); err != nil {
+		return fail("create replication origin "+s.cfg.Origin, err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_session_setup($1)`, s.cfg.Origin); err != nil {
+		return fail("bind replication origin "+s.cfg.Origin, err)
+	}
+	cat, err := pgcatalog.Read(ctx, conn, s.cfg.Mapping.Tables(s.cfg.System))
+	if err != nil {
+		return fail("read catalog", err)
+	}
+	if err := s.cfg.Mapping.Check(s.cfg.System, cat, "target"); err != nil {
+		return fail("mapping does not fit the database", &permanentErr{err})
+	}
+	s.conn, s.catalog, s.stmts = conn, cat, map[string]string{}
+	s.log.Info("sink session started", slog.String("origin", s.cfg.Origin))
+	return nil
+}
+
+type permanentErr struct{ error }
+
+func (e *permanentErr) Unwrap() error   { return e.error }
+func (e *permanentErr) Permanent() bool { return true }
+
+// Position returns the flow's applied position as recorded in the target.
+func Position(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, flow string) (transform.Position, error) {
+	var lsn string
+	var p transform.Position
+	var xid int64
+	err := q.QueryRow(ctx, `SELECT commit_lsn::text, commit_time, xid FROM duplex.applied WHERE flow = $1`, flow).Scan(&lsn, &p.CommitTime, &xid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return transform.Position{}, nil
+	}
+	if err != nil {
+		return transform.Position{}, fmt.Errorf("read applied position of %s: %w", flow, err)
+	}
+	p.Xid = uint32(xid)
+	p.LSN, err = capture.ParseLSN(lsn)
+	return p, err
+}
+
+// Apply implements pipeline.Sink.
+func (s *Sink) Apply(ctx context.Context, txs []*transform.Tx) (pipeline.ApplyResult, error) {
+	if s.conn == nil || s.conn.IsClosed() {
+		s.conn = nil
+		if err := s.connect(ctx); err != nil {
+			return pipeline.ApplyResult{}, classify(err, -1, -1)
+		}
+	}
+	res, err := s.apply(ctx, txs)
+	if err != nil {
+		if s.conn != nil && s.conn.IsClosed() {
+			s.conn = nil
+		}
+		return pipeline.ApplyResult{}, err
+	}
+	return res, nil
+}
+
+// pendingRow is the folded last change of one key in a batch.
+type pendingRow struct {
+	row     *transform.Row
+	tx, ev  int // where the last change came from
+	deleted bool
+}
+
+type entityBatch struct {
+	truncate bool
+	keys     []string // in first-seen order
+	rows     map[string]*pendingRow
+}
+
+func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.ApplyResult, err error) {
+	tx, err := s.conn.Begin(ctx)
+	if err != nil {
+		return res, classify(fmt.Errorf("sink %s: begin: %w", s.cfg.System, err), -1, -1)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	applied, err := Position(ctx, tx, s.cfg.Flow)
+	if err != nil {
+		return res, classify(err, -1, -1)
+	}
+	batches := map[string]*entityBatch{}
+	var last *transform.Tx
+	for ti, t := range txs {
+		if t.CommitLSN <= applied.LSN {
+			res.Skipped += len(t.Events)
+			continue
+		}
+		last = t
+		for ei := range t.Events {
+			ev := &t.Events[ei]
+			row, err := s.cfg.Mapping.Denormalize(ev, s.cfg.System)
+			if err != nil {
+				return res, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei, Err: fmt.Errorf("event %s: %w", ev.ID, err)}
+			}
+			b := batches[ev.Entity]
+			if b == nil {
+				b = &entityBatch{rows: map[string]*pendingRow{}}
+				batches[ev.Entity] = b
+			}
+			fold(b, row, ti, ei)
+			res.Applied++
+		}
+	}
+	if last == nil {
+		return res, tx.Commit(ctx)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)`, last.CommitLSN.String(), last.CommitTime); err != nil {
+		return res, classify(fmt.Errorf("sink %s: origin xact setup: %w", s.cfg.System, err), -1, -1)
+	}
+	for _, e := range s.order {
+		b := batches[e.Name]
+		if b == nil {
+			continue
+		}
+		if b.truncate {
+			t := e.Tables[s.cfg.System]
+			if _, err := tx.Exec(ctx, "DELETE FROM "+quoteTable(t)); err != nil {
+				return res, classify(fmt.Errorf("sink %s: truncate %s: %w", s.cfg.System, t.QualifiedTable(), err), -1, -1)
+			}
+		}
+		if err := s.upsert(ctx, tx, e, b); err != nil {
+			return res, err
+		}
+	}
+	for i := len(s.order) - 1; i >= 0; i-- {
+		e := s.order[i]
+		if b := batches[e.Name]; b != nil {
+			if err := s.delete(ctx, tx, e, b); err != nil {
+				return res, err
+			}
+		}
+	}
+	if _, err := tx.Exec(ctx, `
+INSERT INTO duplex.applied (flow, source, commit_lsn, commit_time, xid, applied_at)
+VALUES ($1, $2, $3::text::pg_lsn, $4, $5, now())
+ON CONFLICT (flow) DO UPDATE SET source = EXCLUDED.source, commit_lsn = EXCLUDED.commit_lsn,
+	commit_time = EXCLUDED.commit_time, xid = EXCLUDED.xid, applied_at = EXCLUDED.applied_at`,
+		s.cfg.Flow, last.Source, last.CommitLSN.String(), last.CommitTime, int64(last.Xid)); err != nil {
+		return res, classify(fmt.Errorf("sink %s: record applied position: %w", s.cfg.System, err), -1, -1)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return res, classify(fmt.Errorf("sink %s: commit: %w", s.cfg.System, err), -1, -1)
+	}
+	return res, nil
+}
+
+// fold merges a change into the batch: the last change of a key wins, and
+// an upsert that leaves some columns out keeps what an earlier upsert of
+// the same key in the batch wrote to them.
+func fold(b *entityBatch, row *transform.Row, ti, ei int) {
+	if row.Op == transform.OpTruncate {
+		b.truncate = true
+		b.keys = nil
+		b.rows = map[string]*pendingRow{}
+		return
+	}
+	prev := b.rows[row.Key]
+	if prev == nil {
+		b.keys = append(b.keys, row.Key)
+	}
+	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete}
+	if prev != nil && !prev.deleted && !p.deleted {
+		merged := *row
+		merged.Values = append([]transform.ColValue(nil), row.Values...)
+		for _, v := range prev.row.Values {
+			if !slices.ContainsFunc(merged.Values, func(x transform.ColValue) bool { return x.Column == v.Column }) {
+				merged.Values = append(merged.Values, v)
+			}
+		}
+		slices.SortFunc(merged.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
+		p.row = &merged
+	}
+	b.rows[row.Key] = p
+}
+
+func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *entityBatch) error {
+	t := e.Tables[s.cfg.System]
+	groups := map[string][]*pendingRow{}
+	var sigs []string
+	for _, k := range b.keys {
+		p := b.rows[k]
+		if p.deleted {
+			continue
+		}
+		ensureKey(p.row, t)
+		sig := p.row.Signature()
+		if groups[sig] == nil {
+			sigs = append(sigs, sig)
+		}
+		groups[sig] = append(groups[sig], p)
+	}
+	for _, sig := range sigs {
+		rows := groups[sig]
+		if err := s.resolveRefs(ctx, tx, e, rows); err != nil {
+			return err
+		}
+		cols := rows[0].row.Values
+		args := make([]any, len(cols))
+		for ci := range cols {
+			arr := make([]*string, len(rows))
+			for ri, p := range rows {
+				v := &p.row.Values[ci]
+				if !v.Null {
+					txt := v.Text
+					arr[ri] = &txt
+				}
+			}
+			args[ci] = arr
+		}
+		sql, err := s.upsertSQL(e, t, sig, cols)
+		if err != nil {
+			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
+		}
+		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+			return classify(fmt.Errorf("sink %s: upsert %d rows into %s (entity %s): %w", s.cfg.System, len(rows), t.QualifiedTable(), e.Name, err), singleTx(rows), -1)
+		}
+	}
+	return nil
+}
+
+// singleTx returns the batch index of the transaction all rows come from,
+// or -1 when they come from several.
+func singleTx(rows []*pendingRow) int {
+	ti := rows[0].tx
+	for _, r := range rows {
+		if r.tx != ti {
+			return -1
+		}
+	}
+	return ti
+}
+
+func ensureKey(r *transform.Row, t *transform.TableMap) {
+	for _, v := range r.Values {
+		if v.Column == t.KeyColumn {
+			return
+		}
+	}
+	r.Values = append(r.Values, transform.ColValue{Column: t.KeyColumn, Text: r.Key})
+	slices.SortFunc(r.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
+}
+
+func (s *Sink) castType(t *transform.TableMap, column string) (string, error) {
+	ti := s.catalog.Tables[t.QualifiedTable()]
+	if ti == nil || ti.Columns[column] == nil {
+		return "", fmt.Errorf("sink %s: column %s of %s is not in the catalog", s.cfg.System, column, t.QualifiedTable())
+	}
+	return ti.Columns[column].CastType, nil
+}
+
+func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string, cols []transform.ColValue) (string, error) {
+	if q, ok := s.stmts[e.Name+"|"+sig]; ok {
+		return q, nil
+	}
+	var names, sel, unnest, alias, set, cmpT, cmpE []string
+	for i, c := range cols {
+		ct, err := s.castType(t, c.Column)
+		if err != nil {
+			return "", err
+		}
+		id := pgx.Identifier{c.Column}.Sanitize()
+		names = append(names, id)
+		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
+		alias = append(alias, fmt.Sprintf("v%d", i))
+		sel = append(sel, fmt.Sprintf("u.v%d::%s", i, ct))
+		if c.Column != t.KeyColumn {
+			set = append(set, id+" = EXCLUDED."+id)
+			cmpT = append(cmpT, "t."+id)
+			cmpE = append(cmpE, "EXCLUDED."+id)
+		}
+	}
+	q := fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM unnest(%s) AS u(%s) ON CONFLICT (%s) ",
+		quoteTable(t), strings.Join(names, ", "), strings.Join(sel, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "),
+		pgx.Identifier{t.KeyColumn}.Sanitize())
+	if len(set) == 0 {
+		q += "DO NOTHING"
+	} else {
+		q += fmt.Sprintf("DO UPDATE SET %s WHERE (%s) IS DISTINCT FROM (%s)", strings.Join(set, ", "), strings.Join(cmpT, ", "), strings.Join(cmpE, ", "))
+		if len(set) == 1 {
+			q = strings.Replace(q, "WHERE ("+cmpT[0]+") IS DISTINCT FROM ("+cmpE[0]+")", "WHERE "+cmpT[0]+" IS DISTINCT FROM "+cmpE[0], 1)
+		}
+	}
+	s.stmts[e.Name+"|"+sig] = q
+	return q, nil
+}
+
+// resolveRefs replaces canonical keys in reference columns by the values
+// of the referenced rows in the target (for example a customer's
+// customer_no found by its crm_account_id).
+func (s *Sink) resolveRefs(ctx context.Context, tx pgx.Tx, e *transform.Entity, rows []*pendingRow) error {
+	for ci, c := range rows[0].row.Values {
+		if c.Ref == nil {
+			continue
+		}
+		re := s.cfg.Mapping.Entity(c.Ref.Entity)
+		rt := re.Tables[s.cfg.System]
+		keys := map[string]string{}
+		var want []string
+		for _, p := range rows {
+			v := p.row.Values[ci]
+			if !v.Null {
+				if _, ok := keys[v.Text]; !ok {
+					keys[v.Text] = ""
+					want = append(want, v.Text)
+				}
+			}
+		}
+		if len(want) == 0 {
+			continue
+		}
+		kt, err := s.castType(rt, rt.KeyColumn)
+		if err != nil {
+			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
+		}
+		q := fmt.Sprintf("SELECT u.k, r.%s::text FROM unnest($1::text[]) AS u(k) JOIN %s AS r ON r.%s = u.k::%s",
+			pgx.Identifier{c.Ref.Column}.Sanitize(), quoteTable(rt), pgx.Identifier{rt.KeyColumn}.Sanitize(), kt)
+		found, err := tx.Query(ctx, q, want)
+		if err != nil {
+			return classify(fmt.Errorf("sink %s: resolve %s references: %w", s.cfg.System, re.Name, err), -1, -1)
+		}
+		for found.Next() {
+			var k string
+			var v *string
+			if err := found.Scan(&k, &v); err != nil {
+				found.Close()
+				return classify(fmt.Errorf("sink %s: resolve %s references: %w", s.cfg.System, re.Name, err), -1, -1)
+			}
+			if v != nil {
+				keys[k] = *v
+			}
+		}
+		if err := found.Err(); err != nil {
+			return classify(fmt.Errorf("sink %s: resolve %s references: %w", s.cfg.System, re.Name, err), -1, -1)
+		}
+		for _, p := range rows {
+			v := &p.row.Values[ci]
+			if v.Null {
+				continue
+			}
+			got := keys[v.Text]
+			if got == "" {
+				return &pipeline.ApplyError{Kind: pipeline.Waiting, Tx: p.tx, Event: p.ev,
+					Err: fmt.Errorf("entity %s key %s: referenced %s %s has not arrived in %s yet", e.Name, p.row.Key, re.Name, v.Text, s.cfg.System)}
+			}
+			v.Text, v.Ref = got, nil
+		}
+	}
+	return nil
+}
+
+func (s *Sink) delete(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *entityBatch) error {
+	t := e.Tables[s.cfg.System]
+	var keys []string
+	var from []*pendingRow
+	for _, k := range b.keys {
+		if p := b.rows[k]; p.deleted {
+			keys = append(keys, k)
+			from = append(from, p)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	kt, err := s.castType(t, t.KeyColumn)
+	if err != nil {
+		return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: from[0].tx, Event: from[0].ev, Err: err}
+	}
+	q := fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1::text[]::%s[])", quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
+	if _, err := tx.Exec(ctx, q, keys); err != nil {
+		return classify(fmt.Errorf("sink %s: delete %d rows from %s (entity %s): %w", s.cfg.System, len(keys), t.QualifiedTable(), e.Name, err), singleTx(from), -1)
+	}
+	return nil
+}
+
+func quoteTable(t *transform.TableMap) string {
+	return pgx.Identifier{t.Schema(), t.Name()}.Sanitize()
+}
+
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+// classify maps an error to the pipeline's kinds: integrity and data
+// errors are permanent; connection loss, shutdown, serialization failures,
+// lock timeouts and anything unknown are transient.
+func classify(err error, ti, ei int) error {
+	var ae *pipeline.ApplyError
+	if errors.As(err, &ae) {
+		return err
+	}
+	kind := pipeline.Transient
+	var pe *pgconn.PgError
+	var p interface{ Permanent() bool }
+	switch {
+	case errors.As(err, &pe):
+		switch {
+		case strings.HasPrefix(pe.Code, "23"), strings.HasPrefix(pe.Code, "22"):
+			kind = pipeline.Permanent
+		}
+	case errors.As(err, &p) && p.Permanent():
+		kind = pipeline.Permanent
+	case pgconn.Timeout(err), isNetErr(err):
+		kind = pipeline.Transient
+	}
+	return &pipeline.ApplyError{Kind: kind, Tx: ti, Event: ei, Err: err}
+}
+
+func isNetErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne)
+}
+

@@ -1,0 +1,188 @@
+package transform
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+)
+
+// Catalog is what Check needs to know of one database: its tables, as read
+// from pg_catalog by the caller.
+type Catalog struct {
+	// Tables by "schema.table".
+	Tables map[string]*TableInfo
+}
+
+// TableInfo describes one table.
+type TableInfo struct {
+	Columns map[string]*ColumnInfo
+	// UniqueColumns holds the columns that alone carry a unique index or
+	// the primary key.
+	UniqueColumns map[string]bool
+	// ReplicaIdentity is pg_class.relreplident: 'd', 'f', 'i' or 'n'.
+	ReplicaIdentity byte
+	// IdentityColumns are the columns the replica identity sends for a
+	// delete (primary key or the chosen index); all columns with 'f'.
+	IdentityColumns []string
+}
+
+// ColumnInfo describes one column.
+type ColumnInfo struct {
+	Name string
+	// Type is the base type name (pg_type.typname, after domains): int8,
+	// numeric, text, bpchar, varchar, uuid, timestamptz, ...
+	Type string
+	// SQLType is format_type(): "numeric(18,2)", "character(3)".
+	SQLType string
+	// CastType is the column's type without modifier, as SQL: what a
+	// text value is cast to before it is stored (bpchar, numeric, a
+	// schema-qualified enum or domain).
+	CastType string
+	// IsEnum is set for user-defined enum types.
+	IsEnum bool
+	// Precision and Scale of numeric; -1 when unconstrained.
+	Precision, Scale int32
+	// MaxLen of varchar/char; -1 when unconstrained.
+	MaxLen     int
+	NotNull    bool
+	HasDefault bool
+}
+
+func isTextType(c *ColumnInfo) bool {
+	switch c.Type {
+	case "text", "varchar", "bpchar", "name", "citext":
+		return true
+	}
+	return c.IsEnum
+}
+
+func isIntType(c *ColumnInfo) bool {
+	return c.Type == "int2" || c.Type == "int4" || c.Type == "int8"
+}
+
+// columnFits says whether a column of the given type can hold the field
+// through the converter, or why not.
+func columnFits(f *Field, conv string, c *ColumnInfo) error {
+	if c.Type == "money" {
+		return errors.New("type money depends on the server's lc_monetary and cannot be read exactly; use numeric")
+	}
+	ok := false
+	switch conv {
+	case ConvConstant:
+		ok = true
+	case ConvText, ConvEnum:
+		ok = isTextType(c) || (f.Type == TypeUUID && c.Type == "uuid")
+	case ConvInteger:
+		ok = isIntType(c) || (c.Type == "numeric" && c.Scale == 0)
+	case ConvDecimal, ConvMoney:
+		ok = c.Type == "numeric" || (f.Type == TypeInteger && isIntType(c))
+	case ConvMoneyMinor:
+		ok = isIntType(c) || (c.Type == "numeric" && c.Scale == 0)
+	case ConvTimestamp:
+		ok = c.Type == "timestamptz" || c.Type == "timestamp"
+	case ConvDate:
+		ok = c.Type == "date"
+	case ConvBoolean:
+		ok = c.Type == "bool"
+	case ConvUUID:
+		ok = c.Type == "uuid"
+	}
+	if !ok {
+		return fmt.Errorf("type %s cannot hold a %s field through converter %s", c.SQLType, f.Type, conv)
+	}
+	return nil
+}
+
+// Check compares the mapping's tables for one system with that system's
+// catalog and binds the column descriptions used for exact conversion. It
+// returns every mismatch, each naming system, table and column. role is
+// "source", "target" or "both": a target table must also accept inserts
+// (every NOT NULL column without a default is mapped), and a source table
+// must key its deletes.
+func (m *Mapping) Check(system string, cat *Catalog, role string) error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, e := range m.Entities {
+		t := e.Tables[system]
+		if t == nil {
+			continue
+		}
+		where := fmt.Sprintf("%s table %s (entity %s)", system, t.QualifiedTable(), e.Name)
+		ti := cat.Tables[t.QualifiedTable()]
+		if ti == nil {
+			bad("%s: table does not exist", where)
+			continue
+		}
+		if ti.Columns[t.KeyColumn] == nil {
+			bad("%s: key column %s does not exist", where, t.KeyColumn)
+		} else if !ti.UniqueColumns[t.KeyColumn] {
+			bad("%s: key column %s has no unique index (create one: CREATE UNIQUE INDEX ON %s (%s))", where, t.KeyColumn, t.QualifiedTable(), t.KeyColumn)
+		}
+		mapped := map[string]bool{}
+		for _, fname := range sortedKeys(t.Columns) {
+			c := t.Columns[fname]
+			f := e.Field(fname)
+			conv := c.converter(f)
+			if c.Column != "" {
+				mapped[c.Column] = true
+				ci := ti.Columns[c.Column]
+				if ci == nil {
+					bad("%s: column %s (field %s) does not exist", where, c.Column, fname)
+				} else if c.Ref != nil {
+					c.info = ci
+				} else if err := columnFits(f, conv, ci); err != nil {
+					bad("%s: column %s (field %s): %v", where, c.Column, fname, err)
+				} else {
+					c.info = ci
+				}
+			}
+			if c.CurrencyColumn != "" {
+				ci := ti.Columns[c.CurrencyColumn]
+				if ci == nil {
+					bad("%s: currency column %s (field %s) does not exist", where, c.CurrencyColumn, fname)
+				} else if !isTextType(ci) {
+					bad("%s: currency column %s (field %s) has type %s, want text or char(3)", where, c.CurrencyColumn, fname, ci.SQLType)
+				}
+			}
+			if c.Ref != nil {
+				if rt := m.Entity(c.Ref.Entity); rt != nil && rt.Tables[system] != nil {
+					rti := cat.Tables[rt.Tables[system].QualifiedTable()]
+					if rti != nil && rti.Columns[c.Ref.Column] == nil {
+						bad("%s: field %s refers to %s.%s, which does not exist", where, fname, rt.Tables[system].QualifiedTable(), c.Ref.Column)
+					}
+				}
+			}
+		}
+		if role == "target" || role == "both" {
+			for _, name := range sortedKeys(ti.Columns) {
+				ci := ti.Columns[name]
+				if ci.NotNull && !ci.HasDefault && !mapped[name] {
+					bad("%s: column %s is NOT NULL without a default and not mapped, so inserts would fail", where, name)
+				}
+			}
+		}
+		if role == "source" || role == "both" {
+			switch {
+			case ti.ReplicaIdentity == 'n':
+				bad("%s: REPLICA IDENTITY NOTHING cannot key deletes; run ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key) or FULL", where, t.QualifiedTable())
+			case ti.ReplicaIdentity != 'f' && !slices.Contains(ti.IdentityColumns, t.KeyColumn):
+				if len(ti.IdentityColumns) == 0 {
+					bad("%s: no primary key or replica identity index, so deletes cannot be keyed; add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", where, t.QualifiedTable())
+				} else {
+					bad("%s: deletes send only %v, not key column %s; run ALTER TABLE %s REPLICA IDENTITY FULL or USING INDEX on a unique index of %s", where, ti.IdentityColumns, t.KeyColumn, t.QualifiedTable(), t.KeyColumn)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

@@ -1,0 +1,278 @@
+package transform
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// ColValue is the value for one target column, as PostgreSQL text.
+type ColValue struct {
+	Column string
+	// Null is set for SQL NULL; Text is unused then.
+	Null bool
+	Text string
+	// Ref, when set, means Text is the canonical key of Ref.Entity and the
+	// sink must look up the column value in the target (Ref.Column of the
+	// referenced row).
+	Ref *Ref
+}
+
+// Row is a canonical event made ready for one system: the table, the key
+// column's value, and the columns to write, sorted by column name.
+type Row struct {
+	Entity *Entity
+	Table  *TableMap
+	Op     Op
+	Key    string
+	Values []ColValue
+}
+
+// Signature names the set of columns written, so that rows with the same
+// columns can share one set-based statement.
+func (r *Row) Signature() string {
+	var b strings.Builder
+	for _, v := range r.Values {
+		b.WriteString(v.Column)
+		b.WriteByte(',')
+	}
+	return b.String()
+}
+
+// Denormalize turns a canonical event into the column values of system.
+// Only the fields the event's source carries are written. It returns an
+// error naming entity, key, field and value when a value does not fit the
+// target column exactly.
+func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
+	e := m.Entity(ev.Entity)
+	if e == nil {
+		return nil, fmt.Errorf("event %s: unknown entity %s", ev.ID, ev.Entity)
+	}
+	t := e.Tables[system]
+	if t == nil {
+		return nil, fmt.Errorf("event %s: entity %s has no %s table", ev.ID, ev.Entity, system)
+	}
+	r := &Row{Entity: e, Table: t, Op: ev.Op}
+	if ev.Op == OpTruncate {
+		return r, nil
+	}
+	kf := e.Field(e.Key)
+	key, err := targetText(e, kf, t.Columns[e.Key], ev.Key, ev.Key)
+	if err != nil {
+		return nil, err
+	}
+	r.Key = key.Text
+	if ev.Op == OpDelete {
+		return r, nil
+	}
+	if ev.Op != OpUpsert {
+		return nil, fmt.Errorf("event %s: unknown operation %q", ev.ID, ev.Op)
+	}
+	r.Values = make([]ColValue, 0, len(t.Columns))
+	for _, f := range e.Fields {
+		c := t.Columns[f.Name]
+		if c == nil || c.Column == "" {
+			continue
+		}
+		if c.converter(f) == ConvConstant {
+			r.Values = append(r.Values, ColValue{Column: c.Column, Text: *c.Value})
+			continue
+		}
+		if !carries(e, f, ev.Source) {
+			continue
+		}
+		v, ok := ev.Data[f.Name]
+		if !ok {
+			continue
+		}
+		cv, err := targetText(e, f, c, v, ev.Key)
+		if err != nil {
+			return nil, err
+		}
+		r.Values = append(r.Values, cv)
+	}
+	sort.Slice(r.Values, func(i, j int) bool { return r.Values[i].Column < r.Values[j].Column })
+	return r, nil
+}
+
+// targetText converts a canonical value to the text of a target column.
+func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue, error) {
+	out := ColValue{Column: c.Column, Ref: c.Ref}
+	if v == nil {
+		out.Null = true
+		return out, nil
+	}
+	fail := func(err error) (ColValue, error) {
+		return ColValue{}, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: describe(v), Err: err}
+	}
+	if c.Ref != nil {
+		s, ok := v.(string)
+		if !ok {
+			return fail(fmt.Errorf("reference must be a key string, have %T", v))
+		}
+		out.Text = s
+		return out, nil
+	}
+	conv := c.converter(f)
+	switch conv {
+	case ConvMoney, ConvMoneyMinor:
+		mv, err := moneyOf(v)
+		if err != nil {
+			return fail(err)
+		}
+		if c.Currency != "" && !strings.EqualFold(c.Currency, mv.Currency) {
+			return fail(fmt.Errorf("currency %s does not match the column's fixed currency %s", mv.Currency, c.Currency))
+		}
+		amount, err := decimal.NewFromString(mv.Amount)
+		if err != nil {
+			return fail(fmt.Errorf("amount %q is not a decimal number", mv.Amount))
+		}
+		if conv == ConvMoneyMinor {
+			n, err := toMinorUnits(amount, mv.Currency, c.Rounding)
+			if err != nil {
+				return fail(err)
+			}
+			if err := fitsInt(n, c.info); err != nil {
+				return fail(err)
+			}
+			out.Text = strconv.FormatInt(n, 10)
+			return out, nil
+		}
+		s, err := numericText(amount, c)
+		if err != nil {
+			return fail(err)
+		}
+		out.Text = s
+		return out, nil
+	case ConvInteger, ConvDecimal:
+		s, ok := v.(string)
+		if !ok {
+			return fail(fmt.Errorf("want a decimal string, have %T", v))
+		}
+		d, err := decimal.NewFromString(s)
+		if err != nil {
+			return fail(errors.New("not a decimal number"))
+		}
+		if c.info != nil && isIntType(c.info) {
+			if !d.IsInteger() || !d.BigInt().IsInt64() {
+				return fail(fmt.Errorf("does not fit integer column %s", c.Column))
+			}
+			if err := fitsInt(d.IntPart(), c.info); err != nil {
+				return fail(err)
+			}
+			out.Text = d.BigInt().String()
+			return out, nil
+		}
+		txt, err := numericText(d, c)
+		if err != nil {
+			return fail(err)
+		}
+		out.Text = txt
+		return out, nil
+	case ConvBoolean:
+		b, ok := v.(bool)
+		if !ok {
+			return fail(fmt.Errorf("want a boolean, have %T", v))
+		}
+		out.Text = strconv.FormatBool(b)
+		return out, nil
+	case ConvTimestamp:
+		s, ok := v.(string)
+		if !ok {
+			return fail(fmt.Errorf("want a timestamp string, have %T", v))
+		}
+		ts, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return fail(errors.New("not an RFC 3339 timestamp"))
+		}
+		if c.info != nil && c.info.Type == "timestamp" {
+			out.Text = ts.UTC().Format("2006-01-02 15:04:05.999999999")
+		} else {
+			out.Text = ts.UTC().Format(time.RFC3339Nano)
+		}
+		return out, nil
+	case ConvEnum:
+		s, ok := v.(string)
+		if !ok {
+			return fail(fmt.Errorf("want an enum string, have %T", v))
+		}
+		for sv, cv := range c.Enum {
+			if cv == s {
+				out.Text = sv
+				return out, nil
+			}
+		}
+		return fail(fmt.Errorf("no %s value is mapped for it", c.Column))
+	default:
+		s, ok := v.(string)
+		if !ok {
+			return fail(fmt.Errorf("want a string, have %T", v))
+		}
+		if c.info != nil && c.info.MaxLen >= 0 && len([]rune(s)) > c.info.MaxLen {
+			return fail(fmt.Errorf("longer than the %d characters of column %s", c.info.MaxLen, c.Column))
+		}
+		out.Text = s
+		return out, nil
+	}
+}
+
+// numericText formats an exact decimal for a numeric column, refusing a
+// value with more decimals than the column's scale (unless the mapping names
+// a rounding mode) or more digits than its precision.
+func numericText(d decimal.Decimal, c *ColumnMap) (string, error) {
+	if c.info != nil && c.info.Scale >= 0 {
+		if !fitsScale(d, c.info.Scale) {
+			if c.Rounding == RoundNone {
+				return "", fmt.Errorf("has more than the %d decimals of column %s %s", c.info.Scale, c.Column, c.info.SQLType)
+			}
+			d = c.Rounding.apply(d, c.info.Scale)
+		}
+		if c.info.Precision > 0 && !fitsPrecision(d, c.info.Precision, c.info.Scale) {
+			return "", fmt.Errorf("is too large for column %s %s", c.Column, c.info.SQLType)
+		}
+	}
+	return formatExact(d, 0), nil
+}
+
+func fitsInt(n int64, ci *ColumnInfo) error {
+	if ci == nil {
+		return nil
+	}
+	switch ci.Type {
+	case "int2":
+		if n < -1<<15 || n >= 1<<15 {
+			return fmt.Errorf("out of range for smallint column %s", ci.Name)
+		}
+	case "int4":
+		if n < -1<<31 || n >= 1<<31 {
+			return fmt.Errorf("out of range for integer column %s", ci.Name)
+		}
+	case "numeric":
+		if ci.Precision > 0 && !fitsPrecision(decimal.NewFromInt(n), ci.Precision, 0) {
+			return fmt.Errorf("too large for column %s %s", ci.Name, ci.SQLType)
+		}
+	}
+	return nil
+}
+
+func moneyOf(v any) (Money, error) {
+	switch x := v.(type) {
+	case Money:
+		return x, nil
+	case *Money:
+		return *x, nil
+	case map[string]any:
+		a, _ := x["amount"].(string)
+		c, _ := x["currency"].(string)
+		if a == "" || c == "" {
+			return Money{}, errors.New("money needs amount and currency")
+		}
+		return Money{Amount: a, Currency: strings.ToUpper(c)}, nil
+	}
+	return Money{}, fmt.Errorf("want money, have %T", v)
+}

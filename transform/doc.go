@@ -1,0 +1,15 @@
+// Package transform owns the canonical model of duplex and the mapping
+// between it and each system's tables.
+//
+// A mapping (YAML, see Load) names entities, the canonical key of each,
+// fields with a canonical type and an owner system, and for each system its
+// table, key column and the column (and converter) of each field. Normalize
+// turns a captured row change of one system into canonical events;
+// Denormalize turns a canonical event into the column values of another
+// system. Money is exact end to end (shopspring/decimal); a conversion that
+// would lose a digit is an error naming entity, key, field and value, never
+// a rounding unless the mapping names a rounding mode.
+//
+// The package does not talk to databases: Check compares a mapping with a
+// Catalog that the caller read from the live database.
+package transform

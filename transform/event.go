@@ -1,0 +1,77 @@
+package transform
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/duplex-cdc/duplex/capture"
+)
+
+// SchemaVersion is the version of the event format on the bus.
+const SchemaVersion = 1
+
+// Op is the operation of a canonical event.
+type Op string
+
+// Canonical operations.
+const (
+	OpUpsert   Op = "upsert"
+	OpDelete   Op = "delete"
+	OpTruncate Op = "truncate"
+)
+
+// Position is where an event comes from in its source.
+type Position struct {
+	// LSN is the commit LSN of the source transaction.
+	LSN        capture.LSN `json:"lsn"`
+	CommitTime time.Time   `json:"commit_time"`
+	Xid        uint32      `json:"xid"`
+	// Index is the event's place in its source transaction.
+	Index int `json:"index"`
+}
+
+// Less orders positions of one source.
+func (p Position) Less(q Position) bool {
+	if p.LSN != q.LSN {
+		return p.LSN < q.LSN
+	}
+	return p.Index < q.Index
+}
+
+// Event is one canonical change of one entity instance. Data holds the
+// canonical values of the fields the source owns: strings for text, uuid,
+// integer, decimal, timestamp (RFC 3339 UTC) and date; bool for booleans;
+// Money (or its JSON object form) for money; nil for NULL. A field absent
+// from Data was not changed and must be left as it is.
+type Event struct {
+	Version int            `json:"v"`
+	ID      string         `json:"id"`
+	Source  string         `json:"source"`
+	Entity  string         `json:"entity"`
+	Op      Op             `json:"op"`
+	Key     string         `json:"key"`
+	Pos     Position       `json:"pos"`
+	Data    map[string]any `json:"data,omitempty"`
+}
+
+// EventID is "<source>:<commit LSN>:<index>".
+func EventID(source string, lsn capture.LSN, index int) string {
+	return fmt.Sprintf("%s:%s:%d", source, lsn, index)
+}
+
+// Tx is one source transaction, or one chunk of a large one, as it travels
+// on the bus: one JetStream message.
+type Tx struct {
+	Version    int         `json:"v"`
+	Source     string      `json:"source"`
+	CommitLSN  capture.LSN `json:"commit_lsn"`
+	EndLSN     capture.LSN `json:"end_lsn"`
+	CommitTime time.Time   `json:"commit_time"`
+	Xid        uint32      `json:"xid"`
+	Chunk      int         `json:"chunk"`
+	Last       bool        `json:"last"`
+	Events     []Event     `json:"events"`
+}
+
+// MsgID is the JetStream message id of the chunk: "<source>:<commit LSN>:<chunk>".
+func (t *Tx) MsgID() string { return fmt.Sprintf("%s:%s:%d", t.Source, t.CommitLSN, t.Chunk) }

@@ -1,0 +1,346 @@
+package transform
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Canonical field types.
+const (
+	TypeText      = "text"
+	TypeInteger   = "integer"
+	TypeDecimal   = "decimal"
+	TypeMoney     = "money"
+	TypeTimestamp = "timestamp"
+	TypeDate      = "date"
+	TypeBoolean   = "boolean"
+	TypeUUID      = "uuid"
+	TypeCurrency  = "currency"
+	TypeEnum      = "enum"
+)
+
+// Converters a system column may name. Without one, the converter follows
+// the field's canonical type.
+const (
+	ConvText       = "text"
+	ConvInteger    = "integer"
+	ConvDecimal    = "decimal"
+	ConvMoney      = "money"       // amount column + currency column (or fixed currency)
+	ConvMoneyMinor = "money_minor" // bigint in the currency's ISO 4217 minor units
+	ConvTimestamp  = "timestamp"
+	ConvDate       = "date"
+	ConvBoolean    = "boolean"
+	ConvUUID       = "uuid"
+	ConvEnum       = "enum"     // map of system value -> canonical value
+	ConvConstant   = "constant" // fixed value
+)
+
+// Owners of a field. OwnerBoth means either system may write it.
+const OwnerBoth = "both"
+
+// Mapping is the declarative mapping file: canonical entities and how each
+// system stores them.
+type Mapping struct {
+	Version int `yaml:"version"`
+	// Systems lists the system names in a fixed order; the order breaks
+	// ties between writes of shared fields that carry the same commit time.
+	Systems  []string  `yaml:"systems"`
+	Entities []*Entity `yaml:"entities"`
+}
+
+// Entity is one canonical business entity.
+type Entity struct {
+	Name string `yaml:"name"`
+	// Key names the field that is the entity's canonical key.
+	Key      string               `yaml:"key"`
+	Fields   []*Field             `yaml:"fields"`
+	Tables   map[string]*TableMap `yaml:"systems"`
+	Truncate string               `yaml:"truncate"` // "refuse" (default) or "propagate"
+
+	fieldByName map[string]*Field
+}
+
+// Field is a canonical field.
+type Field struct {
+	Name  string `yaml:"name"`
+	Type  string `yaml:"type"`
+	Owner string `yaml:"owner"`
+	// Values lists the canonical values of an enum field.
+	Values []string `yaml:"values"`
+}
+
+// TableMap says how one system stores an entity.
+type TableMap struct {
+	Table     string                `yaml:"table"`
+	KeyColumn string                `yaml:"key_column"`
+	Columns   map[string]*ColumnMap `yaml:"columns"`
+
+	schema, name string
+}
+
+// ColumnMap maps a canonical field to a column of a system's table.
+type ColumnMap struct {
+	Column  string `yaml:"column"`
+	Convert string `yaml:"convert"`
+	// CurrencyColumn names the column that holds the currency of a money
+	// amount; Currency fixes it instead.
+	CurrencyColumn string `yaml:"currency_column"`
+	Currency       string `yaml:"currency"`
+	// Enum maps system values to canonical values.
+	Enum map[string]string `yaml:"enum"`
+	// Value is the constant of a constant converter.
+	Value *string `yaml:"value"`
+	// Rounding allows rounding to the column's scale (half_even, half_up,
+	// down). Empty: a value that does not fit is an error.
+	Rounding Rounding `yaml:"rounding"`
+	// Ref says the column holds a reference to another entity's row in
+	// this system, by one of that row's columns; the canonical field holds
+	// the referenced entity's canonical key.
+	Ref *Ref `yaml:"ref"`
+
+	info *ColumnInfo // bound by Check
+}
+
+// Ref points at another entity's row.
+type Ref struct {
+	Entity string `yaml:"entity"`
+	Column string `yaml:"column"`
+}
+
+// Load reads and validates a mapping file.
+func Load(path string) (*Mapping, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read mapping: %w", err)
+	}
+	m, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("mapping %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// Parse decodes and validates a mapping document.
+func Parse(b []byte) (*Mapping, error) {
+	var m Mapping
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("parse mapping: %w", err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Entity returns the entity of that name, or nil.
+func (m *Mapping) Entity(name string) *Entity {
+	for _, e := range m.Entities {
+		if e.Name == name {
+			return e
+		}
+	}
+	return nil
+}
+
+// Field returns the field of that name, or nil.
+func (e *Entity) Field(name string) *Field { return e.fieldByName[name] }
+
+// Validate checks the mapping on its own, without a database, and reports
+// every problem it finds.
+func (m *Mapping) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if m.Version != 1 {
+		bad("version %d is not supported (want 1)", m.Version)
+	}
+	if len(m.Systems) < 2 {
+		bad("systems: name at least two systems, in tie-break order")
+	}
+	seen := map[string]bool{}
+	for _, e := range m.Entities {
+		if e.Name == "" {
+			bad("an entity has no name")
+			continue
+		}
+		if seen[e.Name] {
+			bad("entity %s is defined twice", e.Name)
+		}
+		seen[e.Name] = true
+		e.fieldByName = map[string]*Field{}
+		for _, f := range e.Fields {
+			if e.fieldByName[f.Name] != nil {
+				bad("entity %s: field %s is defined twice", e.Name, f.Name)
+			}
+			e.fieldByName[f.Name] = f
+			switch f.Type {
+			case TypeText, TypeInteger, TypeDecimal, TypeMoney, TypeTimestamp, TypeDate, TypeBoolean, TypeUUID, TypeCurrency:
+			case TypeEnum:
+				if len(f.Values) == 0 {
+					bad("entity %s: enum field %s lists no values", e.Name, f.Name)
+				}
+			default:
+				bad("entity %s: field %s has unknown type %q", e.Name, f.Name, f.Type)
+			}
+			if f.Owner != OwnerBoth && !slices.Contains(m.Systems, f.Owner) {
+				bad("entity %s: field %s has owner %q; want one of %s or both", e.Name, f.Name, f.Owner, strings.Join(m.Systems, ", "))
+			}
+		}
+		if e.fieldByName[e.Key] == nil {
+			bad("entity %s: key %q is not one of its fields", e.Name, e.Key)
+		}
+		switch e.Truncate {
+		case "", "refuse", "propagate":
+		default:
+			bad("entity %s: truncate %q: want refuse or propagate", e.Name, e.Truncate)
+		}
+		for sys, t := range e.Tables {
+			if !slices.Contains(m.Systems, sys) {
+				bad("entity %s: system %s is not listed under systems", e.Name, sys)
+			}
+			validateTable(m, e, sys, t, bad)
+		}
+	}
+	for _, e := range m.Entities {
+		for sys, t := range e.Tables {
+			for fname, c := range t.Columns {
+				if c.Ref == nil {
+					continue
+				}
+				target := m.Entity(c.Ref.Entity)
+				if target == nil {
+					bad("entity %s: %s column for %s refers to unknown entity %s", e.Name, sys, fname, c.Ref.Entity)
+				} else if target.Tables[sys] == nil {
+					bad("entity %s: %s column for %s refers to entity %s, which has no %s table", e.Name, sys, fname, c.Ref.Entity, sys)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(string, ...any)) {
+	where := fmt.Sprintf("entity %s, system %s", e.Name, sys)
+	if t == nil || t.Table == "" {
+		bad("%s: no table", where)
+		return
+	}
+	t.schema, t.name = "public", t.Table
+	if i := strings.IndexByte(t.Table, '.'); i >= 0 {
+		t.schema, t.name = t.Table[:i], t.Table[i+1:]
+	}
+	if t.KeyColumn == "" {
+		bad("%s: no key_column", where)
+	}
+	kc := t.Columns[e.Key]
+	if kc == nil {
+		bad("%s: key field %s has no column", where, e.Key)
+	} else if kc.Column != t.KeyColumn {
+		bad("%s: key field %s maps to column %s, but key_column is %s", where, e.Key, kc.Column, t.KeyColumn)
+	}
+	for fname, c := range t.Columns {
+		f := e.fieldByName[fname]
+		if f == nil {
+			bad("%s: column mapping for unknown field %s", where, fname)
+			continue
+		}
+		if c == nil {
+			bad("%s: field %s: empty column mapping", where, fname)
+			continue
+		}
+		conv := c.converter(f)
+		if c.Column == "" && conv != ConvConstant {
+			bad("%s: field %s: no column", where, fname)
+		}
+		if !convertible(f.Type, conv) {
+			bad("%s: field %s: converter %s does not fit canonical type %s", where, fname, conv, f.Type)
+		}
+		switch conv {
+		case ConvMoney, ConvMoneyMinor:
+			if (c.CurrencyColumn == "") == (c.Currency == "") {
+				bad("%s: field %s: money needs exactly one of currency_column or currency", where, fname)
+			}
+			if c.Currency != "" {
+				if _, err := CurrencyScale(c.Currency); err != nil {
+					bad("%s: field %s: %v", where, fname, err)
+				}
+			}
+		case ConvEnum:
+			if len(c.Enum) == 0 {
+				bad("%s: field %s: enum converter without an enum map", where, fname)
+			}
+			for sv, cv := range c.Enum {
+				if !slices.Contains(f.Values, cv) {
+					bad("%s: field %s: enum maps %q to %q, which is not a value of the field", where, fname, sv, cv)
+				}
+			}
+		case ConvConstant:
+			if c.Value == nil {
+				bad("%s: field %s: constant without a value", where, fname)
+			}
+		}
+		switch c.Rounding {
+		case RoundNone, RoundHalfEven, RoundHalfUp, RoundDown:
+		default:
+			bad("%s: field %s: unknown rounding %q", where, fname, c.Rounding)
+		}
+		if c.Ref != nil && c.Ref.Column == "" {
+			bad("%s: field %s: ref needs entity and column", where, fname)
+		}
+	}
+	_ = m
+}
+
+// converter returns the converter a column uses: the one named, or the
+// default of the field's type.
+func (c *ColumnMap) converter(f *Field) string {
+	if c.Convert != "" {
+		return c.Convert
+	}
+	switch f.Type {
+	case TypeMoney:
+		return ConvMoney
+	case TypeEnum:
+		if len(c.Enum) > 0 {
+			return ConvEnum
+		}
+		return ConvText
+	case TypeCurrency:
+		return ConvText
+	}
+	return f.Type
+}
+
+func convertible(typ, conv string) bool {
+	switch conv {
+	case ConvConstant:
+		return true
+	case ConvMoney, ConvMoneyMinor:
+		return typ == TypeMoney
+	case ConvEnum:
+		return typ == TypeEnum
+	case ConvText:
+		return typ == TypeText || typ == TypeCurrency || typ == TypeEnum || typ == TypeUUID
+	case ConvDecimal:
+		return typ == TypeDecimal || typ == TypeInteger
+	case ConvInteger:
+		return typ == TypeInteger
+	}
+	return conv == typ
+}
+
+// QualifiedTable returns "schema.table".
+func (t *TableMap) QualifiedTable() string { return t.schema + "." + t.name }
+
+// Schema and Name split the table.
+func (t *TableMap) Schema() string { return t.schema }
+
+// Name is the table name without schema.
+func (t *TableMap) Name() string { return t.name }

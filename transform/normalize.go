@@ -1,0 +1,337 @@
+package transform
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/shopspring/decimal"
+
+	"github.com/duplex-cdc/duplex/capture"
+)
+
+// Source returns the entity stored in the given system's table, or nil.
+func (m *Mapping) Source(system, qualifiedTable string) *Entity {
+	for _, e := range m.Entities {
+		if t := e.Tables[system]; t != nil && t.QualifiedTable() == qualifiedTable {
+			return e
+		}
+	}
+	return nil
+}
+
+// Tables returns the qualified tables the mapping uses in a system, in
+// entity order.
+func (m *Mapping) Tables(system string) []string {
+	var out []string
+	for _, e := range m.Entities {
+		if t := e.Tables[system]; t != nil {
+			out = append(out, t.QualifiedTable())
+		}
+	}
+	return out
+}
+
+// carries says whether a flow out of system carries field f.
+func carries(e *Entity, f *Field, system string) bool {
+	return f.Name == e.Key || f.Owner == system || f.Owner == OwnerBoth
+}
+
+// Normalize turns one captured row change of a system into canonical
+// events: none for unmapped tables, one upsert or delete, or a delete and
+// an upsert when the key changed. index is the change's place in its
+// transaction; events get index*2 and index*2+1 so that positions stay
+// unique and ordered.
+func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *capture.Change) ([]Event, error) {
+	if ch.Op == capture.Truncate {
+		return m.normalizeTruncate(system, tx, index, ch)
+	}
+	e := m.Source(system, ch.QualifiedTable())
+	if e == nil {
+		return nil, nil
+	}
+	t := e.Tables[system]
+	pos := func(i int) Position {
+		return Position{LSN: tx.CommitLSN, CommitTime: tx.CommitTime.UTC(), Xid: tx.Xid, Index: index*2 + i}
+	}
+	mk := func(op Op, key string, i int) Event {
+		p := pos(i)
+		return Event{Version: SchemaVersion, ID: EventID(system, tx.CommitLSN, p.Index), Source: system, Entity: e.Name, Op: op, Key: key, Pos: p}
+	}
+	keyOf := func(row capture.Row, which string) (string, error) {
+		v, ok := row[t.KeyColumn]
+		if !ok || v == nil {
+			return "", fmt.Errorf("%s %s on %s carries no value for key column %s (check REPLICA IDENTITY)", system, ch.Op, ch.QualifiedTable(), t.KeyColumn)
+		}
+		if _, ok := v.(capture.Unchanged); ok {
+			return "", fmt.Errorf("%s %s on %s: key column %s of the %s row is unchanged TOAST", system, ch.Op, ch.QualifiedTable(), t.KeyColumn, which)
+		}
+		s, err := m.canonical(e, e.Field(e.Key), t.Columns[e.Key], row, "")
+		if err != nil {
+			return "", err
+		}
+		ks, ok := s.(string)
+		if !ok {
+			return "", fmt.Errorf("%s %s on %s: key column %s holds %v", system, ch.Op, ch.QualifiedTable(), t.KeyColumn, v)
+		}
+		return ks, nil
+	}
+	switch ch.Op {
+	case capture.Delete:
+		key, err := keyOf(ch.Old, "old")
+		if err != nil {
+			return nil, err
+		}
+		return []Event{mk(OpDelete, key, 0)}, nil
+	case capture.Insert, capture.Update:
+		key, err := keyOf(ch.New, "new")
+		if err != nil {
+			return nil, err
+		}
+		var out []Event
+		if ch.Op == capture.Update && ch.Old != nil {
+			if _, has := ch.Old[t.KeyColumn]; has {
+				oldKey, err := keyOf(ch.Old, "old")
+				if err != nil {
+					return nil, err
+				}
+				if oldKey != key {
+					out = append(out, mk(OpDelete, oldKey, 0))
+				}
+			}
+		}
+		ev := mk(OpUpsert, key, 1)
+		ev.Data = make(map[string]any, len(t.Columns))
+		for _, f := range e.Fields {
+			c := t.Columns[f.Name]
+			if c == nil || !carries(e, f, system) {
+				continue
+			}
+			v, err := m.canonical(e, f, c, ch.New, key)
+			if err != nil {
+				return nil, err
+			}
+			if v == skip {
+				continue
+			}
+			ev.Data[f.Name] = v
+		}
+		return append(out, ev), nil
+	}
+	return nil, fmt.Errorf("%s %s on %s: unexpected operation", system, ch.Op, ch.QualifiedTable())
+}
+
+func (m *Mapping) normalizeTruncate(system string, tx *capture.TxInfo, index int, ch *capture.Change) ([]Event, error) {
+	var out []Event
+	for i, qt := range ch.Tables {
+		e := m.Source(system, qt)
+		if e == nil {
+			continue
+		}
+		if e.Truncate != "propagate" {
+			return nil, fmt.Errorf("%s truncate of %s (entity %s) refused: the mapping does not propagate truncates (set truncate: propagate); rows on the other side are left as they are", system, qt, e.Name)
+		}
+		p := Position{LSN: tx.CommitLSN, CommitTime: tx.CommitTime.UTC(), Xid: tx.Xid, Index: index*2 + i}
+		out = append(out, Event{Version: SchemaVersion, ID: EventID(system, tx.CommitLSN, p.Index), Source: system, Entity: e.Name, Op: OpTruncate, Pos: p})
+	}
+	return out, nil
+}
+
+// skip marks a field that is not carried (unchanged TOAST value).
+var skip = &struct{}{}
+
+// canonical converts a column value of a source row to the field's
+// canonical value.
+func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, key string) (any, error) {
+	conv := c.converter(f)
+	if conv == ConvConstant {
+		return *c.Value, nil
+	}
+	v, ok := row[c.Column]
+	if !ok {
+		return skip, nil
+	}
+	if _, ok := v.(capture.Unchanged); ok {
+		return skip, nil
+	}
+	fail := func(err error) (any, error) {
+		return nil, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: describe(v), Err: err}
+	}
+	if v == nil {
+		return nil, nil
+	}
+	if sp, ok := v.(capture.Special); ok {
+		return fail(fmt.Errorf("%s cannot be carried exactly as %s", string(sp), f.Type))
+	}
+	switch conv {
+	case ConvText:
+		s, err := asText(v)
+		if err != nil {
+			return fail(err)
+		}
+		if f.Type == TypeCurrency {
+			s = strings.ToUpper(strings.TrimSpace(s))
+			if _, err := CurrencyScale(s); err != nil {
+				return fail(err)
+			}
+		}
+		if f.Type == TypeEnum && !contains(f.Values, s) {
+			return fail(fmt.Errorf("not a value of the enum (%s)", strings.Join(f.Values, ", ")))
+		}
+		return s, nil
+	case ConvUUID:
+		s, err := asText(v)
+		if err != nil {
+			return fail(err)
+		}
+		return s, nil
+	case ConvEnum:
+		s, err := asText(v)
+		if err != nil {
+			return fail(err)
+		}
+		cv, ok := c.Enum[s]
+		if !ok {
+			return fail(errors.New("no canonical value is mapped for it"))
+		}
+		return cv, nil
+	case ConvInteger, ConvDecimal:
+		d, err := asDecimal(v)
+		if err != nil {
+			return fail(err)
+		}
+		if f.Type == TypeInteger && !d.IsInteger() {
+			return fail(errors.New("not an integer"))
+		}
+		return formatExact(d, 0), nil
+	case ConvMoney, ConvMoneyMinor:
+		cur, err := m.currencyOf(c, row)
+		if err != nil {
+			return fail(err)
+		}
+		var amount decimal.Decimal
+		if conv == ConvMoneyMinor {
+			n, ok := v.(int64)
+			if !ok {
+				d, err := asDecimal(v)
+				if err != nil || !d.IsInteger() || !d.BigInt().IsInt64() {
+					return fail(errors.New("minor units must be an integer"))
+				}
+				n = d.IntPart()
+			}
+			amount, err = fromMinorUnits(n, cur)
+		} else {
+			amount, err = asDecimal(v)
+		}
+		if err != nil {
+			return fail(err)
+		}
+		money, err := NewMoney(amount, cur)
+		if err != nil {
+			return fail(err)
+		}
+		return money, nil
+	case ConvTimestamp:
+		t, ok := v.(time.Time)
+		if !ok {
+			return fail(fmt.Errorf("want a timestamp, have %T", v))
+		}
+		return t.UTC().Format(time.RFC3339Nano), nil
+	case ConvDate:
+		t, ok := v.(time.Time)
+		if !ok {
+			return fail(fmt.Errorf("want a date, have %T", v))
+		}
+		return t.Format(time.DateOnly), nil
+	case ConvBoolean:
+		b, ok := v.(bool)
+		if !ok {
+			return fail(fmt.Errorf("want a boolean, have %T", v))
+		}
+		return b, nil
+	}
+	return fail(fmt.Errorf("unknown converter %s", conv))
+}
+
+func (m *Mapping) currencyOf(c *ColumnMap, row capture.Row) (string, error) {
+	if c.Currency != "" {
+		return strings.ToUpper(c.Currency), nil
+	}
+	v, ok := row[c.CurrencyColumn]
+	if !ok || v == nil {
+		return "", fmt.Errorf("currency column %s is empty", c.CurrencyColumn)
+	}
+	if _, ok := v.(capture.Unchanged); ok {
+		return "", fmt.Errorf("currency column %s was not sent", c.CurrencyColumn)
+	}
+	s, err := asText(v)
+	if err != nil {
+		return "", err
+	}
+	return strings.ToUpper(strings.TrimSpace(s)), nil
+}
+
+func asText(v any) (string, error) {
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case int64:
+		return strconv.FormatInt(x, 10), nil
+	case decimal.Decimal:
+		return formatExact(x, 0), nil
+	case uuid.UUID:
+		return x.String(), nil
+	case json.RawMessage:
+		return string(x), nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	}
+	return "", fmt.Errorf("want text, have %T", v)
+}
+
+func asDecimal(v any) (decimal.Decimal, error) {
+	switch x := v.(type) {
+	case decimal.Decimal:
+		return x, nil
+	case int64:
+		return decimal.NewFromInt(x), nil
+	case string:
+		d, err := decimal.NewFromString(x)
+		if err != nil {
+			return decimal.Decimal{}, fmt.Errorf("not a decimal number")
+		}
+		return d, nil
+	}
+	return decimal.Decimal{}, fmt.Errorf("want a number, have %T", v)
+}
+
+func describe(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "NULL"
+	case decimal.Decimal:
+		return x.String()
+	case time.Time:
+		return x.Format(time.RFC3339Nano)
+	case capture.Special:
+		return string(x)
+	case []byte:
+		return fmt.Sprintf("\\x%x", x)
+	case json.RawMessage:
+		return string(x)
+	}
+	return fmt.Sprint(v)
+}
+
+func contains(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
