@@ -335,3 +335,86 @@ func contains(xs []string, s string) bool {
 	}
 	return false
 }
+
+// CanonicalRow converts a stored row of an entity in a system into its
+// canonical key and the canonical values of the given fields (all mapped
+// fields when fields is nil). Reference columns must already hold the
+// referenced entity's canonical key.
+func (m *Mapping) CanonicalRow(system string, e *Entity, row capture.Row, fields []string) (string, map[string]any, error) {
+	t := e.Tables[system]
+	if t == nil {
+		return "", nil, fmt.Errorf("entity %s has no %s table", e.Name, system)
+	}
+	k, err := m.canonical(e, e.Field(e.Key), t.Columns[e.Key], row, "")
+	if err != nil {
+		return "", nil, err
+	}
+	key, _ := k.(string)
+	data := map[string]any{}
+	for _, f := range e.Fields {
+		c := t.Columns[f.Name]
+		if c == nil || (fields != nil && !contains(fields, f.Name)) {
+			continue
+		}
+		v, err := m.canonical(e, f, c, row, key)
+		if err != nil {
+			return key, nil, err
+		}
+		if v != skip {
+			data[f.Name] = v
+		}
+	}
+	return key, data, nil
+}
+
+// Carried lists the fields a flow from system carries for an entity and
+// that both systems store in a column of their own (constants excluded).
+func (e *Entity) Carried(from, to string) []string {
+	var out []string
+	for _, f := range e.Fields {
+		if !carries(e, f, from) {
+			continue
+		}
+		a, b := e.Tables[from], e.Tables[to]
+		if a == nil || b == nil || a.Columns[f.Name] == nil || b.Columns[f.Name] == nil {
+			continue
+		}
+		if a.Columns[f.Name].converter(f) == ConvConstant || b.Columns[f.Name].converter(f) == ConvConstant {
+			continue
+		}
+		out = append(out, f.Name)
+	}
+	return out
+}
+
+// Equal compares two canonical values of a field by meaning: amounts and
+// decimals numerically (12.5 equals 12.50), timestamps as instants.
+func (f *Field) Equal(a, b any) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	switch f.Type {
+	case TypeMoney:
+		ma, err1 := moneyOf(a)
+		mb, err2 := moneyOf(b)
+		if err1 != nil || err2 != nil || ma.Currency != mb.Currency {
+			return false
+		}
+		da, err1 := decimal.NewFromString(ma.Amount)
+		db, err2 := decimal.NewFromString(mb.Amount)
+		return err1 == nil && err2 == nil && da.Equal(db)
+	case TypeDecimal, TypeInteger:
+		sa, _ := a.(string)
+		sb, _ := b.(string)
+		da, err1 := decimal.NewFromString(sa)
+		db, err2 := decimal.NewFromString(sb)
+		return err1 == nil && err2 == nil && da.Equal(db)
+	case TypeTimestamp:
+		sa, _ := a.(string)
+		sb, _ := b.(string)
+		ta, err1 := time.Parse(time.RFC3339Nano, sa)
+		tb, err2 := time.Parse(time.RFC3339Nano, sb)
+		return err1 == nil && err2 == nil && ta.Equal(tb)
+	}
+	return a == b
+}

@@ -31,9 +31,9 @@ type Config struct {
 	Publication string
 	// Tables are the "schema.table" names to publish.
 	Tables []string
-	// SkipOrigin drops transactions written under this replication origin
-	// (duplex's own sink), so applied changes never echo back.
-	SkipOrigin string
+	// SkipOrigins drops transactions written under these replication
+	// origins (duplex's own sinks), so applied changes never echo back.
+	SkipOrigins []string
 	// ChunkSize is the number of changes per chunk (default 500).
 	ChunkSize int
 	// StatusInterval is how often a standby status update is sent
@@ -321,7 +321,7 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		ss.chunk = nil
 	case *pglogrepl.OriginMessage:
 		ss.tx.Origin = msg.Name
-		if s.cfg.SkipOrigin != "" && msg.Name == s.cfg.SkipOrigin {
+		if containsStr(s.cfg.SkipOrigins, msg.Name) {
 			ss.skipping = true
 		}
 	case *pglogrepl.InsertMessage:

@@ -1,0 +1,10 @@
+// Package examples embeds the example schemas, mappings and configurations
+// so that `duplex demo` and the tests can use them from any directory.
+package examples
+
+import "embed"
+
+// OrderToCash holds order-to-cash/{crm.sql,erp.sql,mapping.yaml,duplex.yaml}.
+//
+//go:embed order-to-cash/*.sql order-to-cash/*.yaml
+var OrderToCash embed.FS

@@ -1,0 +1,174 @@
+// Package cli is duplex's command line: it reads flags and configuration
+// and calls into app, demo and the other commands. Only this package (and
+// cmd/duplex) reads the environment.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/config"
+	"github.com/duplex-cdc/duplex/internal/demo"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+// exitError carries an exit code.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+// Main runs the command line and returns the exit code.
+func Main(args []string) int {
+	return MainIO(args, os.Stdout, os.Stderr)
+}
+
+// MainIO is Main with explicit output streams.
+func MainIO(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	var ee exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.code
+	default:
+		fmt.Fprintln(stderr, "duplex:", err)
+		return 1
+	}
+}
+
+type globals struct {
+	logLevel  string
+	logFormat string
+	stdout    io.Writer
+	stderr    io.Writer
+}
+
+func (g *globals) logger() *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(g.logLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if g.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(g.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, opts))
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "duplex",
+		Short:         "CRM ⇄ ERP change data capture over NATS JetStream",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("DUPLEX_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("DUPLEX_LOG_FORMAT", "text"), "log format: text or json")
+	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g))
+	return root
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func runCmd(g *globals) *cobra.Command {
+	var cfgPath, dataDir string
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "Run the configured flows until SIGINT/SIGTERM, then stop cleanly",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(cfgPath, os.Getenv)
+			if err != nil {
+				return err
+			}
+			if dataDir == "" {
+				dataDir = envOr("DUPLEX_DATA_DIR", cfg.DataDir)
+			}
+			log := g.logger()
+			a, err := app.Start(cmd.Context(), app.Options{Config: cfg, DataDir: dataDir, Logger: log})
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			log.Info("duplex running", slog.String("nats", a.NATSURL()), slog.Int("flows", len(cfg.Flows)))
+			err = a.Run(cmd.Context())
+			log.Info("duplex stopped")
+			return err
+		},
+	}
+	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
+	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
+	return c
+}
+
+func checkCmd(g *globals) *cobra.Command {
+	var cfgPath string
+	c := &cobra.Command{
+		Use:   "check",
+		Short: "Check the configuration and mapping against both databases, then exit",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(cfgPath, os.Getenv)
+			if err != nil {
+				return err
+			}
+			m, err := transform.Load(cfg.MappingPath())
+			if err != nil {
+				return err
+			}
+			if err := app.Preflight(cmd.Context(), cfg, m); err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, "configuration and mapping fit both databases")
+			return nil
+		},
+	}
+	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
+	return c
+}
+
+func demoCmd(g *globals) *cobra.Command {
+	var opts demo.Options
+	c := &cobra.Command{
+		Use:   "demo",
+		Short: "Run a self-contained demo: two throwaway PostgreSQL clusters, embedded JetStream, live order-to-cash traffic",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.Out = g.stdout
+			if g.logLevel == "info" && !cmd.Flags().Changed("log-level") {
+				g.logLevel = "warn"
+			}
+			opts.Logger = g.logger()
+			ok, err := demo.Run(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	c.Flags().DurationVar(&opts.Duration, "duration", 30*time.Second, "how long to generate traffic")
+	c.Flags().IntVar(&opts.Rate, "rate", 50, "CRM transactions per second")
+	return c
+}
+

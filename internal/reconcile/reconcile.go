@@ -1,0 +1,294 @@
+// Package reconcile compares what two systems hold of each entity through
+// the mapping: row counts, rows missing on either side, rows whose carried
+// fields differ, and money totals per currency. It streams both sides in
+// key order (bounded memory) and compares canonical values by meaning.
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/shopspring/decimal"
+
+	"github.com/duplex-cdc/duplex/capture"
+	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+// Side is one system's database.
+type Side struct {
+	System string
+	Conn   *pgx.Conn
+}
+
+// Diff is one row that differs.
+type Diff struct {
+	Entity string
+	Key    string
+	// Kind is "missing" (in target), "extra" (only in target) or "changed".
+	Kind   string
+	Fields []string
+}
+
+func (d Diff) String() string {
+	if d.Kind == "changed" {
+		return fmt.Sprintf("%s %s: %s differs", d.Entity, d.Key, strings.Join(d.Fields, ", "))
+	}
+	return fmt.Sprintf("%s %s: %s", d.Entity, d.Key, d.Kind)
+}
+
+// EntityReport is the comparison of one entity.
+type EntityReport struct {
+	Entity      string
+	SourceRows  int64
+	TargetRows  int64
+	Missing     int64
+	Extra       int64
+	Changed     int64
+	SourceTotal map[string]decimal.Decimal // "field currency" -> sum
+	TargetTotal map[string]decimal.Decimal
+}
+
+// Report is the comparison of all entities.
+type Report struct {
+	Entities []EntityReport
+	// Diffs holds up to MaxDiffs differing rows.
+	Diffs []Diff
+}
+
+// Equal reports whether nothing differs.
+func (r *Report) Equal() bool {
+	for _, e := range r.Entities {
+		if e.Missing+e.Extra+e.Changed > 0 || e.SourceRows != e.TargetRows || !sameTotals(e.SourceTotal, e.TargetTotal) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameTotals(a, b map[string]decimal.Decimal) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || !v.Equal(w) {
+			return false
+		}
+	}
+	return true
+}
+
+// String renders the report as a table.
+func (r *Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-12s %10s %10s %8s %8s %8s\n", "entity", "source", "target", "missing", "extra", "changed")
+	for _, e := range r.Entities {
+		fmt.Fprintf(&b, "%-12s %10d %10d %8d %8d %8d\n", e.Entity, e.SourceRows, e.TargetRows, e.Missing, e.Extra, e.Changed)
+		for _, k := range sortedKeys(e.SourceTotal) {
+			mark := "="
+			if !e.SourceTotal[k].Equal(e.TargetTotal[k]) {
+				mark = "≠"
+			}
+			fmt.Fprintf(&b, "  %-30s %s %s %s\n", k, e.SourceTotal[k].String(), mark, e.TargetTotal[k].String())
+		}
+	}
+	for _, d := range r.Diffs {
+		fmt.Fprintf(&b, "  %s\n", d)
+	}
+	return b.String()
+}
+
+func sortedKeys(m map[string]decimal.Decimal) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// MaxDiffs bounds the rows listed in a report.
+const MaxDiffs = 50
+
+// Compare compares every entity stored by both systems, over the fields a
+// flow from source to target carries.
+func Compare(ctx context.Context, m *transform.Mapping, src, dst Side) (*Report, error) {
+	rep := &Report{}
+	for _, e := range m.Entities {
+		if e.Tables[src.System] == nil || e.Tables[dst.System] == nil {
+			continue
+		}
+		er, err := compareEntity(ctx, m, e, src, dst, rep)
+		if err != nil {
+			return nil, err
+		}
+		rep.Entities = append(rep.Entities, er)
+	}
+	return rep, nil
+}
+
+type cursor struct {
+	rows   pgx.Rows
+	dec    *pgcapture.Decoder
+	m      *transform.Mapping
+	e      *transform.Entity
+	system string
+	fields []string
+	key    string
+	data   map[string]any
+	done   bool
+	err    error
+}
+
+func (c *cursor) next() {
+	if !c.rows.Next() {
+		c.done = true
+		c.err = c.rows.Err()
+		return
+	}
+	fds := c.rows.FieldDescriptions()
+	raw := c.rows.RawValues()
+	row := capture.Row{}
+	for i, fd := range fds[1:] {
+		if raw[i+1] == nil {
+			row[fd.Name] = nil
+			continue
+		}
+		v, err := c.dec.Decode(fd.DataTypeOID, raw[i+1])
+		if err != nil {
+			c.done, c.err = true, fmt.Errorf("%s %s: column %s: %w", c.system, c.e.Name, fd.Name, err)
+			return
+		}
+		row[fd.Name] = v
+	}
+	key, data, err := c.m.CanonicalRow(c.system, c.e, row, c.fields)
+	if err != nil {
+		c.done, c.err = true, fmt.Errorf("%s %s: %w", c.system, c.e.Name, err)
+		return
+	}
+	c.key, c.data = key, data
+}
+
+// query selects the key (as text, for ordering) and the columns of the
+// fields, with reference columns replaced by the referenced row's key.
+func query(m *transform.Mapping, e *transform.Entity, system string, fields []string) string {
+	t := e.Tables[system]
+	cols := []string{"t." + pgx.Identifier{t.KeyColumn}.Sanitize() + "::text COLLATE \"C\" AS duplex_sort_key"}
+	joins := ""
+	seen := map[string]bool{}
+	add := func(expr, name string) {
+		if !seen[name] {
+			seen[name] = true
+			cols = append(cols, expr+" AS "+pgx.Identifier{name}.Sanitize())
+		}
+	}
+	for i, f := range fields {
+		c := t.Columns[f]
+		if c.Column == "" {
+			continue
+		}
+		if c.Ref != nil {
+			rt := m.Entity(c.Ref.Entity).Tables[system]
+			alias := fmt.Sprintf("r%d", i)
+			joins += fmt.Sprintf(" LEFT JOIN %s AS %s ON %s.%s = t.%s", pgx.Identifier{rt.Schema(), rt.Name()}.Sanitize(), alias,
+				alias, pgx.Identifier{c.Ref.Column}.Sanitize(), pgx.Identifier{c.Column}.Sanitize())
+			add(alias+"."+pgx.Identifier{rt.KeyColumn}.Sanitize(), c.Column)
+		} else {
+			add("t."+pgx.Identifier{c.Column}.Sanitize(), c.Column)
+		}
+		if c.CurrencyColumn != "" {
+			add("t."+pgx.Identifier{c.CurrencyColumn}.Sanitize(), c.CurrencyColumn)
+		}
+	}
+	return fmt.Sprintf("SELECT %s FROM %s AS t%s ORDER BY 1", strings.Join(cols, ", "), pgx.Identifier{t.Schema(), t.Name()}.Sanitize(), joins)
+}
+
+func open(ctx context.Context, m *transform.Mapping, e *transform.Entity, s Side, fields []string) (*cursor, error) {
+	rows, err := s.Conn.Query(ctx, query(m, e, s.System, fields), pgx.QueryResultFormats{pgx.TextFormatCode})
+	if err != nil {
+		return nil, fmt.Errorf("read %s %s: %w", s.System, e.Name, err)
+	}
+	c := &cursor{rows: rows, dec: pgcapture.NewDecoder(), m: m, e: e, system: s.System, fields: fields}
+	c.next()
+	return c, nil
+}
+
+func compareEntity(ctx context.Context, m *transform.Mapping, e *transform.Entity, src, dst Side, rep *Report) (EntityReport, error) {
+	er := EntityReport{Entity: e.Name, SourceTotal: map[string]decimal.Decimal{}, TargetTotal: map[string]decimal.Decimal{}}
+	fields := e.Carried(src.System, dst.System)
+	a, err := open(ctx, m, e, src, fields)
+	if err != nil {
+		return er, err
+	}
+	defer a.rows.Close()
+	// Two queries on one connection each cannot be open at once, so the
+	// caller gives each side its own connection.
+	b, err := open(ctx, m, e, dst, fields)
+	if err != nil {
+		return er, err
+	}
+	defer b.rows.Close()
+	note := func(d Diff) {
+		if len(rep.Diffs) < MaxDiffs {
+			rep.Diffs = append(rep.Diffs, d)
+		}
+	}
+	for !a.done || !b.done {
+		switch {
+		case !a.done && (b.done || a.key < b.key):
+			er.SourceRows++
+			addTotals(e, er.SourceTotal, a.data)
+			er.Missing++
+			note(Diff{Entity: e.Name, Key: a.key, Kind: "missing"})
+			a.next()
+		case !b.done && (a.done || b.key < a.key):
+			er.TargetRows++
+			addTotals(e, er.TargetTotal, b.data)
+			er.Extra++
+			note(Diff{Entity: e.Name, Key: b.key, Kind: "extra"})
+			b.next()
+		default:
+			er.SourceRows++
+			er.TargetRows++
+			addTotals(e, er.SourceTotal, a.data)
+			addTotals(e, er.TargetTotal, b.data)
+			var differ []string
+			for _, f := range fields {
+				if !e.Field(f).Equal(a.data[f], b.data[f]) {
+					differ = append(differ, f)
+				}
+			}
+			if len(differ) > 0 {
+				er.Changed++
+				note(Diff{Entity: e.Name, Key: a.key, Kind: "changed", Fields: differ})
+			}
+			a.next()
+			b.next()
+		}
+	}
+	if a.err != nil {
+		return er, a.err
+	}
+	return er, b.err
+}
+
+func addTotals(e *transform.Entity, totals map[string]decimal.Decimal, data map[string]any) {
+	for _, f := range e.Fields {
+		if f.Type != transform.TypeMoney {
+			continue
+		}
+		mv, ok := data[f.Name].(transform.Money)
+		if !ok {
+			continue
+		}
+		d, err := decimal.NewFromString(mv.Amount)
+		if err != nil {
+			continue
+		}
+		k := f.Name + " " + mv.Currency
+		totals[k] = totals[k].Add(d)
+	}
+}
