@@ -160,13 +160,24 @@ func (p *producer) fail(err error) {
 }
 
 func (p *producer) run(ctx context.Context) error {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// The tracker outlives the session's context so that Drain can wait
+	// for the last acknowledgements after ctx ended.
+	tctx, stopTrack := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopTrack()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		p.track(sctx)
+		p.track(tctx)
+	}()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.failed:
+			cancel()
+		case <-sctx.Done():
+		}
 	}()
 	err := p.src.Stream(sctx, p)
 	select {
@@ -174,7 +185,7 @@ func (p *producer) run(ctx context.Context) error {
 		err = p.err
 	default:
 	}
-	cancel()
+	stopTrack()
 	wg.Wait()
 	return err
 }

@@ -184,6 +184,21 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		a.Close()
 		return nil, err
 	}
+	// Publications and slots exist when Start returns, so every change
+	// committed from now on is captured.
+	for _, name := range cfg.Sources() {
+		sys := cfg.Systems[name]
+		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication,
+			Tables: m.Tables(name), SkipOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
+		if err == nil {
+			err = src.Ensure(ctx)
+		}
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
+		a.Sources[name], a.SrcStat[name] = src, &pipeline.SourceStats{}
+	}
 	return a, nil
 }
 
@@ -199,14 +214,7 @@ func (a *App) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, len(cfg.Flows)+len(cfg.Systems))
 	for _, name := range cfg.Sources() {
-		sys := cfg.Systems[name]
-		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication,
-			Tables: a.mapping.Tables(name), SkipOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
-		if err != nil {
-			return err
-		}
-		stats := &pipeline.SourceStats{}
-		a.Sources[name], a.SrcStat[name] = src, stats
+		src, stats := a.Sources[name], a.SrcStat[name]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -102,7 +102,7 @@ func (n *NATS) Start() error {
 		JetStream:              true,
 		StoreDir:               n.opts.StoreDir,
 		JetStreamMaxMemory:     256 << 20,
-		JetStreamMaxStore:      8 << 30,
+		JetStreamMaxStore:      1 << 40, // a ceiling, not an allocation
 		DisableJetStreamBanner: true,
 		NoSigs:                 true,
 		NoLog:                  true,

@@ -1,0 +1,5 @@
+// Package deploy holds no code: this folder holds the tests that check the
+// deployment files at the repository root (docker-compose.yml, Dockerfile,
+// .dockerignore) against the repository, so that a renamed example, command
+// or environment variable fails `go test` rather than `docker compose up`.
+package deploy

@@ -1,0 +1,383 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/duplex-cdc/duplex/examples"
+	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/cli"
+	"github.com/duplex-cdc/duplex/internal/config"
+	"github.com/duplex-cdc/duplex/internal/harness"
+	"github.com/duplex-cdc/duplex/internal/reconcile"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+// childEnv makes the test binary act as the duplex command.
+const childEnv = "DUPLEX_E2E_CHILD"
+
+var (
+	sharedCRM, sharedERP *harness.Cluster
+	fixtureSeq           atomic.Int64
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(cli.Main(os.Args[1:]))
+	}
+	ctx := context.Background()
+	var err error
+	if sharedCRM, err = harness.StartCluster(ctx, harness.ClusterOptions{}); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: start CRM cluster:", err)
+		os.Exit(1)
+	}
+	if sharedERP, err = harness.StartCluster(ctx, harness.ClusterOptions{}); err != nil {
+		sharedCRM.Close()
+		fmt.Fprintln(os.Stderr, "e2e: start ERP cluster:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	sharedCRM.Close()
+	sharedERP.Close()
+	os.Exit(code)
+}
+
+// fixture is one test's CRM and ERP databases, NATS server and config.
+type fixture struct {
+	t        *testing.T
+	id       string
+	crm, erp *harness.Cluster
+	crmDB    string
+	erpDB    string
+	nats     *harness.NATS
+	cfgPath  string
+	mapping  *transform.Mapping
+	dir      string
+}
+
+type fixtureOptions struct {
+	// own starts clusters for this test alone (for tests that restart them).
+	own bool
+	// mapping replaces the example mapping.
+	mapping string
+}
+
+func newFixture(t *testing.T, o fixtureOptions) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	n := fixtureSeq.Add(1)
+	f := &fixture{t: t, id: fmt.Sprintf("t%d", n), crm: sharedCRM, erp: sharedERP, dir: t.TempDir()}
+	if o.own {
+		f.crm = harness.NewCluster(t, harness.ClusterOptions{})
+		f.erp = harness.NewCluster(t, harness.ClusterOptions{})
+	}
+	f.crmDB, f.erpDB = "crm_"+f.id, "erp_"+f.id
+	for _, s := range []struct {
+		c      *harness.Cluster
+		db, fn string
+	}{{f.crm, f.crmDB, "crm.sql"}, {f.erp, f.erpDB, "erp.sql"}} {
+		sql, err := fs.ReadFile(examples.OrderToCash, "order-to-cash/"+s.fn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.c.CreateDatabase(ctx, s.db); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.c.Exec(ctx, s.db, string(sql)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.nats = harness.NewNATS(t)
+	mapping := o.mapping
+	if mapping == "" {
+		b, err := fs.ReadFile(examples.OrderToCash, "order-to-cash/mapping.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mapping = string(b)
+	}
+	mpath := filepath.Join(f.dir, "mapping.yaml")
+	if err := os.WriteFile(mpath, []byte(mapping), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if f.mapping, err = transform.Parse([]byte(mapping)); err != nil {
+		t.Fatalf("mapping: %v", err)
+	}
+	cfg := fmt.Sprintf(`mapping: %s
+nats:
+  url: %s
+stream:
+  duplicates: 2m
+systems:
+  crm:
+    dsn: ${CRM_DSN}
+    slot: duplex_crm_%[3]s
+    publication: duplex_crm_%[3]s
+  erp:
+    dsn: ${ERP_DSN}
+    slot: duplex_erp_%[3]s
+    publication: duplex_erp_%[3]s
+flows:
+  - name: to-erp
+    from: crm
+    to: erp
+    origin: duplex_to_erp_%[3]s
+    batch: 256
+    max_wait_attempts: 4
+`, mpath, f.nats.URL(), f.id)
+	f.cfgPath = filepath.Join(f.dir, "duplex.yaml")
+	if err := os.WriteFile(f.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.dropSlots() })
+	return f
+}
+
+func (f *fixture) env(k string) string {
+	switch k {
+	case "CRM_DSN":
+		return f.crm.DSN(f.crmDB)
+	case "ERP_DSN":
+		return f.erp.DSN(f.erpDB)
+	}
+	return ""
+}
+
+// dropSlots frees the test's slot on the shared cluster.
+func (f *fixture) dropSlots() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, f.crm.DSN("postgres"))
+	if err != nil {
+		return
+	}
+	defer conn.Close(ctx)
+	_, _ = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE '%_'||$1 AND NOT active`, f.id)
+}
+
+func (f *fixture) config() *config.Config {
+	f.t.Helper()
+	cfg, err := config.Load(f.cfgPath, f.env)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return cfg
+}
+
+func (f *fixture) conn(system string) *pgx.Conn {
+	f.t.Helper()
+	dsn := f.env(strings.ToUpper(system) + "_DSN")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		f.t.Fatalf("connect %s: %v", system, err)
+	}
+	f.t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+// exec runs SQL on a system and fails the test on error.
+func (f *fixture) exec(system, sql string, args ...any) {
+	f.t.Helper()
+	c := f.conn(system)
+	if _, err := c.Exec(context.Background(), sql, args...); err != nil {
+		f.t.Fatalf("%s: %s: %v", system, sql, err)
+	}
+}
+
+// inProcess runs duplex inside the test process until the test ends or
+// the returned stop is called.
+func (f *fixture) inProcess() (stop func()) { return f.inProcessLevel(slog.LevelWarn) }
+
+func (f *fixture) inProcessLevel(level slog.Level) (stop func()) {
+	f.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewTextHandler(&testWriter{t: f.t}, &slog.HandlerOptions{Level: level}))
+	a, err := app.Start(ctx, app.Options{Config: f.config(), DataDir: f.dir, Logger: log})
+	if err != nil {
+		cancel()
+		f.t.Fatalf("start duplex: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.Run(ctx); err != nil {
+			f.t.Logf("duplex run: %v", err)
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			a.Close()
+		})
+	}
+	f.t.Cleanup(stop)
+	return stop
+}
+
+// child is a duplex process.
+type child struct {
+	cmd *exec.Cmd
+	log string
+}
+
+// startChild runs `duplex run` as a separate process (the test binary).
+func (f *fixture) startChild() *child {
+	f.t.Helper()
+	logPath := filepath.Join(f.dir, fmt.Sprintf("duplex-%d.log", time.Now().UnixNano()))
+	lf, err := os.Create(logPath)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "run", "--config", f.cfgPath, "--data-dir", f.dir, "--log-level", "info")
+	cmd.Env = append(os.Environ(), childEnv+"=1", "CRM_DSN="+f.env("CRM_DSN"), "ERP_DSN="+f.env("ERP_DSN"))
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	c := &child{cmd: cmd, log: logPath}
+	f.t.Cleanup(func() {
+		if c.cmd.ProcessState == nil {
+			_ = c.cmd.Process.Kill()
+			_ = c.cmd.Wait()
+		}
+		lf.Close()
+		if f.t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			f.t.Logf("duplex log %s:\n%s", logPath, tail(string(b), 60))
+		}
+	})
+	return c
+}
+
+func (c *child) kill(t *testing.T) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.cmd.Wait()
+}
+
+func (c *child) stop(t *testing.T) {
+	t.Helper()
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Errorf("duplex did not stop within 30s of SIGTERM")
+		_ = c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// compare reconciles the CRM with the ERP.
+func (f *fixture) compare() *reconcile.Report {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, err := pgx.Connect(ctx, f.env("CRM_DSN"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	b, err := pgx.Connect(ctx, f.env("ERP_DSN"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	rep, err := reconcile.Compare(ctx, f.mapping, reconcile.Side{System: "crm", Conn: a}, reconcile.Side{System: "erp", Conn: b})
+	if err != nil {
+		f.t.Fatalf("compare: %v", err)
+	}
+	return rep
+}
+
+// waitConverged waits until the ERP equals the CRM.
+func (f *fixture) waitConverged(timeout time.Duration) *reconcile.Report {
+	f.t.Helper()
+	var rep *reconcile.Report
+	waitFor(f.t, timeout, func() (bool, string) {
+		rep = f.compare()
+		return rep.Equal(), rep.String()
+	})
+	return rep
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		last = why
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s; last state:\n%s", timeout, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// js connects to the fixture's NATS.
+func (f *fixture) js() jetstream.JetStream {
+	f.t.Helper()
+	nc, err := nats.Connect(f.nats.URL(), nats.MaxReconnects(-1))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return js
+}
+
+// queryInt runs a query returning one integer.
+func queryInt(t *testing.T, c *pgx.Conn, sql string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	if err := c.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

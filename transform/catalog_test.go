@@ -1,0 +1,255 @@
+package transform_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+func TestMapping_Check(t *testing.T) {
+	tests := []struct {
+		name      string
+		system    string
+		role      string
+		catalog   func() *transform.Catalog
+		change    func(c *transform.Catalog)
+		wantErr   bool
+		wantCount int
+		wantMsgs  []string
+	}{
+		{name: "erp matches as target", system: "erp", role: "target", catalog: erpCatalog},
+		{name: "crm matches as source", system: "crm", role: "source", catalog: crmCatalog},
+		{name: "crm matches as both", system: "crm", role: "both", catalog: crmCatalog},
+		{
+			name: "missing table", system: "erp", role: "target", catalog: erpCatalog,
+			change:    func(c *transform.Catalog) { delete(c.Tables, "public.sales_orders") },
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"erp table public.sales_orders (entity order): table does not exist"},
+		},
+		{
+			name: "missing column", system: "erp", role: "target", catalog: erpCatalog,
+			change:    func(c *transform.Catalog) { delete(c.Tables["public.customers"].Columns, "email") },
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"erp table public.customers (entity customer): column email (field email) does not exist"},
+		},
+		{
+			name: "missing key column", system: "erp", role: "target", catalog: erpCatalog,
+			change:    func(c *transform.Catalog) { delete(c.Tables["public.customers"].Columns, "crm_account_id") },
+			wantErr:   true,
+			wantCount: 2,
+			wantMsgs: []string{
+				"erp table public.customers (entity customer): key column crm_account_id does not exist",
+				"column crm_account_id (field account_id) does not exist",
+			},
+		},
+		{
+			name: "missing currency column", system: "erp", role: "target", catalog: erpCatalog,
+			change:    func(c *transform.Catalog) { delete(c.Tables["public.customers"].Columns, "currency") },
+			wantErr:   true,
+			wantCount: 2,
+			wantMsgs: []string{
+				"column currency (field currency) does not exist",
+				"currency column currency (field credit_limit) does not exist",
+			},
+		},
+		{
+			name: "currency column is not text", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.sales_orders"].Columns["currency"] = col("currency", "integer", "notnull")
+			},
+			wantErr:   true,
+			wantCount: 2,
+			wantMsgs: []string{
+				"erp table public.sales_orders (entity order): column currency (field currency): type integer cannot hold a currency field through converter text",
+				"currency column currency (field total) has type integer, want text or char(3)",
+			},
+		},
+		{
+			name: "text column for a money field", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.sales_orders"].Columns["total"] = col("total", "text", "notnull")
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"erp table public.sales_orders (entity order): column total (field total): type text cannot hold a money field through converter money"},
+		},
+		{
+			name: "numeric with decimals for minor units", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.customers"].Columns["credit_limit_minor"] = col("credit_limit_minor", "numeric(18,2)")
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"column credit_limit_minor (field credit_limit): type numeric(18,2) cannot hold a money field through converter money_minor"},
+		},
+		{
+			name: "PostgreSQL money type is refused", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.sales_orders"].Columns["total"] = col("total", "money", "notnull")
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"column total (field total):", "lc_monetary", "use numeric"},
+		},
+		{
+			name: "text column for a timestamp field", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.sales_orders"].Columns["ordered_at"] = col("ordered_at", "text", "notnull")
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"column ordered_at (field ordered_at): type text cannot hold a timestamp field through converter timestamp"},
+		},
+		{
+			name: "key column without unique index", system: "erp", role: "target", catalog: erpCatalog,
+			change:    func(c *transform.Catalog) { delete(c.Tables["public.customers"].UniqueColumns, "crm_account_id") },
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs: []string{
+				"erp table public.customers (entity customer): key column crm_account_id has no unique index",
+				"CREATE UNIQUE INDEX ON public.customers (crm_account_id)",
+			},
+		},
+		{
+			name: "NOT NULL column without default not mapped, target", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.customers"].Columns["segment"] = col("segment", "text", "notnull")
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"erp table public.customers (entity customer): column segment is NOT NULL without a default and not mapped, so inserts would fail"},
+		},
+		{
+			name: "NOT NULL column without default not mapped, source only", system: "erp", role: "source", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.customers"].Columns["segment"] = col("segment", "text", "notnull")
+				for _, ti := range c.Tables {
+					ti.ReplicaIdentity = 'f'
+				}
+			},
+		},
+		{
+			name: "ref column of the referenced table missing", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				ti := c.Tables["public.customers"]
+				delete(ti.Columns, "customer_no")
+				delete(ti.UniqueColumns, "customer_no")
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"erp table public.sales_orders (entity order): field account_id refers to public.customers.customer_no, which does not exist"},
+		},
+		{
+			name: "REPLICA IDENTITY NOTHING, source", system: "crm", role: "source", catalog: crmCatalog,
+			change:    func(c *transform.Catalog) { c.Tables["public.accounts"].ReplicaIdentity = 'n' },
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs: []string{
+				"crm table public.accounts (entity customer): REPLICA IDENTITY NOTHING cannot key deletes",
+				"ALTER TABLE public.accounts REPLICA IDENTITY",
+			},
+		},
+		{
+			name: "REPLICA IDENTITY NOTHING, target only", system: "crm", role: "target", catalog: crmCatalog,
+			change: func(c *transform.Catalog) { c.Tables["public.accounts"].ReplicaIdentity = 'n' },
+		},
+		{
+			name: "no identity columns, source", system: "crm", role: "source", catalog: crmCatalog,
+			change:    func(c *transform.Catalog) { c.Tables["public.orders"].IdentityColumns = nil },
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"crm table public.orders (entity order): no primary key or replica identity index"},
+		},
+		{
+			name: "identity without the key column, source", system: "erp", role: "source", catalog: erpCatalog,
+			wantErr:   true,
+			wantCount: 3,
+			wantMsgs: []string{
+				"erp table public.customers (entity customer): deletes send only [customer_no], not key column crm_account_id",
+				"erp table public.sales_orders (entity order): deletes send only [order_no], not key column crm_order_id",
+				"erp table public.sales_order_lines (entity order_line): deletes send only [line_no], not key column crm_line_id",
+			},
+		},
+		{
+			name: "REPLICA IDENTITY FULL keys deletes, source", system: "erp", role: "source", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				for _, ti := range c.Tables {
+					ti.ReplicaIdentity = 'f'
+				}
+			},
+		},
+		{
+			name: "every problem at once", system: "erp", role: "both", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				delete(c.Tables, "public.sales_order_lines")
+				cu := c.Tables["public.customers"]
+				delete(cu.Columns, "email")
+				delete(cu.UniqueColumns, "crm_account_id")
+				cu.Columns["credit_limit_minor"] = col("credit_limit_minor", "text")
+				cu.Columns["segment"] = col("segment", "text", "notnull")
+				cu.ReplicaIdentity = 'n'
+				so := c.Tables["public.sales_orders"]
+				so.Columns["total"] = col("total", "money", "notnull")
+				so.ReplicaIdentity = 'f'
+			},
+			wantErr:   true,
+			wantCount: 7,
+			wantMsgs: []string{
+				"erp table public.sales_order_lines (entity order_line): table does not exist",
+				"erp table public.customers (entity customer): column email (field email) does not exist",
+				"erp table public.customers (entity customer): key column crm_account_id has no unique index",
+				"erp table public.customers (entity customer): column credit_limit_minor (field credit_limit): type text cannot hold a money field through converter money_minor",
+				"erp table public.customers (entity customer): column segment is NOT NULL without a default and not mapped",
+				"erp table public.customers (entity customer): REPLICA IDENTITY NOTHING",
+				"erp table public.sales_orders (entity order): column total (field total): type money depends on the server's lc_monetary",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := loadExample(t)
+			cat := tt.catalog()
+			if tt.change != nil {
+				tt.change(cat)
+			}
+			err := m.Check(tt.system, cat, tt.role)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Check(%s, %s) error = %v, wantErr %v", tt.system, tt.role, err, tt.wantErr)
+			}
+			if !tt.wantErr {
+				return
+			}
+			if got := joinedLen(err); got != tt.wantCount {
+				t.Errorf("Check reported %d problems, want %d:\n%v", got, tt.wantCount, err)
+			}
+			checkContainsAll(t, err, tt.wantMsgs)
+		})
+	}
+}
+
+// TestMapping_Check_binds checks that Check binds the column descriptions
+// Denormalize needs: without it, numeric limits are not known and nothing is
+// refused; with it, the same event is refused.
+func TestMapping_Check_binds(t *testing.T) {
+	ev := &transform.Event{
+		Source: "crm", Entity: "order", Op: transform.OpUpsert, Key: orderID,
+		Data: map[string]any{"total": transform.Money{Amount: "1.23456", Currency: "EUR"}},
+	}
+	unbound := loadExample(t)
+	row, err := unbound.Denormalize(ev, "erp")
+	if err != nil {
+		t.Fatalf("unbound Denormalize: %v", err)
+	}
+	if len(row.Values) != 1 || row.Values[0].Text != "1.23456" {
+		t.Errorf("unbound Denormalize values = %+v, want total 1.23456", row.Values)
+	}
+	bound := boundERP(t)
+	_, err = bound.Denormalize(ev, "erp")
+	checkFieldError(t, err, "order", orderID, "total", "1.23456")
+	if err != nil && !strings.Contains(err.Error(), "numeric(19,4)") {
+		t.Errorf("error %q does not name the column type numeric(19,4)", err)
+	}
+}
