@@ -521,4 +521,3 @@ func (a *Applier) deadLetterRaw(ctx context.Context, m jetstream.Msg, cause erro
 	a.log.Error("undecodable message dead-lettered", slog.Uint64("stream_seq", seq), slog.Any("error", cause))
 	return publishDeadLetter(ctx, a.js, DLQSubject(a.cfg.Flow), fmt.Sprintf("dlq:%s:seq:%d", a.cfg.Flow, seq), dl)
 }
-

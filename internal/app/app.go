@@ -312,4 +312,3 @@ func containsStr(xs []string, s string) bool {
 	}
 	return false
 }
-

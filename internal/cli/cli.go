@@ -171,4 +171,3 @@ func demoCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&opts.Rate, "rate", 50, "CRM transactions per second")
 	return c
 }
-

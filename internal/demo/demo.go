@@ -65,8 +65,14 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 	var wg sync.WaitGroup
 	var errCRM, errERP error
 	wg.Add(2)
-	go func() { defer wg.Done(); env.CRM, errCRM = harness.StartCluster(ctx, harness.ClusterOptions{Logger: log}) }()
-	go func() { defer wg.Done(); env.ERP, errERP = harness.StartCluster(ctx, harness.ClusterOptions{Logger: log}) }()
+	go func() {
+		defer wg.Done()
+		env.CRM, errCRM = harness.StartCluster(ctx, harness.ClusterOptions{Logger: log})
+	}()
+	go func() {
+		defer wg.Done()
+		env.ERP, errERP = harness.StartCluster(ctx, harness.ClusterOptions{Logger: log})
+	}()
 	wg.Wait()
 	if errCRM != nil || errERP != nil {
 		env.Close()
