@@ -144,18 +144,18 @@ func FuzzMoneyRoundTrip(f *testing.F) {
 		panic(code)
 	}
 	nines := strings.Repeat("9", 38)
-	f.Add("1", false, uint8(2), idx("USD"))                     // 0.01
-	f.Add("1", false, uint8(2), idx("EUR"))                     // 0.01
-	f.Add("123456789012345678", false, uint8(2), idx("EUR"))    // 1234567890123456.78
-	f.Add("10005", false, uint8(3), idx("EUR"))                 // 10.005
-	f.Add("10005", true, uint8(3), idx("EUR"))                  // -10.005
-	f.Add("12345", false, uint8(3), idx("BHD"))                 // 12.345
-	f.Add("1000", false, uint8(0), idx("JPY"))                  // 1000
-	f.Add("100000", false, uint8(2), idx("JPY"))                // 1000.00
-	f.Add("150", false, uint8(2), idx("JPY"))                   // 1.50
-	f.Add(nines, false, uint8(0), idx("JPY"))                   // 38 nines
-	f.Add(nines, true, uint8(6), idx("BHD"))                    // -99999999999999999999999999999999.999999
-	f.Add(nines[:32], false, uint8(0), idx("EUR"))              // largest integer of numeric(38,6)
+	f.Add("1", false, uint8(2), idx("USD"))                         // 0.01
+	f.Add("1", false, uint8(2), idx("EUR"))                         // 0.01
+	f.Add("123456789012345678", false, uint8(2), idx("EUR"))        // 1234567890123456.78
+	f.Add("10005", false, uint8(3), idx("EUR"))                     // 10.005
+	f.Add("10005", true, uint8(3), idx("EUR"))                      // -10.005
+	f.Add("12345", false, uint8(3), idx("BHD"))                     // 12.345
+	f.Add("1000", false, uint8(0), idx("JPY"))                      // 1000
+	f.Add("100000", false, uint8(2), idx("JPY"))                    // 1000.00
+	f.Add("150", false, uint8(2), idx("JPY"))                       // 1.50
+	f.Add(nines, false, uint8(0), idx("JPY"))                       // 38 nines
+	f.Add(nines, true, uint8(6), idx("BHD"))                        // -99999999999999999999999999999999.999999
+	f.Add(nines[:32], false, uint8(0), idx("EUR"))                  // largest integer of numeric(38,6)
 	f.Add("1"+strings.Repeat("0", 32), false, uint8(0), idx("EUR")) // 10^32: too large
 	f.Add("0", false, uint8(0), idx("EUR"))
 	f.Add("0", true, uint8(6), idx("KWD"))
