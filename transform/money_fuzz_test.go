@@ -14,12 +14,14 @@ import (
 	"github.com/duplex-cdc/duplex/transform"
 )
 
-// fuzzMapping stores one money amount in two systems: "num" as an amount
+// fuzzMapping stores one money amount in three systems: "num" as an amount
 // in a numeric(38,6) column next to a currency column (converter money),
-// "minor" as bigint minor units of the currency (converter money_minor).
+// "num4" the same in numeric(19,4) (fewer decimals than the input may
+// have), "minor" as bigint minor units of the currency (converter
+// money_minor).
 const fuzzMapping = `
 version: 1
-systems: [num, minor]
+systems: [num, num4, minor]
 entities:
   - name: amount
     key: id
@@ -30,6 +32,13 @@ entities:
     systems:
       num:
         table: amounts
+        key_column: id
+        columns:
+          id:    {column: id}
+          cur:   {column: cur}
+          value: {column: value, currency_column: cur}
+      num4:
+        table: amounts4
         key_column: id
         columns:
           id:    {column: id}
@@ -52,6 +61,15 @@ const (
 	fuzzScale     = 6
 )
 
+// numericCols are the numeric columns amounts go into.
+var numericCols = []struct {
+	system           string
+	precision, scale int32
+}{
+	{"num", 38, 6},
+	{"num4", 19, 4},
+}
+
 func fuzzBoundMapping(t testing.TB) *transform.Mapping {
 	t.Helper()
 	m, err := transform.Parse([]byte(fuzzMapping))
@@ -61,6 +79,11 @@ func fuzzBoundMapping(t testing.TB) *transform.Mapping {
 	num := &transform.Catalog{Tables: map[string]*transform.TableInfo{"public.amounts": table("id", nil,
 		col("id", "text", "notnull"), col("cur", "character(3)", "notnull"), col("value", "numeric(38,6)"))}}
 	if err := m.Check("num", num, "both"); err != nil {
+		t.Fatal(err)
+	}
+	num4 := &transform.Catalog{Tables: map[string]*transform.TableInfo{"public.amounts4": table("id", nil,
+		col("id", "text", "notnull"), col("cur", "character(3)", "notnull"), col("value", "numeric(19,4)"))}}
+	if err := m.Check("num4", num4, "both"); err != nil {
 		t.Fatal(err)
 	}
 	minor := &transform.Catalog{Tables: map[string]*transform.TableInfo{"ledger.amounts_minor": table("id", nil,
@@ -97,10 +120,16 @@ var ten = big.NewInt(10)
 func pow10(n int32) *big.Int { return new(big.Int).Exp(ten, big.NewInt(int64(n)), nil) }
 
 // fitsNumeric says, with big.Int arithmetic only, whether unscaled*10^exp
-// (exp in -6..0) fits numeric(38,6): fewer than 38-6 integer digits.
-func fitsNumeric(unscaled *big.Int, exp int32) bool {
+// (exp <= 0) fits numeric(precision, scale): no non-zero digit past scale
+// decimals and fewer than precision-scale integer digits.
+func fitsNumeric(unscaled *big.Int, exp, precision, scale int32) bool {
+	if -exp > scale {
+		if new(big.Int).Rem(unscaled, pow10(-exp-scale)).Sign() != 0 {
+			return false
+		}
+	}
 	intPart := new(big.Int).Quo(new(big.Int).Abs(unscaled), pow10(-exp))
-	return intPart.Cmp(pow10(fuzzPrecision-fuzzScale)) < 0
+	return intPart.Cmp(pow10(precision-scale)) < 0
 }
 
 // minorUnits says, with big.Int arithmetic only, whether unscaled*10^exp
@@ -166,6 +195,9 @@ func FuzzMoneyRoundTrip(f *testing.F) {
 	f.Add("922337203685477580700", false, uint8(5), idx("CLF"))
 	f.Add("1", true, uint8(6), idx("UYW"))
 	f.Add("5", false, uint8(1), idx("ISK"))
+	f.Add("123456700", false, uint8(6), idx("EUR"))           // 123.456700: zeros past numeric(19,4)
+	f.Add("123456789", false, uint8(6), idx("EUR"))           // 123.456789: digits past numeric(19,4)
+	f.Add("9999999999999999999", false, uint8(4), idx("EUR")) // largest numeric(19,4)
 
 	m := fuzzBoundMapping(f)
 	tx := &capture.TxInfo{System: "x", CommitLSN: 1}
@@ -196,33 +228,36 @@ func FuzzMoneyRoundTrip(f *testing.F) {
 		ev := overJSON(t, &transform.Event{Version: transform.SchemaVersion, Source: "minor", Entity: "amount", Op: transform.OpUpsert, Key: "k",
 			Data: map[string]any{"id": "k", "cur": cur, "value": money}})
 
-		// (a) money: amount into numeric(38,6), currency into its column.
-		t.Run("numeric", func(t *testing.T) {
-			row, err := m.Denormalize(ev, "num")
-			fits := fitsNumeric(unscaled, exp)
-			if err != nil {
-				checkFuzzRefusal(t, err, d, cur, "num", fits)
-				return
-			}
-			if !fits {
-				t.Fatalf("%s %s accepted into numeric(38,6) as %+v; PostgreSQL would refuse it", d, cur, row.Values)
-			}
-			vals := values(row)
-			if vals["cur"] != cur {
-				t.Fatalf("currency column = %q, want %q", vals["cur"], cur)
-			}
-			text := vals["value"]
-			stored, err := decimal.NewFromString(text)
-			if err != nil {
-				t.Fatalf("numeric text %q: %v", text, err)
-			}
-			if !stored.Equal(d) {
-				t.Fatalf("%s %s written to numeric(38,6) as %q: value changed", d, cur, text)
-			}
-			// PostgreSQL hands numeric(38,6) back with six decimals.
-			stored = decimal.RequireFromString(stored.StringFixed(fuzzScale))
-			checkFuzzBack(t, m, tx, "num", capture.Row{"id": "k", "cur": cur, "value": stored}, d, cur)
-		})
+		// (a) money: amount into numeric(38,6) and numeric(19,4), currency
+		// into its column.
+		for _, nc := range numericCols {
+			t.Run(nc.system, func(t *testing.T) {
+				row, err := m.Denormalize(ev, nc.system)
+				fits := fitsNumeric(unscaled, exp, nc.precision, nc.scale)
+				if err != nil {
+					checkFuzzRefusal(t, err, d, cur, nc.system, fits)
+					return
+				}
+				if !fits {
+					t.Fatalf("%s %s accepted into numeric(%d,%d) as %+v; PostgreSQL would refuse or round it", d, cur, nc.precision, nc.scale, row.Values)
+				}
+				vals := values(row)
+				if vals["cur"] != cur {
+					t.Fatalf("currency column = %q, want %q", vals["cur"], cur)
+				}
+				text := vals["value"]
+				stored, err := decimal.NewFromString(text)
+				if err != nil {
+					t.Fatalf("numeric text %q: %v", text, err)
+				}
+				if !stored.Equal(d) {
+					t.Fatalf("%s %s written to numeric(%d,%d) as %q: value changed", d, cur, nc.precision, nc.scale, text)
+				}
+				// PostgreSQL hands the column back with exactly scale decimals.
+				stored = decimal.RequireFromString(stored.StringFixed(nc.scale))
+				checkFuzzBack(t, m, tx, nc.system, capture.Row{"id": "k", "cur": cur, "value": stored}, d, cur)
+			})
+		}
 
 		// (b) money_minor: integer minor units of the currency.
 		t.Run("minor", func(t *testing.T) {

@@ -417,8 +417,12 @@ func TestMapping_Normalize_truncate(t *testing.T) {
 	}
 }
 
-// TestMapping_Normalize_positions checks the documented promise that event
-// positions within a transaction are unique and ordered.
+// TestMapping_Normalize_positions checks the documented promise of Normalize
+// that event positions (and so event IDs) within a transaction are unique
+// and ordered. It fails today: normalizeTruncate numbers the events of a
+// truncate of n tables index*2+i for i < n, which runs into the slots of the
+// next change once n > 2 (here the truncate at index 2 of three tables takes
+// 4, 5, 6 and the key-changing update at index 3 takes 6 and 7).
 func TestMapping_Normalize_positions(t *testing.T) {
 	m := loadExample(t)
 	for _, e := range m.Entities {

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/bench"
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/demo"
 	"github.com/duplex-cdc/duplex/transform"
@@ -80,7 +81,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("DUPLEX_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("DUPLEX_LOG_FORMAT", "text"), "log format: text or json")
-	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g))
+	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g))
 	return root
 }
 
@@ -169,5 +170,28 @@ func demoCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().DurationVar(&opts.Duration, "duration", 30*time.Second, "how long to generate traffic")
 	c.Flags().IntVar(&opts.Rate, "rate", 50, "CRM transactions per second")
+	return c
+}
+
+func benchCmd(g *globals) *cobra.Command {
+	var opts bench.Options
+	c := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure duplex against native logical replication: bulk throughput and steady-rate latency",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.Out = g.stdout
+			if !cmd.Flags().Changed("log-level") {
+				g.logLevel = "warn"
+			}
+			opts.Logger = g.logger()
+			_, err := bench.Run(cmd.Context(), opts)
+			return err
+		},
+	}
+	c.Flags().IntVar(&opts.Rows, "rows", 100_000, "rows inserted by the bulk workload")
+	c.Flags().IntVar(&opts.RowsPerTx, "rows-per-tx", 900, "rows per bulk transaction")
+	c.Flags().IntVar(&opts.SteadyRate, "steady-rate", 2000, "row changes per second of the steady phase (0 to skip)")
+	c.Flags().DurationVar(&opts.SteadyFor, "steady-for", 20*time.Second, "length of the steady phase")
+	c.Flags().BoolVar(&opts.SkipNative, "skip-native", false, "do not measure native logical replication")
 	return c
 }
