@@ -3,6 +3,7 @@ package transform
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -74,6 +75,7 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 		return nil, fmt.Errorf("event %s: unknown operation %q", ev.ID, ev.Op)
 	}
 	r.Values = make([]ColValue, 0, len(t.Columns))
+	currencyCols := map[string]string{} // currency column -> currency a money value needs there
 	for _, f := range e.Fields {
 		c := t.Columns[f.Name]
 		if c == nil || c.Column == "" {
@@ -95,6 +97,29 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 			return nil, err
 		}
 		r.Values = append(r.Values, cv)
+		if c.CurrencyColumn != "" && v != nil {
+			mv, _ := moneyOf(v)
+			if prev, ok := currencyCols[c.CurrencyColumn]; ok && prev != mv.Currency {
+				return nil, &FieldError{Entity: e.Name, Key: ev.Key, Field: f.Name, Value: describe(v),
+					Err: fmt.Errorf("currency %s differs from %s that another amount puts in column %s", mv.Currency, prev, c.CurrencyColumn)}
+			}
+			currencyCols[c.CurrencyColumn] = mv.Currency
+		}
+	}
+	// An amount is only meaningful with its currency: the currency column
+	// must hold the money's currency, written by the currency field or,
+	// when no field writes it, by the amount itself.
+	for _, col := range sortedKeys(currencyCols) {
+		cur := currencyCols[col]
+		i := slices.IndexFunc(r.Values, func(v ColValue) bool { return v.Column == col })
+		if i < 0 {
+			r.Values = append(r.Values, ColValue{Column: col, Text: cur})
+			continue
+		}
+		if got := strings.ToUpper(strings.TrimSpace(r.Values[i].Text)); r.Values[i].Null || got != cur {
+			return nil, &FieldError{Entity: e.Name, Key: ev.Key, Field: col, Value: r.Values[i].Text,
+				Err: fmt.Errorf("currency column %s would hold %q but an amount of the same row is in %s", col, r.Values[i].Text, cur)}
+		}
 	}
 	sort.Slice(r.Values, func(i, j int) bool { return r.Values[i].Column < r.Values[j].Column })
 	return r, nil
@@ -201,8 +226,10 @@ func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue,
 		if !ok {
 			return fail(fmt.Errorf("want an enum string, have %T", v))
 		}
-		for sv, cv := range c.Enum {
-			if cv == s {
+		// Several system values may map to one canonical value; the
+		// smallest is written, so the choice is stable.
+		for _, sv := range sortedKeys(c.Enum) {
+			if c.Enum[sv] == s {
 				out.Text = sv
 				return out, nil
 			}

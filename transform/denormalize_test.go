@@ -163,14 +163,20 @@ func TestMapping_Denormalize(t *testing.T) {
 			want: map[string]string{"crm_order_id": orderID, "currency": "EUR", "total": "1234.50"},
 		},
 		{
+			name:    "order total whose currency differs from the currency field",
+			ev:      orderEvent(map[string]any{"currency": "USD", "total": transform.Money{Amount: "1.00", Currency: "EUR"}}),
+			wantErr: true, wantErrKey: orderID, wantField: "currency", wantValue: "USD",
+			wantMsg: "currency column currency would hold \"USD\" but an amount of the same row is in EUR",
+		},
+		{
 			name: "order total with four decimals",
 			ev:   orderEvent(map[string]any{"total": transform.Money{Amount: "0.0001", Currency: "EUR"}}),
-			want: map[string]string{"crm_order_id": orderID, "total": "0.0001"},
+			want: map[string]string{"crm_order_id": orderID, "currency": "EUR", "total": "0.0001"},
 		},
 		{
 			name: "order total with zeros beyond the scale keeps its text",
 			ev:   orderEvent(map[string]any{"total": transform.Money{Amount: "1.2300000", Currency: "EUR"}}),
-			want: map[string]string{"crm_order_id": orderID, "total": "1.2300000"},
+			want: map[string]string{"crm_order_id": orderID, "currency": "EUR", "total": "1.2300000"},
 		},
 		{
 			name:    "order total with five decimals",
@@ -181,12 +187,12 @@ func TestMapping_Denormalize(t *testing.T) {
 		{
 			name: "order total with fifteen integer digits",
 			ev:   orderEvent(map[string]any{"total": transform.Money{Amount: "123456789012345.67", Currency: "EUR"}}),
-			want: map[string]string{"crm_order_id": orderID, "total": "123456789012345.67"},
+			want: map[string]string{"crm_order_id": orderID, "currency": "EUR", "total": "123456789012345.67"},
 		},
 		{
 			name: "largest numeric(19,4)",
 			ev:   orderEvent(map[string]any{"total": transform.Money{Amount: "-999999999999999.9999", Currency: "EUR"}}),
-			want: map[string]string{"crm_order_id": orderID, "total": "-999999999999999.9999"},
+			want: map[string]string{"crm_order_id": orderID, "currency": "EUR", "total": "-999999999999999.9999"},
 		},
 		{
 			// numeric(19,4) holds 19-4 = 15 integer digits; PostgreSQL

@@ -204,7 +204,7 @@ var testTx = &capture.TxInfo{
 // wantPos is the position of an event made from the change at index i,
 // slot 0 (delete of an old key) or 1 (upsert).
 func wantPos(i, slot int) transform.Position {
-	return transform.Position{LSN: testTx.CommitLSN, CommitTime: testTx.CommitTime.UTC(), Xid: testTx.Xid, Index: i*2 + slot}
+	return transform.Position{LSN: testTx.CommitLSN, CommitTime: testTx.CommitTime.UTC(), Xid: testTx.Xid, Index: transform.EventIndex(i, slot)}
 }
 
 // checkFieldError asserts err is a *transform.FieldError with these fields,

@@ -190,7 +190,16 @@ func TestColumnMap_Rounding(t *testing.T) {
 				checkFieldError(t, err, "ledger", "L1", tt.field, tt.amount)
 				return
 			}
-			if len(row.Values) != 1 || row.Values[0].Column != tt.field || row.Values[0].Text != tt.want {
+			// The amount's column, and its currency in the currency column.
+			var got []transform.ColValue
+			for _, v := range row.Values {
+				if v.Column == tt.field {
+					got = append(got, v)
+				} else if v.Column != "cur" || v.Text != tt.currency {
+					t.Errorf("unexpected column value %+v", v)
+				}
+			}
+			if len(got) != 1 || got[0].Text != tt.want {
 				t.Errorf("Denormalize(%s %s into %s) = %+v, want %s", tt.amount, tt.currency, tt.field, row.Values, tt.want)
 			}
 		})

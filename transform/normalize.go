@@ -44,8 +44,8 @@ func carries(e *Entity, f *Field, system string) bool {
 // Normalize turns one captured row change of a system into canonical
 // events: none for unmapped tables, one upsert or delete, or a delete and
 // an upsert when the key changed. index is the change's place in its
-// transaction; events get index*2 and index*2+1 so that positions stay
-// unique and ordered.
+// transaction; its events get EventIndex(index, 0), EventIndex(index, 1), …
+// so that positions stay unique and ordered.
 func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *capture.Change) ([]Event, error) {
 	if ch.Op == capture.Truncate {
 		return m.normalizeTruncate(system, tx, index, ch)
@@ -56,7 +56,7 @@ func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *ca
 	}
 	t := e.Tables[system]
 	pos := func(i int) Position {
-		return Position{LSN: tx.CommitLSN, CommitTime: tx.CommitTime.UTC(), Xid: tx.Xid, Index: index*2 + i}
+		return Position{LSN: tx.CommitLSN, CommitTime: tx.CommitTime.UTC(), Xid: tx.Xid, Index: EventIndex(index, i)}
 	}
 	mk := func(op Op, key string, i int) Event {
 		p := pos(i)
@@ -127,19 +127,30 @@ func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *ca
 
 func (m *Mapping) normalizeTruncate(system string, tx *capture.TxInfo, index int, ch *capture.Change) ([]Event, error) {
 	var out []Event
-	for i, qt := range ch.Tables {
+	for _, qt := range ch.Tables {
 		e := m.Source(system, qt)
 		if e == nil {
 			continue
 		}
+		i := len(out)
+		if i >= eventsPerChange {
+			return nil, fmt.Errorf("%s truncate of %d mapped tables at once: at most %d are supported", system, len(ch.Tables), eventsPerChange)
+		}
 		if e.Truncate != "propagate" {
 			return nil, fmt.Errorf("%s truncate of %s (entity %s) refused: the mapping does not propagate truncates (set truncate: propagate); rows on the other side are left as they are", system, qt, e.Name)
 		}
-		p := Position{LSN: tx.CommitLSN, CommitTime: tx.CommitTime.UTC(), Xid: tx.Xid, Index: index*2 + i}
+		p := Position{LSN: tx.CommitLSN, CommitTime: tx.CommitTime.UTC(), Xid: tx.Xid, Index: EventIndex(index, i)}
 		out = append(out, Event{Version: SchemaVersion, ID: EventID(system, tx.CommitLSN, p.Index), Source: system, Entity: e.Name, Op: OpTruncate, Pos: p})
 	}
 	return out, nil
 }
+
+// eventsPerChange is how many events one captured change may produce.
+const eventsPerChange = 1024
+
+// EventIndex is the position index of the sub-th event made of the
+// change-th change of a transaction.
+func EventIndex(change, sub int) int { return change*eventsPerChange + sub }
 
 // skip marks a field that is not carried (unchanged TOAST value).
 var skip = &struct{}{}
@@ -319,6 +330,12 @@ func describe(v any) string {
 		return x.Format(time.RFC3339Nano)
 	case capture.Special:
 		return string(x)
+	case Money:
+		return x.Amount + " " + x.Currency
+	case map[string]any:
+		if m, err := moneyOf(x); err == nil {
+			return m.Amount + " " + m.Currency
+		}
 	case []byte:
 		return fmt.Sprintf("\\x%x", x)
 	case json.RawMessage:

@@ -378,7 +378,7 @@ func TestMapping_Normalize_truncate(t *testing.T) {
 			tables:    []string{"public.accounts"},
 			index:     2,
 			want: []transform.Event{{
-				Version: transform.SchemaVersion, ID: transform.EventID("crm", testTx.CommitLSN, 4), Source: "crm",
+				Version: transform.SchemaVersion, ID: transform.EventID("crm", testTx.CommitLSN, transform.EventIndex(2, 0)), Source: "crm",
 				Entity: "customer", Op: transform.OpTruncate, Pos: wantPos(2, 0),
 			}},
 		},
@@ -388,8 +388,8 @@ func TestMapping_Normalize_truncate(t *testing.T) {
 			tables:    []string{"public.contacts", "public.orders"},
 			index:     1,
 			want: []transform.Event{{
-				Version: transform.SchemaVersion, ID: transform.EventID("crm", testTx.CommitLSN, 3), Source: "crm",
-				Entity: "order", Op: transform.OpTruncate, Pos: wantPos(1, 1),
+				Version: transform.SchemaVersion, ID: transform.EventID("crm", testTx.CommitLSN, transform.EventIndex(1, 0)), Source: "crm",
+				Entity: "order", Op: transform.OpTruncate, Pos: wantPos(1, 0),
 			}},
 		},
 	}
