@@ -155,7 +155,11 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		a.log.Info("embedded NATS started", slog.String("url", url), slog.String("store", n.StoreDir()))
 	}
 	nopts := []nats.Option{nats.Name("duplex"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { a.log.Warn("NATS disconnected", slog.Any("error", err)) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				a.log.Warn("NATS disconnected", slog.Any("error", err))
+			}
+		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { a.log.Info("NATS reconnected", slog.String("url", c.ConnectedUrlRedacted())) })}
 	switch {
 	case cfg.NATS.Creds != "":

@@ -9,8 +9,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"sort"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -50,40 +48,6 @@ type Result struct {
 	SteadyRate       float64
 	SteadyP50        time.Duration
 	SteadyP99        time.Duration
-}
-
-type recorder struct {
-	mu sync.Mutex
-	d  []time.Duration
-	on bool
-}
-
-func (r *recorder) add(txs []*transform.Tx, at time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.on {
-		return
-	}
-	for _, t := range txs {
-		r.d = append(r.d, at.Sub(t.CommitTime))
-	}
-}
-
-func (r *recorder) reset(on bool) {
-	r.mu.Lock()
-	r.d, r.on = nil, on
-	r.mu.Unlock()
-}
-
-func (r *recorder) pct() (p50, p99 time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.d) == 0 {
-		return 0, 0
-	}
-	s := append([]time.Duration(nil), r.d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2], s[len(s)*99/100]
 }
 
 // bulkSQL inserts one transaction's worth of rows: 10% accounts, 20%
@@ -161,9 +125,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	defer env.Close()
-	rec := &recorder{}
+	rec := &demo.Latencies{}
 	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger,
-		OnApplied: func(_ string, txs []*transform.Tx, at time.Time) { rec.add(txs, at) }})
+		OnApplied: func(_ string, txs []*transform.Tx, at time.Time) { rec.Add(txs, at) }})
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +172,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		time.Sleep(2 * time.Second)
 		res.SteadyRows = rows
 		res.SteadyRate = float64(rows) / took.Seconds()
-		res.SteadyP50, res.SteadyP99 = rec.pct()
+		res.SteadyP50, res.SteadyP99, _ = rec.Percentiles()
 		fmt.Fprintf(out, "  duplex: %d row changes at %.0f/s; CRM commit → ERP commit latency p50 %s p99 %s\n", rows, res.SteadyRate, res.SteadyP50.Round(time.Millisecond), res.SteadyP99.Round(time.Millisecond))
 	}
 	stop()
@@ -230,14 +194,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 }
 
 // steady runs the order-to-cash generator at a row rate.
-func steady(ctx context.Context, dsn string, rate int, d time.Duration, rec *recorder) (int, time.Duration, error) {
+func steady(ctx context.Context, dsn string, rate int, d time.Duration, rec *demo.Latencies) (int, time.Duration, error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer conn.Close(ctx)
 	gen := workload.New(42)
-	rec.reset(true)
+	rec.Reset()
 	start := time.Now()
 	rows := 0
 	for time.Since(start) < d {

@@ -153,13 +153,15 @@ func (e *Env) Compare(ctx context.Context) (*reconcile.Report, error) {
 	return reconcile.Compare(ctx, e.Mapping, reconcile.Side{System: "crm", Conn: a}, reconcile.Side{System: "erp", Conn: b})
 }
 
-// latencies records source-commit to target-commit latencies.
-type latencies struct {
+// Latencies records source-commit to target-commit latencies of applied
+// transactions; safe for concurrent use.
+type Latencies struct {
 	mu sync.Mutex
 	d  []time.Duration
 }
 
-func (l *latencies) add(txs []*transform.Tx, at time.Time) {
+// Add records the transactions of a batch committed at at.
+func (l *Latencies) Add(txs []*transform.Tx, at time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, t := range txs {
@@ -167,7 +169,15 @@ func (l *latencies) add(txs []*transform.Tx, at time.Time) {
 	}
 }
 
-func (l *latencies) percentiles() (p50, p99 time.Duration, n int) {
+// Reset forgets what was recorded.
+func (l *Latencies) Reset() {
+	l.mu.Lock()
+	l.d = nil
+	l.mu.Unlock()
+}
+
+// Percentiles returns p50, p99 and the number of transactions.
+func (l *Latencies) Percentiles() (p50, p99 time.Duration, n int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.d) == 0 {
@@ -195,9 +205,9 @@ func Run(ctx context.Context, o Options) (bool, error) {
 	}
 	defer env.Close()
 	fmt.Fprintf(out, "  CRM  %s\n  ERP  %s\n", env.CRM.DSN("crm"), env.ERP.DSN("erp"))
-	lat := &latencies{}
+	lat := &Latencies{}
 	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger,
-		OnApplied: func(_ string, txs []*transform.Tx, at time.Time) { lat.add(txs, at) }})
+		OnApplied: func(_ string, txs []*transform.Tx, at time.Time) { lat.Add(txs, at) }})
 	if err != nil {
 		return false, err
 	}
@@ -224,7 +234,7 @@ func Run(ctx context.Context, o Options) (bool, error) {
 	fmt.Fprintf(out, "%6s %8s %8s | %-7s %9s %8s %9s %9s %9s\n", "time", "crm tx", "rows", "flow", "applied", "pending", "behind", "p50", "p99")
 	printLag := func() {
 		for _, l := range a.Lag(ctx) {
-			p50, p99, _ := lat.percentiles()
+			p50, p99, _ := lat.Percentiles()
 			fmt.Fprintf(out, "%5.0fs %8d %8d | %-7s %9d %8d %8.2fs %9s %9s\n", time.Since(start).Seconds(), txs, rows, l.Flow, l.Applied, l.Pending, l.SecondsBehind, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
 		}
 	}
@@ -278,7 +288,7 @@ traffic:
 		time.Sleep(250 * time.Millisecond)
 	}
 	printLag()
-	p50, p99, n := lat.percentiles()
+	p50, p99, n := lat.Percentiles()
 	fmt.Fprintf(out, "\nend-to-end latency (CRM commit → ERP commit) over %d transactions: p50 %s, p99 %s\n\n", n, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
 	fmt.Fprint(out, rep.String())
 	for _, l := range a.Lag(ctx) {
