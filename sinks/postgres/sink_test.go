@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 var dbSeq int
 
 // newTarget creates an ERP database and a sink into it.
-func newTarget(t *testing.T) (*postgres.Sink, *pgx.Conn, *transform.Mapping) {
+func newTarget(t testing.TB) (*postgres.Sink, *pgx.Conn, *transform.Mapping) {
 	t.Helper()
 	ctx := context.Background()
 	dbSeq++
