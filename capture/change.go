@@ -106,6 +106,10 @@ type TxInfo struct {
 	Xid        uint32
 	// Origin is the replication origin that wrote the transaction, if any.
 	Origin string
+	// Applied is set when the origin is one of duplex's own sinks: the
+	// transaction is duplex applying another system's changes, not a
+	// change made here.
+	Applied bool
 }
 
 // Chunk is a run of consecutive changes of one transaction. Large

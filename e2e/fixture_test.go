@@ -140,6 +140,12 @@ flows:
     origin: duplex_to_erp_%[3]s
     batch: 256
     max_wait_attempts: 4
+  - name: to-crm
+    from: erp
+    to: crm
+    origin: duplex_to_crm_%[3]s
+    batch: 256
+    max_wait_attempts: 4
 `, mpath, f.nats.URL(), f.id)
 	f.cfgPath = filepath.Join(f.dir, "duplex.yaml")
 	if err := os.WriteFile(f.cfgPath, []byte(cfg), 0o644); err != nil {
@@ -169,6 +175,14 @@ func (f *fixture) dropSlots() {
 	}
 	defer conn.Close(ctx)
 	_, _ = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE '%_'||$1 AND NOT active`, f.id)
+	_, _ = conn.Exec(ctx, `SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE '%_'||$1`, f.id)
+	if f.erp != f.crm {
+		if c2, err := pgx.Connect(ctx, f.erp.DSN("postgres")); err == nil {
+			_, _ = c2.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE '%_'||$1 AND NOT active`, f.id)
+			_, _ = c2.Exec(ctx, `SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE '%_'||$1`, f.id)
+			c2.Close(ctx)
+		}
+	}
 }
 
 func (f *fixture) config() *config.Config {

@@ -28,6 +28,9 @@ type Sink interface {
 type ApplyResult struct {
 	Applied int // events written
 	Skipped int // events already applied (stale or repeated)
+	// Conflicts counts writes of shared fields that lost to a later
+	// write (last writer wins, field by field).
+	Conflicts int
 }
 
 // ApplierConfig configures a flow.
@@ -69,6 +72,7 @@ type FlowCounts struct {
 	State        string
 	Applied      int64
 	Skipped      int64
+	Conflicts    int64
 	DeadLetters  int64
 	Batches      int64
 	LastPosition transform.Position
@@ -404,6 +408,7 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 			a.cfg.Stats.update(func(s *FlowStats) {
 				s.Applied += int64(res.Applied)
 				s.Skipped += int64(res.Skipped)
+				s.Conflicts += int64(res.Conflicts)
 				s.Batches++
 				s.LastPosition = transform.Position{LSN: last.CommitLSN, CommitTime: last.CommitTime, Xid: last.Xid}
 				s.LastApplied = now

@@ -12,6 +12,22 @@ import (
 type Catalog struct {
 	// Tables by "schema.table".
 	Tables map[string]*TableInfo
+	// Role describes the connected role and server settings; nil when
+	// unknown (then the checks that need it are not made).
+	Role *RoleInfo
+}
+
+// RoleInfo is what the connected role may do, and server settings the
+// mapping depends on.
+type RoleInfo struct {
+	Name string
+	// Replication: the role may stream a slot (REPLICATION or superuser).
+	Replication bool
+	// Origins: the role may use replication origins (superuser, or EXECUTE
+	// on pg_replication_origin_create, _session_setup and _xact_setup).
+	Origins bool
+	// TrackCommitTimestamp is the server's track_commit_timestamp.
+	TrackCommitTimestamp bool
 }
 
 // TableInfo describes one table.
@@ -154,7 +170,10 @@ func (m *Mapping) Check(system string, cat *Catalog, role string) error {
 				}
 			}
 		}
-		if role == "target" || role == "both" {
+		// Rows born in another system (it owns the key) are created here
+		// by duplex, so every NOT NULL column without a default must be
+		// mapped.
+		if kf := e.Field(e.Key); (role == "target" || role == "both") && kf.Owner != system && kf.Owner != OwnerBoth {
 			for _, name := range sortedKeys(ti.Columns) {
 				ci := ti.Columns[name]
 				if ci.NotNull && !ci.HasDefault && !mapped[name] {
@@ -162,7 +181,13 @@ func (m *Mapping) Check(system string, cat *Catalog, role string) error {
 				}
 			}
 		}
-		if role == "source" || role == "both" {
+		if shared := e.SharedFields(system); len(shared) > 0 && (role == "source" || role == "both") && e.Publishes(system) && ti.ReplicaIdentity != 'f' {
+			bad("%s: shared field(s) %v need the old row of every update to tell which fields a write changed; run ALTER TABLE %s REPLICA IDENTITY FULL", where, shared, t.QualifiedTable())
+		}
+		if shared := e.SharedFields(system); len(shared) > 0 && (role == "target" || role == "both") && cat.Role != nil && !cat.Role.TrackCommitTimestamp {
+			bad("%s: shared field(s) %v are resolved by commit time; set track_commit_timestamp = on (needs a restart)", where, shared)
+		}
+		if (role == "source" || role == "both") && e.Publishes(system) {
 			switch {
 			case ti.ReplicaIdentity == 'n':
 				bad("%s: REPLICA IDENTITY NOTHING cannot key deletes; run ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key) or FULL", where, t.QualifiedTable())
@@ -173,6 +198,14 @@ func (m *Mapping) Check(system string, cat *Catalog, role string) error {
 					bad("%s: deletes send only %v, not key column %s; run ALTER TABLE %s REPLICA IDENTITY FULL or USING INDEX on a unique index of %s", where, ti.IdentityColumns, t.KeyColumn, t.QualifiedTable(), t.KeyColumn)
 				}
 			}
+		}
+	}
+	if r := cat.Role; r != nil {
+		if (role == "source" || role == "both") && !r.Replication {
+			bad("%s: role %s cannot stream a replication slot; ALTER ROLE %s REPLICATION", system, r.Name, r.Name)
+		}
+		if (role == "target" || role == "both") && !r.Origins {
+			bad("%s: role %s cannot use replication origins, which duplex applies under; make it superuser or GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_session_setup(text), pg_replication_origin_xact_setup(pg_lsn, timestamptz) TO %s", system, r.Name, r.Name)
 		}
 	}
 	return errors.Join(errs...)

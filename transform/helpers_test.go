@@ -106,10 +106,22 @@ func table(pk string, unique []string, cols ...*transform.ColumnInfo) *transform
 	return t
 }
 
+// fullTable is table with REPLICA IDENTITY FULL: the old row of an update
+// or delete carries every column, in column order.
+func fullTable(pk string, unique []string, cols ...*transform.ColumnInfo) *transform.TableInfo {
+	t := table(pk, unique, cols...)
+	t.ReplicaIdentity = 'f'
+	t.IdentityColumns = nil
+	for _, c := range cols {
+		t.IdentityColumns = append(t.IdentityColumns, c.Name)
+	}
+	return t
+}
+
 // erpCatalog describes examples/order-to-cash/erp.sql.
 func erpCatalog() *transform.Catalog {
 	return &transform.Catalog{Tables: map[string]*transform.TableInfo{
-		"public.customers": table("customer_no", []string{"crm_account_id"},
+		"public.customers": fullTable("customer_no", []string{"crm_account_id"},
 			col("customer_no", "bigint", "notnull", "default"),
 			col("crm_account_id", "uuid", "notnull"),
 			col("name", "text", "notnull"),
@@ -121,7 +133,7 @@ func erpCatalog() *transform.Catalog {
 			col("payment_terms", "text", "notnull", "default"),
 			col("updated_at", "timestamp with time zone", "notnull", "default"),
 		),
-		"public.sales_orders": table("order_no", []string{"crm_order_id"},
+		"public.sales_orders": fullTable("order_no", []string{"crm_order_id"},
 			col("order_no", "bigint", "notnull", "default"),
 			col("crm_order_id", "uuid", "notnull"),
 			col("customer_no", "bigint", "notnull"),
@@ -129,6 +141,7 @@ func erpCatalog() *transform.Catalog {
 			col("total", "numeric(19,4)", "notnull"),
 			col("status", "text", "notnull"),
 			col("ordered_at", "timestamp with time zone", "notnull"),
+			col("fulfilment_status", "text", "notnull", "default"),
 		),
 		"public.sales_order_lines": table("line_no", []string{"crm_line_id"},
 			col("line_no", "bigint", "notnull", "default"),
@@ -138,14 +151,32 @@ func erpCatalog() *transform.Catalog {
 			col("quantity", "numeric(12,3)", "notnull"),
 			col("unit_price", "numeric(19,4)", "notnull"),
 		),
+		"public.invoices": table("invoice_no", nil,
+			col("invoice_no", "bigint", "notnull", "default"),
+			col("order_no", "bigint", "notnull"),
+			col("customer_no", "bigint", "notnull"),
+			col("currency", "character(3)", "notnull"),
+			col("amount", "numeric(19,4)", "notnull"),
+			col("paid_amount", "numeric(19,4)", "notnull", "default"),
+			col("status", "text", "notnull"),
+			col("issued_at", "timestamp with time zone", "notnull"),
+			col("due_date", "date", "notnull"),
+		),
+		"public.payments": table("payment_no", nil,
+			col("payment_no", "bigint", "notnull", "default"),
+			col("invoice_no", "bigint", "notnull"),
+			col("amount", "numeric(19,4)", "notnull"),
+			col("currency", "character(3)", "notnull"),
+			col("received_at", "timestamp with time zone", "notnull"),
+		),
 	}}
 }
 
 // crmCatalog describes examples/order-to-cash/crm.sql (the mapped tables
-// and one that is not mapped).
+// and those that are not mapped).
 func crmCatalog() *transform.Catalog {
 	return &transform.Catalog{Tables: map[string]*transform.TableInfo{
-		"public.accounts": table("id", nil,
+		"public.accounts": fullTable("id", []string{"erp_customer_no"},
 			col("id", "uuid", "notnull"),
 			col("name", "text", "notnull"),
 			col("email", "text"),
@@ -154,6 +185,7 @@ func crmCatalog() *transform.Catalog {
 			col("credit_limit", "numeric(18,2)"),
 			col("erp_customer_no", "bigint"),
 			col("open_balance", "numeric(18,2)"),
+			col("payment_terms", "text"),
 			col("updated_at", "timestamp with time zone", "notnull", "default"),
 		),
 		"public.contacts": table("id", nil,
@@ -162,13 +194,23 @@ func crmCatalog() *transform.Catalog {
 			col("name", "text", "notnull"),
 			col("email", "text"),
 		),
-		"public.orders": table("id", nil,
+		"public.opportunities": table("id", nil,
+			col("id", "uuid", "notnull"),
+			col("account_id", "uuid", "notnull"),
+			col("title", "text", "notnull"),
+			col("stage", "text", "notnull", "default"),
+			col("amount", "numeric(18,2)"),
+			col("currency", "character(3)", "notnull"),
+		),
+		"public.orders": table("id", []string{"erp_order_no"},
 			col("id", "uuid", "notnull"),
 			col("account_id", "uuid", "notnull"),
 			col("currency", "character(3)", "notnull"),
 			col("total", "numeric(18,2)", "notnull"),
 			col("status", "text", "notnull"),
 			col("ordered_at", "timestamp with time zone", "notnull"),
+			col("erp_order_no", "bigint"),
+			col("erp_status", "text"),
 		),
 		"public.order_lines": table("id", nil,
 			col("id", "uuid", "notnull"),
@@ -176,6 +218,17 @@ func crmCatalog() *transform.Catalog {
 			col("sku", "text", "notnull"),
 			col("quantity", "numeric(12,3)", "notnull"),
 			col("unit_price", "numeric(18,4)", "notnull"),
+		),
+		"public.invoices": table("id", []string{"erp_invoice_no"},
+			col("id", "uuid", "notnull", "default"),
+			col("erp_invoice_no", "bigint", "notnull"),
+			col("account_id", "uuid", "notnull"),
+			col("order_id", "uuid"),
+			col("currency", "character(3)", "notnull"),
+			col("amount", "numeric(18,2)", "notnull"),
+			col("paid_amount", "numeric(18,2)", "notnull"),
+			col("status", "text", "notnull"),
+			col("due_date", "date", "notnull"),
 		),
 	}}
 }
@@ -186,6 +239,16 @@ func boundERP(t testing.TB) *transform.Mapping {
 	m := loadExample(t)
 	if err := m.Check("erp", erpCatalog(), "target"); err != nil {
 		t.Fatalf("Check(erp, target): %v", err)
+	}
+	return m
+}
+
+// boundCRM loads the example mapping and binds its CRM tables with Check.
+func boundCRM(t testing.TB) *transform.Mapping {
+	t.Helper()
+	m := loadExample(t)
+	if err := m.Check("crm", crmCatalog(), "target"); err != nil {
+		t.Fatalf("Check(crm, target): %v", err)
 	}
 	return m
 }

@@ -110,7 +110,20 @@ type ColumnMap struct {
 // Ref points at another entity's row.
 type Ref struct {
 	Entity string `yaml:"entity"`
+	// Column of the referenced row whose value this column holds.
 	Column string `yaml:"column"`
+	// Match names the canonical field of the referenced entity that the
+	// canonical value is (default: its key). A CRM invoice finds its
+	// account by the customer's customer_no: match customer_no.
+	Match string `yaml:"match"`
+}
+
+// MatchField is the referenced entity's field a reference matches on.
+func (r *Ref) MatchField(target *Entity) string {
+	if r.Match != "" {
+		return r.Match
+	}
+	return target.Key
 }
 
 // Load reads and validates a mapping file.
@@ -219,6 +232,8 @@ func (m *Mapping) Validate() error {
 					bad("entity %s: %s column for %s refers to unknown entity %s", e.Name, sys, fname, c.Ref.Entity)
 				} else if target.Tables[sys] == nil {
 					bad("entity %s: %s column for %s refers to entity %s, which has no %s table", e.Name, sys, fname, c.Ref.Entity, sys)
+				} else if mf := c.Ref.MatchField(target); target.Field(mf) == nil || target.Tables[sys].Columns[mf] == nil || target.Tables[sys].Columns[mf].Column == "" {
+					bad("entity %s: %s column for %s matches %s.%s, which is not a field with a %s column", e.Name, sys, fname, c.Ref.Entity, mf, sys)
 				}
 			}
 		}
@@ -296,6 +311,31 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 		}
 	}
 	_ = m
+}
+
+// Publishes says whether a system's changes to an entity go on the bus:
+// when it owns (alone or with another system) at least one of its fields.
+func (e *Entity) Publishes(system string) bool {
+	if e.Tables[system] == nil {
+		return false
+	}
+	for _, f := range e.Fields {
+		if (f.Owner == system || f.Owner == OwnerBoth) && e.Tables[system].Columns[f.Name] != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// SharedFields lists the fields owned by both systems that a system maps.
+func (e *Entity) SharedFields(system string) []string {
+	var out []string
+	for _, f := range e.Fields {
+		if f.Owner == OwnerBoth && e.Tables[system] != nil && e.Tables[system].Columns[f.Name] != nil {
+			out = append(out, f.Name)
+		}
+	}
+	return out
 }
 
 // converter returns the converter a column uses: the one named, or the

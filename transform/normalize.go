@@ -24,6 +24,17 @@ func (m *Mapping) Source(system, qualifiedTable string) *Entity {
 	return nil
 }
 
+// SourceTables returns the tables whose changes a system publishes.
+func (m *Mapping) SourceTables(system string) []string {
+	var out []string
+	for _, e := range m.Entities {
+		if e.Publishes(system) {
+			out = append(out, e.Tables[system].QualifiedTable())
+		}
+	}
+	return out
+}
+
 // Tables returns the qualified tables the mapping uses in a system, in
 // entity order.
 func (m *Mapping) Tables(system string) []string {
@@ -51,10 +62,16 @@ func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *ca
 		return m.normalizeTruncate(system, tx, index, ch)
 	}
 	e := m.Source(system, ch.QualifiedTable())
-	if e == nil {
+	if e == nil || !e.Publishes(system) {
+		return nil, nil
+	}
+	if tx.Applied && ch.Op != capture.Insert {
+		// duplex applying another system's change: nothing of it is news.
 		return nil, nil
 	}
 	t := e.Tables[system]
+	kf := e.Field(e.Key)
+	ownsKey := kf.Owner == system || kf.Owner == OwnerBoth
 	pos := func(i int) Position {
 		return Position{LSN: tx.CommitLSN, CommitTime: tx.CommitTime.UTC(), Xid: tx.Xid, Index: EventIndex(index, i)}
 	}
@@ -82,6 +99,10 @@ func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *ca
 	}
 	switch ch.Op {
 	case capture.Delete:
+		// An entity lives and dies in the system that owns its key.
+		if !ownsKey {
+			return nil, nil
+		}
 		key, err := keyOf(ch.Old, "old")
 		if err != nil {
 			return nil, err
@@ -99,16 +120,22 @@ func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *ca
 				if err != nil {
 					return nil, err
 				}
-				if oldKey != key {
+				if oldKey != key && ownsKey {
 					out = append(out, mk(OpDelete, oldKey, 0))
 				}
 			}
 		}
 		ev := mk(OpUpsert, key, 1)
 		ev.Data = make(map[string]any, len(t.Columns))
+		news := false
 		for _, f := range e.Fields {
 			c := t.Columns[f.Name]
 			if c == nil || !carries(e, f, system) {
+				continue
+			}
+			if tx.Applied && f.Name != e.Key && f.Owner != system {
+				// Of a row duplex inserted, only what this system
+				// generated itself (a sequence, a default) is news.
 				continue
 			}
 			v, err := m.canonical(e, f, c, ch.New, key)
@@ -118,7 +145,22 @@ func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *ca
 			if v == skip {
 				continue
 			}
+			if f.Owner == OwnerBoth && ch.Op == capture.Update && ch.Old != nil {
+				// A write counts for a shared field only if it changed it.
+				if _, sent := ch.Old[c.Column]; sent {
+					old, err := m.canonical(e, f, c, ch.Old, key)
+					if err == nil && old != skip && f.Equal(old, v) {
+						continue
+					}
+				}
+			}
 			ev.Data[f.Name] = v
+			if f.Name != e.Key {
+				news = true
+			}
+		}
+		if !news && !ownsKey {
+			return out, nil
 		}
 		return append(out, ev), nil
 	}

@@ -1,6 +1,7 @@
 package transform_test
 
 import (
+	"github.com/shopspring/decimal"
 	"reflect"
 	"slices"
 	"strings"
@@ -64,6 +65,17 @@ func accountData(id string, changes map[string]any) map[string]any {
 	return d
 }
 
+func without(m map[string]any, keys ...string) map[string]any {
+	out := map[string]any{}
+	for k, v := range m {
+		out[k] = v
+	}
+	for _, k := range keys {
+		delete(out, k)
+	}
+	return out
+}
+
 func event(system, entity string, op transform.Op, key string, index, slot int, data map[string]any) transform.Event {
 	p := wantPos(index, slot)
 	return transform.Event{
@@ -83,6 +95,7 @@ func TestMapping_Normalize(t *testing.T) {
 		name    string
 		system  string
 		index   int
+		applied bool
 		change  capture.Change
 		want    []transform.Event
 		wantErr bool
@@ -146,12 +159,30 @@ func TestMapping_Normalize(t *testing.T) {
 			}))},
 		},
 		{
+			// The shared email did not change, so this write does not
+			// count for it: only the fields the CRM owns go on.
 			name:   "update with the same old key (REPLICA IDENTITY FULL) is one upsert",
 			system: "crm", index: 2,
 			change: capture.Change{Schema: "public", Table: "accounts", Op: capture.Update,
 				Old: accountRow(acctID, map[string]any{"name": "Acme AG"}),
 				New: accountRow(acctID, nil)},
+			want: []transform.Event{event("crm", "customer", transform.OpUpsert, acctID, 2, 1, without(accountData(acctID, nil), "email"))},
+		},
+		{
+			name:   "update that changes the shared email carries it",
+			system: "crm", index: 2,
+			change: capture.Change{Schema: "public", Table: "accounts", Op: capture.Update,
+				Old: accountRow(acctID, map[string]any{"email": "old@acme.example"}),
+				New: accountRow(acctID, nil)},
 			want: []transform.Event{event("crm", "customer", transform.OpUpsert, acctID, 2, 1, accountData(acctID, nil))},
+		},
+		{
+			name:   "an update duplex applied is not news",
+			system: "crm", index: 2, applied: true,
+			change: capture.Change{Schema: "public", Table: "accounts", Op: capture.Update,
+				Old: accountRow(acctID, map[string]any{"email": "old@acme.example"}),
+				New: accountRow(acctID, nil)},
+			want: nil,
 		},
 		{
 			name:   "update that changes the key is a delete of the old key and an upsert of the new",
@@ -194,13 +225,30 @@ func TestMapping_Normalize(t *testing.T) {
 			})},
 		},
 		{
-			name:   "a change from erp carries only the key: erp owns no customer field",
+			name:   "a change from erp carries the fields erp owns and the shared ones",
 			system: "erp", index: 0,
 			change: capture.Change{Schema: "public", Table: "customers", Op: capture.Update, New: capture.Row{
 				"customer_no": int64(1), "crm_account_id": acctID, "name": "Changed in ERP", "email": nil,
 				"country": "DE", "currency": "EUR", "credit_limit_minor": int64(99), "updated_at": time.Now(),
 			}},
-			want: []transform.Event{event("erp", "customer", transform.OpUpsert, acctID, 0, 1, map[string]any{"account_id": acctID})},
+			want: []transform.Event{event("erp", "customer", transform.OpUpsert, acctID, 0, 1, map[string]any{"account_id": acctID, "customer_no": "1", "email": nil})},
+		},
+		{
+			name:   "of a row duplex inserted, only what erp generated goes back",
+			system: "erp", index: 0, applied: true,
+			change: capture.Change{Schema: "public", Table: "customers", Op: capture.Insert, New: capture.Row{
+				"customer_no": int64(7), "crm_account_id": acctID, "name": "From CRM", "email": "x@y.example",
+				"country": "DE", "currency": "EUR", "credit_limit_minor": int64(99), "updated_at": time.Now(),
+				"open_balance": decimal.RequireFromString("0.0000"), "payment_terms": "NET30",
+			}},
+			want: []transform.Event{event("erp", "customer", transform.OpUpsert, acctID, 0, 1, map[string]any{"account_id": acctID, "customer_no": "7",
+				"open_balance": transform.Money{Amount: "0.0000", Currency: "EUR"}, "payment_terms": "NET30"})},
+		},
+		{
+			name:   "a delete in the system that does not own the key is not propagated",
+			system: "erp", index: 0,
+			change: capture.Change{Schema: "public", Table: "customers", Op: capture.Delete, Old: capture.Row{"customer_no": int64(1), "crm_account_id": acctID}},
+			want:   nil,
 		},
 		{
 			name:   "unmapped table gives no events",
@@ -242,7 +290,9 @@ func TestMapping_Normalize(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := loadExample(t)
-			got, err := m.Normalize(tt.system, testTx, tt.index, &tt.change)
+			tx := *testTx
+			tx.Applied = tt.applied
+			got, err := m.Normalize(tt.system, &tx, tt.index, &tt.change)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("Normalize() error = %v, wantErr %v", err, tt.wantErr)
 			}
@@ -505,7 +555,7 @@ func TestMapping_CanonicalRow(t *testing.T) {
 				"currency": "EUR", "credit_limit_minor": int64(123450), "updated_at": time.Date(2024, 3, 1, 9, 0, 0, 0, time.UTC)},
 			wantKey: acctID,
 			wantData: map[string]any{"account_id": acctID, "name": "Acme", "email": nil, "country": "DE", "currency": "EUR",
-				"credit_limit": transform.Money{Amount: "1234.50", Currency: "EUR"}, "updated_at": "2024-03-01T09:00:00Z"},
+				"credit_limit": transform.Money{Amount: "1234.50", Currency: "EUR"}, "updated_at": "2024-03-01T09:00:00Z", "customer_no": "1"},
 		},
 		{
 			name: "erp customer, chosen fields", system: "erp", entity: "customer",
@@ -569,7 +619,7 @@ func TestEntity_Carried(t *testing.T) {
 	}{
 		{name: "customer crm to erp", entity: "customer", from: "crm", to: "erp",
 			want: []string{"account_id", "name", "email", "country", "currency", "credit_limit", "updated_at"}},
-		{name: "customer erp to crm carries only the key", entity: "customer", from: "erp", to: "crm", want: []string{"account_id"}},
+		{name: "customer erp to crm carries the erp-owned and shared fields", entity: "customer", from: "erp", to: "crm", want: []string{"account_id", "email", "customer_no", "open_balance", "payment_terms"}},
 		{name: "order crm to erp", entity: "order", from: "crm", to: "erp",
 			want: []string{"order_id", "account_id", "currency", "total", "status", "ordered_at"}},
 		{name: "unknown system", entity: "order", from: "crm", to: "sap", want: nil},

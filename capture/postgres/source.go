@@ -31,9 +31,11 @@ type Config struct {
 	Publication string
 	// Tables are the "schema.table" names to publish.
 	Tables []string
-	// SkipOrigins drops transactions written under these replication
-	// origins (duplex's own sinks), so applied changes never echo back.
-	SkipOrigins []string
+	// DuplexOrigins are the replication origins of duplex's own sinks into
+	// this database. Transactions written under them are marked Applied,
+	// so that the applied changes never echo back (only values this
+	// database generated for them, such as a new key, go on).
+	DuplexOrigins []string
 	// ChunkSize is the number of changes per chunk (default 500).
 	ChunkSize int
 	// StatusInterval is how often a standby status update is sent
@@ -321,9 +323,7 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		ss.chunk = nil
 	case *pglogrepl.OriginMessage:
 		ss.tx.Origin = msg.Name
-		if containsStr(s.cfg.SkipOrigins, msg.Name) {
-			ss.skipping = true
-		}
+		ss.tx.Applied = containsStr(s.cfg.DuplexOrigins, msg.Name)
 	case *pglogrepl.InsertMessage:
 		row, rel, err := ss.tuple(msg.RelationID, msg.Tuple)
 		if err != nil {

@@ -8,8 +8,13 @@ CREATE TABLE accounts (
     credit_limit    numeric(18,2),
     erp_customer_no bigint,
     open_balance    numeric(18,2),
+    payment_terms   text,
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+-- email is written by both systems; duplex needs the old row of an update
+-- to tell which fields it changed.
+ALTER TABLE accounts REPLICA IDENTITY FULL;
+CREATE UNIQUE INDEX accounts_erp_customer_no_key ON accounts (erp_customer_no);
 
 CREATE TABLE contacts (
     id         uuid PRIMARY KEY,
@@ -33,7 +38,9 @@ CREATE TABLE orders (
     currency   char(3) NOT NULL,
     total      numeric(18,2) NOT NULL,
     status     text NOT NULL,
-    ordered_at timestamptz NOT NULL
+    ordered_at timestamptz NOT NULL,
+    erp_order_no bigint UNIQUE,
+    erp_status   text
 );
 
 CREATE TABLE order_lines (
@@ -44,3 +51,16 @@ CREATE TABLE order_lines (
     unit_price numeric(18,4) NOT NULL
 );
 CREATE INDEX ON order_lines (order_id);
+
+CREATE TABLE invoices (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    erp_invoice_no bigint UNIQUE NOT NULL,
+    account_id     uuid NOT NULL REFERENCES accounts,
+    order_id       uuid REFERENCES orders,
+    currency       char(3) NOT NULL,
+    amount         numeric(18,2) NOT NULL,
+    paid_amount    numeric(18,2) NOT NULL,
+    status         text NOT NULL,
+    due_date       date NOT NULL
+);
+CREATE INDEX ON invoices (account_id);

@@ -11,6 +11,9 @@ CREATE TABLE customers (
     payment_terms      text NOT NULL DEFAULT 'NET30',
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
+-- email is written by both systems; duplex needs the old row of an update
+-- to tell which fields it changed, and deletes keyed by crm_account_id.
+ALTER TABLE customers REPLICA IDENTITY FULL;
 
 CREATE TABLE sales_orders (
     order_no     bigserial PRIMARY KEY,
@@ -19,8 +22,11 @@ CREATE TABLE sales_orders (
     currency     char(3) NOT NULL,
     total        numeric(19,4) NOT NULL,
     status       text NOT NULL,
-    ordered_at   timestamptz NOT NULL
+    ordered_at   timestamptz NOT NULL,
+    fulfilment_status text NOT NULL DEFAULT 'open'
 );
+-- Deletes must carry crm_order_id, the canonical key.
+ALTER TABLE sales_orders REPLICA IDENTITY FULL;
 
 CREATE TABLE sales_order_lines (
     line_no     bigserial PRIMARY KEY,
@@ -31,3 +37,24 @@ CREATE TABLE sales_order_lines (
     unit_price  numeric(19,4) NOT NULL
 );
 CREATE INDEX ON sales_order_lines (order_no);
+
+CREATE TABLE invoices (
+    invoice_no  bigserial PRIMARY KEY,
+    order_no    bigint NOT NULL REFERENCES sales_orders,
+    customer_no bigint NOT NULL REFERENCES customers,
+    currency    char(3) NOT NULL,
+    amount      numeric(19,4) NOT NULL,
+    paid_amount numeric(19,4) NOT NULL DEFAULT 0,
+    status      text NOT NULL,
+    issued_at   timestamptz NOT NULL,
+    due_date    date NOT NULL
+);
+CREATE INDEX ON invoices (customer_no);
+
+CREATE TABLE payments (
+    payment_no  bigserial PRIMARY KEY,
+    invoice_no  bigint NOT NULL REFERENCES invoices,
+    amount      numeric(19,4) NOT NULL,
+    currency    char(3) NOT NULL,
+    received_at timestamptz NOT NULL
+);

@@ -193,7 +193,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	for _, name := range cfg.Sources() {
 		sys := cfg.Systems[name]
 		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication,
-			Tables: m.Tables(name), SkipOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
+			Tables: m.SourceTables(name), DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
 		if err == nil {
 			err = src.Ensure(ctx)
 		}

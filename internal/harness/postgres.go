@@ -99,17 +99,18 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	}
 
 	settings := map[string]string{
-		"listen_addresses":      "127.0.0.1",
-		"wal_level":             "logical",
-		"max_replication_slots": "32",
-		"max_wal_senders":       "32",
-		"fsync":                 "off",
-		"full_page_writes":      "off",
-		"synchronous_commit":    "on",
-		"shared_buffers":        "64MB",
-		"max_connections":       "200",
-		"log_min_messages":      "warning",
-		"wal_sender_timeout":    "60s",
+		"listen_addresses":       "127.0.0.1",
+		"wal_level":              "logical",
+		"track_commit_timestamp": "on",
+		"max_replication_slots":  "64",
+		"max_wal_senders":        "64",
+		"fsync":                  "off",
+		"full_page_writes":       "off",
+		"synchronous_commit":     "on",
+		"shared_buffers":         "64MB",
+		"max_connections":        "200",
+		"log_min_messages":       "warning",
+		"wal_sender_timeout":     "60s",
 	}
 	maps.Copy(settings, opts.Settings)
 	settings["unix_socket_directories"] = dir

@@ -94,5 +94,23 @@ WHERE n.nspname || '.' || c.relname = ANY($1)`, tables)
 	if err := idx.Err(); err != nil {
 		return nil, fmt.Errorf("read catalog indexes: %w", err)
 	}
+	role, err := q.Query(ctx, `
+SELECT current_user, r.rolsuper OR r.rolreplication,
+       r.rolsuper OR (has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE')
+                  AND has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE')
+                  AND has_function_privilege('pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)', 'EXECUTE')),
+       current_setting('track_commit_timestamp') = 'on'
+FROM pg_roles r WHERE r.rolname = current_user`)
+	if err != nil {
+		return nil, fmt.Errorf("read role: %w", err)
+	}
+	ri, err := pgx.CollectExactlyOneRow(role, func(row pgx.CollectableRow) (*transform.RoleInfo, error) {
+		r := &transform.RoleInfo{}
+		return r, row.Scan(&r.Name, &r.Replication, &r.Origins, &r.TrackCommitTimestamp)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read role: %w", err)
+	}
+	cat.Role = ri
 	return cat, nil
 }

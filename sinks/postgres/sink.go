@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -133,7 +134,17 @@ CREATE TABLE IF NOT EXISTS duplex.applied (
 	xid         bigint NOT NULL,
 	applied_at  timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE duplex.applied IS 'duplex: last source transaction applied per flow, written in the same transaction as the rows';`
+COMMENT ON TABLE duplex.applied IS 'duplex: last source transaction applied per flow, written in the same transaction as the rows';
+CREATE TABLE IF NOT EXISTS duplex.field_versions (
+	entity      text NOT NULL,
+	key         text NOT NULL,
+	field       text NOT NULL,
+	source      text NOT NULL,
+	commit_time timestamptz NOT NULL,
+	value_hash  text,
+	PRIMARY KEY (entity, key, field)
+);
+COMMENT ON TABLE duplex.field_versions IS 'duplex: source and commit time of the value duplex last wrote into each shared (owner both) field';`
 
 // connect opens the session, creates duplex's schema, binds the
 // replication origin and reads the catalog.
@@ -216,6 +227,10 @@ type pendingRow struct {
 	row     *transform.Row
 	tx, ev  int // where the last change came from
 	deleted bool
+	source  string
+	// at holds, per shared column, the source commit time of the write
+	// whose value the row carries.
+	at map[string]time.Time
 }
 
 type entityBatch struct {
@@ -240,12 +255,13 @@ func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.App
 	}
 	batches := map[string]*entityBatch{}
 	var last *transform.Tx
+	seen := applied.LSN
 	for ti, t := range txs {
-		if t.CommitLSN <= applied.LSN {
+		if t.CommitLSN <= seen {
 			res.Skipped += len(t.Events)
 			continue
 		}
-		last = t
+		seen, last = t.CommitLSN, t
 		for ei := range t.Events {
 			ev := &t.Events[ei]
 			row, err := s.cfg.Mapping.Denormalize(ev, s.cfg.System)
@@ -257,7 +273,7 @@ func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.App
 				b = &entityBatch{rows: map[string]*pendingRow{}}
 				batches[ev.Entity] = b
 			}
-			fold(b, row, ti, ei)
+			s.fold(b, row, ti, ei, ev)
 			res.Applied++
 		}
 	}
@@ -267,18 +283,31 @@ func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.App
 	if _, err := tx.Exec(ctx, `SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)`, last.CommitLSN.String(), last.CommitTime); err != nil {
 		return res, classify(fmt.Errorf("sink %s: origin xact setup: %w", s.cfg.System, err), -1, -1)
 	}
-	for _, e := range s.order {
-		b := batches[e.Name]
-		if b == nil {
-			continue
-		}
-		if b.truncate {
+	// Truncates first, children before parents; then upserts, parents
+	// before children; then deletes, children before parents.
+	for i := len(s.order) - 1; i >= 0; i-- {
+		e := s.order[i]
+		if b := batches[e.Name]; b != nil && b.truncate {
 			t := e.Tables[s.cfg.System]
 			if _, err := tx.Exec(ctx, "DELETE FROM "+quoteTable(t)); err != nil {
 				return res, classify(fmt.Errorf("sink %s: truncate %s: %w", s.cfg.System, t.QualifiedTable(), err), -1, -1)
 			}
 		}
+	}
+	for _, e := range s.order {
+		b := batches[e.Name]
+		if b == nil {
+			continue
+		}
+		n, err := s.resolveShared(ctx, tx, e, b)
+		if err != nil {
+			return res, err
+		}
+		res.Conflicts += n
 		if err := s.upsert(ctx, tx, e, b); err != nil {
+			return res, err
+		}
+		if err := s.recordVersions(ctx, tx, e, b); err != nil {
 			return res, err
 		}
 	}
@@ -307,7 +336,7 @@ ON CONFLICT (flow) DO UPDATE SET source = EXCLUDED.source, commit_lsn = EXCLUDED
 // fold merges a change into the batch: the last change of a key wins, and
 // an upsert that leaves some columns out keeps what an earlier upsert of
 // the same key in the batch wrote to them.
-func fold(b *entityBatch, row *transform.Row, ti, ei int) {
+func (s *Sink) fold(b *entityBatch, row *transform.Row, ti, ei int, ev *transform.Event) {
 	if row.Op == transform.OpTruncate {
 		b.truncate = true
 		b.keys = nil
@@ -318,19 +347,45 @@ func fold(b *entityBatch, row *transform.Row, ti, ei int) {
 	if prev == nil {
 		b.keys = append(b.keys, row.Key)
 	}
-	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete}
+	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete, source: ev.Source}
+	shared := s.sharedColumns(row.Entity)
+	for _, v := range row.Values {
+		if shared[v.Column] != "" {
+			if p.at == nil {
+				p.at = map[string]time.Time{}
+			}
+			p.at[v.Column] = ev.Pos.CommitTime
+		}
+	}
 	if prev != nil && !prev.deleted && !p.deleted {
 		merged := *row
 		merged.Values = append([]transform.ColValue(nil), row.Values...)
 		for _, v := range prev.row.Values {
 			if !slices.ContainsFunc(merged.Values, func(x transform.ColValue) bool { return x.Column == v.Column }) {
 				merged.Values = append(merged.Values, v)
+				if t, ok := prev.at[v.Column]; ok {
+					if p.at == nil {
+						p.at = map[string]time.Time{}
+					}
+					p.at[v.Column] = t
+				}
 			}
 		}
 		slices.SortFunc(merged.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
 		p.row = &merged
 	}
 	b.rows[row.Key] = p
+}
+
+// sharedColumns maps the target columns of an entity's shared (owner
+// both) fields to their field names.
+func (s *Sink) sharedColumns(e *transform.Entity) map[string]string {
+	out := map[string]string{}
+	t := e.Tables[s.cfg.System]
+	for _, f := range e.SharedFields(s.cfg.System) {
+		out[t.Columns[f].Column] = f
+	}
+	return out
 }
 
 func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *entityBatch) error {
@@ -367,12 +422,64 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			}
 			args[ci] = arr
 		}
-		sql, err := s.upsertSQL(e, t, sig, cols)
+		sql, err := s.writeSQL(e, t, sig, cols)
 		if err != nil {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
 		}
 		if _, err := tx.Exec(ctx, sql, args...); err != nil {
 			return classify(fmt.Errorf("sink %s: upsert %d rows into %s (entity %s): %w", s.cfg.System, len(rows), t.QualifiedTable(), e.Name, err), singleTx(rows), -1)
+		}
+		if !s.canInsert(t, cols) {
+			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkUpdated handles the rows an update-only write could not find. Rows
+// of an entity born in another system (that owns its key) are skipped:
+// the row was deleted here, or never made it; there is nothing to update.
+// Rows that the event's source owns should exist: a missing one cannot be
+// created without the columns the event lacks, and that is an error.
+func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
+	kf := e.Field(e.Key)
+	if kf.Owner != rows[0].source && kf.Owner != transform.OwnerBoth {
+		return nil
+	}
+	kt, err := s.castType(t, t.KeyColumn)
+	if err != nil {
+		return err
+	}
+	keys := make([]string, len(rows))
+	for i, p := range rows {
+		keys[i] = p.row.Key
+	}
+	q := fmt.Sprintf("SELECT u.k FROM unnest($1::text[]) AS u(k) WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE t.%s = u.k::%s)",
+		quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
+	r, err := tx.Query(ctx, q, keys)
+	if err != nil {
+		return classify(fmt.Errorf("sink %s: check rows of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	missing, err := pgx.CollectRows(r, pgx.RowTo[string])
+	if err != nil {
+		return classify(fmt.Errorf("sink %s: check rows of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	for _, p := range rows {
+		if p.row.Key == missing[0] {
+			var need []string
+			for name, ci := range s.catalog.Tables[t.QualifiedTable()].Columns {
+				if ci.NotNull && !ci.HasDefault && !slices.ContainsFunc(p.row.Values, func(c transform.ColValue) bool { return c.Column == name }) {
+					need = append(need, name)
+				}
+			}
+			slices.Sort(need)
+			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the event lacks %v to create one", e.Name, p.row.Key, t.QualifiedTable(), need)}
 		}
 	}
 	return nil
@@ -408,10 +515,68 @@ func (s *Sink) castType(t *transform.TableMap, column string) (string, error) {
 	return ti.Columns[column].CastType, nil
 }
 
-func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string, cols []transform.ColValue) (string, error) {
+// canInsert says whether rows with these columns can be inserted: every
+// NOT NULL column without a default is among them. A flow that carries
+// only the fields its source owns often cannot create a row (the ERP's
+// write-back of customer_no to a CRM account): it updates existing rows.
+func (s *Sink) canInsert(t *transform.TableMap, cols []transform.ColValue) bool {
+	ti := s.catalog.Tables[t.QualifiedTable()]
+	for name, ci := range ti.Columns {
+		if ci.NotNull && !ci.HasDefault && !slices.ContainsFunc(cols, func(c transform.ColValue) bool { return c.Column == name }) {
+			return false
+		}
+	}
+	return true
+}
+
+// writeSQL returns the statement that writes rows with these columns:
+// an upsert when they can create the row, else an update of existing rows.
+func (s *Sink) writeSQL(e *transform.Entity, t *transform.TableMap, sig string, cols []transform.ColValue) (string, error) {
 	if q, ok := s.stmts[e.Name+"|"+sig]; ok {
 		return q, nil
 	}
+	if !s.canInsert(t, cols) {
+		q, err := s.updateSQL(t, cols)
+		if err != nil {
+			return "", err
+		}
+		s.stmts[e.Name+"|"+sig] = q
+		return q, nil
+	}
+	return s.upsertSQL(e, t, sig, cols)
+}
+
+// updateSQL updates existing rows from unnest, leaving rows already equal
+// untouched; keys absent from the table are left out.
+func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (string, error) {
+	var unnest, alias, set, cmpT, cmpU []string
+	var keyExpr string
+	for i, c := range cols {
+		ct, err := s.castType(t, c.Column)
+		if err != nil {
+			return "", err
+		}
+		id := pgx.Identifier{c.Column}.Sanitize()
+		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
+		alias = append(alias, fmt.Sprintf("v%d", i))
+		val := fmt.Sprintf("u.v%d::%s", i, ct)
+		if c.Column == t.KeyColumn {
+			keyExpr = "t." + id + " = " + val
+			continue
+		}
+		set = append(set, id+" = "+val)
+		cmpT = append(cmpT, "t."+id)
+		cmpU = append(cmpU, val)
+	}
+	if len(set) == 0 {
+		return "SELECT 1 WHERE false", nil
+	}
+	return fmt.Sprintf("UPDATE %s AS t SET %s FROM unnest(%s) AS u(%s) WHERE %s AND (%s, NULL) IS DISTINCT FROM (%s, NULL)",
+		quoteTable(t), strings.Join(set, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "), keyExpr,
+		strings.Join(cmpT, ", "), strings.Join(cmpU, ", ")), nil
+}
+
+func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string, cols []transform.ColValue) (string, error) {
 	var names, sel, unnest, alias, set, cmpT, cmpE []string
 	for i, c := range cols {
 		ct, err := s.castType(t, c.Column)
@@ -468,12 +633,13 @@ func (s *Sink) resolveRefs(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 		if len(want) == 0 {
 			continue
 		}
-		kt, err := s.castType(rt, rt.KeyColumn)
+		matchCol := rt.Columns[c.Ref.MatchField(re)].Column
+		kt, err := s.castType(rt, matchCol)
 		if err != nil {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
 		}
 		q := fmt.Sprintf("SELECT u.k, r.%s::text FROM unnest($1::text[]) AS u(k) JOIN %s AS r ON r.%s = u.k::%s",
-			pgx.Identifier{c.Ref.Column}.Sanitize(), quoteTable(rt), pgx.Identifier{rt.KeyColumn}.Sanitize(), kt)
+			pgx.Identifier{c.Ref.Column}.Sanitize(), quoteTable(rt), pgx.Identifier{matchCol}.Sanitize(), kt)
 		found, err := tx.Query(ctx, q, want)
 		if err != nil {
 			return classify(fmt.Errorf("sink %s: resolve %s references: %w", s.cfg.System, re.Name, err), -1, -1)
@@ -500,7 +666,7 @@ func (s *Sink) resolveRefs(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 			got := keys[v.Text]
 			if got == "" {
 				return &pipeline.ApplyError{Kind: pipeline.Waiting, Tx: p.tx, Event: p.ev,
-					Err: fmt.Errorf("entity %s key %s: referenced %s %s has not arrived in %s yet", e.Name, p.row.Key, re.Name, v.Text, s.cfg.System)}
+					Err: fmt.Errorf("entity %s key %s: referenced %s with %s %s has not arrived in %s yet", e.Name, p.row.Key, re.Name, c.Ref.MatchField(re), v.Text, s.cfg.System)}
 			}
 			v.Text, v.Ref = got, nil
 		}

@@ -42,6 +42,11 @@ func newTarget(t testing.TB) (*postgres.Sink, *pgx.Conn, *transform.Mapping) {
 	if err := cluster.CreateDatabase(ctx, db); err != nil {
 		t.Fatal(err)
 	}
+	// Replication origins are cluster-wide and each one holds one of the
+	// max_replication_slots state slots until dropped: drop the test's
+	// origin once every sink bound to it is closed (cleanups run last
+	// registered first).
+	t.Cleanup(func() { dropOrigin(t, "duplex_"+db) })
 	sql, _ := fs.ReadFile(examples.OrderToCash, "order-to-cash/erp.sql")
 	if err := cluster.Exec(ctx, db, string(sql)); err != nil {
 		t.Fatal(err)
@@ -102,4 +107,29 @@ func TestSink_ApplyParentAndChildInOneBatch(t *testing.T) {
 		t.Errorf("order joined to customer: %d %v", n, err)
 	}
 	_ = pipeline.Permanent
+}
+
+// dropOrigin drops a replication origin, waiting for the closed sessions
+// that held it to end.
+func dropOrigin(t testing.TB, origin string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, cluster.DSN("postgres"))
+	if err != nil {
+		t.Errorf("drop replication origin %s: %v", origin, err)
+		return
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := conn.Exec(ctx, `SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1`, origin)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("drop replication origin %s: %v", origin, err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -1,0 +1,223 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+// version is who wrote a field's current value, and when (source commit
+// time).
+type version struct {
+	source string
+	at     time.Time
+}
+
+// newer says whether v wins over w: the later commit, ties broken by the
+// systems' order in the mapping (earlier wins).
+func (s *Sink) newer(v, w version) bool {
+	if !v.at.Equal(w.at) {
+		return v.at.After(w.at)
+	}
+	return slices.Index(s.cfg.Mapping.Systems, v.source) < slices.Index(s.cfg.Mapping.Systems, w.source)
+}
+
+// resolveShared decides, field by field, whether the incoming values of
+// shared fields are newer than what the target holds, and drops those that
+// lose (a conflict, logged and counted). What the target holds was written
+// either by duplex (its version is in duplex.field_versions, as long as the
+// value is still the one duplex wrote) or by a local user (then it is as
+// old as the commit of the row's last write, pg_xact_commit_timestamp).
+func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *entityBatch) (int, error) {
+	shared := s.sharedColumns(e)
+	if len(shared) == 0 {
+		return 0, nil
+	}
+	t := e.Tables[s.cfg.System]
+	var keys []string
+	for _, k := range b.keys {
+		if p := b.rows[k]; !p.deleted && len(p.at) > 0 {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	kt, err := s.castType(t, t.KeyColumn)
+	if err != nil {
+		return 0, err
+	}
+	cols := sortedKeys(shared)
+	sel := ""
+	for _, c := range cols {
+		id := pgx.Identifier{c}.Sanitize()
+		sel += fmt.Sprintf(", t.%s::text, md5(t.%s::text)", id, id)
+	}
+	q := fmt.Sprintf(`SELECT u.k, pg_xact_commit_timestamp(t.xmin)%s FROM unnest($1::text[]) AS u(k) JOIN %s AS t ON t.%s = u.k::%s`,
+		sel, quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
+	type current struct {
+		local  *time.Time
+		values []*string
+		hashes []*string
+	}
+	have := map[string]*current{}
+	rows, err := tx.Query(ctx, q, keys)
+	if err != nil {
+		return 0, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	for rows.Next() {
+		var k string
+		c := &current{values: make([]*string, len(cols)), hashes: make([]*string, len(cols))}
+		dest := []any{&k, &c.local}
+		for i := range cols {
+			dest = append(dest, &c.values[i], &c.hashes[i])
+		}
+		if err := rows.Scan(dest...); err != nil {
+			rows.Close()
+			return 0, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+		}
+		have[k] = c
+	}
+	if err := rows.Err(); err != nil {
+		return 0, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	type recorded struct {
+		v    version
+		hash *string
+	}
+	known := map[string]recorded{}
+	vr, err := tx.Query(ctx, `SELECT key, field, source, commit_time, value_hash FROM duplex.field_versions WHERE entity = $1 AND key = ANY($2)`, e.Name, keys)
+	if err != nil {
+		return 0, classify(fmt.Errorf("sink %s: read field versions of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	for vr.Next() {
+		var k, f string
+		var r recorded
+		if err := vr.Scan(&k, &f, &r.v.source, &r.v.at, &r.hash); err != nil {
+			vr.Close()
+			return 0, classify(fmt.Errorf("sink %s: read field versions of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+		}
+		known[k+"\x00"+f] = r
+	}
+	if err := vr.Err(); err != nil {
+		return 0, classify(fmt.Errorf("sink %s: read field versions of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	conflicts := 0
+	for _, k := range keys {
+		p := b.rows[k]
+		cur := have[k]
+		if cur == nil {
+			continue // a new row: every incoming value stands
+		}
+		for i, col := range cols {
+			at, ok := p.at[col]
+			if !ok {
+				continue
+			}
+			field := shared[col]
+			in := version{source: p.source, at: at}
+			var held version
+			if r, ok := known[k+"\x00"+field]; ok && eqPtr(r.hash, cur.hashes[i]) {
+				held = r.v
+			} else if cur.local != nil {
+				held = version{source: s.cfg.System, at: *cur.local}
+			} else {
+				// Without a commit timestamp the local value's age is
+				// unknown; the incoming write is the newest known.
+				continue
+			}
+			vi := slices.IndexFunc(p.row.Values, func(v transform.ColValue) bool { return v.Column == col })
+			incoming := p.row.Values[vi]
+			if s.newer(in, held) {
+				continue
+			}
+			same := (incoming.Null && cur.values[i] == nil) || (!incoming.Null && cur.values[i] != nil && *cur.values[i] == incoming.Text)
+			if same {
+				continue
+			}
+			conflicts++
+			s.log.Info("conflict: the target holds a later write of a shared field; incoming value dropped",
+				slog.String("entity", e.Name), slog.String("key", k), slog.String("field", field),
+				slog.String("kept", deref(cur.values[i])), slog.String("kept_from", held.source), slog.Time("kept_at", held.at),
+				slog.String("dropped", textOf(incoming)), slog.String("dropped_from", in.source), slog.Time("dropped_at", in.at))
+			row := *p.row
+			row.Values = slices.Delete(slices.Clone(row.Values), vi, vi+1)
+			p.row = &row
+			delete(p.at, col)
+		}
+	}
+	return conflicts, nil
+}
+
+// recordVersions stores the version of every shared field the batch wrote,
+// with the hash of the value now in the row.
+func (s *Sink) recordVersions(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *entityBatch) error {
+	shared := s.sharedColumns(e)
+	if len(shared) == 0 {
+		return nil
+	}
+	t := e.Tables[s.cfg.System]
+	kt, err := s.castType(t, t.KeyColumn)
+	if err != nil {
+		return err
+	}
+	for _, col := range sortedKeys(shared) {
+		var keys, sources []string
+		var ats []time.Time
+		for _, k := range b.keys {
+			p := b.rows[k]
+			if at, ok := p.at[col]; ok && !p.deleted {
+				keys, sources, ats = append(keys, k), append(sources, p.source), append(ats, at)
+			}
+		}
+		if len(keys) == 0 {
+			continue
+		}
+		q := fmt.Sprintf(`
+INSERT INTO duplex.field_versions (entity, key, field, source, commit_time, value_hash)
+SELECT $1, u.k, $2, u.s, u.at, md5(t.%s::text)
+FROM unnest($3::text[], $4::text[], $5::timestamptz[]) AS u(k, s, at) JOIN %s AS t ON t.%s = u.k::%s
+ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash`,
+			pgx.Identifier{col}.Sanitize(), quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
+		if _, err := tx.Exec(ctx, q, e.Name, shared[col], keys, sources, ats); err != nil {
+			return classify(fmt.Errorf("sink %s: record versions of %s.%s: %w", s.cfg.System, e.Name, shared[col], err), -1, -1)
+		}
+	}
+	return nil
+}
+
+func eqPtr(a, b *string) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return *a == *b
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return "NULL"
+	}
+	return *p
+}
+
+func textOf(v transform.ColValue) string {
+	if v.Null {
+		return "NULL"
+	}
+	return v.Text
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
