@@ -101,7 +101,10 @@ func TestRun_RefusesMismatchedMapping(t *testing.T) {
 	}
 	m := string(base)
 	m = strings.Replace(m, "email:        {column: email}\n          country:      {column: country}\n          currency:     {column: currency}\n          # The ERP", "email:        {column: e_mail}\n          country:      {column: country}\n          currency:     {column: currency}\n          # The ERP", 1)
-	m = strings.Replace(m, "ordered_at: {column: ordered_at}\n\n  - name: order_line", "ordered_at: {column: status}\n\n  - name: order_line", 1)
+	m = strings.Replace(m, "ordered_at: {column: ordered_at}\n          order_no:          {column: order_no}", "ordered_at: {column: status}\n          order_no:          {column: order_no}", 1)
+	if !strings.Contains(m, "ordered_at: {column: status}") {
+		t.Fatal("the ordered_at edit did not apply")
+	}
 	if m == string(base) {
 		t.Fatal("mapping edits did not apply")
 	}

@@ -21,6 +21,8 @@ func TestMapping_Check(t *testing.T) {
 		{name: "erp matches as target", system: "erp", role: "target", catalog: erpCatalog},
 		{name: "crm matches as source", system: "crm", role: "source", catalog: crmCatalog},
 		{name: "crm matches as both", system: "crm", role: "both", catalog: crmCatalog},
+		{name: "erp matches as source", system: "erp", role: "source", catalog: erpCatalog},
+		{name: "erp matches as both", system: "erp", role: "both", catalog: erpCatalog},
 		{
 			name: "missing table", system: "erp", role: "target", catalog: erpCatalog,
 			change:    func(c *transform.Catalog) { delete(c.Tables, "public.sales_orders") },
@@ -49,10 +51,11 @@ func TestMapping_Check(t *testing.T) {
 			name: "missing currency column", system: "erp", role: "target", catalog: erpCatalog,
 			change:    func(c *transform.Catalog) { delete(c.Tables["public.customers"].Columns, "currency") },
 			wantErr:   true,
-			wantCount: 2,
+			wantCount: 3,
 			wantMsgs: []string{
 				"column currency (field currency) does not exist",
 				"currency column currency (field credit_limit) does not exist",
+				"currency column currency (field open_balance) does not exist",
 			},
 		},
 		{
@@ -139,17 +142,21 @@ func TestMapping_Check(t *testing.T) {
 				delete(ti.UniqueColumns, "customer_no")
 			},
 			wantErr:   true,
-			wantCount: 1,
-			wantMsgs:  []string{"erp table public.sales_orders (entity order): field account_id refers to public.customers.customer_no, which does not exist"},
+			wantCount: 2,
+			wantMsgs: []string{
+				"erp table public.sales_orders (entity order): field account_id refers to public.customers.customer_no, which does not exist",
+				"erp table public.customers (entity customer): column customer_no (field customer_no) does not exist",
+			},
 		},
 		{
 			name: "REPLICA IDENTITY NOTHING, source", system: "crm", role: "source", catalog: crmCatalog,
 			change:    func(c *transform.Catalog) { c.Tables["public.accounts"].ReplicaIdentity = 'n' },
 			wantErr:   true,
-			wantCount: 1,
+			wantCount: 2,
 			wantMsgs: []string{
 				"crm table public.accounts (entity customer): REPLICA IDENTITY NOTHING cannot key deletes",
 				"ALTER TABLE public.accounts REPLICA IDENTITY",
+				"crm table public.accounts (entity customer): shared field(s) [email] need the old row",
 			},
 		},
 		{
@@ -164,13 +171,111 @@ func TestMapping_Check(t *testing.T) {
 			wantMsgs:  []string{"crm table public.orders (entity order): no primary key or replica identity index"},
 		},
 		{
+			// sales_order_lines has the same problem, but the ERP does not
+			// publish order lines (it owns none of their fields).
 			name: "identity without the key column, source", system: "erp", role: "source", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				for _, name := range []string{"public.customers", "public.sales_orders"} {
+					ti := c.Tables[name]
+					ti.ReplicaIdentity = 'd'
+					ti.IdentityColumns = ti.IdentityColumns[:1]
+				}
+			},
 			wantErr:   true,
 			wantCount: 3,
 			wantMsgs: []string{
 				"erp table public.customers (entity customer): deletes send only [customer_no], not key column crm_account_id",
 				"erp table public.sales_orders (entity order): deletes send only [order_no], not key column crm_order_id",
-				"erp table public.sales_order_lines (entity order_line): deletes send only [line_no], not key column crm_line_id",
+				"erp table public.customers (entity customer): shared field(s) [email] need the old row",
+			},
+		},
+		{
+			name: "shared field on a table without REPLICA IDENTITY FULL, source", system: "crm", role: "source", catalog: crmCatalog,
+			change: func(c *transform.Catalog) {
+				ti := c.Tables["public.accounts"]
+				ti.ReplicaIdentity = 'd'
+				ti.IdentityColumns = []string{"id"}
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs: []string{
+				"crm table public.accounts (entity customer): shared field(s) [email] need the old row of every update to tell which fields a write changed",
+				"ALTER TABLE public.accounts REPLICA IDENTITY FULL",
+			},
+		},
+		{
+			name: "shared field on a table without REPLICA IDENTITY FULL, erp as both", system: "erp", role: "both", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				ti := c.Tables["public.customers"]
+				ti.ReplicaIdentity = 'i'
+				ti.IdentityColumns = []string{"crm_account_id"}
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"erp table public.customers (entity customer): shared field(s) [email] need the old row", "REPLICA IDENTITY FULL"},
+		},
+		{
+			name: "shared field without REPLICA IDENTITY FULL, target only", system: "crm", role: "target", catalog: crmCatalog,
+			change: func(c *transform.Catalog) { c.Tables["public.accounts"].ReplicaIdentity = 'd' },
+		},
+		{
+			name: "tables a system does not publish need not key deletes", system: "erp", role: "source", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				ti := c.Tables["public.sales_order_lines"]
+				ti.ReplicaIdentity = 'n'
+				ti.IdentityColumns = nil
+			},
+		},
+		{
+			name: "crm invoices are not published, so their deletes need no key", system: "crm", role: "source", catalog: crmCatalog,
+			change: func(c *transform.Catalog) { c.Tables["public.invoices"].ReplicaIdentity = 'n' },
+		},
+		{
+			name: "invoices are born in the erp: crm invoices must accept inserts", system: "crm", role: "target", catalog: crmCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.invoices"].Columns["note"] = col("note", "text", "notnull")
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"crm table public.invoices (entity invoice): column note is NOT NULL without a default and not mapped"},
+		},
+		{
+			// issued_at is NOT NULL without a default and not mapped: fine,
+			// duplex never creates ERP invoices.
+			name: "invoices are born in the erp: erp invoices need not accept inserts", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.invoices"].Columns["note"] = col("note", "text", "notnull")
+			},
+		},
+		{
+			name: "customers are born in the crm: an unmapped NOT NULL column there is not checked", system: "crm", role: "both", catalog: crmCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.accounts"].Columns["segment"] = col("segment", "text", "notnull")
+			},
+		},
+		{
+			name: "role that may do everything", system: "erp", role: "both", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Role = &transform.RoleInfo{Name: "duplex", Replication: true, Origins: true, TrackCommitTimestamp: true}
+			},
+		},
+		{
+			name: "role without replication, origins, commit timestamps", system: "crm", role: "both", catalog: crmCatalog,
+			change: func(c *transform.Catalog) {
+				c.Role = &transform.RoleInfo{Name: "duplex"}
+			},
+			wantErr:   true,
+			wantCount: 3,
+			wantMsgs: []string{
+				"crm table public.accounts (entity customer): shared field(s) [email] are resolved by commit time; set track_commit_timestamp = on",
+				"crm: role duplex cannot stream a replication slot",
+				"crm: role duplex cannot use replication origins",
+			},
+		},
+		{
+			name: "target role without replication is fine", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Role = &transform.RoleInfo{Name: "duplex", Origins: true, TrackCommitTimestamp: true}
 			},
 		},
 		{
@@ -196,8 +301,9 @@ func TestMapping_Check(t *testing.T) {
 				so.ReplicaIdentity = 'f'
 			},
 			wantErr:   true,
-			wantCount: 7,
+			wantCount: 8,
 			wantMsgs: []string{
+				"erp table public.customers (entity customer): shared field(s) [email] need the old row",
 				"erp table public.sales_order_lines (entity order_line): table does not exist",
 				"erp table public.customers (entity customer): column email (field email) does not exist",
 				"erp table public.customers (entity customer): key column crm_account_id has no unique index",

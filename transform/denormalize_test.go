@@ -245,8 +245,8 @@ func TestMapping_Denormalize(t *testing.T) {
 		},
 		{
 			name:    "unknown entity",
-			ev:      &transform.Event{ID: "crm:0/1:1", Source: "crm", Entity: "invoice", Op: transform.OpUpsert, Key: "1"},
-			wantErr: true, wantMsg: "unknown entity invoice",
+			ev:      &transform.Event{ID: "crm:0/1:1", Source: "crm", Entity: "shipment", Op: transform.OpUpsert, Key: "1"},
+			wantErr: true, wantMsg: "unknown entity shipment",
 		},
 		{
 			name:    "unknown operation",

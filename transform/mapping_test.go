@@ -219,6 +219,43 @@ func TestParse(t *testing.T) {
 			wantErr: []string{"entity item, system b: field group_id: ref needs entity and column"},
 		},
 		{
+			name:  "ref matching the target's key explicitly",
+			edits: []string{"ref: {entity: group, column: group_no}", "ref: {entity: group, match: id, column: group_no}"},
+		},
+		{
+			name: "ref matching another field that has a column in the system",
+			edits: []string{
+				"      - {name: id, type: text, owner: a}\n", "      - {name: id, type: text, owner: a}\n      - {name: label, type: text, owner: a}\n",
+				"a: {table: groups, key_column: id, columns: {id: {column: id}}}", "a: {table: groups, key_column: id, columns: {id: {column: id}, label: {column: label}}}",
+				"b: {table: erp.groups, key_column: code, columns: {id: {column: code}}}", "b: {table: erp.groups, key_column: code, columns: {id: {column: code}, label: {column: label}}}",
+				"ref: {entity: group, column: group_no}", "ref: {entity: group, match: label, column: group_no}",
+			},
+		},
+		{
+			name:    "ref matching a field the target does not have",
+			edits:   []string{"ref: {entity: group, column: group_no}", "ref: {entity: group, match: colour, column: group_no}"},
+			wantErr: []string{"entity item: b column for group_id matches group.colour, which is not a field with a b column"},
+		},
+		{
+			name: "ref matching a field without a column in that system",
+			edits: []string{
+				"      - {name: id, type: text, owner: a}\n", "      - {name: id, type: text, owner: a}\n      - {name: label, type: text, owner: a}\n",
+				"a: {table: groups, key_column: id, columns: {id: {column: id}}}", "a: {table: groups, key_column: id, columns: {id: {column: id}, label: {column: label}}}",
+				"ref: {entity: group, column: group_no}", "ref: {entity: group, match: label, column: group_no}",
+			},
+			wantErr: []string{"entity item: b column for group_id matches group.label, which is not a field with a b column"},
+		},
+		{
+			name: "ref matching a field that is a constant in that system",
+			edits: []string{
+				"      - {name: id, type: text, owner: a}\n", "      - {name: id, type: text, owner: a}\n      - {name: label, type: text, owner: a}\n",
+				"a: {table: groups, key_column: id, columns: {id: {column: id}}}", "a: {table: groups, key_column: id, columns: {id: {column: id}, label: {column: label}}}",
+				"b: {table: erp.groups, key_column: code, columns: {id: {column: code}}}", "b: {table: erp.groups, key_column: code, columns: {id: {column: code}, label: {convert: constant, value: x}}}",
+				"ref: {entity: group, column: group_no}", "ref: {entity: group, match: label, column: group_no}",
+			},
+			wantErr: []string{"entity item: b column for group_id matches group.label, which is not a field with a b column"},
+		},
+		{
 			name:    "bad truncate mode",
 			edits:   []string{"name: item\n    key: id", "name: item\n    truncate: cascade\n    key: id"},
 			wantErr: []string{`entity item: truncate "cascade": want refuse or propagate`},
@@ -373,13 +410,13 @@ func TestLoad(t *testing.T) {
 			for _, e := range m.Entities {
 				names = append(names, e.Name)
 			}
-			if want := []string{"customer", "order", "order_line"}; !slices.Equal(names, want) {
+			if want := []string{"customer", "order", "order_line", "invoice"}; !slices.Equal(names, want) {
 				t.Errorf("entities = %v, want %v", names, want)
 			}
-			if got, want := m.Tables("erp"), []string{"public.customers", "public.sales_orders", "public.sales_order_lines"}; !slices.Equal(got, want) {
+			if got, want := m.Tables("erp"), []string{"public.customers", "public.sales_orders", "public.sales_order_lines", "public.invoices"}; !slices.Equal(got, want) {
 				t.Errorf("Tables(erp) = %v, want %v", got, want)
 			}
-			if got, want := m.Tables("crm"), []string{"public.accounts", "public.orders", "public.order_lines"}; !slices.Equal(got, want) {
+			if got, want := m.Tables("crm"), []string{"public.accounts", "public.orders", "public.order_lines", "public.invoices"}; !slices.Equal(got, want) {
 				t.Errorf("Tables(crm) = %v, want %v", got, want)
 			}
 			if e := m.Source("crm", "public.orders"); e == nil || e.Name != "order" {
@@ -388,8 +425,21 @@ func TestLoad(t *testing.T) {
 			if e := m.Source("crm", "public.contacts"); e != nil {
 				t.Errorf("Source(crm, public.contacts) = %s, want nil", e.Name)
 			}
-			if m.Entity("invoice") != nil {
-				t.Error("Entity(invoice) is not nil")
+			if e := m.Source("erp", "public.invoices"); e == nil || e.Name != "invoice" {
+				t.Errorf("Source(erp, public.invoices) = %v, want entity invoice", e)
+			}
+			if m.Entity("shipment") != nil {
+				t.Error("Entity(shipment) is not nil")
+			}
+			inv := m.Entity("invoice")
+			if inv == nil || inv.Key != "invoice_no" {
+				t.Fatalf("Entity(invoice) = %+v, want an entity keyed by invoice_no", inv)
+			}
+			if r := inv.Tables["crm"].Columns["customer_no"].Ref; r == nil || r.Entity != "customer" || r.Match != "customer_no" || r.Column != "id" {
+				t.Errorf("crm invoices customer_no ref = %+v, want {customer customer_no id}", r)
+			}
+			if f := m.Entity("customer").Field("email"); f == nil || f.Owner != transform.OwnerBoth {
+				t.Errorf("customer.email = %+v, want owner both", f)
 			}
 			cust := m.Entity("customer")
 			if f := cust.Field("credit_limit"); f == nil || f.Type != transform.TypeMoney || f.Owner != "crm" {

@@ -76,17 +76,17 @@ func fuzzBoundMapping(t testing.TB) *transform.Mapping {
 	if err != nil {
 		t.Fatal(err)
 	}
-	num := &transform.Catalog{Tables: map[string]*transform.TableInfo{"public.amounts": table("id", nil,
+	num := &transform.Catalog{Tables: map[string]*transform.TableInfo{"public.amounts": fullTable("id", nil,
 		col("id", "text", "notnull"), col("cur", "character(3)", "notnull"), col("value", "numeric(38,6)"))}}
 	if err := m.Check("num", num, "both"); err != nil {
 		t.Fatal(err)
 	}
-	num4 := &transform.Catalog{Tables: map[string]*transform.TableInfo{"public.amounts4": table("id", nil,
+	num4 := &transform.Catalog{Tables: map[string]*transform.TableInfo{"public.amounts4": fullTable("id", nil,
 		col("id", "text", "notnull"), col("cur", "character(3)", "notnull"), col("value", "numeric(19,4)"))}}
 	if err := m.Check("num4", num4, "both"); err != nil {
 		t.Fatal(err)
 	}
-	minor := &transform.Catalog{Tables: map[string]*transform.TableInfo{"ledger.amounts_minor": table("id", nil,
+	minor := &transform.Catalog{Tables: map[string]*transform.TableInfo{"ledger.amounts_minor": fullTable("id", nil,
 		col("id", "text", "notnull"), col("cur", "character(3)", "notnull"), col("value_minor", "bigint"))}}
 	if err := m.Check("minor", minor, "both"); err != nil {
 		t.Fatal(err)

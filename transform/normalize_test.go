@@ -1,12 +1,13 @@
 package transform_test
 
 import (
-	"github.com/shopspring/decimal"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shopspring/decimal"
 
 	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/transform"

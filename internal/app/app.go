@@ -94,9 +94,9 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 	}
 	for _, f := range cfg.Flows {
 		for _, e := range m.Entities {
-			if t := e.Tables[f.From]; t != nil {
+			if t := e.Tables[f.From]; t != nil && e.Publishes(f.From) {
 				for fname, c := range t.Columns {
-					if c.Ref != nil {
+					if fd := e.Field(fname); c.Ref != nil && (fd.Owner == f.From || fd.Owner == transform.OwnerBoth) {
 						errs = append(errs, fmt.Errorf("flow %s: %s table %s maps field %s through a reference; references are resolved on the target side only", f.Name, f.From, t.QualifiedTable(), fname))
 					}
 				}
