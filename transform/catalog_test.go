@@ -349,7 +349,7 @@ func TestMapping_Check_binds(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unbound Denormalize: %v", err)
 	}
-	if len(row.Values) != 2 || row.Values[1].Column != "total" || row.Values[1].Text != "1.23456" {
+	if len(row.Values) != 1 || row.Values[0].Column != "total" || row.Values[0].Text != "1.23456" || len(row.Guards) != 1 || row.Guards[0].Text != "EUR" {
 		t.Errorf("unbound Denormalize values = %+v, want total 1.23456", row.Values)
 	}
 	bound := boundERP(t)

@@ -32,6 +32,20 @@ type Row struct {
 	Op     Op
 	Key    string
 	Values []ColValue
+	// Guards are values the target row must already hold for Values to
+	// be written (the currency next to an amount, owned by another
+	// system); a row that holds something else is an error, not a write.
+	Guards []ColValue
+}
+
+// fieldOfColumn returns the field a column of the table stores, if any.
+func fieldOfColumn(e *Entity, t *TableMap, column string) string {
+	for name, c := range t.Columns {
+		if c.Column == column {
+			return name
+		}
+	}
+	return ""
 }
 
 // Signature names the set of columns written, so that rows with the same
@@ -113,7 +127,13 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 		cur := currencyCols[col]
 		i := slices.IndexFunc(r.Values, func(v ColValue) bool { return v.Column == col })
 		if i < 0 {
-			r.Values = append(r.Values, ColValue{Column: col, Text: cur})
+			if fieldOfColumn(e, t, col) != "" {
+				// Another system's field holds the currency: the amount
+				// may only land next to the same currency.
+				r.Guards = append(r.Guards, ColValue{Column: col, Text: cur})
+			} else {
+				r.Values = append(r.Values, ColValue{Column: col, Text: cur})
+			}
 			continue
 		}
 		if got := strings.ToUpper(strings.TrimSpace(r.Values[i].Text)); r.Values[i].Null || got != cur {

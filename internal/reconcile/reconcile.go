@@ -195,7 +195,8 @@ func query(m *transform.Mapping, e *transform.Entity, system string, fields []st
 			alias := fmt.Sprintf("r%d", i)
 			joins += fmt.Sprintf(" LEFT JOIN %s AS %s ON %s.%s = t.%s", pgx.Identifier{rt.Schema(), rt.Name()}.Sanitize(), alias,
 				alias, pgx.Identifier{c.Ref.Column}.Sanitize(), pgx.Identifier{c.Column}.Sanitize())
-			add(alias+"."+pgx.Identifier{rt.KeyColumn}.Sanitize(), c.Column)
+			re := m.Entity(c.Ref.Entity)
+			add(alias+"."+pgx.Identifier{rt.Columns[c.Ref.MatchField(re)].Column}.Sanitize(), c.Column)
 		} else {
 			add("t."+pgx.Identifier{c.Column}.Sanitize(), c.Column)
 		}

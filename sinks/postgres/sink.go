@@ -409,6 +409,9 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 		if err := s.resolveRefs(ctx, tx, e, rows); err != nil {
 			return err
 		}
+		if err := s.checkGuards(ctx, tx, e, t, rows); err != nil {
+			return err
+		}
 		cols := rows[0].row.Values
 		args := make([]any, len(cols))
 		for ci := range cols {
@@ -432,6 +435,65 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 		if !s.canInsert(t, cols) {
 			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
 				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkGuards refuses rows whose target row holds another value than a
+// guard requires (an amount in USD next to a CRM currency of EUR).
+func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
+	byCol := map[string][]*pendingRow{}
+	for _, p := range rows {
+		for _, g := range p.row.Guards {
+			byCol[g.Column] = append(byCol[g.Column], p)
+		}
+	}
+	if len(byCol) == 0 {
+		return nil
+	}
+	kt, err := s.castType(t, t.KeyColumn)
+	if err != nil {
+		return err
+	}
+	for col, ps := range byCol {
+		ct, err := s.castType(t, col)
+		if err != nil {
+			return err
+		}
+		keys, vals := make([]string, len(ps)), make([]string, len(ps))
+		for i, p := range ps {
+			keys[i] = p.row.Key
+			for _, g := range p.row.Guards {
+				if g.Column == col {
+					vals[i] = g.Text
+				}
+			}
+		}
+		q := fmt.Sprintf("SELECT u.k, t.%s::text FROM unnest($1::text[], $2::text[]) AS u(k, v) JOIN %s AS t ON t.%s = u.k::%s WHERE t.%s IS DISTINCT FROM u.v::%s",
+			pgx.Identifier{col}.Sanitize(), quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt, pgx.Identifier{col}.Sanitize(), ct)
+		r, err := tx.Query(ctx, q, keys, vals)
+		if err != nil {
+			return classify(fmt.Errorf("sink %s: check %s of %s: %w", s.cfg.System, col, e.Name, err), -1, -1)
+		}
+		type bad struct {
+			k string
+			v *string
+		}
+		found, err := pgx.CollectRows(r, func(row pgx.CollectableRow) (bad, error) {
+			var b bad
+			return b, row.Scan(&b.k, &b.v)
+		})
+		if err != nil {
+			return classify(fmt.Errorf("sink %s: check %s of %s: %w", s.cfg.System, col, e.Name, err), -1, -1)
+		}
+		for _, b := range found {
+			for i, p := range ps {
+				if p.row.Key == b.k {
+					return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+						Err: fmt.Errorf("entity %s key %s: an amount in %s cannot be written next to %s %q in %s", e.Name, b.k, vals[i], col, deref(b.v), t.QualifiedTable())}
+				}
 			}
 		}
 	}
