@@ -152,7 +152,56 @@ flows:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.dropSlots() })
+	t.Cleanup(func() {
+		if t.Failed() {
+			f.diagnose()
+		}
+	})
 	return f
+}
+
+// diagnose logs what the databases and JetStream are doing, for a failed
+// test.
+func (f *fixture) diagnose() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range []struct {
+		name string
+		c    *harness.Cluster
+	}{{"crm", f.crm}, {"erp", f.erp}} {
+		conn, err := pgx.Connect(ctx, s.c.DSN("postgres"))
+		if err != nil {
+			f.t.Logf("diagnose %s: %v", s.name, err)
+			continue
+		}
+		rows, err := conn.Query(ctx, `SELECT coalesce(datname, '-') || ' ' || coalesce(application_name, '') || ' ' || coalesce(state, '') || ' wait=' || coalesce(wait_event_type || '/' || wait_event, '') || ' ' || left(coalesce(query, ''), 120) FROM pg_stat_activity WHERE backend_type IN ('client backend', 'walsender')`)
+		if err == nil {
+			lines, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+			f.t.Logf("%s activity:\n%s", s.name, strings.Join(lines, "\n"))
+		}
+		rows, err = conn.Query(ctx, `SELECT slot_name || ' active=' || active || ' confirmed=' || coalesce(confirmed_flush_lsn::text, '') || ' wal=' || pg_current_wal_lsn() FROM pg_replication_slots`)
+		if err == nil {
+			lines, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+			f.t.Logf("%s slots:\n%s", s.name, strings.Join(lines, "\n"))
+		}
+		conn.Close(ctx)
+	}
+	nc, err := nats.Connect(f.nats.URL())
+	if err != nil {
+		f.t.Logf("diagnose nats: %v", err)
+		return
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for _, name := range []string{"to-erp", "to-crm"} {
+		c, err := js.Consumer(ctx, "DUPLEX", name)
+		if err != nil {
+			f.t.Logf("consumer %s: %v", name, err)
+			continue
+		}
+		ci := c.CachedInfo()
+		f.t.Logf("consumer %s: delivered %d ack floor %d pending %d ack pending %d waiting %d", name, ci.Delivered.Stream, ci.AckFloor.Stream, ci.NumPending, ci.NumAckPending, ci.NumWaiting)
+	}
 }
 
 func (f *fixture) env(k string) string {

@@ -149,7 +149,17 @@ COMMENT ON TABLE duplex.field_versions IS 'duplex: source and commit time of the
 // connect opens the session, creates duplex's schema, binds the
 // replication origin and reads the catalog.
 func (s *Sink) connect(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, s.cfg.DSN)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(s.cfg.DSN)
+	if err != nil {
+		return &permanentErr{fmt.Errorf("sink %s: parse dsn: %w", s.cfg.System, err)}
+	}
+	cfg.RuntimeParams["application_name"] = "duplex-" + s.cfg.Flow
+	// Nothing may block an apply silently: a lock held elsewhere fails
+	// the batch (retried) instead of hanging the flow.
+	cfg.RuntimeParams["lock_timeout"] = "30s"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("sink %s: connect: %w", s.cfg.System, err)
 	}
@@ -212,7 +222,9 @@ func (s *Sink) Apply(ctx context.Context, txs []*transform.Tx) (pipeline.ApplyRe
 			return pipeline.ApplyResult{}, classify(err, -1, -1)
 		}
 	}
-	res, err := s.apply(ctx, txs)
+	actx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	res, err := s.apply(actx, txs)
 	if err != nil {
 		if s.conn != nil && s.conn.IsClosed() {
 			s.conn = nil
