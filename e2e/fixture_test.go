@@ -65,6 +65,7 @@ type fixture struct {
 	crmDB    string
 	erpDB    string
 	nats     *harness.NATS
+	app      *app.App
 	cfgPath  string
 	mapping  *transform.Mapping
 	dir      string
@@ -278,6 +279,7 @@ func (f *fixture) inProcessLevel(level slog.Level) (stop func()) {
 		cancel()
 		f.t.Fatalf("start duplex: %v", err)
 	}
+	f.app = a
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -382,6 +384,41 @@ func (f *fixture) compare() *reconcile.Report {
 		f.t.Fatalf("compare: %v", err)
 	}
 	return rep
+}
+
+// compareFrom reconciles the fields a flow from one system carries.
+func (f *fixture) compareFrom(from, to string) *reconcile.Report {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, err := pgx.Connect(ctx, f.env(strings.ToUpper(from)+"_DSN"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	b, err := pgx.Connect(ctx, f.env(strings.ToUpper(to)+"_DSN"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	rep, err := reconcile.Compare(ctx, f.mapping, reconcile.Side{System: from, Conn: a}, reconcile.Side{System: to, Conn: b})
+	if err != nil {
+		f.t.Fatalf("compare: %v", err)
+	}
+	return rep
+}
+
+// waitBothConverged waits until both directions agree: every field the
+// CRM owns (and the shared ones) is the same in the ERP, and every field
+// the ERP owns is the same in the CRM.
+func (f *fixture) waitBothConverged(timeout time.Duration) (crmToERP, erpToCRM *reconcile.Report) {
+	f.t.Helper()
+	waitFor(f.t, timeout, func() (bool, string) {
+		crmToERP = f.compareFrom("crm", "erp")
+		erpToCRM = f.compareFrom("erp", "crm")
+		return crmToERP.Equal() && erpToCRM.Equal(), "crm → erp:\n" + crmToERP.String() + "erp → crm:\n" + erpToCRM.String()
+	})
+	return crmToERP, erpToCRM
 }
 
 // waitConverged waits until the ERP equals the CRM.

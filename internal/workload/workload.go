@@ -147,8 +147,12 @@ func (g *Generator) NewOrder(ctx context.Context, tx pgx.Tx, a *account, lines i
 		qty, price decimal.Decimal
 	}
 	ls := make([]line, lines)
+	decimals := int32(2)
+	if a.currency == "JPY" {
+		decimals = 0 // yen prices have no minor unit
+	}
 	for i := range ls {
-		ls[i] = line{id: uuid.New(), qty: g.Amount(20, 0), price: g.Amount(500, 2)}
+		ls[i] = line{id: uuid.New(), qty: g.Amount(20, 0), price: g.Amount(500, decimals)}
 		total = total.Add(ls[i].qty.Mul(ls[i].price))
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO orders (id, account_id, currency, total, status, ordered_at) VALUES ($1, $2, $3, $4, 'open', $5)`,
