@@ -40,9 +40,12 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 		return 0, nil
 	}
 	t := e.Tables[s.cfg.System]
+	// Every row the batch writes: a row whose shared value was written
+	// locally gets that local version recorded before duplex touches the
+	// row (and its xmin) for anything else.
 	var keys []string
 	for _, k := range b.keys {
-		if p := b.rows[k]; !p.deleted && len(p.at) > 0 {
+		if p := b.rows[k]; !p.deleted {
 			keys = append(keys, k)
 		}
 	}
@@ -59,7 +62,9 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 		id := pgx.Identifier{c}.Sanitize()
 		sel += fmt.Sprintf(", t.%s::text, md5(t.%s::text)", id, id)
 	}
-	q := fmt.Sprintf(`SELECT u.k, pg_xact_commit_timestamp(t.xmin)%s FROM unnest($1::text[]) AS u(k) JOIN %s AS t ON t.%s = u.k::%s`,
+	// FOR UPDATE: a local write committing between this read and the
+	// write below would otherwise be overwritten on a stale decision.
+	q := fmt.Sprintf(`SELECT u.k, pg_xact_commit_timestamp(t.xmin)%s FROM unnest($1::text[]) AS u(k) JOIN %s AS t ON t.%s = u.k::%s FOR UPDATE OF t`,
 		sel, quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
 	type current struct {
 		local  *time.Time
@@ -113,28 +118,46 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 		p := b.rows[k]
 		cur := have[k]
 		if cur == nil {
-			continue // a new row: every incoming value stands
+			// A new row: every incoming value stands.
+			for col, at := range p.at {
+				if p.ver == nil {
+					p.ver = map[string]version{}
+				}
+				p.ver[col] = version{source: p.source, at: at}
+			}
+			continue
 		}
 		for i, col := range cols {
-			at, ok := p.at[col]
-			if !ok {
-				continue
-			}
 			field := shared[col]
-			in := version{source: p.source, at: at}
 			var held version
 			if r, ok := known[k+"\x00"+field]; ok && eqPtr(r.hash, cur.hashes[i]) {
 				held = r.v
 			} else if cur.local != nil {
+				// Written here since duplex last wrote it: as old as the
+				// row's last commit, which duplex has not touched since
+				// (it records this version whenever it writes the row).
 				held = version{source: s.cfg.System, at: *cur.local}
+				if p.ver == nil {
+					p.ver = map[string]version{}
+				}
+				p.ver[col] = held
 			} else {
 				// Without a commit timestamp the local value's age is
 				// unknown; the incoming write is the newest known.
 				continue
 			}
+			at, ok := p.at[col]
+			if !ok {
+				continue
+			}
+			in := version{source: p.source, at: at}
 			vi := slices.IndexFunc(p.row.Values, func(v transform.ColValue) bool { return v.Column == col })
 			incoming := p.row.Values[vi]
 			if s.newer(in, held) {
+				if p.ver == nil {
+					p.ver = map[string]version{}
+				}
+				p.ver[col] = in
 				continue
 			}
 			same := (incoming.Null && cur.values[i] == nil) || (!incoming.Null && cur.values[i] != nil && *cur.values[i] == incoming.Text)
@@ -172,8 +195,8 @@ func (s *Sink) recordVersions(ctx context.Context, tx pgx.Tx, e *transform.Entit
 		var ats []time.Time
 		for _, k := range b.keys {
 			p := b.rows[k]
-			if at, ok := p.at[col]; ok && !p.deleted {
-				keys, sources, ats = append(keys, k), append(sources, p.source), append(ats, at)
+			if v, ok := p.ver[col]; ok && !p.deleted {
+				keys, sources, ats = append(keys, k), append(sources, v.source), append(ats, v.at)
 			}
 		}
 		if len(keys) == 0 {

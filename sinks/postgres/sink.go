@@ -243,6 +243,9 @@ type pendingRow struct {
 	// at holds, per shared column, the source commit time of the write
 	// whose value the row carries.
 	at map[string]time.Time
+	// ver holds, per shared column, the version to record once the row
+	// is written: the incoming write's when it won, else the local one.
+	ver map[string]version
 }
 
 type entityBatch struct {
