@@ -27,6 +27,12 @@ type load struct {
 }
 
 func startLoad(t *testing.T, dsn string, workers int, maxRows int64, perWorkerRate int) *load {
+	return startLoadWith(t, dsn, workers, maxRows, perWorkerRate, false)
+}
+
+// startLoadWith is startLoad; keepOrders stops the CRM deleting orders
+// (which the ERP refuses once it invoiced them).
+func startLoadWith(t *testing.T, dsn string, workers int, maxRows int64, perWorkerRate int, keepOrders bool) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{cancel: cancel}
 	for w := 0; w < workers; w++ {
@@ -34,6 +40,7 @@ func startLoad(t *testing.T, dsn string, workers int, maxRows int64, perWorkerRa
 		go func() {
 			defer l.wg.Done()
 			gen := workload.New(uint64(w + 1))
+			gen.KeepOrders = keepOrders
 			var conn *pgx.Conn
 			defer func() {
 				if conn != nil {

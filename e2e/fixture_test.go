@@ -329,6 +329,13 @@ func (f *fixture) startChild() *child {
 		if f.t.Failed() {
 			b, _ := os.ReadFile(logPath)
 			f.t.Logf("duplex log %s:\n%s", logPath, tail(string(b), 60))
+			var notable []string
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "conflict") || strings.Contains(line, "level=ERROR") || strings.Contains(line, "level=WARN") {
+					notable = append(notable, line)
+				}
+			}
+			f.t.Logf("notable lines of %s:\n%s", logPath, tail(strings.Join(notable, "\n"), 200))
 		}
 	})
 	return c

@@ -106,7 +106,7 @@ func settleERP(t *testing.T, dsn string) {
 func TestTwoWay_OrderToCash(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
 	f.inProcess()
-	l := startLoad(t, f.env("CRM_DSN"), 2, 3000, 0)
+	l := startLoadWith(t, f.env("CRM_DSN"), 2, 3000, 0, true)
 	erp := startERP(t, f.env("ERP_DSN"), true)
 	l.waitRows(t, 3000, 2*time.Minute)
 	l.stop()
@@ -340,4 +340,89 @@ func TestTwoWay_NoEcho(t *testing.T) {
 		t.Errorf("sides differ")
 	}
 	_ = erpc
+}
+
+// TestTwoWay_KillDuplexTwice: duplex is killed with SIGKILL twice during a
+// two-way workload and restarted; both sides converge, nothing lost, no
+// loop (the stream stops growing once the workload stops).
+func TestTwoWay_KillDuplexTwice(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	d := f.startChild()
+	f.waitSlot(t)
+	const total = 12_000
+	l := startLoadWith(t, f.env("CRM_DSN"), 2, total, 0, true)
+	erp := startERP(t, f.env("ERP_DSN"), true)
+	for i, at := range []int64{total / 3, 2 * total / 3} {
+		l.waitRows(t, at, 2*time.Minute)
+		d.kill(t)
+		t.Logf("kill %d after %d CRM row changes and %d ERP operations", i+1, l.rows.Load(), erp.ops.Load())
+		time.Sleep(300 * time.Millisecond)
+		d = f.startChild()
+	}
+	l.waitRows(t, total, 3*time.Minute)
+	l.stop()
+	erp.stop()
+	settleERP(t, f.env("ERP_DSN"))
+	a, b := f.waitBothConverged(2 * time.Minute)
+	t.Logf("crm → erp:\n%s\nerp → crm:\n%s", a, b)
+	js := f.js()
+	first := countEvents(t, js)
+	time.Sleep(2 * time.Second)
+	if again := countEvents(t, js); again["crm"] != first["crm"] || again["erp"] != first["erp"] {
+		t.Errorf("the stream keeps growing without changes: %v then %v (a loop)", first, again)
+	}
+	d.stop(t)
+	assertNoDeadLetters(t, f)
+}
+
+// TestTwoWay_AccountCreatedWhileERPDown: an account and its orders made in
+// the CRM while the ERP is down reach the ERP once it is back, in order,
+// and the CRM then learns the ERP's customer and order numbers.
+func TestTwoWay_AccountCreatedWhileERPDown(t *testing.T) {
+	f := newFixture(t, fixtureOptions{own: true})
+	f.inProcess()
+	ctx := context.Background()
+	if err := f.erp.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	acc := uuid.New()
+	f.exec("crm", `INSERT INTO accounts (id, name, currency, credit_limit) VALUES ($1, 'Born while the ERP was down', 'BHD', 100.5)`, acc)
+	var orders []uuid.UUID
+	for i := 0; i < 5; i++ {
+		o := uuid.New()
+		orders = append(orders, o)
+		f.exec("crm", `INSERT INTO orders (id, account_id, currency, total, status, ordered_at) VALUES ($1, $2, 'BHD', $3, 'won', now())`, o, acc, 10+i)
+		f.exec("crm", `INSERT INTO order_lines (id, order_id, sku, quantity, unit_price) VALUES ($1, $2, 'SKU', 1, $3)`, uuid.New(), o, 10+i)
+	}
+	time.Sleep(2 * time.Second)
+	if err := f.erp.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	crm := f.conn("crm")
+	waitFor(t, time.Minute, func() (bool, string) {
+		n := queryInt(t, crm, `SELECT count(*) FROM accounts WHERE id = $1 AND erp_customer_no IS NOT NULL`, acc)
+		m := queryInt(t, crm, `SELECT count(*) FROM orders WHERE account_id = $1 AND erp_order_no IS NOT NULL`, acc)
+		return n == 1 && m == 5, fmt.Sprintf("account numbered: %d, orders numbered: %d of 5", n, m)
+	})
+	erpc := f.conn("erp")
+	var customerNo int64
+	if err := crm.QueryRow(ctx, `SELECT erp_customer_no FROM accounts WHERE id = $1`, acc).Scan(&customerNo); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, erpc, `SELECT count(*) FROM customers WHERE customer_no = $1 AND crm_account_id = $2 AND credit_limit_minor = 100500`, customerNo, acc); n != 1 {
+		t.Errorf("the CRM's erp_customer_no %d does not name the ERP customer of %s with 100.500 BHD", customerNo, acc)
+	}
+	// The orders arrived in the order they were placed.
+	rows, err := erpc.Query(ctx, `SELECT crm_order_id FROM sales_orders WHERE customer_no = $1 ORDER BY order_no`, customerNo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(orders) {
+		t.Errorf("ERP orders in order_no order %v, want %v", got, orders)
+	}
+	f.waitBothConverged(time.Minute)
 }

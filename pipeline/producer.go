@@ -34,6 +34,11 @@ type ProducerConfig struct {
 	MaxInFlight int
 	Logger      *slog.Logger
 	Stats       *SourceStats
+	// Versions, when set, records the versions of local writes to shared
+	// fields before they are published.
+	Versions interface {
+		Record(ctx context.Context, events []transform.Event) error
+	}
 }
 
 // SourceStats counts what a producer did; safe for concurrent use.
@@ -254,6 +259,11 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 				s.Transactions++
 			}
 		})
+	}
+	if p.cfg.Versions != nil && !c.Tx.Applied && len(tx.Events) > 0 {
+		if err := p.cfg.Versions.Record(ctx, tx.Events); err != nil {
+			return err
+		}
 	}
 	e := pending{msgID: tx.MsgID(), last: c.Last, endLSN: c.Tx.EndLSN}
 	if len(tx.Events) > 0 || c.Last {

@@ -202,6 +202,9 @@ func (m *Mapping) Validate() error {
 			default:
 				bad("entity %s: field %s has unknown type %q", e.Name, f.Name, f.Type)
 			}
+			if f.Owner == OwnerBoth && f.Type != TypeText && f.Type != TypeCurrency && f.Type != TypeEnum {
+				bad("entity %s: field %s of type %s cannot be owned by both: shared fields must be text, currency or enum", e.Name, f.Name, f.Type)
+			}
 			if f.Owner != OwnerBoth && !slices.Contains(m.Systems, f.Owner) {
 				bad("entity %s: field %s has owner %q; want one of %s or both", e.Name, f.Name, f.Owner, strings.Join(m.Systems, ", "))
 			}

@@ -219,10 +219,19 @@ func (a *App) Run(ctx context.Context) error {
 	errc := make(chan error, len(cfg.Flows)+len(cfg.Systems))
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
+		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats}
+		for _, e := range a.mapping.Entities {
+			if len(e.SharedFields(name)) > 0 && e.Publishes(name) {
+				rec := pgsink.NewVersionRecorder(name, cfg.Systems[name].DSN, a.mapping)
+				defer rec.Close(context.WithoutCancel(ctx))
+				pc.Versions = rec
+				break
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- pipeline.RunCapture(ctx, a.js, src, pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats})
+			errc <- pipeline.RunCapture(ctx, a.js, src, pc)
 		}()
 	}
 	for _, f := range cfg.Flows {

@@ -34,6 +34,9 @@ type Generator struct {
 	accounts []*account
 	// MaxLines bounds lines per order (default 5).
 	MaxLines int
+	// KeepOrders: never delete an order (an ERP that invoices them would
+	// refuse the delete, as a real one does).
+	KeepOrders bool
 }
 
 // New returns a generator for a seed.
@@ -104,7 +107,7 @@ func (g *Generator) step(ctx context.Context, tx pgx.Tx) (int, error) {
 		return 1, wrap("delete line", err)
 	default:
 		a := g.accounts[g.rng.IntN(len(g.accounts))]
-		if len(a.orders) == 0 {
+		if len(a.orders) == 0 || g.KeepOrders {
 			return g.NewAccount(ctx, tx)
 		}
 		i := g.rng.IntN(len(a.orders))

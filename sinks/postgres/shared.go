@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
 
@@ -130,18 +131,26 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 		for i, col := range cols {
 			field := shared[col]
 			var held version
-			if r, ok := known[k+"\x00"+field]; ok && eqPtr(r.hash, cur.hashes[i]) {
+			r, recorded := known[k+"\x00"+field]
+			switch {
+			case recorded && eqPtr(r.hash, cur.hashes[i]):
 				held = r.v
-			} else if cur.local != nil {
-				// Written here since duplex last wrote it: as old as the
-				// row's last commit, which duplex has not touched since
-				// (it records this version whenever it writes the row).
+			case recorded:
+				// Changed here since the last recorded version: the capture
+				// of this database records that write's version as it reads
+				// it from the WAL. Until then its age is unknown, and
+				// nothing may overwrite it.
+				return conflicts, &pipeline.ApplyError{Kind: pipeline.Transient, Tx: p.tx, Event: p.ev,
+					Err: fmt.Errorf("entity %s key %s field %s: waiting for the capture of %s to record a local write", e.Name, k, field, s.cfg.System)}
+			case cur.local != nil:
+				// Never versioned (the row predates duplex): as old as the
+				// row's last commit.
 				held = version{source: s.cfg.System, at: *cur.local}
 				if p.ver == nil {
 					p.ver = map[string]version{}
 				}
 				p.ver[col] = held
-			} else {
+			default:
 				// Without a commit timestamp the local value's age is
 				// unknown; the incoming write is the newest known.
 				continue
@@ -162,7 +171,7 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 			}
 			same := (incoming.Null && cur.values[i] == nil) || (!incoming.Null && cur.values[i] != nil && *cur.values[i] == incoming.Text)
 			if same {
-				continue
+				continue // the held version stands for the value both agree on
 			}
 			conflicts++
 			s.log.Info("conflict: the target holds a later write of a shared field; incoming value dropped",
@@ -206,11 +215,86 @@ func (s *Sink) recordVersions(ctx context.Context, tx pgx.Tx, e *transform.Entit
 INSERT INTO duplex.field_versions (entity, key, field, source, commit_time, value_hash)
 SELECT $1, u.k, $2, u.s, u.at, md5(t.%s::text)
 FROM unnest($3::text[], $4::text[], $5::timestamptz[]) AS u(k, s, at) JOIN %s AS t ON t.%s = u.k::%s
-ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash`,
+ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash
+WHERE field_versions.value_hash IS DISTINCT FROM EXCLUDED.value_hash OR field_versions.commit_time <= EXCLUDED.commit_time`,
 			pgx.Identifier{col}.Sanitize(), quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
 		if _, err := tx.Exec(ctx, q, e.Name, shared[col], keys, sources, ats); err != nil {
 			return classify(fmt.Errorf("sink %s: record versions of %s.%s: %w", s.cfg.System, e.Name, shared[col], err), -1, -1)
 		}
+	}
+	return nil
+}
+
+// VersionRecorder records, in a source database's duplex schema, the
+// version of every local write to a shared field that its capture reads
+// from the WAL: what the sink into that same database compares an incoming
+// write with. Used by one goroutine.
+type VersionRecorder struct {
+	system  string
+	dsn     string
+	mapping *transform.Mapping
+	conn    *pgx.Conn
+}
+
+// NewVersionRecorder returns a recorder for a system; it connects lazily.
+func NewVersionRecorder(system, dsn string, m *transform.Mapping) *VersionRecorder {
+	return &VersionRecorder{system: system, dsn: dsn, mapping: m}
+}
+
+// Close ends the session.
+func (r *VersionRecorder) Close(ctx context.Context) {
+	if r.conn != nil {
+		_ = r.conn.Close(ctx)
+		r.conn = nil
+	}
+}
+
+// Record stores the versions of the shared fields the events carry: the
+// newer of what is recorded and the event, per field.
+func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) error {
+	var ents, keys, fields, hashes []string
+	var nulls []bool
+	var ats []time.Time
+	for i := range events {
+		ev := &events[i]
+		if ev.Op != transform.OpUpsert {
+			continue
+		}
+		e := r.mapping.Entity(ev.Entity)
+		for _, f := range e.SharedFields(r.system) {
+			v, ok := ev.Data[f]
+			if !ok {
+				continue
+			}
+			ents, keys, fields, ats = append(ents, ev.Entity), append(keys, ev.Key), append(fields, f), append(ats, ev.Pos.CommitTime)
+			s, _ := v.(string)
+			hashes, nulls = append(hashes, s), append(nulls, v == nil)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if r.conn == nil || r.conn.IsClosed() {
+		c, err := pgx.Connect(ctx, r.dsn)
+		if err != nil {
+			return fmt.Errorf("record versions %s: connect: %w", r.system, err)
+		}
+		if err := EnsureSchema(ctx, c); err != nil {
+			c.Close(ctx)
+			return fmt.Errorf("record versions %s: %w", r.system, err)
+		}
+		r.conn = c
+	}
+	_, err := r.conn.Exec(ctx, `
+INSERT INTO duplex.field_versions AS v (entity, key, field, source, commit_time, value_hash)
+SELECT DISTINCT ON (u.e, u.k, u.f) u.e, u.k, u.f, $1, u.at, CASE WHEN u.n THEN NULL ELSE md5(u.val) END
+FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bool[]) AS u(e, k, f, at, val, n)
+ORDER BY u.e, u.k, u.f, u.at DESC
+ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash
+WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, ents, keys, fields, ats, hashes, nulls)
+	if err != nil {
+		r.Close(ctx)
+		return fmt.Errorf("record versions %s: %w", r.system, err)
 	}
 	return nil
 }

@@ -146,6 +146,14 @@ CREATE TABLE IF NOT EXISTS duplex.field_versions (
 );
 COMMENT ON TABLE duplex.field_versions IS 'duplex: source and commit time of the value duplex last wrote into each shared (owner both) field';`
 
+// EnsureSchema creates duplex's schema and tables in a database.
+func EnsureSchema(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, schemaDDL); err != nil && !isUniqueViolation(err) { // two sessions creating it at once
+		return fmt.Errorf("create schema duplex: %w", err)
+	}
+	return nil
+}
+
 // connect opens the session, creates duplex's schema, binds the
 // replication origin and reads the catalog.
 func (s *Sink) connect(ctx context.Context) error {
@@ -167,10 +175,8 @@ func (s *Sink) connect(ctx context.Context) error {
 		_ = conn.Close(ctx)
 		return fmt.Errorf("sink %s: %s: %w", s.cfg.System, what, err)
 	}
-	if _, err := conn.Exec(ctx, schemaDDL); err != nil {
-		if !isUniqueViolation(err) { // two sinks creating the schema at once
-			return fail("create schema duplex", err)
-		}
+	if err := EnsureSchema(ctx, conn); err != nil {
+		return fail("create schema duplex", err)
 	}
 	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL`, s.cfg.Origin); err != nil {
 		return fail("create replication origin "+s.cfg.Origin, err)
