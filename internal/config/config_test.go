@@ -68,11 +68,11 @@ func TestLoad(t *testing.T) {
 			if got := c.MappingPath(); got != filepath.Join(filepath.Dir(path), "mapping.yaml") {
 				t.Errorf("MappingPath = %s", got)
 			}
-			if got := c.OriginsInto("crm"); len(got) != 0 {
-				t.Errorf("OriginsInto(crm) = %v, want none", got)
+			if got := c.OriginsInto("crm"); len(got) != 1 || got[0] != "duplex_to_crm" {
+				t.Errorf("OriginsInto(crm) = %v, want [duplex_to_crm]", got)
 			}
-			if got := c.Sources(); len(got) != 1 || got[0] != "crm" {
-				t.Errorf("Sources = %v", got)
+			if got := c.Sources(); len(got) != 2 || got[0] != "crm" || got[1] != "erp" {
+				t.Errorf("Sources = %v, want [crm erp]", got)
 			}
 		})
 	}
