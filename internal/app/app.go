@@ -276,6 +276,7 @@ type FlowLag struct {
 	SecondsBehind float64
 	Applied       int64
 	DeadLetters   int64
+	Conflicts     int64
 	LastPosition  transform.Position
 }
 
@@ -288,7 +289,7 @@ func (a *App) Lag(ctx context.Context) []FlowLag {
 			continue
 		}
 		s := st.Snapshot()
-		l := FlowLag{Flow: f.Name, State: s.State, Applied: s.Applied, DeadLetters: s.DeadLetters, LastPosition: s.LastPosition}
+		l := FlowLag{Flow: f.Name, State: s.State, Applied: s.Applied, DeadLetters: s.DeadLetters, Conflicts: s.Conflicts, LastPosition: s.LastPosition}
 		if c, err := a.js.Consumer(ctx, pipeline.StreamName, f.Name); err == nil {
 			info := c.CachedInfo()
 			l.Pending = info.NumPending + uint64(info.NumAckPending)

@@ -138,6 +138,43 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 	return env, nil
 }
 
+// Both is the comparison of both directions: the fields the CRM owns
+// (and the shared ones) as the ERP holds them, and the fields the ERP owns
+// as the CRM holds them.
+type Both struct {
+	CRMToERP, ERPToCRM *reconcile.Report
+}
+
+// Equal reports whether both directions agree.
+func (b *Both) Equal() bool { return b.CRMToERP.Equal() && b.ERPToCRM.Equal() }
+
+func (b *Both) String() string {
+	return "fields the CRM owns, CRM → ERP:\n" + b.CRMToERP.String() + "\nfields the ERP owns, ERP → CRM:\n" + b.ERPToCRM.String()
+}
+
+// CompareBoth reconciles both directions.
+func (e *Env) CompareBoth(ctx context.Context) (*Both, error) {
+	a, err := e.Compare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	crm, err := pgx.Connect(ctx, e.CRM.DSN("crm"))
+	if err != nil {
+		return nil, err
+	}
+	defer crm.Close(ctx)
+	erp, err := pgx.Connect(ctx, e.ERP.DSN("erp"))
+	if err != nil {
+		return nil, err
+	}
+	defer erp.Close(ctx)
+	b, err := reconcile.Compare(ctx, e.Mapping, reconcile.Side{System: "erp", Conn: erp}, reconcile.Side{System: "crm", Conn: crm})
+	if err != nil {
+		return nil, err
+	}
+	return &Both{CRMToERP: a, ERPToCRM: b}, nil
+}
+
 // Compare reconciles CRM (source) with ERP (target).
 func (e *Env) Compare(ctx context.Context) (*reconcile.Report, error) {
 	a, err := pgx.Connect(ctx, e.CRM.DSN("crm"))
@@ -224,18 +261,27 @@ func Run(ctx context.Context, o Options) (bool, error) {
 		return false, err
 	}
 	defer crm.Close(context.WithoutCancel(ctx))
+	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
+	if err != nil {
+		return false, err
+	}
+	defer erp.Close(context.WithoutCancel(ctx))
 	gen := workload.New(uint64(time.Now().UnixNano()))
+	gen.KeepOrders = true // the ERP refuses to delete an invoiced order
+	sim := workload.NewERP(uint64(time.Now().UnixNano()))
 	tick := time.NewTicker(time.Second / time.Duration(o.Rate))
 	defer tick.Stop()
+	erpTick := time.NewTicker(250 * time.Millisecond)
+	defer erpTick.Stop()
 	report := time.NewTicker(time.Second)
 	defer report.Stop()
 	deadline := time.After(o.Duration)
-	var txs, rows int
-	fmt.Fprintf(out, "%6s %8s %8s | %-7s %9s %8s %9s %9s %9s\n", "time", "crm tx", "rows", "flow", "applied", "pending", "behind", "p50", "p99")
+	var txs, rows, invoiced, paid, edits int
+	fmt.Fprintf(out, "%6s %8s %8s %8s %6s | %-7s %9s %8s %9s %9s %9s\n", "time", "crm tx", "rows", "invoiced", "paid", "flow", "applied", "pending", "behind", "p50", "p99")
 	printLag := func() {
+		p50, p99, _ := lat.Percentiles()
 		for _, l := range a.Lag(ctx) {
-			p50, p99, _ := lat.Percentiles()
-			fmt.Fprintf(out, "%5.0fs %8d %8d | %-7s %9d %8d %8.2fs %9s %9s\n", time.Since(start).Seconds(), txs, rows, l.Flow, l.Applied, l.Pending, l.SecondsBehind, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
+			fmt.Fprintf(out, "%5.0fs %8d %8d %8d %6d | %-7s %9d %8d %8.2fs %9s %9s\n", time.Since(start).Seconds(), txs, rows, invoiced, paid, l.Flow, l.Applied, l.Pending, l.SecondsBehind, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
 		}
 	}
 traffic:
@@ -247,6 +293,21 @@ traffic:
 			break traffic
 		case <-report.C:
 			printLag()
+		case <-erpTick.C:
+			// The ERP's own application: invoices, payments, customer edits.
+			n, err := sim.InvoiceOpenOrders(ctx, erp, 20)
+			if err != nil {
+				return false, err
+			}
+			invoiced += n
+			if n, err = sim.PayInvoices(ctx, erp, 3); err != nil {
+				return false, err
+			}
+			paid += n
+			if n, err = sim.EditCustomer(ctx, erp); err != nil {
+				return false, err
+			}
+			edits += n
 		case <-tick.C:
 			n, err := gen.Step(ctx, crm)
 			if err != nil {
@@ -259,8 +320,20 @@ traffic:
 			rows += n
 		}
 	}
-	fmt.Fprintf(out, "\ntraffic stopped: %d CRM transactions, %d row changes; waiting for the ERP to catch up …\n", txs, rows)
-	var rep *reconcile.Report
+	// The ERP invoices what is still open, so the final state shows every
+	// order invoiced in both systems.
+	for {
+		n, err := sim.InvoiceOpenOrders(ctx, erp, 1000)
+		if err != nil {
+			return false, err
+		}
+		invoiced += n
+		if n == 0 {
+			break
+		}
+	}
+	fmt.Fprintf(out, "\ntraffic stopped: %d CRM transactions (%d row changes); the ERP invoiced %d orders, took %d payments, edited %d customers; waiting for both flows to catch up …\n", txs, rows, invoiced, paid, edits)
+	var rep *Both
 	wait := time.Now().Add(60 * time.Second)
 	for {
 		if ctx.Err() != nil {
@@ -270,36 +343,42 @@ traffic:
 		for _, l := range a.Lag(ctx) {
 			caught = caught && l.Pending == 0
 		}
-		if caught {
-			rep, err = env.Compare(ctx)
+		if caught || time.Now().After(wait) {
+			rep, err = env.CompareBoth(ctx)
 			if err != nil {
 				return false, err
 			}
 			if rep.Equal() || time.Now().After(wait) {
 				break
 			}
-		} else if time.Now().After(wait) {
-			rep, err = env.Compare(ctx)
-			if err != nil {
-				return false, err
-			}
-			break
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	printLag()
 	p50, p99, n := lat.Percentiles()
-	fmt.Fprintf(out, "\nend-to-end latency (CRM commit → ERP commit) over %d transactions: p50 %s, p99 %s\n\n", n, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
+	fmt.Fprintf(out, "\nend-to-end latency (source commit → target commit), both flows, %d transactions: p50 %s, p99 %s\n", n, p50.Round(time.Millisecond), p99.Round(time.Millisecond))
+	var paidCRM, openCRM int64
+	var balances string
+	if err := crm.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'paid'), count(*) FILTER (WHERE status <> 'paid') FROM invoices`).Scan(&paidCRM, &openCRM); err != nil {
+		return false, err
+	}
+	if err := crm.QueryRow(ctx, `SELECT coalesce(string_agg(currency || ' ' || total, ', ' ORDER BY currency), '-') FROM (SELECT currency, sum(open_balance)::text AS total FROM accounts GROUP BY currency) b`).Scan(&balances); err != nil {
+		return false, err
+	}
+	fmt.Fprintf(out, "the CRM shows %d invoices paid and %d open; open balances: %s\n\n", paidCRM, openCRM, balances)
 	fmt.Fprint(out, rep.String())
 	for _, l := range a.Lag(ctx) {
 		if l.DeadLetters > 0 {
 			fmt.Fprintf(out, "flow %s dead-lettered %d events (see DUPLEX_DLQ)\n", l.Flow, l.DeadLetters)
 		}
+		if l.Conflicts > 0 {
+			fmt.Fprintf(out, "flow %s resolved %d conflicts on shared fields (last writer wins)\n", l.Flow, l.Conflicts)
+		}
 	}
 	if rep.Equal() {
-		fmt.Fprintln(out, "\nOK: the ERP agrees with the CRM, field by field (row counts, every mapped field, money totals per currency).")
+		fmt.Fprintln(out, "\nOK: the CRM and the ERP agree, field by field, both ways (row counts, every mapped field, money totals per currency).")
 		return true, nil
 	}
-	fmt.Fprintln(out, "\nMISMATCH: the ERP does not agree with the CRM (see above).")
+	fmt.Fprintln(out, "\nMISMATCH: the CRM and the ERP do not agree (see above).")
 	return false, nil
 }

@@ -19,7 +19,7 @@ func TestRun_ShortDemoAgrees(t *testing.T) {
 	if !ok {
 		t.Fatalf("demo says the sides disagree:\n%s", out.String())
 	}
-	for _, want := range []string{"to-erp", "p99", "OK: the ERP agrees with the CRM"} {
+	for _, want := range []string{"to-erp", "to-crm", "p99", "invoices paid", "OK: the CRM and the ERP agree"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
