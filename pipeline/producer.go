@@ -141,6 +141,11 @@ type producer struct {
 
 	pending chan pending
 	failed  chan struct{}
+	// The chunks of a transaction that carry events are numbered anew
+	// from 0 (a chunk whose changes all normalize to nothing is not
+	// published), so a flow sees every index up to the last one.
+	curLSN capture.LSN
+	curIdx int
 	once    sync.Once
 	err     error
 }
@@ -234,8 +239,11 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	default:
 	}
 	system := p.src.System()
+	if c.Tx.CommitLSN != p.curLSN || c.Index == 0 {
+		p.curLSN, p.curIdx = c.Tx.CommitLSN, 0
+	}
 	tx := &transform.Tx{Version: transform.SchemaVersion, Source: system, CommitLSN: c.Tx.CommitLSN, EndLSN: c.Tx.EndLSN,
-		CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Chunk: c.Index, Last: c.Last, Events: make([]transform.Event, 0, len(c.Changes))}
+		CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Last: c.Last, Events: make([]transform.Event, 0, len(c.Changes))}
 	for i := range c.Changes {
 		ch := &c.Changes[i]
 		evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, c.First+i, ch)
@@ -265,8 +273,14 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 			return err
 		}
 	}
-	e := pending{msgID: tx.MsgID(), last: c.Last, endLSN: c.Tx.EndLSN}
-	if len(tx.Events) > 0 || c.Last {
+	e := pending{last: c.Last, endLSN: c.Tx.EndLSN}
+	// Publish a chunk with events, and the last chunk of a transaction of
+	// which something was published; a transaction that produced no event
+	// (duplex's own applies, unmapped changes) puts nothing on the bus.
+	if len(tx.Events) > 0 || (c.Last && p.curIdx > 0) {
+		tx.Chunk = p.curIdx
+		p.curIdx++
+		e.msgID = tx.MsgID()
 		data, err := json.Marshal(tx)
 		if err != nil {
 			return fmt.Errorf("encode %s: %w", e.msgID, err)
@@ -278,6 +292,9 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 			return fmt.Errorf("publish %s: %w", e.msgID, err)
 		}
 		e.fut = fut
+	}
+	if c.Last {
+		p.curIdx = 0
 	}
 	select {
 	case p.pending <- e:

@@ -3,6 +3,7 @@ package pipeline_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"sync"
 	"testing"
@@ -176,5 +177,48 @@ func TestRunCapture_DeadLettersWhatCannotBeNormalized(t *testing.T) {
 	info, _ := d.Info(context.Background())
 	if info.State.Msgs != 1 {
 		t.Errorf("DUPLEX holds %d messages, want 1 (the good change)", info.State.Msgs)
+	}
+}
+
+// A transaction whose first chunks normalize to nothing (duplex's own
+// applies, changes of unmapped tables) is renumbered so that a flow sees
+// every chunk index up to the last; one that produces nothing at all puts
+// nothing on the bus but is still confirmed.
+func TestRunCapture_RenumbersChunksWithoutEvents(t *testing.T) {
+	js, m := setup(t)
+	unmapped := capture.Change{Schema: "public", Table: "audit", Op: capture.Insert, New: capture.Row{"id": int64(1)}}
+	tx1 := capture.TxInfo{System: "crm", CommitLSN: 100, EndLSN: 110, CommitTime: time.Now(), Xid: 1}
+	tx2 := capture.TxInfo{System: "crm", CommitLSN: 200, EndLSN: 210, CommitTime: time.Now(), Xid: 2}
+	src := &fakeSource{done: make(chan struct{}), chunks: []*capture.Chunk{
+		{Tx: tx1, Index: 0, Changes: []capture.Change{unmapped}},
+		{Tx: tx1, Index: 1, Changes: []capture.Change{unmapped}},
+		{Tx: tx1, Index: 2, Changes: []capture.Change{account("0d3f5a8e-1111-4c59-9d1b-2d7b6c1f0b01", "1")}},
+		{Tx: tx1, Index: 3, Last: true, Changes: []capture.Change{unmapped}},
+		{Tx: tx2, Index: 0, Changes: []capture.Change{unmapped}},
+		{Tx: tx2, Index: 1, Last: true, Changes: []capture.Change{unmapped}},
+	}}
+	runProducer(t, js, m, src)
+	s, err := js.Stream(context.Background(), pipeline.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for seq := uint64(1); ; seq++ {
+		msg, err := s.GetMsg(context.Background(), seq)
+		if err != nil {
+			break
+		}
+		var tx transform.Tx
+		if err := json.Unmarshal(msg.Data, &tx); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s last=%v events=%d", msg.Header.Get(jetstream.MsgIDHeader), tx.Last, len(tx.Events)))
+	}
+	want := []string{"crm:0/64:0 last=false events=1", "crm:0/64:1 last=true events=0"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("messages %v, want %v", got, want)
+	}
+	if c := src.confirmed(); len(c) != 2 || c[1] != 210 {
+		t.Errorf("confirmed %v, want both transactions", c)
 	}
 }

@@ -48,6 +48,10 @@ type Result struct {
 	SteadyRate       float64
 	SteadyP50        time.Duration
 	SteadyP99        time.Duration
+	SteadyBackP50    time.Duration
+	SteadyBackP99    time.Duration
+	TwoWayToERP      float64 // rows/s
+	TwoWayToCRM      float64 // rows/s
 }
 
 // bulkSQL inserts one transaction's worth of rows: 10% accounts, 20%
@@ -125,13 +129,28 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	defer env.Close()
-	rec := &demo.Latencies{}
-	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger,
-		OnApplied: func(_ string, txs []*transform.Tx, at time.Time) { rec.Add(txs, at) }})
+	lat := map[string]*demo.Latencies{"to-erp": {}, "to-crm": {}}
+	onApplied := func(flow string, txs []*transform.Tx, at time.Time) {
+		if l := lat[flow]; l != nil {
+			l.Add(txs, at)
+		}
+	}
+	// start runs duplex until the returned stop is called.
+	start := func() (func(), error) {
+		a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger, OnApplied: onApplied})
+		if err != nil {
+			return nil, err
+		}
+		runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan error, 1)
+		go func() { done <- a.Run(runCtx) }()
+		return func() { cancel(); <-done; a.Close() }, nil
+	}
+	crm, err := pgx.Connect(ctx, env.CRM.DSN("crm"))
 	if err != nil {
 		return nil, err
 	}
-	defer a.Close()
+	defer crm.Close(context.WithoutCancel(ctx))
 	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
 	if err != nil {
 		return nil, err
@@ -139,46 +158,109 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	defer erp.Close(context.WithoutCancel(ctx))
 	res := &Result{}
 
-	// Phase 1: bulk. The rows are committed in the CRM first, with the
-	// slot in place and duplex not yet running, so what is timed is
-	// replication alone: decoding, publishing, applying.
-	fmt.Fprintf(out, "bulk: %d rows inserted into the CRM in transactions of ~%d rows, then replicated …\n", o.Rows, o.RowsPerTx)
+	// Phase 1: bulk, one way. The rows are committed in the CRM with the
+	// slots in place and duplex stopped, so what is timed is replication
+	// alone: decoding, publishing, applying. The ERP numbers every new
+	// customer and order, and those numbers travel back at the same time.
+	stop, err := start()
+	if err != nil {
+		return nil, err
+	}
+	stop()
+	fmt.Fprintf(out, "bulk, one way: %d rows inserted into the CRM in transactions of ~%d rows, then replicated …\n", o.Rows, o.RowsPerTx)
 	n, err := bulk(ctx, env.CRM.DSN("crm"), o.Rows, o.RowsPerTx)
 	if err != nil {
 		return nil, err
 	}
-	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	start := time.Now()
-	go func() { done <- a.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	t0 := time.Now()
+	if stop, err = start(); err != nil {
+		return nil, err
+	}
 	end, err := waitCount(ctx, erp, n, 10*time.Minute, "customers", "sales_orders", "sales_order_lines")
 	if err != nil {
 		return nil, fmt.Errorf("duplex bulk: %w", err)
 	}
+	back, err := waitQuery(ctx, crm, `SELECT (SELECT count(*) FROM accounts WHERE erp_customer_no IS NULL) + (SELECT count(*) FROM orders WHERE erp_order_no IS NULL) = 0`, 10*time.Minute)
+	if err != nil {
+		return nil, fmt.Errorf("duplex bulk write-back: %w", err)
+	}
+	stop()
 	res.Rows = n
-	res.DuplexBulk = end.Sub(start)
+	res.DuplexBulk = end.Sub(t0)
 	res.DuplexRowsPerSec = float64(n) / res.DuplexBulk.Seconds()
-	fmt.Fprintf(out, "  duplex: %d rows in %s: %.0f rows/s\n", n, res.DuplexBulk.Round(time.Millisecond), res.DuplexRowsPerSec)
+	fmt.Fprintf(out, "  duplex CRM → ERP: %d rows in %s: %.0f rows/s (ERP numbers back in the CRM after %s)\n", n, res.DuplexBulk.Round(time.Millisecond), res.DuplexRowsPerSec, back.Sub(t0).Round(time.Millisecond))
 
-	// Phase 2: steady rate through duplex.
+	// Phase 2: bulk, both ways at once: as many new CRM rows again, and in
+	// the ERP an invoice for every order and new payment terms for every
+	// customer.
+	fmt.Fprintf(out, "bulk, both ways: %d more CRM rows, and an invoice per order and new terms per customer in the ERP …\n", o.Rows)
+	n2, err := bulk(ctx, env.CRM.DSN("crm"), o.Rows, o.RowsPerTx)
+	if err != nil {
+		return nil, err
+	}
+	var invoices, terms int64
+	for {
+		tag, err := erp.Exec(ctx, `INSERT INTO invoices (order_no, customer_no, currency, amount, status, issued_at, due_date)
+			SELECT order_no, customer_no, currency, total, 'open', now(), current_date + 30 FROM sales_orders s
+			WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.order_no = s.order_no) ORDER BY order_no LIMIT $1`, o.RowsPerTx)
+		if err != nil {
+			return nil, fmt.Errorf("bulk invoices: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			break
+		}
+		invoices += tag.RowsAffected()
+	}
+	tag, err := erp.Exec(ctx, `UPDATE customers SET payment_terms = 'NET45'`)
+	if err != nil {
+		return nil, fmt.Errorf("bulk terms: %w", err)
+	}
+	terms = tag.RowsAffected()
+	want := n + n2
+	t0 = time.Now()
+	if stop, err = start(); err != nil {
+		return nil, err
+	}
+	toERP, err := waitCount(ctx, erp, want, 2*time.Minute, "customers", "sales_orders", "sales_order_lines")
+	if err != nil {
+		return nil, fmt.Errorf("duplex two-way bulk: %w", err)
+	}
+	toCRM, err := waitQuery(ctx, crm, fmt.Sprintf(`SELECT (SELECT count(*) FROM invoices) = %d AND NOT EXISTS (SELECT 1 FROM accounts WHERE payment_terms IS DISTINCT FROM 'NET45' AND erp_customer_no <= (SELECT max(erp_customer_no) FROM accounts WHERE payment_terms = 'NET45'))`, invoices), 2*time.Minute)
+	if err != nil {
+		var ci, nt int64
+		_ = crm.QueryRow(ctx, `SELECT (SELECT count(*) FROM invoices), (SELECT count(*) FROM accounts WHERE payment_terms IS DISTINCT FROM 'NET45')`).Scan(&ci, &nt)
+		return nil, fmt.Errorf("duplex two-way bulk: CRM has %d of %d invoices, %d accounts not NET45: %w", ci, invoices, nt, err)
+	}
+	res.TwoWayToERP = float64(n2) / toERP.Sub(t0).Seconds()
+	res.TwoWayToCRM = float64(invoices+terms) / toCRM.Sub(t0).Seconds()
+	fmt.Fprintf(out, "  duplex CRM → ERP: %d rows in %s: %.0f rows/s\n", n2, toERP.Sub(t0).Round(time.Millisecond), res.TwoWayToERP)
+	fmt.Fprintf(out, "  duplex ERP → CRM: %d rows (%d invoices, %d customers) in %s: %.0f rows/s\n", invoices+terms, invoices, terms, toCRM.Sub(t0).Round(time.Millisecond), res.TwoWayToCRM)
+
+	// Phase 3: steady traffic both ways: the CRM at a fixed rate, the ERP
+	// invoicing, taking payments and editing customers.
 	if o.SteadyRate > 0 && o.SteadyFor > 0 {
-		fmt.Fprintf(out, "steady: ~%d row changes/s of order-to-cash traffic for %s …\n", o.SteadyRate, o.SteadyFor)
-		rows, took, err := steady(ctx, env.CRM.DSN("crm"), o.SteadyRate, o.SteadyFor, rec)
+		fmt.Fprintf(out, "steady, both ways: ~%d CRM row changes/s and the ERP's own work for %s …\n", o.SteadyRate, o.SteadyFor)
+		for _, l := range lat {
+			l.Reset()
+		}
+		erpCtx, stopERP := context.WithCancel(ctx)
+		erpDone := make(chan int)
+		go func() { erpDone <- erpWork(erpCtx, erp) }()
+		rows, took, err := steady(ctx, env.CRM.DSN("crm"), o.SteadyRate, o.SteadyFor)
+		stopERP()
+		erpOps := <-erpDone
 		if err != nil {
 			return nil, err
 		}
-		// Let the tail arrive before reading the percentiles.
-		time.Sleep(2 * time.Second)
+		time.Sleep(2 * time.Second) // let the tail arrive
 		res.SteadyRows = rows
 		res.SteadyRate = float64(rows) / took.Seconds()
-		res.SteadyP50, res.SteadyP99, _ = rec.Percentiles()
-		fmt.Fprintf(out, "  duplex: %d row changes at %.0f/s; CRM commit → ERP commit latency p50 %s p99 %s\n", rows, res.SteadyRate, res.SteadyP50.Round(time.Millisecond), res.SteadyP99.Round(time.Millisecond))
+		res.SteadyP50, res.SteadyP99, _ = lat["to-erp"].Percentiles()
+		res.SteadyBackP50, res.SteadyBackP99, _ = lat["to-crm"].Percentiles()
+		fmt.Fprintf(out, "  CRM → ERP: %d row changes at %.0f/s; commit → commit latency p50 %s p99 %s\n", rows, res.SteadyRate, res.SteadyP50.Round(time.Millisecond), res.SteadyP99.Round(time.Millisecond))
+		fmt.Fprintf(out, "  ERP → CRM: %d ERP operations; commit → commit latency p50 %s p99 %s\n", erpOps, res.SteadyBackP50.Round(time.Millisecond), res.SteadyBackP99.Round(time.Millisecond))
 	}
 	stop()
-	<-done
-	done <- nil
-	a.Close()
 
 	if !o.SkipNative {
 		d, err := native(ctx, env, o)
@@ -188,20 +270,52 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		res.NativeBulk = d
 		res.NativeRowsPerSec = float64(n) / d.Seconds()
 		fmt.Fprintf(out, "  native logical replication: %d rows in %s: %.0f rows/s\n", n, d.Round(time.Millisecond), res.NativeRowsPerSec)
-		fmt.Fprintf(out, "\nduplex / native throughput: %.2f\n", res.DuplexRowsPerSec/res.NativeRowsPerSec)
+		fmt.Fprintf(out, "\nduplex / native throughput (bulk, one way): %.2f\n", res.DuplexRowsPerSec/res.NativeRowsPerSec)
 	}
 	return res, nil
 }
 
+// erpWork runs the ERP's own application until ctx ends and returns how
+// many operations it made.
+func erpWork(ctx context.Context, conn *pgx.Conn) int {
+	sim := workload.NewERP(1)
+	ops := 0
+	for ctx.Err() == nil {
+		n1, _ := sim.InvoiceOpenOrders(ctx, conn, 20)
+		n2, _ := sim.PayInvoices(ctx, conn, 10)
+		n3, _ := sim.EditCustomer(ctx, conn)
+		ops += n1 + n2 + n3
+		time.Sleep(50 * time.Millisecond)
+	}
+	return ops
+}
+
+func waitQuery(ctx context.Context, conn *pgx.Conn, q string, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		var ok bool
+		if err := conn.QueryRow(ctx, q).Scan(&ok); err != nil {
+			return time.Time{}, err
+		}
+		if ok {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("not done within %s: %s", timeout, q)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // steady runs the order-to-cash generator at a row rate.
-func steady(ctx context.Context, dsn string, rate int, d time.Duration, rec *demo.Latencies) (int, time.Duration, error) {
+func steady(ctx context.Context, dsn string, rate int, d time.Duration) (int, time.Duration, error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer conn.Close(ctx)
 	gen := workload.New(42)
-	rec.Reset()
+	gen.KeepOrders = true
 	start := time.Now()
 	rows := 0
 	for time.Since(start) < d {
