@@ -396,6 +396,7 @@ func (a *Applier) applyAll(ctx context.Context, ready []*readyTx, held []jetstre
 func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstream.Msg) error {
 	bo := newBackoff()
 	waits := map[string]int{}
+	var waitStart, lastWarn time.Time
 	for {
 		if len(txs) == 0 {
 			return nil
@@ -468,6 +469,20 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 				return ctx.Err()
 			}
 		default:
+			if ae != nil && ae.RetryAfter > 0 {
+				if waitStart.IsZero() {
+					waitStart = time.Now()
+				}
+				if time.Since(waitStart) > 10*time.Second && time.Since(lastWarn) > 10*time.Second {
+					lastWarn = time.Now()
+					a.log.Warn("apply keeps waiting", slog.Duration("for", time.Since(waitStart)), slog.Any("error", err))
+					a.cfg.Stats.update(func(s *FlowStats) { s.State = "waiting"; s.LastError = err.Error() })
+				}
+				if !sleep(ctx, ae.RetryAfter) {
+					return ctx.Err()
+				}
+				continue
+			}
 			a.log.Warn("apply failed; retrying", slog.Any("error", err))
 			if !a.pause(ctx, bo, held, err) {
 				return ctx.Err()

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Kind says how the pipeline treats a failed apply.
@@ -37,6 +38,10 @@ type ApplyError struct {
 	Tx    int
 	Event int
 	Err   error
+	// RetryAfter, when set on a transient error, is a short, expected
+	// wait (another component is about to catch up): retry after it,
+	// quietly, instead of backing off.
+	RetryAfter time.Duration
 }
 
 func (e *ApplyError) Error() string {

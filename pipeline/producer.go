@@ -146,8 +146,8 @@ type producer struct {
 	// published), so a flow sees every index up to the last one.
 	curLSN capture.LSN
 	curIdx int
-	once    sync.Once
-	err     error
+	once   sync.Once
+	err    error
 }
 
 // pending is a published chunk awaiting its JetStream acknowledgement, or

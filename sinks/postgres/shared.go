@@ -140,7 +140,7 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 				// of this database records that write's version as it reads
 				// it from the WAL. Until then its age is unknown, and
 				// nothing may overwrite it.
-				return conflicts, &pipeline.ApplyError{Kind: pipeline.Transient, Tx: p.tx, Event: p.ev,
+				return conflicts, &pipeline.ApplyError{Kind: pipeline.Transient, Tx: p.tx, Event: p.ev, RetryAfter: 20 * time.Millisecond,
 					Err: fmt.Errorf("entity %s key %s field %s: waiting for the capture of %s to record a local write", e.Name, k, field, s.cfg.System)}
 			case cur.local != nil:
 				// Never versioned (the row predates duplex): as old as the
