@@ -110,6 +110,9 @@ type TxInfo struct {
 	// transaction is duplex applying another system's changes, not a
 	// change made here.
 	Applied bool
+	// Snapshot marks rows copied by the initial snapshot: each chunk
+	// stands alone, and CommitLSN is the slot's consistent point.
+	Snapshot bool
 }
 
 // Chunk is a run of consecutive changes of one transaction. Large

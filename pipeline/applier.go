@@ -330,7 +330,7 @@ func (a *assembler) add(m jetstream.Msg, tx *transform.Tx) {
 	seq := seqOf(m)
 	var r *readyTx
 	for _, q := range a.queue {
-		if q.tx.CommitLSN == tx.CommitLSN && q.tx.Source == tx.Source {
+		if q.tx.CommitLSN == tx.CommitLSN && q.tx.Source == tx.Source && q.tx.Snapshot == tx.Snapshot && (!tx.Snapshot || q.tx.Chunk == tx.Chunk) {
 			r = q
 			break
 		}
@@ -339,10 +339,14 @@ func (a *assembler) add(m jetstream.Msg, tx *transform.Tx) {
 		r = &readyTx{tx: tx, chunks: map[int]*transform.Tx{}, last: -1, first: seq}
 		a.queue = append(a.queue, r)
 	}
-	r.chunks[tx.Chunk] = tx
+	idx := tx.Chunk
+	if tx.Snapshot {
+		idx = 0 // a snapshot chunk is a whole of its own
+	}
+	r.chunks[idx] = tx
 	r.seqs = append(r.seqs, seq)
 	if tx.Last {
-		r.last = tx.Chunk
+		r.last = idx
 	}
 }
 

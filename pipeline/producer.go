@@ -243,7 +243,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		p.curLSN, p.curIdx = c.Tx.CommitLSN, 0
 	}
 	tx := &transform.Tx{Version: transform.SchemaVersion, Source: system, CommitLSN: c.Tx.CommitLSN, EndLSN: c.Tx.EndLSN,
-		CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Last: c.Last, Events: make([]transform.Event, 0, len(c.Changes))}
+		CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Last: c.Last, Snapshot: c.Tx.Snapshot, Events: make([]transform.Event, 0, len(c.Changes))}
 	for i := range c.Changes {
 		ch := &c.Changes[i]
 		evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, c.First+i, ch)
@@ -268,7 +268,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 			}
 		})
 	}
-	if p.cfg.Versions != nil && !c.Tx.Applied && len(tx.Events) > 0 {
+	if p.cfg.Versions != nil && !c.Tx.Applied && !c.Tx.Snapshot && len(tx.Events) > 0 {
 		if err := p.cfg.Versions.Record(ctx, tx.Events); err != nil {
 			return err
 		}
@@ -277,10 +277,19 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	// Publish a chunk with events, and the last chunk of a transaction of
 	// which something was published; a transaction that produced no event
 	// (duplex's own applies, unmapped changes) puts nothing on the bus.
-	if len(tx.Events) > 0 || (c.Last && p.curIdx > 0) {
+	if c.Tx.Snapshot {
+		// Snapshot chunks stand alone and keep the snapshot's numbering.
+		if len(tx.Events) == 0 {
+			goto queue
+		}
+		tx.Chunk = c.Index
+		e.msgID = tx.MsgID()
+	} else if len(tx.Events) > 0 || (c.Last && p.curIdx > 0) {
 		tx.Chunk = p.curIdx
 		p.curIdx++
 		e.msgID = tx.MsgID()
+	}
+	if e.msgID != "" {
 		data, err := json.Marshal(tx)
 		if err != nil {
 			return fmt.Errorf("encode %s: %w", e.msgID, err)
@@ -293,6 +302,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		}
 		e.fut = fut
 	}
+queue:
 	if c.Last {
 		p.curIdx = 0
 	}

@@ -70,6 +70,9 @@ type Tx struct {
 	Xid        uint32      `json:"xid"`
 	Chunk      int         `json:"chunk"`
 	Last       bool        `json:"last"`
+	// Snapshot marks a chunk of the initial snapshot: rows as they were at
+	// the slot's consistent point (CommitLSN). Each such chunk stands alone.
+	Snapshot bool `json:"snapshot,omitempty"`
 	Events     []Event     `json:"events"`
 }
 

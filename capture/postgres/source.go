@@ -38,6 +38,14 @@ type Config struct {
 	DuplexOrigins []string
 	// ChunkSize is the number of changes per chunk (default 500).
 	ChunkSize int
+	// Snapshot is SnapshotInitial (copy the existing rows of every table
+	// when the slot is created) or SnapshotNever.
+	Snapshot string
+	// Keys names the key column of each table, for the snapshot's keyset
+	// pagination ("schema.table" -> column).
+	Keys map[string]string
+	// SnapshotChunk is the rows per snapshot chunk (default 2000).
+	SnapshotChunk int
 	// StatusInterval is how often a standby status update is sent
 	// (default 1s).
 	StatusInterval time.Duration
@@ -76,6 +84,9 @@ type Source struct {
 	receivedLSN  capture.LSN
 	lastStatus   capture.LSN
 	lastActivity time.Time
+
+	snap     *pendingSnapshot
+	progress SnapshotProgress
 }
 
 // New returns a Source for the configuration.
@@ -85,6 +96,12 @@ func New(cfg Config) (*Source, error) {
 	}
 	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = 500
+	}
+	if cfg.SnapshotChunk <= 0 {
+		cfg.SnapshotChunk = 2000
+	}
+	if cfg.Snapshot == "" {
+		cfg.Snapshot = SnapshotInitial
 	}
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = time.Second
@@ -156,13 +173,51 @@ func (s *Source) Ensure(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, s.cfg.Slot).Scan(&slotExists); err != nil {
 		return fmt.Errorf("capture %s: read slot %s: %w", s.cfg.System, s.cfg.Slot, err)
 	}
+	if slotExists && s.cfg.Snapshot == SnapshotInitial && s.snap == nil {
+		done, err := snapshotDone(ctx, conn, s.cfg.Slot)
+		if err != nil {
+			return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+		}
+		if !done {
+			// The initial snapshot was interrupted: its exported snapshot is
+			// gone with the session that made it, so it starts over from a
+			// new slot. What was already copied is applied again, harmlessly.
+			s.log.Warn("initial snapshot did not complete; dropping the slot and starting it again")
+			if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, s.cfg.Slot); err != nil {
+				return fmt.Errorf("capture %s: drop slot %s of an interrupted snapshot: %w", s.cfg.System, s.cfg.Slot, err)
+			}
+			slotExists = false
+		}
+	}
 	if !slotExists {
+		if s.cfg.Snapshot == SnapshotInitial {
+			if err := s.createWithSnapshot(ctx); err != nil {
+				return err
+			}
+			return nil
+		}
 		if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.cfg.Slot); err != nil {
 			return fmt.Errorf("capture %s: create slot %s: %w", s.cfg.System, s.cfg.Slot, err)
 		}
 		s.log.Info("created replication slot")
 	}
 	return nil
+}
+
+// replicationConfig is the connection configuration of a replication
+// session.
+func (s *Source) replicationConfig() (*pgconn.Config, error) {
+	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("capture %s: parse dsn: %w", s.cfg.System, redact(err))
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	cfg.RuntimeParams["application_name"] = "duplex-" + s.cfg.System
+	cfg.RuntimeParams["DateStyle"] = "ISO, YMD"
+	cfg.RuntimeParams["TimeZone"] = "UTC"
+	cfg.RuntimeParams["IntervalStyle"] = "iso_8601"
+	cfg.RuntimeParams["extra_float_digits"] = "3"
+	return cfg, nil
 }
 
 // session is the state of one replication connection.
@@ -188,16 +243,18 @@ func (s *Source) Stream(ctx context.Context, h capture.Handler) error {
 	if err := s.Ensure(ctx); err != nil {
 		return err
 	}
-	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
-	if err != nil {
-		return fmt.Errorf("capture %s: parse dsn: %w", s.cfg.System, redact(err))
+	if s.snap != nil {
+		err := s.runSnapshot(ctx, h)
+		s.snap.close()
+		s.snap = nil
+		if err != nil {
+			return err
+		}
 	}
-	cfg.RuntimeParams["replication"] = "database"
-	cfg.RuntimeParams["application_name"] = "duplex-" + s.cfg.System
-	cfg.RuntimeParams["DateStyle"] = "ISO, YMD"
-	cfg.RuntimeParams["TimeZone"] = "UTC"
-	cfg.RuntimeParams["IntervalStyle"] = "iso_8601"
-	cfg.RuntimeParams["extra_float_digits"] = "3"
+	cfg, err := s.replicationConfig()
+	if err != nil {
+		return err
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("capture %s: connect for replication: %w", s.cfg.System, redact(err))

@@ -192,8 +192,14 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
 		sys := cfg.Systems[name]
+		keys := map[string]string{}
+		for _, e := range m.Entities {
+			if e.Publishes(name) {
+				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumn
+			}
+		}
 		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication,
-			Tables: m.SourceTables(name), DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
+			Tables: m.SourceTables(name), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
 		if err == nil {
 			err = src.Ensure(ctx)
 		}

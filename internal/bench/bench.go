@@ -71,6 +71,11 @@ SELECT gen_random_uuid(), o.id, 'SKU-' || g, g, 9.99 FROM o, generate_series(1, 
 // perAccount is the rows bulkSQL inserts per account (1 + 2 + 2*3).
 const perAccount = 9
 
+// Bulk inserts about rows rows of accounts, orders and lines into a CRM
+// database in transactions of about perTx rows and returns how many it
+// inserted.
+func Bulk(ctx context.Context, dsn string, rows, perTx int) (int, error) { return bulk(ctx, dsn, rows, perTx) }
+
 func bulk(ctx context.Context, dsn string, rows, perTx int) (int, error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {

@@ -61,6 +61,9 @@ type SystemConfig struct {
 	Publication string `yaml:"publication"`
 	// ChunkSize is the number of changes per message (default 500).
 	ChunkSize int `yaml:"chunk_size"`
+	// Snapshot: "initial" (default) copies the existing rows of the
+	// mapped tables when the slot is first created; "never" does not.
+	Snapshot string `yaml:"snapshot"`
 }
 
 // Flow is one direction.
@@ -135,6 +138,13 @@ func (c *Config) Validate() error {
 		}
 		if s.Publication == "" {
 			s.Publication = "duplex_" + name
+		}
+		switch s.Snapshot {
+		case "":
+			s.Snapshot = "initial"
+		case "initial", "never":
+		default:
+			bad("systems.%s: snapshot %q: want initial or never", name, s.Snapshot)
 		}
 	}
 	seen := map[string]bool{}

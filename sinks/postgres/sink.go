@@ -278,11 +278,25 @@ func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.App
 	var last *transform.Tx
 	seen := applied.LSN
 	for ti, t := range txs {
-		if t.CommitLSN <= seen {
-			res.Skipped += len(t.Events)
-			continue
+		if t.Snapshot {
+			// Snapshot chunks share the consistent point as their LSN:
+			// applied while nothing after that point is, skipped once a
+			// later change is (a replay must not bring old rows back).
+			if t.CommitLSN < applied.LSN || t.CommitLSN < seen {
+				res.Skipped += len(t.Events)
+				continue
+			}
+			seen = max(seen, t.CommitLSN)
+			if last == nil || t.CommitLSN >= last.CommitLSN {
+				last = t
+			}
+		} else {
+			if t.CommitLSN <= seen {
+				res.Skipped += len(t.Events)
+				continue
+			}
+			seen, last = t.CommitLSN, t
 		}
-		seen, last = t.CommitLSN, t
 		for ei := range t.Events {
 			ev := &t.Events[ei]
 			row, err := s.cfg.Mapping.Denormalize(ev, s.cfg.System)
