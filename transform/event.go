@@ -72,8 +72,8 @@ type Tx struct {
 	Last       bool        `json:"last"`
 	// Snapshot marks a chunk of the initial snapshot: rows as they were at
 	// the slot's consistent point (CommitLSN). Each such chunk stands alone.
-	Snapshot bool `json:"snapshot,omitempty"`
-	Events     []Event     `json:"events"`
+	Snapshot bool    `json:"snapshot,omitempty"`
+	Events   []Event `json:"events"`
 }
 
 // MsgID is the JetStream message id of the chunk: "<source>:<commit LSN>:<chunk>".

@@ -9,6 +9,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,8 +34,11 @@ type Options struct {
 	SteadyFor  time.Duration
 	// SkipNative leaves the baseline out.
 	SkipNative bool
-	Out        io.Writer
-	Logger     *slog.Logger
+	// SnapshotRows, when set, measures only the initial snapshot: that
+	// many rows exist in the CRM before duplex first starts.
+	SnapshotRows int
+	Out          io.Writer
+	Logger       *slog.Logger
 }
 
 // Result holds the figures of a run.
@@ -74,7 +79,9 @@ const perAccount = 9
 // Bulk inserts about rows rows of accounts, orders and lines into a CRM
 // database in transactions of about perTx rows and returns how many it
 // inserted.
-func Bulk(ctx context.Context, dsn string, rows, perTx int) (int, error) { return bulk(ctx, dsn, rows, perTx) }
+func Bulk(ctx context.Context, dsn string, rows, perTx int) (int, error) {
+	return bulk(ctx, dsn, rows, perTx)
+}
 
 func bulk(ctx context.Context, dsn string, rows, perTx int) (int, error) {
 	conn, err := pgx.Connect(ctx, dsn)
@@ -134,6 +141,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	defer env.Close()
+	if o.SnapshotRows > 0 {
+		return snapshotOnly(ctx, env, o)
+	}
 	lat := map[string]*demo.Latencies{"to-erp": {}, "to-crm": {}}
 	onApplied := func(flow string, txs []*transform.Tx, at time.Time) {
 		if l := lat[flow]; l != nil {
@@ -278,6 +288,52 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		fmt.Fprintf(out, "\nduplex / native throughput (bulk, one way): %.2f\n", res.DuplexRowsPerSec/res.NativeRowsPerSec)
 	}
 	return res, nil
+}
+
+// snapshotOnly times the initial snapshot of rows that exist before duplex
+// first starts, and the process's peak RSS (VmHWM) after it.
+func snapshotOnly(ctx context.Context, env *demo.Env, o Options) (*Result, error) {
+	fmt.Fprintf(o.Out, "snapshot: %d rows inserted into the CRM before duplex first starts …\n", o.SnapshotRows)
+	n, err := bulk(ctx, env.CRM.DSN("crm"), o.SnapshotRows, 5000)
+	if err != nil {
+		return nil, err
+	}
+	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
+	if err != nil {
+		return nil, err
+	}
+	defer erp.Close(context.WithoutCancel(ctx))
+	t0 := time.Now()
+	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	defer func() { cancel(); <-done }()
+	end, err := waitCount(ctx, erp, n, 30*time.Minute, "customers", "sales_orders", "sales_order_lines")
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	d := end.Sub(t0)
+	fmt.Fprintf(o.Out, "  duplex: %d rows snapshotted into the ERP in %s: %.0f rows/s; peak RSS of this process %s\n", n, d.Round(time.Millisecond), float64(n)/d.Seconds(), peakRSS())
+	return &Result{Rows: n, DuplexBulk: d, DuplexRowsPerSec: float64(n) / d.Seconds()}, nil
+}
+
+// peakRSS reads VmHWM of this process (Linux), or "unknown".
+func peakRSS() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			return strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:"))
+		}
+	}
+	return "unknown"
 }
 
 // erpWork runs the ERP's own application until ctx ends and returns how

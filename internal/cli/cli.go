@@ -193,5 +193,6 @@ func benchCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&opts.SteadyRate, "steady-rate", 2000, "row changes per second of the steady phase (0 to skip)")
 	c.Flags().DurationVar(&opts.SteadyFor, "steady-for", 20*time.Second, "length of the steady phase")
 	c.Flags().BoolVar(&opts.SkipNative, "skip-native", false, "do not measure native logical replication")
+	c.Flags().IntVar(&opts.SnapshotRows, "snapshot-rows", 0, "measure only the initial snapshot of this many existing CRM rows")
 	return c
 }
