@@ -44,7 +44,7 @@ type Config struct {
 	// Keys names the key column of each table, for the snapshot's keyset
 	// pagination ("schema.table" -> column).
 	Keys map[string]string
-	// SnapshotChunk is the rows per snapshot chunk (default 2000).
+	// SnapshotChunk is the rows per snapshot chunk (default 500).
 	SnapshotChunk int
 	// StatusInterval is how often a standby status update is sent
 	// (default 1s).
@@ -98,7 +98,7 @@ func New(cfg Config) (*Source, error) {
 		cfg.ChunkSize = 500
 	}
 	if cfg.SnapshotChunk <= 0 {
-		cfg.SnapshotChunk = 2000
+		cfg.SnapshotChunk = 500
 	}
 	if cfg.Snapshot == "" {
 		cfg.Snapshot = SnapshotInitial

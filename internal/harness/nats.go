@@ -104,8 +104,11 @@ func (n *NATS) Start() error {
 		JetStreamMaxMemory:     256 << 20,
 		JetStreamMaxStore:      1 << 40, // a ceiling, not an allocation
 		DisableJetStreamBanner: true,
-		NoSigs:                 true,
-		NoLog:                  true,
+		// A loaded 2-core machine must not make the server drop a client
+		// that is busy decoding a large batch.
+		WriteDeadline: 30 * time.Second,
+		NoSigs:        true,
+		NoLog:         true,
 	})
 	if err != nil {
 		return fmt.Errorf("start nats: %w", err)
