@@ -161,15 +161,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		go func() { done <- a.Run(runCtx) }()
 		return func() { cancel(); <-done; a.Close() }, nil
 	}
-	crm, err := pgx.Connect(ctx, env.CRM.DSN("crm"))
+	crm, erp, err := env.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer crm.Close(context.WithoutCancel(ctx))
-	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
-	if err != nil {
-		return nil, err
-	}
 	defer erp.Close(context.WithoutCancel(ctx))
 	res := &Result{}
 

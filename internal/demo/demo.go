@@ -138,6 +138,18 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 	return env, nil
 }
 
+// Connect opens a connection to each database; close both.
+func (e *Env) Connect(ctx context.Context) (crm, erp *pgx.Conn, err error) {
+	if crm, err = pgx.Connect(ctx, e.CRM.DSN("crm")); err != nil {
+		return nil, nil, fmt.Errorf("connect crm: %w", err)
+	}
+	if erp, err = pgx.Connect(ctx, e.ERP.DSN("erp")); err != nil {
+		crm.Close(ctx)
+		return nil, nil, fmt.Errorf("connect erp: %w", err)
+	}
+	return crm, erp, nil
+}
+
 // Both is the comparison of both directions: the fields the CRM owns
 // (and the shared ones) as the ERP holds them, and the fields the ERP owns
 // as the CRM holds them.
@@ -158,15 +170,11 @@ func (e *Env) CompareBoth(ctx context.Context) (*Both, error) {
 	if err != nil {
 		return nil, err
 	}
-	crm, err := pgx.Connect(ctx, e.CRM.DSN("crm"))
+	crm, erp, err := e.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer crm.Close(ctx)
-	erp, err := pgx.Connect(ctx, e.ERP.DSN("erp"))
-	if err != nil {
-		return nil, err
-	}
 	defer erp.Close(ctx)
 	b, err := reconcile.Compare(ctx, e.Mapping, reconcile.Side{System: "erp", Conn: erp}, reconcile.Side{System: "crm", Conn: crm})
 	if err != nil {
@@ -177,15 +185,11 @@ func (e *Env) CompareBoth(ctx context.Context) (*Both, error) {
 
 // Compare reconciles CRM (source) with ERP (target).
 func (e *Env) Compare(ctx context.Context) (*reconcile.Report, error) {
-	a, err := pgx.Connect(ctx, e.CRM.DSN("crm"))
+	a, b, err := e.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer a.Close(ctx)
-	b, err := pgx.Connect(ctx, e.ERP.DSN("erp"))
-	if err != nil {
-		return nil, err
-	}
 	defer b.Close(ctx)
 	return reconcile.Compare(ctx, e.Mapping, reconcile.Side{System: "crm", Conn: a}, reconcile.Side{System: "erp", Conn: b})
 }
@@ -256,15 +260,11 @@ func Run(ctx context.Context, o Options) (bool, error) {
 	go func() { done <- a.Run(runCtx) }()
 	defer func() { stop(); <-done }()
 
-	crm, err := pgx.Connect(ctx, env.CRM.DSN("crm"))
+	crm, erp, err := env.Connect(ctx)
 	if err != nil {
 		return false, err
 	}
 	defer crm.Close(context.WithoutCancel(ctx))
-	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
-	if err != nil {
-		return false, err
-	}
 	defer erp.Close(context.WithoutCancel(ctx))
 	gen := workload.New(uint64(time.Now().UnixNano()))
 	gen.KeepOrders = true // the ERP refuses to delete an invoiced order
