@@ -212,6 +212,16 @@ func TestTwoWay_AmountThatDoesNotFitIsDeadLettered(t *testing.T) {
 // countEvents reads the whole DUPLEX stream and counts events per source.
 func countEvents(t *testing.T, js jetstream.JetStream) map[string]int {
 	t.Helper()
+	out := map[string]int{}
+	for _, ev := range streamEvents(t, js) {
+		out[ev.Source]++
+	}
+	return out
+}
+
+// streamEvents reads every event of the DUPLEX stream.
+func streamEvents(t *testing.T, js jetstream.JetStream) []transform.Event {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	s, err := js.Stream(ctx, pipeline.StreamName)
@@ -222,7 +232,7 @@ func countEvents(t *testing.T, js jetstream.JetStream) map[string]int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]int{}
+	var out []transform.Event
 	if info.State.Msgs == 0 {
 		return out
 	}
@@ -241,7 +251,7 @@ func countEvents(t *testing.T, js jetstream.JetStream) map[string]int {
 			if err := json.Unmarshal(m.Data(), &tx); err != nil {
 				t.Fatal(err)
 			}
-			out[tx.Source] += len(tx.Events)
+			out = append(out, tx.Events...)
 		}
 		if err := batch.Error(); err != nil {
 			t.Fatal(err)
