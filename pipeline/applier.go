@@ -430,7 +430,12 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 		}
 		var ae *ApplyError
 		errors.As(err, &ae)
-		switch KindOf(err) {
+		kind := KindOf(err)
+		if kind != Transient && eventCount(txs) == 0 {
+			// Nothing left to blame: the failure is not the data's.
+			kind = Transient
+		}
+		switch kind {
 		case Permanent:
 			switch {
 			case ae != nil && ae.Tx >= 0 && ae.Tx < len(txs) && ae.Event >= 0 && ae.Event < len(txs[ae.Tx].Events):
@@ -505,6 +510,14 @@ func (a *Applier) pause(ctx context.Context, bo interface{ NextBackOff() time.Du
 		_ = m.InProgress()
 	}
 	return sleep(ctx, bo.NextBackOff())
+}
+
+func eventCount(txs []*transform.Tx) int {
+	n := 0
+	for _, t := range txs {
+		n += len(t.Events)
+	}
+	return n
 }
 
 func withoutEvent(txs []*transform.Tx, ti, ei int) []*transform.Tx {

@@ -80,7 +80,7 @@ func setup(t *testing.T) (jetstream.JetStream, *transform.Mapping) {
 
 func account(id string, limit string) capture.Change {
 	return capture.Change{Schema: "public", Table: "accounts", Op: capture.Insert, New: capture.Row{
-		"id": id, "name": "n", "currency": "EUR", "credit_limit": decimal.RequireFromString(limit), "updated_at": time.Now()}}
+		"id": id, "name": "n", "email": nil, "country": nil, "currency": "EUR", "credit_limit": decimal.RequireFromString(limit), "updated_at": time.Now()}}
 }
 
 func runProducer(t *testing.T, js jetstream.JetStream, m *transform.Mapping, src *fakeSource) {

@@ -117,9 +117,22 @@ func columnFits(f *Field, conv string, c *ColumnInfo) error {
 // (every NOT NULL column without a default is mapped), and a source table
 // must key its deletes.
 func (m *Mapping) Check(system string, cat *Catalog, role string) error {
+	return m.check(system, cat, role, nil)
+}
+
+// CheckTarget is Check for the sink of one flow: only the entities the
+// flow's source publishes are written, so only they must fit.
+func (m *Mapping) CheckTarget(system, source string, cat *Catalog) error {
+	return m.check(system, cat, "target", func(e *Entity) bool { return e.Publishes(source) })
+}
+
+func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Entity) bool) error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for _, e := range m.Entities {
+		if only != nil && !only(e) {
+			continue
+		}
 		t := e.Tables[system]
 		if t == nil {
 			continue

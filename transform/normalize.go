@@ -138,6 +138,14 @@ func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *ca
 				// generated itself (a sequence, a default) is news.
 				continue
 			}
+			if _, sent := ch.New[c.Column]; !sent && c.Column != "" && c.converter(f) != ConvConstant {
+				// pgoutput sends every column of the relation (NULL,
+				// unchanged TOAST or a value): a mapped column that is not
+				// there was dropped or renamed. Carrying the row without it
+				// would silently leave the other side stale.
+				return nil, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: "(column absent)",
+					Err: fmt.Errorf("%s table %s has no column %s any more (dropped or renamed?); fix the mapping or the table", system, ch.QualifiedTable(), c.Column)}
+			}
 			v, err := m.canonical(e, f, c, ch.New, key)
 			if err != nil {
 				return nil, err

@@ -150,14 +150,23 @@ func TestMapping_Normalize(t *testing.T) {
 			}))},
 		},
 		{
-			name:   "update leaves out unchanged TOAST and unsent columns",
+			name:   "update leaves out unchanged TOAST columns",
 			system: "crm", index: 2,
 			change: capture.Change{Schema: "public", Table: "accounts", Op: capture.Update, New: accountRow(acctID, map[string]any{
-				"email": capture.Unchanged{}, "name": deleted{},
+				"email": capture.Unchanged{}, "name": capture.Unchanged{},
 			})},
 			want: []transform.Event{event("crm", "customer", transform.OpUpsert, acctID, 2, 1, accountData(acctID, map[string]any{
 				"email": deleted{}, "name": deleted{},
 			}))},
+		},
+		{
+			// pgoutput sends every column; one that is missing was dropped.
+			name:   "a mapped column missing from the change is an error, not a silent gap",
+			system: "crm", index: 2,
+			change: capture.Change{Schema: "public", Table: "accounts", Op: capture.Update, New: accountRow(acctID, map[string]any{
+				"name": deleted{},
+			})},
+			wantErr: true,
 		},
 		{
 			// The shared email did not change, so this write does not
@@ -231,6 +240,7 @@ func TestMapping_Normalize(t *testing.T) {
 			change: capture.Change{Schema: "public", Table: "customers", Op: capture.Update, New: capture.Row{
 				"customer_no": int64(1), "crm_account_id": acctID, "name": "Changed in ERP", "email": nil,
 				"country": "DE", "currency": "EUR", "credit_limit_minor": int64(99), "updated_at": time.Now(),
+				"open_balance": capture.Unchanged{}, "payment_terms": capture.Unchanged{},
 			}},
 			want: []transform.Event{event("erp", "customer", transform.OpUpsert, acctID, 0, 1, map[string]any{"account_id": acctID, "customer_no": "1", "email": nil})},
 		},
@@ -346,7 +356,7 @@ func TestMapping_Normalize_fieldErrors(t *testing.T) {
 		},
 		{
 			name: "NULL currency for an amount", table: "accounts",
-			row:     accountRow(acctID, map[string]any{"currency": deleted{}}),
+			row:     accountRow(acctID, map[string]any{"currency": nil}),
 			wantErr: true, wantKey: acctID, wantField: "credit_limit", wantValue: "1234.5",
 			wantMsg: "currency column currency is empty",
 		},

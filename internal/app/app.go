@@ -241,7 +241,7 @@ func (a *App) Run(ctx context.Context) error {
 		}()
 	}
 	for _, f := range cfg.Flows {
-		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log})
+		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log})
 		if err != nil {
 			return err
 		}

@@ -51,7 +51,7 @@ func dbOf(conn *pgx.Conn) string { return conn.Config().Database }
 func sinkFor(t testing.TB, conn *pgx.Conn) *postgres.Sink {
 	t.Helper()
 	db := dbOf(conn)
-	s, err := postgres.New(postgres.Config{Flow: flow, System: "erp", DSN: cluster.DSN(db), Origin: "duplex_" + db, Mapping: loadMapping(t)})
+	s, err := postgres.New(postgres.Config{Flow: flow, Source: "crm", System: "erp", DSN: cluster.DSN(db), Origin: "duplex_" + db, Mapping: loadMapping(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -878,7 +878,7 @@ func TestSink_TargetDownIsTransient(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s, err := postgres.New(postgres.Config{Flow: flow, System: "erp", DSN: c.dsn, Origin: "duplex_down", Mapping: loadMapping(t)})
+			s, err := postgres.New(postgres.Config{Flow: flow, Source: "crm", System: "erp", DSN: c.dsn, Origin: "duplex_down", Mapping: loadMapping(t)})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -25,6 +25,8 @@ var _ pipeline.Sink = (*Sink)(nil)
 type Config struct {
 	// Flow names the flow; the applied position is kept per flow.
 	Flow string
+	// Source is the system the flow reads from.
+	Source string
 	// System is the target system's name in the mapping ("erp").
 	System string
 	DSN    string
@@ -38,8 +40,8 @@ type Config struct {
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.Flow == "" || c.System == "" {
-		errs = append(errs, errors.New("sink: flow and system are required"))
+	if c.Flow == "" || c.System == "" || c.Source == "" {
+		errs = append(errs, errors.New("sink: flow, source and system are required"))
 	}
 	if c.DSN == "" {
 		errs = append(errs, fmt.Errorf("sink %s: dsn is empty", c.System))
@@ -188,8 +190,10 @@ func (s *Sink) connect(ctx context.Context) error {
 	if err != nil {
 		return fail("read catalog", err)
 	}
-	if err := s.cfg.Mapping.Check(s.cfg.System, cat, "target"); err != nil {
-		return fail("mapping does not fit the database", &permanentErr{err})
+	// A mapping that does not fit stops the flow (retried, visibly) until
+	// the table or the mapping is fixed; it is not the events' fault.
+	if err := s.cfg.Mapping.CheckTarget(s.cfg.System, s.cfg.Source, cat); err != nil {
+		return fail("mapping does not fit the database", err)
 	}
 	s.conn, s.catalog, s.stmts = conn, cat, map[string]string{}
 	s.log.Info("sink session started", slog.String("origin", s.cfg.Origin))

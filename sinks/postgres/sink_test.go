@@ -56,7 +56,7 @@ func newTarget(t testing.TB) (*postgres.Sink, *pgx.Conn, *transform.Mapping) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := postgres.New(postgres.Config{Flow: "to-erp", System: "erp", DSN: cluster.DSN(db), Origin: "duplex_" + db, Mapping: m})
+	s, err := postgres.New(postgres.Config{Flow: "to-erp", Source: "crm", System: "erp", DSN: cluster.DSN(db), Origin: "duplex_" + db, Mapping: m})
 	if err != nil {
 		t.Fatal(err)
 	}
