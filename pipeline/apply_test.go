@@ -13,7 +13,9 @@ import (
 // sinkFunc is a Sink made of a function.
 type sinkFunc func(ctx context.Context, txs []*transform.Tx) (ApplyResult, error)
 
-func (f sinkFunc) Apply(ctx context.Context, txs []*transform.Tx) (ApplyResult, error) { return f(ctx, txs) }
+func (f sinkFunc) Apply(ctx context.Context, txs []*transform.Tx) (ApplyResult, error) {
+	return f(ctx, txs)
+}
 
 // A permanent failure that no event can be blamed for (the target's
 // schema does not fit) must stop the flow and retry with backoff, not
