@@ -171,13 +171,16 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 			s.setProgress(func(p *SnapshotProgress) { p.Rows, p.Total = rows, total })
 			if time.Since(lastLog) > 2*time.Second {
 				lastLog = time.Now()
-				rate := float64(rows) / time.Since(tableStart).Seconds()
+				// Integer arithmetic: rows per second, and the time the
+				// rest takes at the rate so far.
+				elapsed := time.Since(tableStart)
+				rate := rows * int64(time.Second) / max(int64(elapsed), 1)
 				eta := time.Duration(0)
-				if rate > 0 && estimate > rows {
-					eta = time.Duration(float64(estimate-rows) / rate * float64(time.Second))
+				if estimate > rows {
+					eta = time.Duration((estimate - rows) * int64(elapsed) / rows)
 				}
 				s.log.Info("snapshot progress", slog.String("table", table), slog.Int64("rows", rows), slog.Int64("estimate", estimate),
-					slog.Float64("rows_per_sec", rate), slog.Duration("eta", eta.Round(time.Second)))
+					slog.Int64("rows_per_sec", rate), slog.Duration("eta", eta.Round(time.Second)))
 			}
 			if len(changes) < s.cfg.SnapshotChunk {
 				break
