@@ -176,8 +176,8 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 				elapsed := time.Since(tableStart)
 				rate := rows * int64(time.Second) / max(int64(elapsed), 1)
 				eta := time.Duration(0)
-				if estimate > rows {
-					eta = time.Duration((estimate - rows) * int64(elapsed) / rows)
+				if estimate > rows && rate > 0 {
+					eta = time.Duration((estimate-rows)/rate) * time.Second
 				}
 				s.log.Info("snapshot progress", slog.String("table", table), slog.Int64("rows", rows), slog.Int64("estimate", estimate),
 					slog.Int64("rows_per_sec", rate), slog.Duration("eta", eta.Round(time.Second)))
