@@ -79,7 +79,7 @@ func snapshotDone(ctx context.Context, conn *pgx.Conn, slot string) (bool, error
 // createWithSnapshot creates the slot on a replication session and keeps
 // the session, whose exported snapshot shows the database exactly at the
 // slot's consistent point.
-func (s *Source) createWithSnapshot(ctx context.Context) error {
+func (s *Source) createWithSnapshot(ctx context.Context, before time.Time) error {
 	cfg, err := s.replicationConfig()
 	if err != nil {
 		return err
@@ -98,7 +98,7 @@ func (s *Source) createWithSnapshot(ctx context.Context) error {
 		conn.Close(ctx)
 		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
-	s.snap = &pendingSnapshot{conn: conn, name: res.SnapshotName, consistent: lsn, at: time.Now().UTC()}
+	s.snap = &pendingSnapshot{conn: conn, name: res.SnapshotName, consistent: lsn, at: before.UTC()}
 	s.log.Info("created replication slot with an exported snapshot", slog.String("consistent_point", res.ConsistentPoint), slog.String("snapshot", res.SnapshotName))
 	return nil
 }

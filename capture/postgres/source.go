@@ -191,10 +191,14 @@ func (s *Source) Ensure(ctx context.Context) error {
 	}
 	if !slotExists {
 		if s.cfg.Snapshot == SnapshotInitial {
-			if err := s.createWithSnapshot(ctx); err != nil {
-				return err
+			// The snapshot's rows count as written just before the slot
+			// existed, by the server's clock, so that every change after
+			// the consistent point is newer than them.
+			var before time.Time
+			if err := conn.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&before); err != nil {
+				return fmt.Errorf("capture %s: read server clock: %w", s.cfg.System, err)
 			}
-			return nil
+			return s.createWithSnapshot(ctx, before)
 		}
 		if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.cfg.Slot); err != nil {
 			return fmt.Errorf("capture %s: create slot %s: %w", s.cfg.System, s.cfg.Slot, err)
