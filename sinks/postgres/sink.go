@@ -63,6 +63,7 @@ type Sink struct {
 	catalog *transform.Catalog
 	order   []*transform.Entity // parents before children
 	stmts   map[string]string
+	shared  map[string]map[string]string // entity -> column -> shared field
 }
 
 // New returns a Sink. It connects lazily, on the first Apply.
@@ -79,6 +80,14 @@ func New(cfg Config) (*Sink, error) {
 		return nil, err
 	}
 	s.order = order
+	s.shared = map[string]map[string]string{}
+	for _, e := range order {
+		cols := map[string]string{}
+		for _, f := range e.SharedFields(cfg.System) {
+			cols[e.Tables[cfg.System].Columns[f].Column] = f
+		}
+		s.shared[e.Name] = cols
+	}
 	return s, nil
 }
 
@@ -417,14 +426,10 @@ func (s *Sink) fold(b *entityBatch, row *transform.Row, ti, ei int, ev *transfor
 }
 
 // sharedColumns maps the target columns of an entity's shared (owner
-// both) fields to their field names.
+// both) fields to their field names. Computed once per entity at New: it
+// is asked for every folded row.
 func (s *Sink) sharedColumns(e *transform.Entity) map[string]string {
-	out := map[string]string{}
-	t := e.Tables[s.cfg.System]
-	for _, f := range e.SharedFields(s.cfg.System) {
-		out[t.Columns[f].Column] = f
-	}
-	return out
+	return s.shared[e.Name]
 }
 
 func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *entityBatch) error {
