@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/transform"
 )
 
@@ -22,6 +24,22 @@ type Sink interface {
 	// and the error says (as an *ApplyError) what kind of failure it is and,
 	// when known, which event caused it.
 	Apply(ctx context.Context, txs []*transform.Tx) (ApplyResult, error)
+}
+
+// PartSink is implemented by sinks that can apply one source transaction
+// in parts: a transaction too large to hold whole in memory is written
+// chunk by chunk inside one target transaction and committed with its last
+// chunk, so the target still sees it atomically.
+type PartSink interface {
+	BeginParts(ctx context.Context) (PartSession, error)
+}
+
+// PartSession is one target transaction receiving the chunks of one source
+// transaction, in order. After an error the session is finished.
+type PartSession interface {
+	Part(ctx context.Context, chunk *transform.Tx) (ApplyResult, error)
+	Commit(ctx context.Context, last *transform.Tx) error
+	Rollback(ctx context.Context)
 }
 
 // ApplyResult counts what an Apply did.
@@ -47,6 +65,11 @@ type ApplierConfig struct {
 	MaxWaitAttempts int
 	// AckWait of the consumer (default 30s).
 	AckWait time.Duration
+	// LargeTxChunks is the number of chunks from which a source
+	// transaction is applied part by part as it arrives, inside one target
+	// transaction, instead of being held whole (default 8, about 4,000
+	// changes); it needs a sink that implements PartSink.
+	LargeTxChunks int
 	Logger  *slog.Logger
 	Stats   *FlowStats
 	// OnApplied, when set, is called after each committed batch.
@@ -102,6 +125,10 @@ type Applier struct {
 	js  jetstream.JetStream
 	cfg ApplierConfig
 	log *slog.Logger
+	// Of a large transaction being applied in parts: events dead-lettered
+	// (left out when its chunks come again) and waits per event.
+	excluded map[string]bool
+	waits    map[string]int
 }
 
 // NewApplier returns an Applier.
@@ -118,13 +145,17 @@ func NewApplier(js jetstream.JetStream, cfg ApplierConfig) (*Applier, error) {
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 30 * time.Second
 	}
+	if cfg.LargeTxChunks <= 0 {
+		cfg.LargeTxChunks = 8
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Stats == nil {
 		cfg.Stats = &FlowStats{}
 	}
-	return &Applier{js: js, cfg: cfg, log: cfg.Logger.With(slog.String("flow", cfg.Flow))}, nil
+	return &Applier{js: js, cfg: cfg, log: cfg.Logger.With(slog.String("flow", cfg.Flow)),
+		excluded: map[string]bool{}, waits: map[string]int{}}, nil
 }
 
 // Stats returns the flow's statistics.
@@ -220,6 +251,13 @@ func (a *Applier) session(ctx context.Context) error {
 		return err
 	}
 	asm := &assembler{}
+	parts, _ := a.cfg.Sink.(PartSink)
+	var large *largeTx
+	defer func() {
+		if large != nil {
+			large.sess.Rollback(ctx)
+		}
+	}()
 	for ctx.Err() == nil {
 		msgs, err := a.fetch(ctx, cons)
 		if err != nil {
@@ -237,26 +275,213 @@ func (a *Applier) session(ctx context.Context) error {
 				asm.skip(m)
 				continue
 			}
+			if large != nil && large.owns(&tx) {
+				done, err := a.addPart(ctx, large, m, &tx)
+				if err != nil {
+					return err
+				}
+				if done {
+					large = nil
+					if err := a.ack(m); err != nil {
+						return err
+					}
+				}
+				continue
+			}
 			asm.add(m, &tx)
+			if parts != nil && large == nil && asm.tailChunks() >= a.cfg.LargeTxChunks {
+				// Apply what came before, then stream the rest of this
+				// transaction into one target transaction.
+				if err := a.applyReady(ctx, asm); err != nil {
+					return err
+				}
+				if large, err = a.beginLarge(ctx, parts, asm); err != nil {
+					return err
+				}
+			}
 		}
-		ready, ack := asm.take()
-		if len(ready) > 0 {
-			if err := a.applyAll(ctx, ready, asm.held); err != nil {
+		if large == nil {
+			if err := a.applyReady(ctx, asm); err != nil {
 				return err
 			}
-		}
-		if ack != nil {
-			if err := ack.Ack(); err != nil {
-				return fmt.Errorf("flow %s: ack: %w", a.cfg.Flow, err)
-			}
-			md, _ := ack.Metadata()
-			if md != nil {
-				a.cfg.Stats.update(func(s *FlowStats) { s.StreamSeq = md.Sequence.Stream })
-			}
+		} else {
+			large.keepAlive(a.js, a.cfg.AckWait)
 		}
 	}
 	return nil
 }
+
+// applyReady applies the complete transactions at the head of the
+// assembler's queue and acknowledges what they came in.
+func (a *Applier) applyReady(ctx context.Context, asm *assembler) error {
+	ready, ack := asm.take()
+	if len(ready) > 0 {
+		if err := a.applyAll(ctx, ready, asm.held); err != nil {
+			return err
+		}
+	}
+	if ack != nil {
+		return a.ack(ack)
+	}
+	return nil
+}
+
+func (a *Applier) ack(m jetstream.Msg) error {
+	if err := m.Ack(); err != nil {
+		return fmt.Errorf("flow %s: ack: %w", a.cfg.Flow, err)
+	}
+	if md, _ := m.Metadata(); md != nil {
+		a.cfg.Stats.update(func(s *FlowStats) { s.StreamSeq = md.Sequence.Stream })
+	}
+	return nil
+}
+
+// largeTx is a source transaction being applied part by part. Only the
+// reply subjects of its messages are kept (to keep them from being
+// redelivered while the target transaction is open) and the last message
+// (to acknowledge them all at the commit), so memory does not grow with the
+// transaction.
+type largeTx struct {
+	sess     PartSession
+	source   string
+	lsn      capture.LSN
+	next     int
+	early    map[int]*transform.Tx // chunks that came before their turn
+	replies  []string
+	res      ApplyResult
+	progress time.Time
+}
+
+func (l *largeTx) owns(tx *transform.Tx) bool {
+	return !tx.Snapshot && tx.Source == l.source && tx.CommitLSN == l.lsn
+}
+
+// keepAlive tells JetStream the held messages are still being worked on.
+func (l *largeTx) keepAlive(js jetstream.JetStream, ackWait time.Duration) {
+	if time.Since(l.progress) < ackWait/3 {
+		return
+	}
+	l.progress = time.Now()
+	nc := js.Conn()
+	for _, r := range l.replies {
+		_ = nc.Publish(r, []byte("+WPI"))
+	}
+}
+
+// beginLarge turns the transaction at the tail of the assembler's queue
+// (everything before it is applied) into a large transaction and applies
+// the chunks that have come so far.
+func (a *Applier) beginLarge(ctx context.Context, ps PartSink, asm *assembler) (*largeTx, error) {
+	r := asm.queue[0]
+	sess, err := ps.BeginParts(context.WithoutCancel(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("flow %s: begin large transaction %s: %w", a.cfg.Flow, r.tx.CommitLSN, err)
+	}
+	l := &largeTx{sess: sess, source: r.tx.Source, lsn: r.tx.CommitLSN, early: r.chunks, progress: time.Now()}
+	for _, m := range asm.held {
+		l.replies = append(l.replies, m.Reply())
+	}
+	asm.queue, asm.held = nil, nil
+	a.log.Info("large transaction: applying it part by part in one target transaction",
+		slog.String("lsn", l.lsn.String()), slog.Int("chunks_so_far", len(l.early)))
+	if _, err := a.applyParts(ctx, l); err != nil {
+		sess.Rollback(ctx)
+		return nil, err
+	}
+	return l, nil
+}
+
+// addPart applies one more chunk of a large transaction; done says the
+// transaction is committed and m may be acknowledged.
+func (a *Applier) addPart(ctx context.Context, l *largeTx, m jetstream.Msg, tx *transform.Tx) (bool, error) {
+	if tx.Chunk >= l.next {
+		l.early[tx.Chunk] = tx
+	}
+	done, err := a.applyParts(ctx, l)
+	if err != nil {
+		return false, err
+	}
+	if !done {
+		l.replies = append(l.replies, m.Reply())
+		l.keepAlive(a.js, a.cfg.AckWait)
+	}
+	return done, nil
+}
+
+// applyParts applies the chunks that are next in order and commits after
+// the last. A failure ends the target transaction and the session: the
+// flow's consumer is rewound and the transaction comes again from its
+// first chunk, without the events dead-lettered meanwhile.
+func (a *Applier) applyParts(ctx context.Context, l *largeTx) (bool, error) {
+	for {
+		c := l.early[l.next]
+		if c == nil {
+			return false, nil
+		}
+		delete(l.early, l.next)
+		l.next++
+		part := *c
+		part.Events = slices.DeleteFunc(slices.Clone(c.Events), func(e transform.Event) bool { return a.excluded[e.ID] })
+		res, err := l.sess.Part(context.WithoutCancel(ctx), &part)
+		if err != nil {
+			l.sess = nopSession{}
+			return false, a.partFailed(ctx, &part, err)
+		}
+		l.res.Applied += res.Applied
+		l.res.Skipped += res.Skipped
+		l.res.Conflicts += res.Conflicts
+		if !c.Last {
+			continue
+		}
+		if err := l.sess.Commit(context.WithoutCancel(ctx), &part); err != nil {
+			l.sess = nopSession{}
+			return false, a.partFailed(ctx, &part, err)
+		}
+		a.recordApplied([]*transform.Tx{&part}, l.res)
+		a.log.Info("large transaction applied", slog.String("lsn", l.lsn.String()), slog.Int("chunks", l.next),
+			slog.Int("events", l.res.Applied), slog.Int("skipped", l.res.Skipped))
+		clear(a.excluded)
+		clear(a.waits)
+		return true, nil
+	}
+}
+
+// partFailed handles the failure of a part: an event to blame is
+// dead-lettered (at once, or after MaxWaitAttempts when it waits for a
+// reference) and left out from then on.
+func (a *Applier) partFailed(ctx context.Context, part *transform.Tx, err error) error {
+	var ae *ApplyError
+	errors.As(err, &ae)
+	kind := KindOf(err)
+	blame := ae != nil && ae.Tx == 0 && ae.Event >= 0 && ae.Event < len(part.Events)
+	switch {
+	case kind == Permanent && blame, kind == Waiting && blame && a.waits[part.Events[ae.Event].ID]+1 >= a.cfg.MaxWaitAttempts:
+		ev := part.Events[ae.Event]
+		if err := a.deadLetter(ctx, part, ae.Event, err, a.waits[ev.ID]+1); err != nil {
+			return err
+		}
+		a.excluded[ev.ID] = true
+	case kind == Permanent && ae != nil && ae.Tx == 0:
+		if err := a.deadLetterTx(ctx, part, err); err != nil {
+			return err
+		}
+		for _, e := range part.Events {
+			a.excluded[e.ID] = true
+		}
+	case kind == Waiting && blame:
+		a.waits[part.Events[ae.Event].ID]++
+	}
+	return fmt.Errorf("flow %s: large transaction %s, chunk %d: %w", a.cfg.Flow, part.CommitLSN, part.Chunk, err)
+}
+
+// nopSession stands for a part session that has already ended.
+type nopSession struct{}
+
+func (nopSession) Part(context.Context, *transform.Tx) (ApplyResult, error) {
+	return ApplyResult{}, errors.New("part session ended")
+}
+func (nopSession) Commit(context.Context, *transform.Tx) error { return errors.New("part session ended") }
+func (nopSession) Rollback(context.Context)                    {}
 
 // fetch returns what is available now, or waits up to a second for the
 // first message.
@@ -326,6 +551,20 @@ func seqOf(m jetstream.Msg) uint64 {
 }
 
 func (a *assembler) skip(m jetstream.Msg) { a.held = append(a.held, m) }
+
+// tailChunks is the number of chunks received of the last transaction in
+// the queue when it is still incomplete (0 otherwise): chunks of a source
+// transaction are contiguous in the stream, so only the last one can be.
+func (a *assembler) tailChunks() int {
+	if len(a.queue) == 0 {
+		return 0
+	}
+	r := a.queue[len(a.queue)-1]
+	if r.tx.Snapshot || r.complete() {
+		return 0
+	}
+	return len(r.chunks)
+}
 
 func (a *assembler) add(m jetstream.Msg, tx *transform.Tx) {
 	a.held = append(a.held, m)
@@ -410,21 +649,7 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 		started := time.Now()
 		res, err := a.cfg.Sink.Apply(context.WithoutCancel(ctx), txs)
 		if err == nil {
-			now := time.Now()
-			last := txs[len(txs)-1]
-			a.cfg.Stats.update(func(s *FlowStats) {
-				s.Applied += int64(res.Applied)
-				s.Skipped += int64(res.Skipped)
-				s.Conflicts += int64(res.Conflicts)
-				s.Batches++
-				s.LastPosition = transform.Position{LSN: last.CommitLSN, CommitTime: last.CommitTime, Xid: last.Xid}
-				s.LastApplied = now
-				s.State = "running"
-				s.LastError = ""
-			})
-			if a.cfg.OnApplied != nil {
-				a.cfg.OnApplied(txs, now)
-			}
+			a.recordApplied(txs, res)
 			a.log.Debug("applied", slog.Int("txs", len(txs)), slog.Int("events", res.Applied), slog.Int("skipped", res.Skipped), slog.Duration("took", time.Since(started)))
 			return nil
 		}
@@ -499,6 +724,24 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 				return ctx.Err()
 			}
 		}
+	}
+}
+
+func (a *Applier) recordApplied(txs []*transform.Tx, res ApplyResult) {
+	now := time.Now()
+	last := txs[len(txs)-1]
+	a.cfg.Stats.update(func(s *FlowStats) {
+		s.Applied += int64(res.Applied)
+		s.Skipped += int64(res.Skipped)
+		s.Conflicts += int64(res.Conflicts)
+		s.Batches++
+		s.LastPosition = transform.Position{LSN: last.CommitLSN, CommitTime: last.CommitTime, Xid: last.Xid}
+		s.LastApplied = now
+		s.State = "running"
+		s.LastError = ""
+	})
+	if a.cfg.OnApplied != nil {
+		a.cfg.OnApplied(txs, now)
 	}
 }
 

@@ -253,7 +253,7 @@ func (a *App) Run(ctx context.Context) error {
 			name := f.Name
 			onApplied = func(txs []*transform.Tx, t time.Time) { a.opts.OnApplied(name, txs, t) }
 		}
-		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, Logger: a.log, Stats: stats, OnApplied: onApplied})
+		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: stats, OnApplied: onApplied})
 		if err != nil {
 			return err
 		}

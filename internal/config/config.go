@@ -76,6 +76,10 @@ type Flow struct {
 	// MaxWaitAttempts bounds retries of an event waiting for a referenced
 	// row before it is dead-lettered (default 8).
 	MaxWaitAttempts int `yaml:"max_wait_attempts"`
+	// LargeTxChunks: a source transaction of at least this many chunks is
+	// applied part by part as it arrives, inside one target transaction,
+	// so memory stays bounded however large it is (default 8).
+	LargeTxChunks int `yaml:"large_tx_chunks"`
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)

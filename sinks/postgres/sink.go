@@ -274,47 +274,71 @@ type entityBatch struct {
 }
 
 func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.ApplyResult, err error) {
-	tx, err := s.conn.Begin(ctx)
+	tx, applied, err := s.begin(ctx)
 	if err != nil {
-		return res, classify(fmt.Errorf("sink %s: begin: %w", s.cfg.System, err), -1, -1)
+		return res, err
 	}
 	defer func() {
 		if err != nil {
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
+	seen := applied.LSN
+	last, err := s.write(ctx, tx, txs, applied.LSN, &seen, &res)
+	if err != nil {
+		return res, err
+	}
+	if last == nil {
+		return res, tx.Commit(ctx)
+	}
+	return res, s.finish(ctx, tx, last)
+}
+
+// begin opens the target transaction and reads the flow's applied position.
+func (s *Sink) begin(ctx context.Context) (pgx.Tx, transform.Position, error) {
+	tx, err := s.conn.Begin(ctx)
+	if err != nil {
+		return nil, transform.Position{}, classify(fmt.Errorf("sink %s: begin: %w", s.cfg.System, err), -1, -1)
+	}
 	applied, err := Position(ctx, tx, s.cfg.Flow)
 	if err != nil {
-		return res, classify(err, -1, -1)
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, transform.Position{}, classify(err, -1, -1)
 	}
+	return tx, applied, nil
+}
+
+// write writes the changes of txs not yet applied (applied is the flow's
+// recorded position, seen the highest position met so far in this target
+// transaction) and returns the last transaction it wrote, nil if none.
+func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applied capture.LSN, seen *capture.LSN, res *pipeline.ApplyResult) (*transform.Tx, error) {
 	batches := map[string]*entityBatch{}
 	var last *transform.Tx
-	seen := applied.LSN
 	for ti, t := range txs {
 		if t.Snapshot {
 			// Snapshot chunks share the consistent point as their LSN:
 			// applied while nothing after that point is, skipped once a
 			// later change is (a replay must not bring old rows back).
-			if t.CommitLSN < applied.LSN || t.CommitLSN < seen {
+			if t.CommitLSN < applied || t.CommitLSN < *seen {
 				res.Skipped += len(t.Events)
 				continue
 			}
-			seen = max(seen, t.CommitLSN)
+			*seen = max(*seen, t.CommitLSN)
 			if last == nil || t.CommitLSN >= last.CommitLSN {
 				last = t
 			}
 		} else {
-			if t.CommitLSN <= seen {
+			if t.CommitLSN <= *seen {
 				res.Skipped += len(t.Events)
 				continue
 			}
-			seen, last = t.CommitLSN, t
+			*seen, last = t.CommitLSN, t
 		}
 		for ei := range t.Events {
 			ev := &t.Events[ei]
 			row, err := s.cfg.Mapping.Denormalize(ev, s.cfg.System)
 			if err != nil {
-				return res, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei, Err: fmt.Errorf("event %s: %w", ev.ID, err)}
+				return nil, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei, Err: fmt.Errorf("event %s: %w", ev.ID, err)}
 			}
 			b := batches[ev.Entity]
 			if b == nil {
@@ -326,10 +350,7 @@ func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.App
 		}
 	}
 	if last == nil {
-		return res, tx.Commit(ctx)
-	}
-	if _, err := tx.Exec(ctx, `SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)`, last.CommitLSN.String(), last.CommitTime); err != nil {
-		return res, classify(fmt.Errorf("sink %s: origin xact setup: %w", s.cfg.System, err), -1, -1)
+		return nil, nil
 	}
 	// Truncates first, children before parents; then upserts, parents
 	// before children; then deletes, children before parents.
@@ -338,7 +359,7 @@ func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.App
 		if b := batches[e.Name]; b != nil && b.truncate {
 			t := e.Tables[s.cfg.System]
 			if _, err := tx.Exec(ctx, "DELETE FROM "+quoteTable(t)); err != nil {
-				return res, classify(fmt.Errorf("sink %s: truncate %s: %w", s.cfg.System, t.QualifiedTable(), err), -1, -1)
+				return nil, classify(fmt.Errorf("sink %s: truncate %s: %w", s.cfg.System, t.QualifiedTable(), err), -1, -1)
 			}
 		}
 	}
@@ -349,23 +370,32 @@ func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.App
 		}
 		n, err := s.resolveShared(ctx, tx, e, b)
 		if err != nil {
-			return res, err
+			return nil, err
 		}
 		res.Conflicts += n
 		if err := s.upsert(ctx, tx, e, b); err != nil {
-			return res, err
+			return nil, err
 		}
 		if err := s.recordVersions(ctx, tx, e, b); err != nil {
-			return res, err
+			return nil, err
 		}
 	}
 	for i := len(s.order) - 1; i >= 0; i-- {
 		e := s.order[i]
 		if b := batches[e.Name]; b != nil {
 			if err := s.delete(ctx, tx, e, b); err != nil {
-				return res, err
+				return nil, err
 			}
 		}
+	}
+	return last, nil
+}
+
+// finish records last as the flow's applied position, sets the replication
+// origin's progress and commits.
+func (s *Sink) finish(ctx context.Context, tx pgx.Tx, last *transform.Tx) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)`, last.CommitLSN.String(), last.CommitTime); err != nil {
+		return classify(fmt.Errorf("sink %s: origin xact setup: %w", s.cfg.System, err), -1, -1)
 	}
 	if _, err := tx.Exec(ctx, `
 INSERT INTO duplex.applied (flow, source, commit_lsn, commit_time, xid, applied_at)
@@ -373,12 +403,78 @@ VALUES ($1, $2, $3::text::pg_lsn, $4, $5, now())
 ON CONFLICT (flow) DO UPDATE SET source = EXCLUDED.source, commit_lsn = EXCLUDED.commit_lsn,
 	commit_time = EXCLUDED.commit_time, xid = EXCLUDED.xid, applied_at = EXCLUDED.applied_at`,
 		s.cfg.Flow, last.Source, last.CommitLSN.String(), last.CommitTime, int64(last.Xid)); err != nil {
-		return res, classify(fmt.Errorf("sink %s: record applied position: %w", s.cfg.System, err), -1, -1)
+		return classify(fmt.Errorf("sink %s: record applied position: %w", s.cfg.System, err), -1, -1)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return res, classify(fmt.Errorf("sink %s: commit: %w", s.cfg.System, err), -1, -1)
+		return classify(fmt.Errorf("sink %s: commit: %w", s.cfg.System, err), -1, -1)
+	}
+	return nil
+}
+
+// BeginParts implements pipeline.PartSink: one source transaction too large
+// to hold whole is applied chunk by chunk inside one target transaction,
+// committed with its last chunk, so the target still sees it atomically.
+func (s *Sink) BeginParts(ctx context.Context) (pipeline.PartSession, error) {
+	if s.conn == nil || s.conn.IsClosed() {
+		s.conn = nil
+		if err := s.connect(ctx); err != nil {
+			return nil, classify(err, -1, -1)
+		}
+	}
+	tx, applied, err := s.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &partSession{s: s, tx: tx, applied: applied.LSN, seen: applied.LSN}, nil
+}
+
+type partSession struct {
+	s             *Sink
+	tx            pgx.Tx
+	applied, seen capture.LSN
+	last          *transform.Tx
+}
+
+// Part writes one chunk. A chunk of a transaction already applied is
+// skipped.
+func (p *partSession) Part(ctx context.Context, chunk *transform.Tx) (pipeline.ApplyResult, error) {
+	var res pipeline.ApplyResult
+	if chunk.CommitLSN <= p.applied {
+		res.Skipped = len(chunk.Events)
+		return res, nil
+	}
+	seen := p.applied // chunks of one transaction share its LSN
+	last, err := p.s.write(ctx, p.tx, []*transform.Tx{chunk}, p.applied, &seen, &res)
+	if err != nil {
+		p.fail(ctx)
+		return res, err
+	}
+	if last != nil {
+		p.last = last
 	}
 	return res, nil
+}
+
+// Commit records the position of the transaction and commits.
+func (p *partSession) Commit(ctx context.Context, last *transform.Tx) error {
+	if last.CommitLSN <= p.applied {
+		return p.tx.Commit(ctx)
+	}
+	if err := p.s.finish(ctx, p.tx, last); err != nil {
+		p.fail(ctx)
+		return err
+	}
+	return nil
+}
+
+// Rollback abandons the transaction.
+func (p *partSession) Rollback(ctx context.Context) { p.fail(ctx) }
+
+func (p *partSession) fail(ctx context.Context) {
+	_ = p.tx.Rollback(context.WithoutCancel(ctx))
+	if p.s.conn != nil && p.s.conn.IsClosed() {
+		p.s.conn = nil
+	}
 }
 
 // fold merges a change into the batch: the last change of a key wins, and
