@@ -37,8 +37,11 @@ type Options struct {
 	// SnapshotRows, when set, measures only the initial snapshot: that
 	// many rows exist in the CRM before duplex first starts.
 	SnapshotRows int
-	Out          io.Writer
-	Logger       *slog.Logger
+	// LargeTxRows, when set, measures only one source transaction of that
+	// many rows passing through a separate duplex process.
+	LargeTxRows int
+	Out         io.Writer
+	Logger      *slog.Logger
 }
 
 // Result holds the figures of a run.
@@ -143,6 +146,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	defer env.Close()
 	if o.SnapshotRows > 0 {
 		return snapshotOnly(ctx, env, o)
+	}
+	if o.LargeTxRows > 0 {
+		return largeTx(ctx, env, o)
 	}
 	lat := map[string]*demo.Latencies{"to-erp": {}, "to-crm": {}}
 	onApplied := func(flow string, txs []*transform.Tx, at time.Time) {
