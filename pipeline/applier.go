@@ -345,6 +345,7 @@ type largeTx struct {
 	sess     PartSession
 	source   string
 	lsn      capture.LSN
+	redo     bool
 	next     int
 	early    map[int]*transform.Tx // chunks that came before their turn
 	replies  []string
@@ -353,7 +354,7 @@ type largeTx struct {
 }
 
 func (l *largeTx) owns(tx *transform.Tx) bool {
-	return !tx.Snapshot && tx.Source == l.source && tx.CommitLSN == l.lsn
+	return !tx.Snapshot && tx.Source == l.source && tx.CommitLSN == l.lsn && tx.Redo == l.redo
 }
 
 // keepAlive tells JetStream the held messages are still being worked on.
@@ -377,7 +378,7 @@ func (a *Applier) beginLarge(ctx context.Context, ps PartSink, asm *assembler) (
 	if err != nil {
 		return nil, fmt.Errorf("flow %s: begin large transaction %s: %w", a.cfg.Flow, r.tx.CommitLSN, err)
 	}
-	l := &largeTx{sess: sess, source: r.tx.Source, lsn: r.tx.CommitLSN, early: r.chunks, progress: time.Now()}
+	l := &largeTx{sess: sess, source: r.tx.Source, lsn: r.tx.CommitLSN, redo: r.tx.Redo, early: r.chunks, progress: time.Now()}
 	for _, m := range asm.held {
 		l.replies = append(l.replies, m.Reply())
 	}
@@ -571,7 +572,7 @@ func (a *assembler) add(m jetstream.Msg, tx *transform.Tx) {
 	seq := seqOf(m)
 	var r *readyTx
 	for _, q := range a.queue {
-		if q.tx.CommitLSN == tx.CommitLSN && q.tx.Source == tx.Source && q.tx.Snapshot == tx.Snapshot && (!tx.Snapshot || q.tx.Chunk == tx.Chunk) {
+		if q.tx.CommitLSN == tx.CommitLSN && q.tx.Source == tx.Source && q.tx.Snapshot == tx.Snapshot && q.tx.Redo == tx.Redo && (!tx.Snapshot || q.tx.Chunk == tx.Chunk) {
 			r = q
 			break
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -27,6 +28,34 @@ type Source interface {
 	Confirm(lsn capture.LSN)
 }
 
+// Retainer is implemented by sources that can keep their position from
+// advancing to lsn or beyond (0: no limit), so that changes from lsn on
+// are read again at the next session.
+type Retainer interface {
+	Retain(lsn capture.LSN)
+}
+
+// Hold is an entity whose source table stopped fitting the mapping: its
+// changes from Since on are held back (not published, not lost) until the
+// mapping or the table is fixed and duplex restarted.
+type Hold struct {
+	Entity string
+	Since  capture.LSN
+	Reason string
+	At     time.Time
+	// Fixed says the table fits the mapping again (set by Holds.Held).
+	Fixed bool
+}
+
+// Holds keeps the holds of one source durably.
+type Holds interface {
+	// Held returns the holds, each with Fixed computed against the
+	// table as it is now, and the source's current position.
+	Held(ctx context.Context) ([]Hold, capture.LSN, error)
+	Hold(ctx context.Context, h Hold) error
+	Release(ctx context.Context, entity string) error
+}
+
 // ProducerConfig configures the capture side of a source.
 type ProducerConfig struct {
 	Mapping *transform.Mapping
@@ -39,6 +68,9 @@ type ProducerConfig struct {
 	Versions interface {
 		Record(ctx context.Context, events []transform.Event) error
 	}
+	// Holds, when set, keeps entities held because their source table no
+	// longer fits the mapping; without it such a change is dead-lettered.
+	Holds Holds
 }
 
 // SourceStats counts what a producer did; safe for concurrent use.
@@ -57,6 +89,8 @@ type SourceCounts struct {
 	InFlight     int
 	Reconnects   int64
 	LastError    string
+	// Held maps each held entity to the reason.
+	Held map[string]string
 }
 
 func (s *SourceStats) update(f func(s *SourceStats)) {
@@ -76,6 +110,12 @@ func (s *SourceStats) Snapshot() SourceCounts {
 	c.ByEntityOp = make(map[string]int64, len(s.ByEntityOp))
 	for k, v := range s.ByEntityOp {
 		c.ByEntityOp[k] = v
+	}
+	if s.Held != nil {
+		c.Held = make(map[string]string, len(s.Held))
+		for k, v := range s.Held {
+			c.Held[k] = v
+		}
 	}
 	return c
 }
@@ -148,6 +188,14 @@ type producer struct {
 	curIdx int
 	once   sync.Once
 	err    error
+
+	// held are the entities whose changes are held back; redo those read
+	// again (leniently, marked Redo) after their fix, until the position
+	// redoUntil is durable.
+	held      map[string]Hold
+	redo      map[string]Hold
+	redoUntil capture.LSN
+	released  atomic.Bool
 }
 
 // pending is a published chunk awaiting its JetStream acknowledgement, or
@@ -169,7 +217,130 @@ func (p *producer) fail(err error) {
 	p.once.Do(func() { p.err = err; close(p.failed) })
 }
 
+// loadHolds reads the holds at the start of a session: a hold whose table
+// fits the mapping again is read again leniently; one that does not keeps
+// the source from advancing past it.
+func (p *producer) loadHolds(ctx context.Context) error {
+	p.held, p.redo = map[string]Hold{}, map[string]Hold{}
+	if p.cfg.Holds == nil {
+		return nil
+	}
+	holds, now, err := p.cfg.Holds.Held(ctx)
+	if err != nil {
+		return fmt.Errorf("read held entities: %w", err)
+	}
+	var retain capture.LSN
+	for _, h := range holds {
+		if h.Fixed {
+			p.redo[h.Entity] = h
+			p.redoUntil = now
+			p.log.Info("held entity fits the mapping again: its held changes are read again and applied", slog.String("entity", h.Entity),
+				slog.String("since", h.Since.String()), slog.String("until", now.String()))
+			continue
+		}
+		p.held[h.Entity] = h
+		if retain == 0 || h.Since < retain {
+			retain = h.Since
+		}
+		p.log.Error("entity held: its changes are not published until the mapping or the table is fixed and duplex restarted",
+			slog.String("entity", h.Entity), slog.String("since", h.Since.String()), slog.String("reason", h.Reason))
+	}
+	if r, ok := p.src.(Retainer); ok {
+		r.Retain(retain)
+	}
+	p.cfg.Stats.update(func(s *SourceStats) {
+		s.Held = map[string]string{}
+		for e, h := range p.held {
+			s.Held[e] = h.Reason
+		}
+	})
+	return nil
+}
+
+// hold starts holding an entity whose table no longer fits the mapping.
+func (p *producer) hold(ctx context.Context, c *capture.Chunk, se *transform.SchemaError) error {
+	h := Hold{Entity: se.Entity, Since: c.Tx.CommitLSN, Reason: se.Error(), At: time.Now().UTC()}
+	if err := p.cfg.Holds.Hold(ctx, h); err != nil {
+		return fmt.Errorf("hold entity %s: %w", se.Entity, err)
+	}
+	if r, ok := p.src.(Retainer); ok {
+		min := h.Since
+		for _, o := range p.held {
+			if o.Since < min {
+				min = o.Since
+			}
+		}
+		r.Retain(min)
+	}
+	p.held[se.Entity] = h
+	p.log.Error("entity held: its changes are not published until the mapping or the table is fixed and duplex restarted; other entities go on",
+		slog.String("entity", se.Entity), slog.String("since", h.Since.String()), slog.String("reason", h.Reason))
+	p.cfg.Stats.update(func(s *SourceStats) {
+		if s.Held == nil {
+			s.Held = map[string]string{}
+		}
+		s.Held[se.Entity] = h.Reason
+	})
+	return nil
+}
+
+// normalize turns one change into events, holding back the changes of held
+// entities and reading again leniently those of fixed ones.
+func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, ch *capture.Change) ([]transform.Event, error) {
+	system := p.src.System()
+	if len(p.held) > 0 || len(p.redo) > 0 {
+		if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
+			if h, ok := p.held[e.Name]; ok && c.Tx.CommitLSN >= h.Since && !c.Tx.Snapshot {
+				return nil, nil
+			}
+			if h, ok := p.redo[e.Name]; ok && c.Tx.CommitLSN >= h.Since && !c.Tx.Snapshot {
+				return p.cfg.Mapping.NormalizeHeld(system, &c.Tx, index, ch)
+			}
+		}
+	}
+	evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, index, ch)
+	var se *transform.SchemaError
+	if errors.As(err, &se) && p.cfg.Holds != nil && !c.Tx.Snapshot {
+		if err := p.hold(ctx, c, se); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	}
+	return evs, err
+}
+
+func (p *producer) inRedo(tx *capture.TxInfo) bool {
+	if len(p.redo) == 0 || tx.Snapshot || tx.CommitLSN > p.redoUntil {
+		return false
+	}
+	for _, h := range p.redo {
+		if tx.CommitLSN >= h.Since {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseHolds forgets the holds that were read again once everything up
+// to redoUntil is durable.
+func (p *producer) releaseHolds(ctx context.Context, durable capture.LSN) {
+	if len(p.redo) == 0 || durable < p.redoUntil || p.released.Load() {
+		return
+	}
+	for e := range p.redo {
+		if err := p.cfg.Holds.Release(ctx, e); err != nil {
+			p.log.Warn("release held entity", slog.String("entity", e), slog.Any("error", err))
+			return
+		}
+		p.log.Info("held entity caught up", slog.String("entity", e))
+	}
+	p.released.Store(true)
+}
+
 func (p *producer) run(ctx context.Context) error {
+	if err := p.loadHolds(ctx); err != nil {
+		return err
+	}
 	// The tracker outlives the session's context so that Drain can wait
 	// for the last acknowledgements after ctx ended.
 	tctx, stopTrack := context.WithCancel(context.WithoutCancel(ctx))
@@ -227,6 +398,7 @@ func (p *producer) track(ctx context.Context) {
 		p.cfg.Stats.update(func(s *SourceStats) { s.InFlight = len(p.pending) })
 		if e.last {
 			p.src.Confirm(e.endLSN)
+			p.releaseHolds(ctx, e.endLSN)
 		}
 	}
 }
@@ -246,7 +418,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Last: c.Last, Snapshot: c.Tx.Snapshot, Events: make([]transform.Event, 0, len(c.Changes))}
 	for i := range c.Changes {
 		ch := &c.Changes[i]
-		evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, c.First+i, ch)
+		evs, err := p.normalize(ctx, c, c.First+i, ch)
 		if err != nil {
 			if err := p.deadLetter(ctx, c, c.First+i, ch, err); err != nil {
 				return err
@@ -273,6 +445,10 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 			return err
 		}
 	}
+	// Every chunk of a transaction read again for a fixed entity is
+	// published anew (its own message ids), whatever it carries, so the
+	// flow sees whole transactions.
+	tx.Redo = p.inRedo(&c.Tx)
 	e := pending{last: c.Last, endLSN: c.Tx.EndLSN}
 	// Publish a chunk with events, and the last chunk of a transaction of
 	// which something was published; a transaction that produced no event

@@ -20,3 +20,16 @@ func (e *FieldError) Unwrap() error { return e.Err }
 
 // Permanent marks the error as one that retrying cannot fix.
 func (e *FieldError) Permanent() bool { return true }
+
+// SchemaError says a source table no longer fits the mapping: a mapped
+// column is gone (dropped or renamed). It is not the data's fault: the
+// entity's changes are held until the mapping or the table is fixed.
+type SchemaError struct {
+	System, Table, Column string
+	Entity, Field         string
+}
+
+func (e *SchemaError) Error() string {
+	return fmt.Sprintf("%s table %s has no column %s any more (dropped or renamed?), mapped to field %s of entity %s; fix the mapping or the table, then restart duplex",
+		e.System, e.Table, e.Column, e.Field, e.Entity)
+}

@@ -52,6 +52,10 @@ type Event struct {
 	Key     string         `json:"key"`
 	Pos     Position       `json:"pos"`
 	Data    map[string]any `json:"data,omitempty"`
+	// Redo marks a change of an entity that was held (its source table
+	// did not fit the mapping) and is published late, after the fix: it
+	// is applied even though the flow has applied later positions.
+	Redo bool `json:"redo,omitempty"`
 }
 
 // EventID is "<source>:<commit LSN>:<index>".
@@ -73,8 +77,16 @@ type Tx struct {
 	// Snapshot marks a chunk of the initial snapshot: rows as they were at
 	// the slot's consistent point (CommitLSN). Each such chunk stands alone.
 	Snapshot bool    `json:"snapshot,omitempty"`
+	// Redo marks a transaction read again after a held entity was fixed
+	// (it carries that entity's Redo events).
+	Redo bool `json:"redo,omitempty"`
 	Events   []Event `json:"events"`
 }
 
 // MsgID is the JetStream message id of the chunk: "<source>:<commit LSN>:<chunk>".
-func (t *Tx) MsgID() string { return fmt.Sprintf("%s:%s:%d", t.Source, t.CommitLSN, t.Chunk) }
+func (t *Tx) MsgID() string {
+	if t.Redo {
+		return fmt.Sprintf("%s:%s:%d:redo", t.Source, t.CommitLSN, t.Chunk)
+	}
+	return fmt.Sprintf("%s:%s:%d", t.Source, t.CommitLSN, t.Chunk)
+}

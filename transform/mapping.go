@@ -379,6 +379,26 @@ func convertible(typ, conv string) bool {
 	return conv == typ
 }
 
+// MappedColumns returns the table's columns the mapping reads or writes
+// (key, fields, currency columns), sorted.
+func (t *TableMap) MappedColumns() []string {
+	set := map[string]bool{t.KeyColumn: true}
+	for _, c := range t.Columns {
+		if c.Column != "" && c.Value == nil {
+			set[c.Column] = true
+		}
+		if c.CurrencyColumn != "" {
+			set[c.CurrencyColumn] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for c := range set {
+		out = append(out, c)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // QualifiedTable returns "schema.table".
 func (t *TableMap) QualifiedTable() string { return t.schema + "." + t.name }
 

@@ -58,6 +58,22 @@ func carries(e *Entity, f *Field, system string) bool {
 // transaction; its events get EventIndex(index, 0), EventIndex(index, 1), …
 // so that positions stay unique and ordered.
 func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *capture.Change) ([]Event, error) {
+	return m.normalize(system, tx, index, ch, false)
+}
+
+// NormalizeHeld is Normalize for a change of an entity that was held
+// because its table did not fit the mapping, read again after the fix: a
+// mapped column the table did not have at the time is left out of the
+// event (the other side keeps its value), and the events are marked Redo.
+func (m *Mapping) NormalizeHeld(system string, tx *capture.TxInfo, index int, ch *capture.Change) ([]Event, error) {
+	evs, err := m.normalize(system, tx, index, ch, true)
+	for i := range evs {
+		evs[i].Redo = true
+	}
+	return evs, err
+}
+
+func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *capture.Change, lenient bool) ([]Event, error) {
 	if ch.Op == capture.Truncate {
 		return m.normalizeTruncate(system, tx, index, ch)
 	}
@@ -143,8 +159,10 @@ func (m *Mapping) Normalize(system string, tx *capture.TxInfo, index int, ch *ca
 				// unchanged TOAST or a value): a mapped column that is not
 				// there was dropped or renamed. Carrying the row without it
 				// would silently leave the other side stale.
-				return nil, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: "(column absent)",
-					Err: fmt.Errorf("%s table %s has no column %s any more (dropped or renamed?); fix the mapping or the table", system, ch.QualifiedTable(), c.Column)}
+				if lenient {
+					continue
+				}
+				return nil, &SchemaError{System: system, Table: ch.QualifiedTable(), Column: c.Column, Entity: e.Name, Field: f.Name}
 			}
 			v, err := m.canonical(e, f, c, ch.New, key)
 			if err != nil {

@@ -77,6 +77,7 @@ type Source struct {
 	log *slog.Logger
 
 	durable atomic.Uint64 // highest end LSN confirmed durable downstream
+	retain  atomic.Uint64 // when set, the slot is not confirmed to this LSN or beyond
 
 	mu           sync.Mutex
 	lastEmitEnd  capture.LSN // end LSN of the last transaction handed on
@@ -87,6 +88,10 @@ type Source struct {
 
 	snap     *pendingSnapshot
 	progress SnapshotProgress
+
+	// afterBackfillRead, set by tests, runs between the read of a
+	// backfill chunk and its high watermark.
+	afterBackfillRead func(id int64, chunk int)
 }
 
 // New returns a Source for the configuration.
@@ -125,6 +130,11 @@ func (s *Source) Confirm(lsn capture.LSN) {
 		}
 	}
 }
+
+// Retain keeps the slot's confirmed position below lsn (0: no limit), so
+// that the changes from lsn on are read again by the next session: the
+// changes of an entity held because its table no longer fits the mapping.
+func (s *Source) Retain(lsn capture.LSN) { s.retain.Store(uint64(lsn)) }
 
 // Durable returns the highest LSN confirmed durable.
 func (s *Source) Durable() capture.LSN { return capture.LSN(s.durable.Load()) }
@@ -238,6 +248,12 @@ type session struct {
 	chunk    *capture.Chunk
 	nChunks  int
 	nChanges int
+
+	// Online backfill (backfill.go): the one being performed, when the
+	// requests were last looked for, and a query connection.
+	bf       *backfillRun
+	bfPolled time.Time
+	q        *pgx.Conn
 }
 
 // Stream runs one replication session until ctx ends or the connection
@@ -264,12 +280,17 @@ func (s *Source) Stream(ctx context.Context, h capture.Handler) error {
 		return fmt.Errorf("capture %s: connect for replication: %w", s.cfg.System, redact(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", strings.ReplaceAll(s.cfg.Publication, "'", "''"))}
+	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", strings.ReplaceAll(s.cfg.Publication, "'", "''")), "messages 'true'"}
 	if err := pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
 		return fmt.Errorf("capture %s: start replication on slot %s: %w", s.cfg.System, s.cfg.Slot, err)
 	}
 	s.log.Info("replication started", slog.String("confirmed", s.Durable().String()))
 	ss := &session{src: s, conn: conn, h: h, dec: NewDecoder(), relations: map[uint32]*pglogrepl.RelationMessage{}}
+	defer func() {
+		if ss.q != nil {
+			_ = ss.q.Close(context.WithoutCancel(ctx))
+		}
+	}()
 	err = ss.loop(ctx)
 	if ctx.Err() != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -287,6 +308,9 @@ func (ss *session) loop(ctx context.Context) error {
 	s := ss.src
 	next := time.Now().Add(s.cfg.StatusInterval)
 	for {
+		if err := ss.backfillStep(ctx); err != nil {
+			return err
+		}
 		if !time.Now().Before(next) {
 			if err := ss.sendStatus(ctx); err != nil {
 				return err
@@ -348,11 +372,15 @@ func (ss *session) loop(ctx context.Context) error {
 func (s *Source) flushLSN(inTx bool) capture.LSN {
 	d := s.Durable()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	pos := d
 	if !inTx && d >= s.lastEmitEnd && s.idleLSN > d {
-		return s.idleLSN
+		pos = s.idleLSN
 	}
-	return d
+	s.mu.Unlock()
+	if r := capture.LSN(s.retain.Load()); r > 0 && pos >= r {
+		pos = r - 1
+	}
+	return pos
 }
 
 func (ss *session) sendStatus(ctx context.Context) error {
@@ -382,6 +410,8 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		ss.tx = capture.TxInfo{System: s.cfg.System, CommitLSN: capture.LSN(msg.FinalLSN), CommitTime: msg.CommitTime.UTC(), Xid: msg.Xid}
 		ss.nChunks, ss.nChanges = 0, 0
 		ss.chunk = nil
+	case *pglogrepl.LogicalDecodingMessage:
+		ss.backfillMessage(msg)
 	case *pglogrepl.OriginMessage:
 		ss.tx.Origin = msg.Name
 		ss.tx.Applied = containsStr(s.cfg.DuplexOrigins, msg.Name)
@@ -425,6 +455,11 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 	case *pglogrepl.CommitMessage:
 		ss.tx.EndLSN = capture.LSN(msg.TransactionEndLSN)
 		ss.inTx = false
+		if ss.bf != nil && ss.bf.emit {
+			if err := ss.backfillEmit(ctx, ss.tx.EndLSN); err != nil {
+				return err
+			}
+		}
 		if ss.skipping || ss.nChanges == 0 {
 			s.mu.Lock()
 			s.idleLSN = max(s.idleLSN, ss.tx.EndLSN)
@@ -452,6 +487,7 @@ func (ss *session) add(ctx context.Context, ch capture.Change) error {
 	if ss.skipping {
 		return nil
 	}
+	ss.backfillSaw(&ch)
 	if ss.chunk == nil {
 		ss.chunk = &capture.Chunk{Index: ss.nChunks, First: ss.nChanges, Changes: make([]capture.Change, 0, 16)}
 	}

@@ -225,7 +225,8 @@ func (a *App) Run(ctx context.Context) error {
 	errc := make(chan error, len(cfg.Flows)+len(cfg.Systems))
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
-		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats}
+		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats,
+			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}}
 		for _, e := range a.mapping.Entities {
 			if len(e.SharedFields(name)) > 0 && e.Publishes(name) {
 				rec := pgsink.NewVersionRecorder(name, cfg.Systems[name].DSN, a.mapping)

@@ -62,7 +62,8 @@ func largeTx(ctx context.Context, env *demo.Env, o Options) (*Result, error) {
 		return nil, err
 	}
 	if _, err := waitQuery(ctx, erp, fmt.Sprintf(`SELECT count(*) > 0 FROM customers WHERE crm_account_id = '%s'`, probe), 2*time.Minute); err != nil {
-		return nil, fmt.Errorf("duplex did not start streaming (log %s): %w", logPath, err)
+		b, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("duplex did not start streaming: %w; its log:\n%s", err, b)
 	}
 	before := procStatus(cmd.Process.Pid, "VmRSS")
 

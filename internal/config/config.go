@@ -114,6 +114,16 @@ func Load(path string, getenv func(string) string) (*Config, error) {
 	return &c, nil
 }
 
+// Flow returns the flow of that name, or nil.
+func (c *Config) Flow(name string) *Flow {
+	for _, f := range c.Flows {
+		if f.Name == name {
+			return f
+		}
+	}
+	return nil
+}
+
 // MappingPath resolves the mapping file relative to the config file.
 func (c *Config) MappingPath() string {
 	if filepath.IsAbs(c.Mapping) {

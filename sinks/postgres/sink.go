@@ -315,6 +315,7 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 	batches := map[string]*entityBatch{}
 	var last *transform.Tx
 	for ti, t := range txs {
+		redo := false
 		if t.Snapshot {
 			// Snapshot chunks share the consistent point as their LSN:
 			// applied while nothing after that point is, skipped once a
@@ -329,13 +330,23 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 			}
 		} else {
 			if t.CommitLSN <= *seen {
-				res.Skipped += len(t.Events)
-				continue
+				if !t.Redo {
+					res.Skipped += len(t.Events)
+					continue
+				}
+				// Read again after a held entity was fixed: only its
+				// events (marked Redo) are new here.
+				redo = true
+			} else {
+				*seen, last = t.CommitLSN, t
 			}
-			*seen, last = t.CommitLSN, t
 		}
 		for ei := range t.Events {
 			ev := &t.Events[ei]
+			if redo && !ev.Redo {
+				res.Skipped++
+				continue
+			}
 			row, err := s.cfg.Mapping.Denormalize(ev, s.cfg.System)
 			if err != nil {
 				return nil, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei, Err: fmt.Errorf("event %s: %w", ev.ID, err)}
@@ -349,7 +360,7 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 			res.Applied++
 		}
 	}
-	if last == nil {
+	if last == nil && len(batches) == 0 {
 		return nil, nil
 	}
 	// Truncates first, children before parents; then upserts, parents
@@ -439,10 +450,6 @@ type partSession struct {
 // skipped.
 func (p *partSession) Part(ctx context.Context, chunk *transform.Tx) (pipeline.ApplyResult, error) {
 	var res pipeline.ApplyResult
-	if chunk.CommitLSN <= p.applied {
-		res.Skipped = len(chunk.Events)
-		return res, nil
-	}
 	seen := p.applied // chunks of one transaction share its LSN
 	last, err := p.s.write(ctx, p.tx, []*transform.Tx{chunk}, p.applied, &seen, &res)
 	if err != nil {

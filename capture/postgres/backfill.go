@@ -1,0 +1,383 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/duplex-cdc/duplex/capture"
+)
+
+// Online backfill re-reads one table while streaming goes on, with the
+// watermark method of Netflix's DBLog: for each chunk the capture writes a
+// low watermark (a transactional logical message), selects the chunk, and
+// writes a high watermark. Reading its own slot, it drops from the chunk
+// every row whose key a transaction committed between the two watermarks
+// changed (that change, newer than the chunk or as new, comes through the
+// slot anyway), and hands the rest on at the high watermark's position, so
+// every change committed after it follows the chunk. A live change is
+// never overwritten by an older copy of its row.
+
+const backfillPrefix = "duplex.backfill"
+
+const backfillDDL = `
+CREATE SCHEMA IF NOT EXISTS duplex;
+CREATE TABLE IF NOT EXISTS duplex.backfills (
+	id           bigserial PRIMARY KEY,
+	slot         text NOT NULL,
+	tbl          text NOT NULL,
+	filter       text NOT NULL DEFAULT '',
+	chunk_rows   int NOT NULL DEFAULT 500,
+	status       text NOT NULL DEFAULT 'requested', -- requested, running, done, failed
+	last_key     text,
+	rows         bigint NOT NULL DEFAULT 0,
+	estimate     bigint NOT NULL DEFAULT 0,
+	error        text NOT NULL DEFAULT '',
+	requested_at timestamptz NOT NULL DEFAULT now(),
+	started_at   timestamptz,
+	finished_at  timestamptz
+);`
+
+// Backfill is a backfill request and its progress, as kept in the source
+// database's duplex.backfills.
+type Backfill struct {
+	ID        int64
+	Slot      string
+	Table     string
+	Filter    string
+	ChunkRows int
+	Status    string
+	LastKey   *string
+	Rows      int64
+	Estimate  int64
+	Error     string
+	Requested time.Time
+	Started   *time.Time
+	Finished  *time.Time
+}
+
+// RequestBackfill records a backfill of table ("schema.table") for the
+// capture of slot; a running capture starts it within a second, or the next
+// one that starts. filter, when not empty, is an SQL condition on the
+// table's rows; it is checked here.
+func RequestBackfill(ctx context.Context, conn *pgx.Conn, slot, table, filter string, chunkRows int) (int64, error) {
+	if chunkRows <= 0 {
+		chunkRows = 500
+	}
+	check := "SELECT 1 FROM " + quoteQualified(table)
+	if filter != "" {
+		check += " WHERE " + filter
+	}
+	if _, err := conn.Exec(ctx, "EXPLAIN "+check); err != nil {
+		return 0, fmt.Errorf("backfill of %s: the table or the condition %q is not valid: %w", table, filter, err)
+	}
+	if _, err := conn.Exec(ctx, backfillDDL); err != nil {
+		return 0, fmt.Errorf("backfill of %s: create duplex.backfills: %w", table, err)
+	}
+	var id int64
+	err := conn.QueryRow(ctx, `INSERT INTO duplex.backfills (slot, tbl, filter, chunk_rows, estimate)
+		VALUES ($1, $2, $3, $4, (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $5::regclass)) RETURNING id`,
+		slot, table, filter, chunkRows, quoteQualified(table)).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("backfill of %s: record request: %w", table, err)
+	}
+	return id, nil
+}
+
+// BackfillByID reads a backfill's state.
+func BackfillByID(ctx context.Context, conn *pgx.Conn, id int64) (*Backfill, error) {
+	var b Backfill
+	err := conn.QueryRow(ctx, `SELECT id, slot, tbl, filter, chunk_rows, status, last_key, rows, estimate, error, requested_at, started_at, finished_at
+		FROM duplex.backfills WHERE id = $1`, id).Scan(&b.ID, &b.Slot, &b.Table, &b.Filter, &b.ChunkRows, &b.Status, &b.LastKey, &b.Rows,
+		&b.Estimate, &b.Error, &b.Requested, &b.Started, &b.Finished)
+	if err != nil {
+		return nil, fmt.Errorf("backfill %d: %w", id, err)
+	}
+	return &b, nil
+}
+
+// backfillRun is the backfill a replication session is performing.
+type backfillRun struct {
+	job   Backfill
+	key   string // key column
+	nonce string
+	chunk int
+	first string // queries of the first and the next chunks
+	next  string
+
+	phase   int // one of the phase constants
+	rows    []capture.Change
+	lastKey string
+	at      time.Time       // server time when the chunk was read
+	changed map[string]bool // keys changed between the watermarks
+	emit    bool            // the high watermark's transaction is being read
+}
+
+const (
+	bfIdle   = iota // next chunk to read
+	bfLow           // chunk read, waiting for the low watermark in the slot
+	bfWindow        // between the watermarks
+)
+
+func (b *backfillRun) mark(chunk int, w string) string {
+	return fmt.Sprintf("%d:%s:%d:%s", b.job.ID, b.nonce, chunk, w)
+}
+
+// backfillStep advances the session's backfill outside of transactions:
+// looks for a request about once a second, and reads the next chunk
+// between two watermarks when the previous one was handed on.
+func (ss *session) backfillStep(ctx context.Context) error {
+	if ss.inTx {
+		return nil
+	}
+	if ss.bf == nil {
+		if time.Since(ss.bfPolled) < time.Second {
+			return nil
+		}
+		ss.bfPolled = time.Now()
+		return ss.pollBackfill(ctx)
+	}
+	if ss.bf.phase != bfIdle {
+		return nil
+	}
+	return ss.readBackfillChunk(ctx)
+}
+
+func (ss *session) queryConn(ctx context.Context) (*pgx.Conn, error) {
+	if ss.q != nil && !ss.q.IsClosed() {
+		return ss.q, nil
+	}
+	q, err := pgx.Connect(ctx, ss.src.cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("capture %s: connect: %w", ss.src.cfg.System, redact(err))
+	}
+	ss.q = q
+	return q, nil
+}
+
+func (ss *session) pollBackfill(ctx context.Context) error {
+	s := ss.src
+	q, err := ss.queryConn(ctx)
+	if err != nil {
+		return err
+	}
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('duplex.backfills') IS NOT NULL`).Scan(&exists); err != nil || !exists {
+		return err
+	}
+	var id int64
+	err = q.QueryRow(ctx, `SELECT id FROM duplex.backfills WHERE slot = $1 AND status IN ('requested', 'running') ORDER BY id LIMIT 1`, s.cfg.Slot).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("capture %s: read backfill requests: %w", s.cfg.System, err)
+	}
+	job, err := BackfillByID(ctx, q, id)
+	if err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+	}
+	key := s.cfg.Keys[job.Table]
+	if key == "" || !containsStr(s.cfg.Tables, job.Table) {
+		return ss.failBackfill(ctx, job, fmt.Errorf("table %s is not mapped for %s", job.Table, s.cfg.System))
+	}
+	var keyType string
+	if err := q.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2`,
+		quoteQualified(job.Table), key).Scan(&keyType); err != nil {
+		return ss.failBackfill(ctx, job, fmt.Errorf("key column %s: %w", key, err))
+	}
+	nonce := make([]byte, 4)
+	_, _ = rand.Read(nonce)
+	qk := pgx.Identifier{key}.Sanitize()
+	cond := ""
+	if job.Filter != "" {
+		cond = " AND (" + job.Filter + ")"
+	}
+	b := &backfillRun{job: *job, key: key, nonce: hex.EncodeToString(nonce),
+		first: fmt.Sprintf("SELECT * FROM %s WHERE true%s ORDER BY %s LIMIT %d", quoteQualified(job.Table), cond, qk, job.ChunkRows),
+		next:  fmt.Sprintf("SELECT * FROM %s WHERE %s > $1::%s%s ORDER BY %s LIMIT %d", quoteQualified(job.Table), qk, keyType, cond, qk, job.ChunkRows)}
+	if job.LastKey != nil {
+		b.lastKey = *job.LastKey
+	}
+	if _, err := q.Exec(ctx, `UPDATE duplex.backfills SET status = 'running', started_at = coalesce(started_at, now()) WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("capture %s: backfill %d: %w", s.cfg.System, id, err)
+	}
+	s.log.Info("backfill started", slog.Int64("backfill", id), slog.String("table", job.Table), slog.String("where", job.Filter),
+		slog.Int64("estimate", job.Estimate), slog.Bool("resumed", job.LastKey != nil))
+	ss.bf = b
+	return nil
+}
+
+func (ss *session) failBackfill(ctx context.Context, job *Backfill, cause error) error {
+	s := ss.src
+	s.log.Error("backfill failed", slog.Int64("backfill", job.ID), slog.String("table", job.Table), slog.Any("error", cause))
+	ss.bf = nil
+	q, err := ss.queryConn(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := q.Exec(ctx, `UPDATE duplex.backfills SET status = 'failed', error = $2, finished_at = now() WHERE id = $1`, job.ID, cause.Error()); err != nil {
+		return fmt.Errorf("capture %s: backfill %d: %w", s.cfg.System, job.ID, err)
+	}
+	return nil
+}
+
+// readBackfillChunk writes the low watermark, reads the chunk, and writes
+// the high watermark.
+func (ss *session) readBackfillChunk(ctx context.Context) error {
+	b, s := ss.bf, ss.src
+	q, err := ss.queryConn(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := q.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, backfillPrefix, b.mark(b.chunk, "L")); err != nil {
+		return fmt.Errorf("capture %s: backfill %d: low watermark: %w", s.cfg.System, b.job.ID, err)
+	}
+	if err := q.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&b.at); err != nil {
+		return fmt.Errorf("capture %s: backfill %d: %w", s.cfg.System, b.job.ID, err)
+	}
+	var r pgx.Rows
+	if b.lastKey == "" && b.job.LastKey == nil {
+		r, err = q.Query(ctx, b.first, pgx.QueryResultFormats{pgx.TextFormatCode})
+	} else {
+		r, err = q.Query(ctx, b.next, pgx.QueryResultFormats{pgx.TextFormatCode}, b.lastKey)
+	}
+	if err != nil {
+		return ss.failBackfill(ctx, &b.job, fmt.Errorf("read chunk: %w", err))
+	}
+	rows, lastKey, err := s.readChunk(r, b.job.Table, b.key)
+	if err != nil {
+		return ss.failBackfill(ctx, &b.job, err)
+	}
+	b.rows, b.changed = rows, map[string]bool{}
+	if len(rows) > 0 {
+		b.lastKey = lastKey
+	}
+	if s.afterBackfillRead != nil {
+		s.afterBackfillRead(b.job.ID, b.chunk)
+	}
+	if _, err := q.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, backfillPrefix, b.mark(b.chunk, "H")); err != nil {
+		return fmt.Errorf("capture %s: backfill %d: high watermark: %w", s.cfg.System, b.job.ID, err)
+	}
+	b.phase = bfLow
+	return nil
+}
+
+// backfillMessage follows the watermarks of the current chunk in the slot.
+func (ss *session) backfillMessage(msg *pglogrepl.LogicalDecodingMessage) {
+	b := ss.bf
+	if b == nil || msg.Prefix != backfillPrefix {
+		return
+	}
+	switch string(msg.Content) {
+	case b.mark(b.chunk, "L"):
+		if b.phase == bfLow {
+			b.phase = bfWindow
+		}
+	case b.mark(b.chunk, "H"):
+		if b.phase == bfWindow {
+			b.emit = true
+		}
+	}
+}
+
+// backfillSaw notes a live change of the table being backfilled between
+// the watermarks.
+func (ss *session) backfillSaw(ch *capture.Change) {
+	b := ss.bf
+	if b == nil || b.phase != bfWindow || ch.Schema+"."+ch.Table != b.job.Table {
+		if b != nil && b.phase == bfWindow && ch.Op == capture.Truncate && containsStr(ch.Tables, b.job.Table) {
+			for _, r := range b.rows {
+				b.changed[keyText(r.New[b.key])] = true
+			}
+		}
+		return
+	}
+	for _, row := range []capture.Row{ch.New, ch.Old} {
+		if v, ok := row[b.key]; ok {
+			b.changed[keyText(v)] = true
+		}
+	}
+}
+
+func keyText(v any) string { return fmt.Sprint(v) }
+
+// backfillEmit hands on the chunk at the high watermark's position (the
+// commit of the watermark's transaction), without the rows changed between
+// the watermarks, waits until it is durable, and records the progress.
+func (ss *session) backfillEmit(ctx context.Context, end capture.LSN) error {
+	b, s := ss.bf, ss.src
+	b.emit = false
+	kept := b.rows[:0]
+	for _, r := range b.rows {
+		if !b.changed[keyText(r.New[b.key])] {
+			kept = append(kept, r)
+		}
+	}
+	dropped := len(b.rows) - len(kept)
+	if len(kept) > 0 {
+		info := capture.TxInfo{System: s.cfg.System, CommitLSN: ss.tx.CommitLSN, EndLSN: end, CommitTime: b.at, Snapshot: true}
+		s.mu.Lock()
+		s.lastEmitEnd = max(s.lastEmitEnd, end)
+		s.mu.Unlock()
+		if err := ss.h.Chunk(ctx, &capture.Chunk{Tx: info, Index: 0, Last: true, Changes: kept}); err != nil {
+			return err
+		}
+		dctx, cancel := context.WithTimeout(ctx, time.Minute)
+		ss.h.Drain(dctx)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	done := len(b.rows) < b.job.ChunkRows
+	b.job.Rows += int64(len(b.rows))
+	q, err := ss.queryConn(ctx)
+	if err != nil {
+		return err
+	}
+	status := "running"
+	if done {
+		status = "done"
+	}
+	if _, err := q.Exec(ctx, `UPDATE duplex.backfills SET status = $2, last_key = $3, rows = $4,
+		finished_at = CASE WHEN $2 = 'done' THEN now() END WHERE id = $1`, b.job.ID, status, b.lastKey, b.job.Rows); err != nil {
+		return fmt.Errorf("capture %s: backfill %d: record progress: %w", s.cfg.System, b.job.ID, err)
+	}
+	s.log.Debug("backfill chunk", slog.Int64("backfill", b.job.ID), slog.Int("chunk", b.chunk), slog.Int("rows", len(kept)),
+		slog.Int("left_to_live_changes", dropped), slog.String("position", ss.tx.CommitLSN.String()))
+	b.rows, b.changed = nil, nil
+	b.chunk++
+	b.phase = bfIdle
+	if done {
+		s.log.Info("backfill done", slog.Int64("backfill", b.job.ID), slog.String("table", b.job.Table), slog.Int64("rows", b.job.Rows))
+		ss.bf = nil
+	}
+	return nil
+}
+
+// BackfillLine renders a backfill's progress for people.
+func BackfillLine(b *Backfill) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "backfill %d of %s", b.ID, b.Table)
+	if b.Filter != "" {
+		fmt.Fprintf(&sb, " where %s", b.Filter)
+	}
+	fmt.Fprintf(&sb, ": %s, %s rows", b.Status, strconv.FormatInt(b.Rows, 10))
+	if b.Estimate > 0 {
+		fmt.Fprintf(&sb, " of about %d", b.Estimate)
+	}
+	if b.Error != "" {
+		fmt.Fprintf(&sb, ": %s", b.Error)
+	}
+	return sb.String()
+}

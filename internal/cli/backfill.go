@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
+	"github.com/duplex-cdc/duplex/internal/config"
+	"github.com/duplex-cdc/duplex/internal/progress"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+func backfillCmd(g *globals) *cobra.Command {
+	var cfgPath, flow, table, where string
+	var chunk int
+	var noWait bool
+	c := &cobra.Command{
+		Use:   "backfill --flow FLOW --table TABLE [--where CONDITION]",
+		Short: "Re-read one source table into a flow while streaming goes on (watermark method: a live change is never overwritten by an older copy)",
+		Long: `backfill asks the capture of the flow's source to re-read TABLE (optionally
+only the rows matching CONDITION, an SQL expression) in chunks, interleaved
+with live changes by the watermark method of DBLog: a row changed while its
+chunk is read is left to the live change. The request is kept in the source
+database (duplex.backfills); a running 'duplex run' starts it within a
+second, or the next one that starts. The command follows its progress
+until it is done, unless --no-wait.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(cfgPath, os.Getenv)
+			if err != nil {
+				return err
+			}
+			m, err := transform.Load(cfg.MappingPath())
+			if err != nil {
+				return err
+			}
+			f := cfg.Flow(flow)
+			if f == nil {
+				return fmt.Errorf("backfill: no flow %q in %s", flow, cfgPath)
+			}
+			qualified, err := mappedTable(m, f.From, table)
+			if err != nil {
+				return fmt.Errorf("backfill: %w", err)
+			}
+			sys := cfg.Systems[f.From]
+			ctx := cmd.Context()
+			conn, err := pgx.Connect(ctx, sys.DSN)
+			if err != nil {
+				return fmt.Errorf("backfill: connect to %s: %w", f.From, err)
+			}
+			defer conn.Close(context.WithoutCancel(ctx))
+			id, err := pgcapture.RequestBackfill(ctx, conn, sys.Slot, qualified, where, chunk)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "backfill %d of %s requested for flow %s (slot %s)\n", id, qualified, f.Name, sys.Slot)
+			if noWait {
+				return nil
+			}
+			return followBackfill(ctx, g, conn, id)
+		},
+	}
+	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
+	c.Flags().StringVar(&flow, "flow", "", "flow whose source table is re-read (e.g. to-erp)")
+	c.Flags().StringVar(&table, "table", "", "source table, as in the mapping (accounts or public.accounts)")
+	c.Flags().StringVar(&where, "where", "", "SQL condition selecting the rows to re-read (default: all)")
+	c.Flags().IntVar(&chunk, "chunk", 500, "rows per chunk")
+	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the backfill is requested")
+	_ = c.MarkFlagRequired("flow")
+	_ = c.MarkFlagRequired("table")
+	return c
+}
+
+// mappedTable finds table among the tables system stores mapped entities
+// in, and returns it as "schema.table".
+func mappedTable(m *transform.Mapping, system, table string) (string, error) {
+	var known []string
+	for _, e := range m.Entities {
+		t := e.Tables[system]
+		if t == nil {
+			continue
+		}
+		known = append(known, t.QualifiedTable())
+		if table == t.QualifiedTable() || table == t.Name() {
+			if !e.Publishes(system) {
+				return "", fmt.Errorf("table %s (entity %s) is not published by %s: it owns none of its fields", table, e.Name, system)
+			}
+			return t.QualifiedTable(), nil
+		}
+	}
+	return "", fmt.Errorf("table %q is not mapped for %s; mapped tables: %v", table, system, known)
+}
+
+// followBackfill prints the progress of a backfill until it ends: a bar
+// on a terminal, a line every few seconds otherwise.
+func followBackfill(ctx context.Context, g *globals, conn *pgx.Conn, id int64) error {
+	tty := progress.IsTerminal(g.stdout)
+	var bar *progress.Bar
+	lastLine := time.Time{}
+	for {
+		b, err := pgcapture.BackfillByID(ctx, conn, id)
+		if err != nil {
+			return err
+		}
+		if b.Status != "requested" && bar == nil && tty {
+			bar = progress.New(g.stdout, "backfill "+b.Table)
+		}
+		switch b.Status {
+		case "done":
+			if bar != nil {
+				bar.Done(b.Rows, b.Rows, "done")
+			}
+			took := time.Duration(0)
+			if b.Started != nil && b.Finished != nil {
+				took = b.Finished.Sub(*b.Started).Round(time.Millisecond)
+			}
+			fmt.Fprintf(g.stdout, "backfill %d of %s done: %d rows re-read in %s\n", b.ID, b.Table, b.Rows, took)
+			return nil
+		case "failed":
+			if bar != nil {
+				fmt.Fprintln(g.stdout)
+			}
+			return fmt.Errorf("backfill %d of %s failed: %s", b.ID, b.Table, b.Error)
+		}
+		if bar != nil {
+			bar.Update(b.Rows, b.Estimate)
+		} else if time.Since(lastLine) > 5*time.Second {
+			lastLine = time.Now()
+			fmt.Fprintln(g.stdout, pgcapture.BackfillLine(b))
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(g.stdout, "\nstopped following backfill %d; it goes on in duplex run\n", id)
+			return nil
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
