@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -69,6 +70,10 @@ type fixture struct {
 	cfgPath  string
 	mapping  *transform.Mapping
 	dir      string
+	// tweak, when set, changes the configuration of in-process runs;
+	// logTo receives their log too.
+	tweak func(*config.Config)
+	logTo io.Writer
 }
 
 type fixtureOptions struct {
@@ -241,6 +246,9 @@ func (f *fixture) config() *config.Config {
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	if f.tweak != nil {
+		f.tweak(cfg)
+	}
 	return cfg
 }
 
@@ -273,7 +281,11 @@ func (f *fixture) inProcess() (stop func()) { return f.inProcessLevel(slog.Level
 func (f *fixture) inProcessLevel(level slog.Level) (stop func()) {
 	f.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(&testWriter{t: f.t}, &slog.HandlerOptions{Level: level}))
+	var w io.Writer = &testWriter{t: f.t}
+	if f.logTo != nil {
+		w = io.MultiWriter(w, f.logTo)
+	}
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	a, err := app.Start(ctx, app.Options{Config: f.config(), DataDir: f.dir, Logger: log})
 	if err != nil {
 		cancel()

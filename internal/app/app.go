@@ -48,6 +48,7 @@ type App struct {
 	SrcStat map[string]*pipeline.SourceStats
 	Flows   map[string]*pipeline.FlowStats
 	sinks   []*pgsink.Sink
+	slots   slotWatch
 }
 
 // Preflight checks the mapping against the catalogs of every configured
@@ -139,7 +140,8 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if err := Preflight(ctx, cfg, m); err != nil {
 		return nil, err
 	}
-	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{}}
+	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
+		slots: slotWatch{last: map[string]SlotLag{}, warns: map[string]time.Time{}}}
 	url := cfg.NATS.URL
 	if url == "" {
 		dir := opts.DataDir
@@ -223,6 +225,11 @@ func (a *App) Run(ctx context.Context) error {
 	cfg := a.opts.Config
 	var wg sync.WaitGroup
 	errc := make(chan error, len(cfg.Flows)+len(cfg.Systems))
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watchSlots(ctx, 5*time.Second)
+	}()
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
 		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats,

@@ -64,6 +64,9 @@ type SystemConfig struct {
 	// Snapshot: "initial" (default) copies the existing rows of the
 	// mapped tables when the slot is first created; "never" does not.
 	Snapshot string `yaml:"snapshot"`
+	// WALWarnBytes: duplex warns when the slot retains more WAL than this
+	// (default 1 GiB; 0 in the file means the default, -1 never warns).
+	WALWarnBytes int64 `yaml:"wal_warn_bytes"`
 }
 
 // Flow is one direction.
@@ -152,6 +155,9 @@ func (c *Config) Validate() error {
 		}
 		if s.Publication == "" {
 			s.Publication = "duplex_" + name
+		}
+		if s.WALWarnBytes == 0 {
+			s.WALWarnBytes = 1 << 30
 		}
 		switch s.Snapshot {
 		case "":
