@@ -16,10 +16,12 @@ import (
 
 	"github.com/spf13/cobra"
 
+	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
 	"github.com/duplex-cdc/duplex/internal/app"
 	"github.com/duplex-cdc/duplex/internal/bench"
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/demo"
+	"github.com/duplex-cdc/duplex/internal/progress"
 	"github.com/duplex-cdc/duplex/transform"
 )
 
@@ -112,6 +114,9 @@ func runCmd(g *globals) *cobra.Command {
 			}
 			defer a.Close()
 			log.Info("duplex running", slog.String("nats", a.NATSURL()), slog.Int("flows", len(cfg.Flows)))
+			if progress.IsTerminal(g.stderr) {
+				go snapshotBars(cmd.Context(), g.stderr, a)
+			}
 			err = a.Run(cmd.Context())
 			log.Info("duplex stopped")
 			return err
@@ -196,4 +201,37 @@ func benchCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&opts.SnapshotRows, "snapshot-rows", 0, "measure only the initial snapshot of this many existing CRM rows")
 	c.Flags().IntVar(&opts.LargeTxRows, "large-tx-rows", 0, "measure only one CRM transaction of this many rows through a separate duplex process (time, atomicity, peak RSS)")
 	return c
+}
+
+// snapshotBars draws a progress bar per table while an initial snapshot
+// runs, on a terminal (the log lines say the same elsewhere).
+func snapshotBars(ctx context.Context, w io.Writer, a *app.App) {
+	type key struct{ source, table string }
+	bars := map[key]*progress.Bar{}
+	last := map[string]pgcapture.SnapshotProgress{}
+	for {
+		for name, src := range a.Sources {
+			p := src.Progress()
+			prev := last[name]
+			last[name] = p
+			if prev.Running && prev.Table != p.Table || (prev.Running && !p.Running) {
+				if b := bars[key{name, prev.Table}]; b != nil {
+					b.Done(prev.Rows, max(prev.Estimate, prev.Rows), "")
+				}
+			}
+			if !p.Running || p.Table == "" {
+				continue
+			}
+			k := key{name, p.Table}
+			if bars[k] == nil {
+				bars[k] = progress.New(w, "snapshot "+name+" "+p.Table)
+			}
+			bars[k].Update(p.Rows, max(p.Estimate, p.Rows))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
