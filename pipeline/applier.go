@@ -74,6 +74,9 @@ type ApplierConfig struct {
 	Stats   *FlowStats
 	// OnApplied, when set, is called after each committed batch.
 	OnApplied func(txs []*transform.Tx, committed time.Time)
+	// OnBatch, when set, is called after each committed batch with its
+	// size and how long the apply took (metrics).
+	OnBatch func(txs []*transform.Tx, events int, took time.Duration, committed time.Time)
 }
 
 // Validate checks the configuration.
@@ -102,6 +105,9 @@ type FlowCounts struct {
 	LastApplied  time.Time
 	LastError    string
 	StreamSeq    uint64
+	// Errors counts failed apply attempts by kind (transient, waiting,
+	// permanent).
+	Errors map[string]int64
 }
 
 func (s *FlowStats) update(f func(s *FlowStats)) {
@@ -117,7 +123,12 @@ func (s *FlowStats) update(f func(s *FlowStats)) {
 func (s *FlowStats) Snapshot() FlowCounts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.FlowCounts
+	c := s.FlowCounts
+	c.Errors = make(map[string]int64, len(s.Errors))
+	for k, v := range s.Errors {
+		c.Errors[k] = v
+	}
+	return c
 }
 
 // Applier runs one flow from the stream into a sink.
@@ -238,6 +249,25 @@ func resetConsumer(ctx context.Context, js jetstream.JetStream, cfg ApplierConfi
 	return cons, nil
 }
 
+// ResetFlowFrom points a flow's durable consumer at stream sequence seq,
+// or (seq 0) at the first message stored at or after since. The flow must
+// not be running.
+func ResetFlowFrom(ctx context.Context, js jetstream.JetStream, flow, source string, seq uint64, since time.Time) error {
+	if seq > 0 || since.IsZero() {
+		return ResetFlow(ctx, js, flow, source, max(seq, 1))
+	}
+	cfg := ApplierConfig{Flow: flow, Source: source, AckWait: 30 * time.Second}
+	if err := js.DeleteConsumer(ctx, StreamName, flow); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("flow %s: delete consumer: %w", flow, err)
+	}
+	cc := consumerConfig(cfg, 0)
+	cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	if _, err := js.CreateConsumer(ctx, StreamName, cc); err != nil {
+		return fmt.Errorf("flow %s: create consumer at %s: %w", flow, since.Format(time.RFC3339), err)
+	}
+	return nil
+}
+
 // ResetFlow points a flow's durable consumer at stream sequence seq (1 =
 // the first retained message). The flow must not be running.
 func ResetFlow(ctx context.Context, js jetstream.JetStream, flow, source string, seq uint64) error {
@@ -353,6 +383,7 @@ type largeTx struct {
 	lastMsg  jetstream.Msg
 	res      ApplyResult
 	progress time.Time
+	started  time.Time
 }
 
 func (l *largeTx) owns(tx *transform.Tx) bool {
@@ -380,7 +411,7 @@ func (a *Applier) beginLarge(ctx context.Context, ps PartSink, asm *assembler) (
 	if err != nil {
 		return nil, fmt.Errorf("flow %s: begin large transaction %s: %w", a.cfg.Flow, r.tx.CommitLSN, err)
 	}
-	l := &largeTx{sess: sess, source: r.tx.Source, lsn: r.tx.CommitLSN, redo: r.tx.Redo, early: r.chunks, progress: time.Now()}
+	l := &largeTx{sess: sess, source: r.tx.Source, lsn: r.tx.CommitLSN, redo: r.tx.Redo, early: r.chunks, progress: time.Now(), started: time.Now()}
 	for _, m := range asm.held {
 		l.replies = append(l.replies, m.Reply())
 		l.lastMsg = m
@@ -452,7 +483,7 @@ func (a *Applier) applyParts(ctx context.Context, l *largeTx) (bool, error) {
 			l.sess = nopSession{}
 			return false, a.partFailed(ctx, part, err)
 		}
-		a.recordApplied([]*transform.Tx{part}, l.res)
+		a.recordApplied([]*transform.Tx{part}, l.res, time.Since(l.started))
 		a.log.Info("large transaction applied", slog.String("lsn", l.lsn.String()), slog.Int("chunks", l.next),
 			slog.Int("events", l.res.Applied), slog.Int("skipped", l.res.Skipped))
 		clear(a.excluded)
@@ -468,6 +499,7 @@ func (a *Applier) partFailed(ctx context.Context, part *transform.Tx, err error)
 	var ae *ApplyError
 	errors.As(err, &ae)
 	kind := KindOf(err)
+	a.countError(kind)
 	blame := ae != nil && ae.Tx == 0 && ae.Event >= 0 && ae.Event < len(part.Events)
 	switch {
 	case kind == Permanent && blame, kind == Waiting && blame && a.waits[part.Events[ae.Event].ID]+1 >= a.cfg.MaxWaitAttempts:
@@ -664,7 +696,7 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 		started := time.Now()
 		res, err := a.cfg.Sink.Apply(context.WithoutCancel(ctx), txs)
 		if err == nil {
-			a.recordApplied(txs, res)
+			a.recordApplied(txs, res, time.Since(started))
 			a.log.Debug("applied", slog.Int("txs", len(txs)), slog.Int("events", res.Applied), slog.Int("skipped", res.Skipped), slog.Duration("took", time.Since(started)))
 			return nil
 		}
@@ -675,6 +707,7 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 			// Nothing left to blame: the failure is not the data's.
 			kind = Transient
 		}
+		a.countError(kind)
 		switch kind {
 		case Permanent:
 			switch {
@@ -742,7 +775,16 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 	}
 }
 
-func (a *Applier) recordApplied(txs []*transform.Tx, res ApplyResult) {
+func (a *Applier) countError(k Kind) {
+	a.cfg.Stats.update(func(s *FlowStats) {
+		if s.Errors == nil {
+			s.Errors = map[string]int64{}
+		}
+		s.Errors[k.String()]++
+	})
+}
+
+func (a *Applier) recordApplied(txs []*transform.Tx, res ApplyResult, took time.Duration) {
 	now := time.Now()
 	last := txs[len(txs)-1]
 	a.cfg.Stats.update(func(s *FlowStats) {
@@ -757,6 +799,9 @@ func (a *Applier) recordApplied(txs []*transform.Tx, res ApplyResult) {
 	})
 	if a.cfg.OnApplied != nil {
 		a.cfg.OnApplied(txs, now)
+	}
+	if a.cfg.OnBatch != nil {
+		a.cfg.OnBatch(txs, res.Applied, took, now)
 	}
 }
 

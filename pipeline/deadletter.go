@@ -3,7 +3,9 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -47,4 +49,206 @@ func publishDeadLetter(ctx context.Context, js jetstream.JetStream, subject, id 
 		return fmt.Errorf("publish dead letter %s: %w", id, err)
 	}
 	return nil
+}
+
+// StoredDeadLetter is a dead letter as kept in DUPLEX_DLQ.
+type StoredDeadLetter struct {
+	Seq    uint64    `json:"seq"`
+	Stored time.Time `json:"stored"`
+	DeadLetter
+}
+
+// ListDeadLetters returns the dead letters of a flow ("" for all), oldest
+// first, at most limit of the newest (0: all).
+func ListDeadLetters(ctx context.Context, js jetstream.JetStream, flow string, limit int) ([]StoredDeadLetter, error) {
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	subject := "duplex.dlq.>"
+	if flow != "" {
+		subject = DLQSubject(flow)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	var out []StoredDeadLetter
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	for uint64(len(out)) < n {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("dead letters: %w", err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			md, _ := m.Metadata()
+			sd := StoredDeadLetter{}
+			if md != nil {
+				sd.Seq, sd.Stored = md.Sequence.Stream, md.Timestamp
+			}
+			if err := json.Unmarshal(m.Data(), &sd.DeadLetter); err != nil {
+				sd.Error = "undecodable dead letter: " + err.Error()
+			}
+			out = append(out, sd)
+		}
+		if got == 0 {
+			break
+		}
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out, nil
+}
+
+// GetDeadLetter reads one dead letter by its DUPLEX_DLQ sequence.
+func GetDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) (*StoredDeadLetter, error) {
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	raw, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	sd := &StoredDeadLetter{Seq: raw.Sequence, Stored: raw.Time}
+	if err := json.Unmarshal(raw.Data, &sd.DeadLetter); err != nil {
+		return nil, fmt.Errorf("dead letter %d: decode: %w", seq, err)
+	}
+	return sd, nil
+}
+
+// DropDeadLetter removes a dead letter.
+func DropDeadLetter(ctx context.Context, js jetstream.JetStream, seq uint64) error {
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	if err := s.DeleteMsg(ctx, seq); err != nil {
+		return fmt.Errorf("dead letter %d: delete: %w", seq, err)
+	}
+	return nil
+}
+
+// CountDeadLetters returns the number of dead letters per flow.
+func CountDeadLetters(ctx context.Context, js jetstream.JetStream) (map[string]uint64, error) {
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter("duplex.dlq.>"))
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	out := map[string]uint64{}
+	for subj, n := range info.State.Subjects {
+		out[strings.TrimPrefix(subj, "duplex.dlq.")] = n
+	}
+	return out, nil
+}
+
+// NewerChanges reads the source's stream after a dead letter's message and
+// returns, for the dead letter's entity and key, whether a newer event
+// deleted the row and which fields newer events wrote. A retried dead
+// letter must not overwrite them: a newer event already applied wins.
+func NewerChanges(ctx context.Context, js jetstream.JetStream, dl *DeadLetter) (deleted bool, fields map[string]bool, err error) {
+	fields = map[string]bool{}
+	s, err := js.Stream(ctx, StreamName)
+	if err != nil {
+		return false, nil, fmt.Errorf("stream: %w", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return false, nil, fmt.Errorf("stream: %w", err)
+	}
+	start := dl.StreamSeq + 1
+	if dl.StreamSeq == 0 {
+		start = info.State.FirstSeq
+	}
+	if start > info.State.LastSeq {
+		return false, fields, nil
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{Subject(dl.Source)},
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start})
+	if err != nil {
+		return false, nil, fmt.Errorf("stream: %w", err)
+	}
+	for {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second), jetstream.FetchMaxBytes(8<<20))
+		if err != nil {
+			return false, nil, fmt.Errorf("stream: %w", err)
+		}
+		got, last := 0, uint64(0)
+		for m := range batch.Messages() {
+			got++
+			md, _ := m.Metadata()
+			if md != nil {
+				last = md.Sequence.Stream
+			}
+			var tx transform.Tx
+			if json.Unmarshal(m.Data(), &tx) != nil {
+				continue
+			}
+			for _, ev := range tx.Events {
+				if ev.Entity != dl.Entity || ev.Pos.Less(dl.Position) || ev.Pos == dl.Position {
+					continue
+				}
+				switch {
+				case ev.Op == transform.OpTruncate:
+					deleted = true
+				case ev.Key != dl.Key:
+				case ev.Op == transform.OpDelete:
+					deleted = true
+				default:
+					deleted = false // re-created later
+					for f := range ev.Data {
+						fields[f] = true
+					}
+				}
+			}
+		}
+		if got == 0 || last >= info.State.LastSeq {
+			return deleted, fields, nil
+		}
+	}
+}
+
+// RecentDeadLetters returns the newest n dead letters of every flow,
+// newest first, reading only the end of the stream.
+func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, n int) ([]StoredDeadLetter, error) {
+	s, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return nil, nil
+	}
+	var out []StoredDeadLetter
+	for seq := info.State.LastSeq; seq >= info.State.FirstSeq && seq > 0 && len(out) < n; seq-- {
+		sd, err := GetDeadLetter(ctx, js, seq)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue // dropped
+			}
+			return out, err
+		}
+		out = append(out, *sd)
+	}
+	return out, nil
 }

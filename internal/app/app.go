@@ -33,6 +33,9 @@ type Options struct {
 	Logger  *slog.Logger
 	// OnApplied is called after each committed batch of a flow.
 	OnApplied func(flow string, txs []*transform.Tx, committed time.Time)
+	// OnBatch is called after each committed batch with its size and
+	// apply time (metrics).
+	OnBatch func(flow string, txs []*transform.Tx, events int, took time.Duration, committed time.Time)
 }
 
 // App is a running duplex.
@@ -49,6 +52,37 @@ type App struct {
 	Flows   map[string]*pipeline.FlowStats
 	sinks   []*pgsink.Sink
 	slots   slotWatch
+	started time.Time
+
+	runMu   sync.Mutex
+	runners map[string]*flowRunner
+	runCtx  context.Context
+	runWG   *sync.WaitGroup
+	collect func(error)
+}
+
+// Started is when the App was started.
+func (a *App) Started() time.Time { return a.started }
+
+// NATSState says whether NATS is connected and how often it reconnected.
+func (a *App) NATSState() (bool, uint64) { return a.nc.IsConnected(), a.nc.Stats().Reconnects }
+
+// FlowNames lists the configured flows and the capture dead-letter
+// queues ("capture-<source>").
+func (a *App) FlowNames() []string {
+	var out []string
+	for _, f := range a.opts.Config.Flows {
+		out = append(out, f.Name)
+	}
+	for _, s := range a.opts.Config.Sources() {
+		out = append(out, "capture-"+s)
+	}
+	return out
+}
+
+// DeadLetterCounts counts the dead letters now in DUPLEX_DLQ by flow.
+func (a *App) DeadLetterCounts(ctx context.Context) (map[string]uint64, error) {
+	return pipeline.CountDeadLetters(ctx, a.js)
 }
 
 // Preflight checks the mapping against the catalogs of every configured
@@ -141,51 +175,17 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		return nil, err
 	}
 	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
-		slots: slotWatch{last: map[string]SlotLag{}, warns: map[string]time.Time{}}}
-	url := cfg.NATS.URL
-	if url == "" {
-		dir := opts.DataDir
-		if dir == "" {
-			dir = "data"
-		}
-		n, err := harness.StartNATS(harness.NATSOptions{StoreDir: filepath.Join(dir, "jetstream"), Host: cfg.NATS.Embedded.Host, Port: cfg.NATS.Embedded.Port, Logger: opts.Logger.With(slog.String("component", "nats"))})
-		if err != nil {
-			return nil, fmt.Errorf("start embedded nats: %w", err)
-		}
-		a.nats = n
-		url = n.URL()
-		a.log.Info("embedded NATS started", slog.String("url", url), slog.String("store", n.StoreDir()))
+		slots: slotWatch{last: map[string]SlotLag{}, warns: map[string]time.Time{}}, started: time.Now(), runners: map[string]*flowRunner{}}
+	for _, f := range cfg.Flows {
+		a.Flows[f.Name] = &pipeline.FlowStats{}
 	}
-	nopts := []nats.Option{nats.Name("duplex"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				a.log.Warn("NATS disconnected", slog.Any("error", err))
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { a.log.Info("NATS reconnected", slog.String("url", c.ConnectedUrlRedacted())) })}
-	switch {
-	case cfg.NATS.Creds != "":
-		nopts = append(nopts, nats.UserCredentials(cfg.NATS.Creds))
-	case cfg.NATS.Token != "":
-		nopts = append(nopts, nats.Token(cfg.NATS.Token))
-	case cfg.NATS.User != "":
-		nopts = append(nopts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
-	}
-	if cfg.NATS.CAFile != "" {
-		nopts = append(nopts, nats.RootCAs(cfg.NATS.CAFile))
-	}
-	nc, err := nats.Connect(url, nopts...)
+	bus, err := OpenBus(ctx, cfg, opts.DataDir, opts.Logger, false)
 	if err != nil {
 		a.Close()
-		return nil, fmt.Errorf("connect to nats: %w", err)
+		return nil, err
 	}
-	a.nc = nc
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		a.Close()
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	a.js = js
+	a.nats, a.nc, a.js = bus.nats, bus.nc, bus.js
+	js := a.js
 	if err := pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: cfg.Sources(), MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Duplicates: cfg.Stream.Duplicates, Replicas: cfg.Stream.Replicas}); err != nil {
 		a.Close()
 		return nil, err
@@ -224,7 +224,15 @@ func (a *App) NATSURL() string { return a.nc.ConnectedUrl() }
 func (a *App) Run(ctx context.Context) error {
 	cfg := a.opts.Config
 	var wg sync.WaitGroup
-	errc := make(chan error, len(cfg.Flows)+len(cfg.Systems))
+	var mu sync.Mutex
+	var errs []error
+	collect := func(err error) {
+		if err != nil {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -245,7 +253,7 @@ func (a *App) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- pipeline.RunCapture(ctx, a.js, src, pc)
+			collect(pipeline.RunCapture(ctx, a.js, src, pc))
 		}()
 	}
 	for _, f := range cfg.Flows {
@@ -254,32 +262,81 @@ func (a *App) Run(ctx context.Context) error {
 			return err
 		}
 		a.sinks = append(a.sinks, sink)
-		stats := &pipeline.FlowStats{}
-		a.Flows[f.Name] = stats
 		var onApplied func([]*transform.Tx, time.Time)
 		if a.opts.OnApplied != nil {
 			name := f.Name
 			onApplied = func(txs []*transform.Tx, t time.Time) { a.opts.OnApplied(name, txs, t) }
 		}
-		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: stats, OnApplied: onApplied})
+		var onBatch func([]*transform.Tx, int, time.Duration, time.Time)
+		if a.opts.OnBatch != nil {
+			name := f.Name
+			onBatch = func(txs []*transform.Tx, n int, took time.Duration, t time.Time) { a.opts.OnBatch(name, txs, n, took, t) }
+		}
+		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts,
+			LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})
 		if err != nil {
 			return err
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errc <- ap.Run(ctx)
-		}()
+		r := &flowRunner{ap: ap, source: f.From}
+		a.runMu.Lock()
+		a.runners[f.Name] = r
+		a.runMu.Unlock()
+		r.start(ctx, &wg, collect)
 	}
+	a.runMu.Lock()
+	a.runCtx, a.runWG, a.collect = ctx, &wg, collect
+	a.runMu.Unlock()
+	<-ctx.Done()
 	wg.Wait()
-	close(errc)
-	var errs []error
-	for err := range errc {
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
 	return errors.Join(errs...)
+}
+
+// flowRunner runs one flow's applier and can stop and start it again.
+type flowRunner struct {
+	ap     *pipeline.Applier
+	source string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (r *flowRunner) start(ctx context.Context, wg *sync.WaitGroup, collect func(error)) {
+	fctx, cancel := context.WithCancel(ctx)
+	r.cancel, r.done = cancel, make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(r.done)
+		collect(r.ap.Run(fctx))
+	}()
+}
+
+// ReplayFrom is where a replay starts: a stream sequence, or the first
+// message stored at or after a time.
+type ReplayFrom struct {
+	Seq  uint64
+	Time time.Time
+}
+
+// Replay re-applies a running flow from a point of the retained stream:
+// the flow is stopped, its consumer re-pointed, and started again. Events
+// the target already holds (at or below its recorded applied position) are
+// skipped by the sink.
+func (a *App) Replay(ctx context.Context, flow string, from ReplayFrom) error {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	r := a.runners[flow]
+	if r == nil || a.runCtx == nil {
+		return fmt.Errorf("replay: flow %s is not running here", flow)
+	}
+	r.cancel()
+	<-r.done
+	err := pipeline.ResetFlowFrom(ctx, a.js, flow, r.source, from.Seq, from.Time)
+	r.start(a.runCtx, a.runWG, a.collect)
+	if err != nil {
+		return fmt.Errorf("replay %s: %w", flow, err)
+	}
+	a.log.Info("flow replaying", slog.String("flow", flow), slog.Uint64("from_seq", from.Seq), slog.Time("since", from.Time))
+	return nil
 }
 
 // FlowLag is how far a flow is behind.
@@ -289,9 +346,14 @@ type FlowLag struct {
 	Pending       uint64
 	SecondsBehind float64
 	Applied       int64
+	Skipped       int64
 	DeadLetters   int64
 	Conflicts     int64
 	LastPosition  transform.Position
+	LastApplied   time.Time
+	LastError     string
+	StreamSeq     uint64
+	Errors        map[string]int64
 }
 
 // Lag reports each flow's pending messages and seconds behind.
@@ -303,7 +365,8 @@ func (a *App) Lag(ctx context.Context) []FlowLag {
 			continue
 		}
 		s := st.Snapshot()
-		l := FlowLag{Flow: f.Name, State: s.State, Applied: s.Applied, DeadLetters: s.DeadLetters, Conflicts: s.Conflicts, LastPosition: s.LastPosition}
+		l := FlowLag{Flow: f.Name, State: s.State, Applied: s.Applied, Skipped: s.Skipped, DeadLetters: s.DeadLetters, Conflicts: s.Conflicts,
+			LastPosition: s.LastPosition, LastApplied: s.LastApplied, LastError: s.LastError, StreamSeq: s.StreamSeq, Errors: s.Errors}
 		if c, err := a.js.Consumer(ctx, pipeline.StreamName, f.Name); err == nil {
 			info := c.CachedInfo()
 			l.Pending = info.NumPending + uint64(info.NumAckPending)
@@ -339,4 +402,98 @@ func containsStr(xs []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// Bus is a connection to the JetStream duplex uses.
+type Bus struct {
+	nats *harness.NATS
+	nc   *nats.Conn
+	js   jetstream.JetStream
+}
+
+// JetStream returns the bus's JetStream context.
+func (b *Bus) JetStream() jetstream.JetStream { return b.js }
+
+// Close disconnects (and stops an embedded server started for the bus).
+func (b *Bus) Close() {
+	if b.nc != nil {
+		_ = b.nc.Drain()
+		for i := 0; i < 50 && !b.nc.IsClosed(); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if b.nats != nil {
+		b.nats.Stop()
+	}
+}
+
+// OpenBus connects to the configured NATS. Without a URL it starts the
+// embedded server on the data directory; with attach, it first tries the
+// embedded server of a running duplex (the command-line tools do, since a
+// running server holds the store).
+func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.Logger, attach bool) (*Bus, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Bus{}
+	nopts := []nats.Option{nats.Name("duplex"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("NATS disconnected", slog.Any("error", err))
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", slog.String("url", c.ConnectedUrlRedacted())) })}
+	switch {
+	case cfg.NATS.Creds != "":
+		nopts = append(nopts, nats.UserCredentials(cfg.NATS.Creds))
+	case cfg.NATS.Token != "":
+		nopts = append(nopts, nats.Token(cfg.NATS.Token))
+	case cfg.NATS.User != "":
+		nopts = append(nopts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
+	}
+	if cfg.NATS.CAFile != "" {
+		nopts = append(nopts, nats.RootCAs(cfg.NATS.CAFile))
+	}
+	url := cfg.NATS.URL
+	if url == "" && attach && cfg.NATS.Embedded.Port > 0 {
+		host := cfg.NATS.Embedded.Host
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		running := fmt.Sprintf("nats://%s:%d", host, cfg.NATS.Embedded.Port)
+		if nc, err := nats.Connect(running, append(nopts, nats.MaxReconnects(0), nats.Timeout(time.Second))...); err == nil {
+			nc.Close()
+			url = running
+		}
+	}
+	if url == "" {
+		dir := dataDir
+		if dir == "" {
+			dir = "data"
+		}
+		port := cfg.NATS.Embedded.Port
+		if attach {
+			port = 0 // any free port: this server is for the tool alone
+		}
+		n, err := harness.StartNATS(harness.NATSOptions{StoreDir: filepath.Join(dir, "jetstream"), Host: cfg.NATS.Embedded.Host, Port: port, Logger: log.With(slog.String("component", "nats"))})
+		if err != nil {
+			return nil, fmt.Errorf("start embedded nats: %w", err)
+		}
+		b.nats = n
+		url = n.URL()
+		log.Info("embedded NATS started", slog.String("url", url), slog.String("store", n.StoreDir()))
+	}
+	nc, err := nats.Connect(url, nopts...)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("connect to nats: %w", err)
+	}
+	b.nc = nc
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	b.js = js
+	return b, nil
 }

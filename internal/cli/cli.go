@@ -21,6 +21,7 @@ import (
 	"github.com/duplex-cdc/duplex/internal/bench"
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/demo"
+	"github.com/duplex-cdc/duplex/internal/ops"
 	"github.com/duplex-cdc/duplex/internal/progress"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -83,7 +84,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("DUPLEX_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("DUPLEX_LOG_FORMAT", "text"), "log format: text or json")
-	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g), backfillCmd(g))
+	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g), backfillCmd(g), statusCmd(g), replayCmd(g), dlqCmd(g), verifyCmd(g))
 	return root
 }
 
@@ -95,7 +96,7 @@ func envOr(k, def string) string {
 }
 
 func runCmd(g *globals) *cobra.Command {
-	var cfgPath, dataDir string
+	var cfgPath, dataDir, listen string
 	c := &cobra.Command{
 		Use:   "run",
 		Short: "Run the configured flows until SIGINT/SIGTERM, then stop cleanly",
@@ -108,11 +109,25 @@ func runCmd(g *globals) *cobra.Command {
 				dataDir = envOr("DUPLEX_DATA_DIR", cfg.DataDir)
 			}
 			log := g.logger()
-			a, err := app.Start(cmd.Context(), app.Options{Config: cfg, DataDir: dataDir, Logger: log})
+			metrics := ops.NewMetrics()
+			a, err := app.Start(cmd.Context(), app.Options{Config: cfg, DataDir: dataDir, Logger: log, OnBatch: metrics.OnBatch})
 			if err != nil {
 				return err
 			}
 			defer a.Close()
+			metrics.SetApp(a)
+			if listen != "" && listen != "off" {
+				srv, err := ops.Listen(listen, a, metrics, log)
+				if err != nil {
+					return err
+				}
+				go func() {
+					if err := srv.Serve(cmd.Context()); err != nil {
+						log.Error("status listener stopped", slog.Any("error", err))
+					}
+				}()
+				log.Info("serving metrics, health and status", slog.String("listen", "http://"+srv.Addr()))
+			}
 			log.Info("duplex running", slog.String("nats", a.NATSURL()), slog.Int("flows", len(cfg.Flows)))
 			if progress.IsTerminal(g.stderr) {
 				go snapshotBars(cmd.Context(), g.stderr, a)
@@ -124,6 +139,7 @@ func runCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
 	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
+	c.Flags().StringVar(&listen, "listen", envOr("DUPLEX_LISTEN", ops.DefaultListen), "address of /metrics, /healthz, /readyz, /api/status and the status page (off to disable)")
 	return c
 }
 

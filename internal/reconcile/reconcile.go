@@ -50,6 +50,27 @@ type EntityReport struct {
 	Changed     int64
 	SourceTotal map[string]decimal.Decimal // "field currency" -> sum
 	TargetTotal map[string]decimal.Decimal
+	// DayField is the entity's first timestamp or date field carried, by
+	// whose day money is also summed ("field currency day" -> sum).
+	DayField  string
+	SourceDay map[string]decimal.Decimal
+	TargetDay map[string]decimal.Decimal
+}
+
+// DaysDiffering lists the "field currency day" totals that differ.
+func (e *EntityReport) DaysDiffering() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range []map[string]decimal.Decimal{e.SourceDay, e.TargetDay} {
+		for k := range m {
+			if !seen[k] && !e.SourceDay[k].Equal(e.TargetDay[k]) {
+				out = append(out, k)
+			}
+			seen[k] = true
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Report is the comparison of all entities.
@@ -62,7 +83,7 @@ type Report struct {
 // Equal reports whether nothing differs.
 func (r *Report) Equal() bool {
 	for _, e := range r.Entities {
-		if e.Missing+e.Extra+e.Changed > 0 || e.SourceRows != e.TargetRows || !sameTotals(e.SourceTotal, e.TargetTotal) {
+		if e.Missing+e.Extra+e.Changed > 0 || e.SourceRows != e.TargetRows || !sameTotals(e.SourceTotal, e.TargetTotal) || len(e.DaysDiffering()) > 0 {
 			return false
 		}
 	}
@@ -94,6 +115,17 @@ func (r *Report) String() string {
 			}
 			fmt.Fprintf(&b, "  %-30s %s %s %s\n", k, e.SourceTotal[k].String(), mark, e.TargetTotal[k].String())
 		}
+		if e.DayField != "" {
+			days := e.DaysDiffering()
+			fmt.Fprintf(&b, "  per day of %s: %d totals, %d differ\n", e.DayField, max(len(e.SourceDay), len(e.TargetDay)), len(days))
+			for i, k := range days {
+				if i == 20 {
+					fmt.Fprintf(&b, "    … %d more\n", len(days)-i)
+					break
+				}
+				fmt.Fprintf(&b, "    %-40s %s ≠ %s\n", k, e.SourceDay[k].String(), e.TargetDay[k].String())
+			}
+		}
 	}
 	for _, d := range r.Diffs {
 		fmt.Fprintf(&b, "  %s\n", d)
@@ -116,12 +148,21 @@ const MaxDiffs = 50
 // Compare compares every entity stored by both systems, over the fields a
 // flow from source to target carries.
 func Compare(ctx context.Context, m *transform.Mapping, src, dst Side) (*Report, error) {
+	return CompareWith(ctx, m, src, dst, nil)
+}
+
+// Progress is told, every 10,000 rows and at the end of each entity, how
+// many source and target rows of the entity were compared.
+type Progress func(entity string, sourceRows, targetRows int64, done bool)
+
+// CompareWith is Compare reporting progress.
+func CompareWith(ctx context.Context, m *transform.Mapping, src, dst Side, progress Progress) (*Report, error) {
 	rep := &Report{}
 	for _, e := range m.Entities {
 		if e.Tables[src.System] == nil || e.Tables[dst.System] == nil {
 			continue
 		}
-		er, err := compareEntity(ctx, m, e, src, dst, rep)
+		er, err := compareEntity(ctx, m, e, src, dst, rep, progress)
 		if err != nil {
 			return nil, err
 		}
@@ -217,9 +258,19 @@ func open(ctx context.Context, m *transform.Mapping, e *transform.Entity, s Side
 	return c, nil
 }
 
-func compareEntity(ctx context.Context, m *transform.Mapping, e *transform.Entity, src, dst Side, rep *Report) (EntityReport, error) {
-	er := EntityReport{Entity: e.Name, SourceTotal: map[string]decimal.Decimal{}, TargetTotal: map[string]decimal.Decimal{}}
+func compareEntity(ctx context.Context, m *transform.Mapping, e *transform.Entity, src, dst Side, rep *Report, progress Progress) (EntityReport, error) {
+	er := EntityReport{Entity: e.Name, SourceTotal: map[string]decimal.Decimal{}, TargetTotal: map[string]decimal.Decimal{},
+		SourceDay: map[string]decimal.Decimal{}, TargetDay: map[string]decimal.Decimal{}}
 	fields := e.Carried(src.System, dst.System)
+	for _, f := range fields {
+		if t := e.Field(f).Type; t == transform.TypeTimestamp || t == transform.TypeDate {
+			er.DayField = f
+			break
+		}
+	}
+	if progress != nil {
+		defer func() { progress(e.Name, er.SourceRows, er.TargetRows, true) }()
+	}
 	a, err := open(ctx, m, e, src, fields)
 	if err != nil {
 		return er, err
@@ -238,24 +289,27 @@ func compareEntity(ctx context.Context, m *transform.Mapping, e *transform.Entit
 		}
 	}
 	for !a.done || !b.done {
+		if progress != nil && (er.SourceRows+er.TargetRows)%20000 == 0 && er.SourceRows+er.TargetRows > 0 {
+			progress(e.Name, er.SourceRows, er.TargetRows, false)
+		}
 		switch {
 		case !a.done && (b.done || a.key < b.key):
 			er.SourceRows++
-			addTotals(e, er.SourceTotal, a.data)
+			addTotals(e, er.SourceTotal, er.SourceDay, er.DayField, a.data)
 			er.Missing++
 			note(Diff{Entity: e.Name, Key: a.key, Kind: "missing"})
 			a.next()
 		case !b.done && (a.done || b.key < a.key):
 			er.TargetRows++
-			addTotals(e, er.TargetTotal, b.data)
+			addTotals(e, er.TargetTotal, er.TargetDay, er.DayField, b.data)
 			er.Extra++
 			note(Diff{Entity: e.Name, Key: b.key, Kind: "extra"})
 			b.next()
 		default:
 			er.SourceRows++
 			er.TargetRows++
-			addTotals(e, er.SourceTotal, a.data)
-			addTotals(e, er.TargetTotal, b.data)
+			addTotals(e, er.SourceTotal, er.SourceDay, er.DayField, a.data)
+			addTotals(e, er.TargetTotal, er.TargetDay, er.DayField, b.data)
 			var differ []string
 			for _, f := range fields {
 				if !e.Field(f).Equal(a.data[f], b.data[f]) {
@@ -276,7 +330,11 @@ func compareEntity(ctx context.Context, m *transform.Mapping, e *transform.Entit
 	return er, b.err
 }
 
-func addTotals(e *transform.Entity, totals map[string]decimal.Decimal, data map[string]any) {
+func addTotals(e *transform.Entity, totals, days map[string]decimal.Decimal, dayField string, data map[string]any) {
+	day := ""
+	if s, ok := data[dayField].(string); ok && len(s) >= 10 {
+		day = s[:10]
+	}
 	for _, f := range e.Fields {
 		if f.Type != transform.TypeMoney {
 			continue
@@ -291,5 +349,8 @@ func addTotals(e *transform.Entity, totals map[string]decimal.Decimal, data map[
 		}
 		k := f.Name + " " + mv.Currency
 		totals[k] = totals[k].Add(d)
+		if day != "" {
+			days[k+" "+day] = days[k+" "+day].Add(d)
+		}
 	}
 }

@@ -1,0 +1,86 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Readiness is whether duplex is connected to both databases and NATS and
+// its flows are running, with the reasons when not.
+type Readiness struct {
+	Ready   bool              `json:"ready"`
+	Reasons []string          `json:"reasons,omitempty"`
+	Checks  map[string]string `json:"checks"`
+}
+
+// Ready checks NATS, every database (a query with a short timeout), every
+// slot and every flow.
+func (a *App) Ready(ctx context.Context) Readiness {
+	r := Readiness{Ready: true, Checks: map[string]string{}}
+	fail := func(check, reason string) {
+		r.Ready = false
+		r.Checks[check] = reason
+		r.Reasons = append(r.Reasons, check+": "+reason)
+	}
+	if a.nc.IsConnected() {
+		r.Checks["nats"] = "ok"
+	} else {
+		fail("nats", "not connected ("+a.nc.Status().String()+")")
+	}
+	cfg := a.opts.Config
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, name := range sortedSystems(cfg) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := a.ping(ctx, cfg.Systems[name].DSN)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				fail("database "+name, err.Error())
+			} else {
+				r.Checks["database "+name] = "ok"
+			}
+		}()
+	}
+	wg.Wait()
+	for name, l := range a.Slots() {
+		switch {
+		case l.Error != "":
+			fail("slot "+name, l.Error)
+		case !l.Active:
+			fail("slot "+name, fmt.Sprintf("slot %s is not being streamed", l.Slot))
+		default:
+			r.Checks["slot "+name] = "ok"
+		}
+	}
+	for _, l := range a.Lag(ctx) {
+		if l.State == "running" || l.State == "waiting" {
+			r.Checks["flow "+l.Flow] = l.State
+			continue
+		}
+		reason := l.State
+		if l.LastError != "" {
+			reason += ": " + l.LastError
+		}
+		fail("flow "+l.Flow, reason)
+	}
+	return r
+}
+
+func (a *App) ping(ctx context.Context, dsn string) error {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(cctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	_, err = c.Exec(cctx, "SELECT 1")
+	return err
+}

@@ -1,0 +1,86 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/duplex-cdc/duplex/internal/config"
+	"github.com/duplex-cdc/duplex/pipeline"
+	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+// ReplayProgress is where an offline replay is.
+type ReplayProgress struct {
+	Total, Pending uint64 // messages
+	Stats          pipeline.FlowCounts
+}
+
+// ReplayOffline re-applies a flow from a point of the retained stream when
+// no duplex runs: it re-points the flow's consumer and runs the flow alone
+// (no capture) until nothing is pending, reporting progress every half
+// second.
+func ReplayOffline(ctx context.Context, cfg *config.Config, bus *Bus, flow string, from ReplayFrom, log *slog.Logger, progress func(ReplayProgress)) (pipeline.FlowCounts, error) {
+	f := cfg.Flow(flow)
+	if f == nil {
+		return pipeline.FlowCounts{}, fmt.Errorf("replay: no flow %q", flow)
+	}
+	m, err := transform.Load(cfg.MappingPath())
+	if err != nil {
+		return pipeline.FlowCounts{}, err
+	}
+	js := bus.JetStream()
+	if err := pipeline.ResetFlowFrom(ctx, js, f.Name, f.From, from.Seq, from.Time); err != nil {
+		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
+	}
+	pending := func() (uint64, error) {
+		c, err := js.Consumer(ctx, pipeline.StreamName, f.Name)
+		if err != nil {
+			return 0, err
+		}
+		info := c.CachedInfo()
+		return info.NumPending + uint64(info.NumAckPending), nil
+	}
+	total, err := pending()
+	if err != nil {
+		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
+	}
+	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: m, Logger: log})
+	if err != nil {
+		return pipeline.FlowCounts{}, err
+	}
+	defer sink.Close(context.WithoutCancel(ctx))
+	stats := &pipeline.FlowStats{}
+	ap, err := pipeline.NewApplier(js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch,
+		MaxWaitAttempts: f.MaxWaitAttempts, LargeTxChunks: f.LargeTxChunks, Logger: log, Stats: stats})
+	if err != nil {
+		return pipeline.FlowCounts{}, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- ap.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	for {
+		select {
+		case <-ctx.Done():
+			return stats.Snapshot(), ctx.Err()
+		case err := <-done:
+			done <- err
+			return stats.Snapshot(), fmt.Errorf("replay %s: flow stopped: %v", flow, err)
+		case <-time.After(500 * time.Millisecond):
+		}
+		p, err := pending()
+		if err != nil {
+			continue
+		}
+		s := stats.Snapshot()
+		if progress != nil {
+			progress(ReplayProgress{Total: total, Pending: p, Stats: s})
+		}
+		if p == 0 && s.State == "running" {
+			return s, nil
+		}
+	}
+}
