@@ -313,8 +313,9 @@ func (f *fixture) inProcessLevel(level slog.Level) (stop func()) {
 
 // child is a duplex process.
 type child struct {
-	cmd *exec.Cmd
-	log string
+	cmd    *exec.Cmd
+	log    string
+	listen string // address of its status listener
 }
 
 // startChild runs `duplex run` as a separate process (the test binary).
@@ -325,13 +326,18 @@ func (f *fixture) startChild() *child {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "run", "--config", f.cfgPath, "--data-dir", f.dir, "--log-level", "info")
+	port, err := harness.FreePort()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := exec.Command(os.Args[0], "run", "--config", f.cfgPath, "--data-dir", f.dir, "--log-level", "info", "--listen", listen)
 	cmd.Env = append(os.Environ(), childEnv+"=1", "CRM_DSN="+f.env("CRM_DSN"), "ERP_DSN="+f.env("ERP_DSN"))
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		f.t.Fatal(err)
 	}
-	c := &child{cmd: cmd, log: logPath}
+	c := &child{cmd: cmd, log: logPath, listen: listen}
 	f.t.Cleanup(func() {
 		if c.cmd.ProcessState == nil {
 			_ = c.cmd.Process.Kill()

@@ -67,6 +67,9 @@ type ProducerConfig struct {
 	// fields before they are published.
 	Versions interface {
 		Record(ctx context.Context, events []transform.Event) error
+		// Lookup sets the recorded versions of the shared fields of
+		// copied rows (snapshot, backfill).
+		Lookup(ctx context.Context, events []transform.Event) error
 	}
 	// Holds, when set, keeps entities held because their source table no
 	// longer fits the mapping; without it such a change is dead-lettered.
@@ -442,6 +445,11 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	}
 	if p.cfg.Versions != nil && !c.Tx.Applied && !c.Tx.Snapshot && len(tx.Events) > 0 {
 		if err := p.cfg.Versions.Record(ctx, tx.Events); err != nil {
+			return err
+		}
+	}
+	if p.cfg.Versions != nil && c.Tx.Snapshot && len(tx.Events) > 0 {
+		if err := p.cfg.Versions.Lookup(ctx, tx.Events); err != nil {
 			return err
 		}
 	}

@@ -56,6 +56,16 @@ type Event struct {
 	// did not fit the mapping) and is published late, after the fix: it
 	// is applied even though the flow has applied later positions.
 	Redo bool `json:"redo,omitempty"`
+	// Versions, for a copied row (snapshot, backfill), holds the recorded
+	// version of shared fields whose value is still the one recorded: the
+	// write they come from, rather than the time of the copy.
+	Versions map[string]FieldVersion `json:"versions,omitempty"`
+}
+
+// FieldVersion is who wrote a field's value, and when (source commit time).
+type FieldVersion struct {
+	Source string    `json:"source"`
+	At     time.Time `json:"at"`
 }
 
 // EventID is "<source>:<commit LSN>:<index>".

@@ -95,7 +95,7 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 	} else {
 		out.Fields = []string{string(ev.Op)}
 	}
-	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: m, Logger: log})
+	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.ToolOrigin(), Mapping: m, Logger: log})
 	if err != nil {
 		return out, err
 	}

@@ -402,7 +402,7 @@ func dlqCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(tw, "SEQ\tFLOW\tSTAGE\tENTITY\tKEY\tPOSITION\tFAILED AT\tERROR")
 				for _, d := range dls {
 					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s/%d\t%s\t%s\n", d.Seq, d.Flow, d.Stage, d.Entity, d.Key, d.Position.LSN, d.Position.Index,
-						d.FailedAt.Format(time.RFC3339), oneLine(d.Error, 160))
+						d.FailedAt.Format(time.RFC3339), oneLine(d.Error, 400))
 				}
 				return tw.Flush()
 			})

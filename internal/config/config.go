@@ -210,11 +210,16 @@ func (c *Config) OriginsInto(system string) []string {
 	var out []string
 	for _, f := range c.Flows {
 		if f.To == system {
-			out = append(out, f.Origin)
+			out = append(out, f.Origin, f.ToolOrigin())
 		}
 	}
 	return out
 }
+
+// ToolOrigin is the replication origin the command-line tools (dlq retry)
+// apply under while the flow itself may be running under Origin: a
+// session holds its origin exclusively.
+func (f *Flow) ToolOrigin() string { return f.Origin + "_tool" }
 
 func contains(xs []string, s string) bool {
 	for _, x := range xs {

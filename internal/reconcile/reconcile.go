@@ -113,7 +113,7 @@ func (r *Report) String() string {
 			if !e.SourceTotal[k].Equal(e.TargetTotal[k]) {
 				mark = "≠"
 			}
-			fmt.Fprintf(&b, "  %-30s %s %s %s\n", k, e.SourceTotal[k].String(), mark, e.TargetTotal[k].String())
+			fmt.Fprintf(&b, "  %-30s %s %s %s\n", k, amount(k, e.SourceTotal[k]), mark, amount(k, e.TargetTotal[k]))
 		}
 		if e.DayField != "" {
 			days := e.DaysDiffering()
@@ -123,7 +123,7 @@ func (r *Report) String() string {
 					fmt.Fprintf(&b, "    … %d more\n", len(days)-i)
 					break
 				}
-				fmt.Fprintf(&b, "    %-40s %s ≠ %s\n", k, e.SourceDay[k].String(), e.TargetDay[k].String())
+				fmt.Fprintf(&b, "    %-40s %s ≠ %s\n", k, amount(k, e.SourceDay[k]), amount(k, e.TargetDay[k]))
 			}
 		}
 	}
@@ -131,6 +131,18 @@ func (r *Report) String() string {
 		fmt.Fprintf(&b, "  %s\n", d)
 	}
 	return b.String()
+}
+
+// amount shows a total with at least its currency's decimals (the
+// currency is the second word of a totals key: "field currency [day]").
+func amount(key string, d decimal.Decimal) string {
+	scale := int32(0)
+	if w := strings.Fields(key); len(w) > 1 {
+		if s, err := transform.CurrencyScale(w[1]); err == nil {
+			scale = s
+		}
+	}
+	return d.StringFixed(max(scale, -d.Exponent()))
 }
 
 func sortedKeys(m map[string]decimal.Decimal) []string {

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/md5" //nolint:gosec // matches PostgreSQL's md5() of recorded values; not for security
 	"fmt"
 	"log/slog"
 	"slices"
@@ -124,7 +125,7 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 				if p.ver == nil {
 					p.ver = map[string]version{}
 				}
-				p.ver[col] = version{source: p.source, at: at}
+				p.ver[col] = version{source: p.sourceOf(col), at: at}
 			}
 			continue
 		}
@@ -159,7 +160,7 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 			if !ok {
 				continue
 			}
-			in := version{source: p.source, at: at}
+			in := version{source: p.sourceOf(col), at: at}
 			vi := slices.IndexFunc(p.row.Values, func(v transform.ColValue) bool { return v.Column == col })
 			incoming := p.row.Values[vi]
 			if s.newer(in, held) {
@@ -327,4 +328,84 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Lookup sets, on copied rows (snapshot, backfill) of this system, the
+// recorded version of each shared field whose value is still the one
+// recorded, so that a copy carries the age of the write it comes from: a
+// database restored from a backup and copied again must not pass its old
+// values off as new.
+func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) error {
+	var ents, keys []string
+	for i := range events {
+		ev := &events[i]
+		if ev.Op == transform.OpUpsert && len(r.mapping.Entity(ev.Entity).SharedFields(r.system)) > 0 {
+			ents, keys = append(ents, ev.Entity), append(keys, ev.Key)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if r.conn == nil || r.conn.IsClosed() {
+		c, err := pgx.Connect(ctx, r.dsn)
+		if err != nil {
+			return fmt.Errorf("look up versions %s: connect: %w", r.system, err)
+		}
+		if err := EnsureSchema(ctx, c); err != nil {
+			c.Close(ctx)
+			return fmt.Errorf("look up versions %s: %w", r.system, err)
+		}
+		r.conn = c
+	}
+	rows, err := r.conn.Query(ctx, `SELECT v.entity, v.key, v.field, v.source, v.commit_time, v.value_hash
+		FROM unnest($1::text[], $2::text[]) AS u(e, k) JOIN duplex.field_versions v ON v.entity = u.e AND v.key = u.k`, ents, keys)
+	if err != nil {
+		r.Close(ctx)
+		return fmt.Errorf("look up versions %s: %w", r.system, err)
+	}
+	type rec struct {
+		v    transform.FieldVersion
+		hash *string
+	}
+	known := map[string]rec{}
+	for rows.Next() {
+		var e, k, f string
+		var x rec
+		if err := rows.Scan(&e, &k, &f, &x.v.Source, &x.v.At, &x.hash); err != nil {
+			rows.Close()
+			return fmt.Errorf("look up versions %s: %w", r.system, err)
+		}
+		known[e+"\x00"+k+"\x00"+f] = x
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("look up versions %s: %w", r.system, err)
+	}
+	for i := range events {
+		ev := &events[i]
+		if ev.Op != transform.OpUpsert {
+			continue
+		}
+		for _, f := range r.mapping.Entity(ev.Entity).SharedFields(r.system) {
+			v, ok := ev.Data[f]
+			x, recorded := known[ev.Entity+"\x00"+ev.Key+"\x00"+f]
+			if !ok || !recorded {
+				continue
+			}
+			var h *string
+			if s, isText := v.(string); isText {
+				sum := fmt.Sprintf("%x", md5.Sum([]byte(s)))
+				h = &sum
+			} else if v != nil {
+				continue
+			}
+			if !eqPtr(h, x.hash) {
+				continue // changed since recorded: the copy's time stands
+			}
+			if ev.Versions == nil {
+				ev.Versions = map[string]transform.FieldVersion{}
+			}
+			ev.Versions[f] = x.v
+		}
+	}
+	return nil
 }

@@ -260,11 +260,21 @@ type pendingRow struct {
 	deleted bool
 	source  string
 	// at holds, per shared column, the source commit time of the write
-	// whose value the row carries.
-	at map[string]time.Time
+	// whose value the row carries; from, when set, the system that made
+	// it (a copied row carries recorded versions), else source.
+	at   map[string]time.Time
+	from map[string]string
 	// ver holds, per shared column, the version to record once the row
 	// is written: the incoming write's when it won, else the local one.
 	ver map[string]version
+}
+
+// sourceOf is the system whose write a shared column's value is.
+func (p *pendingRow) sourceOf(col string) string {
+	if s, ok := p.from[col]; ok {
+		return s
+	}
+	return p.source
 }
 
 type entityBatch struct {
@@ -501,11 +511,18 @@ func (s *Sink) fold(b *entityBatch, row *transform.Row, ti, ei int, ev *transfor
 	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete, source: ev.Source}
 	shared := s.sharedColumns(row.Entity)
 	for _, v := range row.Values {
-		if shared[v.Column] != "" {
+		if f := shared[v.Column]; f != "" {
 			if p.at == nil {
 				p.at = map[string]time.Time{}
 			}
 			p.at[v.Column] = ev.Pos.CommitTime
+			if fv, ok := ev.Versions[f]; ok {
+				p.at[v.Column] = fv.At
+				if p.from == nil {
+					p.from = map[string]string{}
+				}
+				p.from[v.Column] = fv.Source
+			}
 		}
 	}
 	if prev != nil && !prev.deleted && !p.deleted {
@@ -519,6 +536,12 @@ func (s *Sink) fold(b *entityBatch, row *transform.Row, ti, ei int, ev *transfor
 						p.at = map[string]time.Time{}
 					}
 					p.at[v.Column] = t
+					if f, ok := prev.from[v.Column]; ok {
+						if p.from == nil {
+							p.from = map[string]string{}
+						}
+						p.from[v.Column] = f
+					}
 				}
 			}
 		}
