@@ -595,6 +595,9 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			}
 			args[ci] = arr
 		}
+		if err := s.releaseUnique(ctx, tx, e, t, rows, args); err != nil {
+			return err
+		}
 		sql, err := s.writeSQL(e, t, sig, cols)
 		if err != nil {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
@@ -745,6 +748,65 @@ func (s *Sink) castType(t *transform.TableMap, column string) (string, error) {
 		return "", fmt.Errorf("sink %s: column %s of %s is not in the catalog", s.cfg.System, column, t.QualifiedTable())
 	}
 	return ti.Columns[column].CastType, nil
+}
+
+// releaseUnique clears, in other rows, the values these rows are about to
+// take in a nullable unique column that holds a field the flow's source
+// assigns (a customer number the ERP hands out): the source owns the
+// value, so a row still holding it is stale and gets its own number later.
+// Without this, numbers that moved between rows (an ERP restored from a
+// backup numbers its customers anew) would collide on the unique index.
+func (s *Sink) releaseUnique(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow, args []any) error {
+	ti := s.catalog.Tables[t.QualifiedTable()]
+	cols := rows[0].row.Values
+	var keys []*string
+	for ci, c := range cols {
+		if c.Column == t.KeyColumn {
+			keys = args[ci].([]*string)
+		}
+	}
+	for ci, c := range cols {
+		info := ti.Columns[c.Column]
+		if c.Column == t.KeyColumn || !ti.UniqueColumns[c.Column] || info == nil || info.NotNull || !s.assigned(e, t, c.Column) {
+			continue
+		}
+		kt, err := s.castType(t, t.KeyColumn)
+		if err != nil {
+			return err
+		}
+		ct, err := s.castType(t, c.Column)
+		if err != nil {
+			return err
+		}
+		id := pgx.Identifier{c.Column}.Sanitize()
+		// Every other row holding a value: those outside the batch and
+		// those inside it that take another one (numbers swapped between
+		// rows would otherwise collide within the statement).
+		tag, err := tx.Exec(ctx, fmt.Sprintf(`UPDATE %s AS t SET %s = NULL FROM unnest($1::text[], $2::text[]) AS u(v, k)
+			WHERE u.v IS NOT NULL AND t.%s = u.v::%s AND t.%s IS DISTINCT FROM u.k::%s`,
+			quoteTable(t), id, id, ct, pgx.Identifier{t.KeyColumn}.Sanitize(), kt), args[ci], keys)
+		if err != nil {
+			return classify(fmt.Errorf("sink %s: release values of unique column %s.%s: %w", s.cfg.System, t.QualifiedTable(), c.Column, err), singleTx(rows), -1)
+		}
+		if n := tag.RowsAffected(); n > 0 {
+			s.log.Info("unique value moved: cleared in the rows that held it until they get their own",
+				slog.String("entity", e.Name), slog.String("column", c.Column), slog.Int64("rows", n))
+		}
+	}
+	return nil
+}
+
+// assigned says whether a column holds a field owned by the flow's source
+// alone.
+func (s *Sink) assigned(e *transform.Entity, t *transform.TableMap, column string) bool {
+	for name, cm := range t.Columns {
+		if cm.Column == column && cm.Ref == nil {
+			if f := e.Field(name); f != nil && f.Owner == s.cfg.Source && name != e.Key {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // canInsert says whether rows with these columns can be inserted: every
