@@ -40,6 +40,9 @@ type Options struct {
 	// LargeTxRows, when set, measures only one source transaction of that
 	// many rows passing through a separate duplex process.
 	LargeTxRows int
+	// VerifyRows, when set, measures only duplex verify on that many rows
+	// per side, one cent apart.
+	VerifyRows int
 	Out         io.Writer
 	Logger      *slog.Logger
 }
@@ -149,6 +152,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.LargeTxRows > 0 {
 		return largeTx(ctx, env, o)
+	}
+	if o.VerifyRows > 0 {
+		return verifyOnly(ctx, env, o)
 	}
 	lat := map[string]*demo.Latencies{"to-erp": {}, "to-crm": {}}
 	onApplied := func(flow string, txs []*transform.Tx, at time.Time) {

@@ -1,0 +1,80 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/demo"
+)
+
+// verifyOnly copies o.VerifyRows CRM rows to the ERP (initial snapshot),
+// changes one amount in the ERP by one cent, and times `duplex verify` as
+// a separate process, with its peak RSS.
+func verifyOnly(ctx context.Context, env *demo.Env, o Options) (*Result, error) {
+	fmt.Fprintf(o.Out, "verify: %d rows in the CRM, copied to the ERP …\n", o.VerifyRows)
+	n, err := bulk(ctx, env.CRM.DSN("crm"), o.VerifyRows, 5000)
+	if err != nil {
+		return nil, err
+	}
+	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
+	if err != nil {
+		return nil, err
+	}
+	defer erp.Close(context.WithoutCancel(ctx))
+	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	_, err = waitCount(ctx, erp, n, 30*time.Minute, "customers", "sales_orders", "sales_order_lines")
+	cancel()
+	<-done
+	a.Close()
+	if err != nil {
+		return nil, fmt.Errorf("verify: copy: %w", err)
+	}
+	var key string
+	if err := erp.QueryRow(ctx, `UPDATE sales_order_lines SET unit_price = unit_price + 0.01
+		WHERE ctid = (SELECT ctid FROM sales_order_lines ORDER BY crm_line_id LIMIT 1 OFFSET 12345) RETURNING crm_line_id::text`).Scan(&key); err != nil {
+		return nil, fmt.Errorf("verify: change one cent: %w", err)
+	}
+	fmt.Fprintf(o.Out, "  %d rows on each side; order line %s changed by one cent in the ERP\n", n, key)
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, exe, "verify", "--config", filepath.Join(env.Dir, "duplex.yaml"), "--flow", "to-erp")
+	cmd.Env = append(os.Environ(), "CRM_DSN="+env.CRM.DSN("crm"), "ERP_DSN="+env.ERP.DSN("erp"), "NATS_URL=")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	t0 := time.Now()
+	err = cmd.Run()
+	d := time.Since(t0)
+	code := cmd.ProcessState.ExitCode()
+	if code != 1 {
+		return nil, fmt.Errorf("verify exited %d (want 1): %v\n%s", code, err, out.String())
+	}
+	found := strings.Contains(out.String(), key)
+	rss := int64(0)
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rss = ru.Maxrss // KiB on Linux
+	}
+	fmt.Fprintf(o.Out, "  duplex verify: %s for %d rows per side (%.0f rows/s per side), exit %d, the changed line named: %v, peak RSS %d MiB\n",
+		d.Round(time.Millisecond), n, float64(n)/d.Seconds(), code, found, rss/1024)
+	if !found {
+		return nil, fmt.Errorf("verify did not name the changed line %s:\n%s", key, out.String())
+	}
+	return &Result{Rows: n}, nil
+}
