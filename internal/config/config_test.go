@@ -68,8 +68,8 @@ func TestLoad(t *testing.T) {
 			if got := c.MappingPath(); got != filepath.Join(filepath.Dir(path), "mapping.yaml") {
 				t.Errorf("MappingPath = %s", got)
 			}
-			if got := c.OriginsInto("crm"); len(got) != 1 || got[0] != "duplex_to_crm" {
-				t.Errorf("OriginsInto(crm) = %v, want [duplex_to_crm]", got)
+			if got := c.OriginsInto("crm"); len(got) != 2 || got[0] != "duplex_to_crm" || got[1] != "duplex_to_crm_tool" {
+				t.Errorf("OriginsInto(crm) = %v, want [duplex_to_crm duplex_to_crm_tool]", got)
 			}
 			if got := c.Sources(); len(got) != 2 || got[0] != "crm" || got[1] != "erp" {
 				t.Errorf("Sources = %v, want [crm erp]", got)
