@@ -103,6 +103,8 @@ func columnFits(f *Field, conv string, c *ColumnInfo) error {
 		ok = c.Type == "bool"
 	case ConvUUID:
 		ok = c.Type == "uuid"
+	case ConvNative:
+		ok = nativeFits(f, c)
 	}
 	if !ok {
 		return fmt.Errorf("type %s cannot hold a %s field through converter %s", c.SQLType, f.Type, conv)

@@ -195,6 +195,7 @@ func (m *Mapping) Validate() error {
 			e.fieldByName[f.Name] = f
 			switch f.Type {
 			case TypeText, TypeInteger, TypeDecimal, TypeMoney, TypeTimestamp, TypeDate, TypeBoolean, TypeUUID, TypeCurrency:
+			case TypeFloat, TypeTime, TypeInterval, TypeJSON, TypeBytes, TypeArray, TypeNative:
 			case TypeEnum:
 				if len(f.Values) == 0 {
 					bad("entity %s: enum field %s lists no values", e.Name, f.Name)
@@ -358,6 +359,9 @@ func (c *ColumnMap) converter(f *Field) string {
 	case TypeCurrency:
 		return ConvText
 	}
+	if isNativeType(f.Type) {
+		return ConvNative
+	}
 	return f.Type
 }
 
@@ -365,6 +369,8 @@ func convertible(typ, conv string) bool {
 	switch conv {
 	case ConvConstant:
 		return true
+	case ConvNative:
+		return isNativeType(typ)
 	case ConvMoney, ConvMoneyMinor:
 		return typ == TypeMoney
 	case ConvEnum:

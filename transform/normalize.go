@@ -243,6 +243,13 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 	if v == nil {
 		return nil, nil
 	}
+	if conv == ConvNative {
+		t, err := nativeText(v)
+		if err != nil {
+			return fail(err)
+		}
+		return t, nil
+	}
 	if sp, ok := v.(capture.Special); ok {
 		return fail(fmt.Errorf("%s cannot be carried exactly as %s", string(sp), f.Type))
 	}

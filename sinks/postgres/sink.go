@@ -809,6 +809,21 @@ func (s *Sink) assigned(e *transform.Entity, t *transform.TableMap, column strin
 	return false
 }
 
+// comparable returns expr as something IS DISTINCT FROM can compare:
+// types without an equality operator (json, xml, geometric types and
+// arrays of them) are compared by their text form.
+func (s *Sink) comparable(t *transform.TableMap, column, expr string) string {
+	ci := s.catalog.Tables[t.QualifiedTable()].Columns[column]
+	if ci == nil {
+		return expr
+	}
+	switch strings.TrimPrefix(ci.Type, "_") {
+	case "json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle":
+		return expr + "::text"
+	}
+	return expr
+}
+
 // canInsert says whether rows with these columns can be inserted: every
 // NOT NULL column without a default is among them. A flow that carries
 // only the fields its source owns often cannot create a row (the ERP's
@@ -859,8 +874,8 @@ func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (stri
 			continue
 		}
 		set = append(set, id+" = "+val)
-		cmpT = append(cmpT, "t."+id)
-		cmpU = append(cmpU, val)
+		cmpT = append(cmpT, s.comparable(t, c.Column, "t."+id))
+		cmpU = append(cmpU, s.comparable(t, c.Column, "("+val+")"))
 	}
 	if len(set) == 0 {
 		return "SELECT 1 WHERE false", nil
@@ -884,8 +899,8 @@ func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string,
 		sel = append(sel, fmt.Sprintf("u.v%d::%s", i, ct))
 		if c.Column != t.KeyColumn {
 			set = append(set, id+" = EXCLUDED."+id)
-			cmpT = append(cmpT, "t."+id)
-			cmpE = append(cmpE, "EXCLUDED."+id)
+			cmpT = append(cmpT, s.comparable(t, c.Column, "t."+id))
+			cmpE = append(cmpE, s.comparable(t, c.Column, "EXCLUDED."+id))
 		}
 	}
 	q := fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM unnest(%s) AS u(%s) ON CONFLICT (%s) ",
