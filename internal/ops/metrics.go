@@ -5,6 +5,7 @@ package ops
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,13 +85,40 @@ var (
 	allFlowState = []string{"running", "retrying", "waiting", "stopped"}
 )
 
+var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dSrcRecon,
+	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dNATSUp, dNATSRecon}
+
 type appCollector struct{ a *app.App }
 
 func (c *appCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dSrcRecon,
-		dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dNATSUp, dNATSRecon} {
+	for _, d := range appDescs {
 		ch <- d
 	}
+}
+
+// MetricNames returns the name of every series duplex exposes (histograms
+// with their _bucket, _sum and _count series; Go and process metrics
+// included), for checking dashboards and alert rules against them.
+func MetricNames() []string {
+	var out []string
+	for _, d := range appDescs {
+		// Desc{fqName: "duplex_…", help: …}
+		s := d.String()
+		i := strings.Index(s, `fqName: "`)
+		rest := s[i+len(`fqName: "`):]
+		out = append(out, rest[:strings.IndexByte(rest, '"')])
+	}
+	m := NewMetrics()
+	mfs, err := m.Registry.Gather()
+	if err == nil {
+		for _, mf := range mfs {
+			out = append(out, mf.GetName())
+		}
+	}
+	for _, h := range []string{"duplex_flow_latency_seconds", "duplex_flow_batch_events", "duplex_flow_apply_duration_seconds"} {
+		out = append(out, h+"_bucket", h+"_sum", h+"_count")
+	}
+	return out
 }
 
 func b2f(b bool) float64 {
