@@ -263,15 +263,26 @@ func TestOps_DeadLetterRetry(t *testing.T) {
 // differs.
 func TestOps_VerifyFindsOneCent(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
+	stop := f.inProcess()
 	f.exec("crm", `INSERT INTO accounts (id, name, currency) SELECT gen_random_uuid(), 'a' || g, 'EUR' FROM generate_series(1, 50) g`)
 	f.exec("crm", `INSERT INTO orders (id, account_id, currency, total, status, ordered_at)
 		SELECT gen_random_uuid(), id, 'EUR', 100.00, 'open', '2026-11-20 10:00:00+00' FROM accounts`)
-	stop := f.inProcess()
 	f.waitBothConverged(30 * time.Second)
 	stop()
 	code, out := f.duplexCLI("verify")
 	if code != 0 || !strings.Contains(out, "both systems agree") {
 		t.Fatalf("verify of equal systems exited %d:\n%s", code, out)
+	}
+	// With no duplex running, status reads PostgreSQL and JetStream, and a
+	// replay of the whole stream runs here and skips everything the ERP
+	// already holds.
+	code, out = f.duplexCLI("status", "--listen", "127.0.0.1:1")
+	if code != 0 || !strings.Contains(out, "no running duplex answered") || !strings.Contains(out, "to-erp (crm→erp)") || !strings.Contains(out, "not running") {
+		t.Errorf("offline status exited %d:\n%s", code, out)
+	}
+	code, out = f.duplexCLI("replay", "--flow", "to-erp", "--from-seq", "1", "--listen", "127.0.0.1:1")
+	if code != 0 || !strings.Contains(out, "100 events re-read, 0 applied, 100 skipped") {
+		t.Errorf("offline replay exited %d:\n%s", code, out)
 	}
 	var key string
 	if err := f.conn("erp").QueryRow(context.Background(), `UPDATE sales_orders SET total = total + 0.01

@@ -142,7 +142,11 @@ func amount(key string, d decimal.Decimal) string {
 			scale = s
 		}
 	}
-	return d.StringFixed(max(scale, -d.Exponent()))
+	digits := int32(0)
+	if str := d.String(); strings.Contains(str, ".") { // String drops trailing zeros
+		digits = int32(len(str) - strings.Index(str, ".") - 1)
+	}
+	return d.StringFixed(max(scale, digits))
 }
 
 func sortedKeys(m map[string]decimal.Decimal) []string {
