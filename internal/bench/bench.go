@@ -9,8 +9,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -312,37 +310,21 @@ func snapshotOnly(ctx context.Context, env *demo.Env, o Options) (*Result, error
 	}
 	defer erp.Close(context.WithoutCancel(ctx))
 	t0 := time.Now()
-	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger})
+	cmd, logPath, stop, err := startDuplex(ctx, env, o, "snapshot")
 	if err != nil {
 		return nil, err
 	}
-	defer a.Close()
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	defer func() { cancel(); <-done }()
+	defer stop()
 	end, err := waitCount(ctx, erp, n, 30*time.Minute, "customers", "sales_orders", "sales_order_lines")
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
+		return nil, fmt.Errorf("snapshot (log %s): %w", logPath, err)
 	}
 	d := end.Sub(t0)
-	fmt.Fprintf(o.Out, "  duplex: %d rows snapshotted into the ERP in %s: %.0f rows/s; peak RSS of this process %s\n", n, d.Round(time.Millisecond), float64(n)/d.Seconds(), peakRSS())
+	fmt.Fprintf(o.Out, "  duplex (its own process): %d rows snapshotted into the ERP in %s: %.0f rows/s; peak RSS of duplex %s\n",
+		n, d.Round(time.Millisecond), float64(n)/d.Seconds(), procStatus(cmd.Process.Pid, "VmHWM"))
 	return &Result{Rows: n, DuplexBulk: d, DuplexRowsPerSec: float64(n) / d.Seconds()}, nil
 }
 
-// peakRSS reads VmHWM of this process (Linux), or "unknown".
-func peakRSS() string {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return "unknown"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			return strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:"))
-		}
-	}
-	return "unknown"
-}
 
 // erpWork runs the ERP's own application until ctx ends and returns how
 // many operations it made.

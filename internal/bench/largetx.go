@@ -24,31 +24,11 @@ import (
 // process) and reports how long it took to reach the ERP, whether a reader
 // of the ERP ever saw part of it, and the duplex process's peak RSS.
 func largeTx(ctx context.Context, env *demo.Env, o Options) (*Result, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("large transaction: %w", err)
-	}
-	nats, err := harness.StartNATS(harness.NATSOptions{Logger: o.Logger})
+	cmd, logPath, stopDuplex, err := startDuplex(ctx, env, o, "largetx")
 	if err != nil {
 		return nil, err
 	}
-	defer nats.Close()
-	logPath := filepath.Join(env.Dir, "duplex-largetx.log")
-	lf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer lf.Close()
-	cmd := exec.CommandContext(ctx, exe, "run", "--config", filepath.Join(env.Dir, "duplex.yaml"), "--data-dir", filepath.Join(env.Dir, "child"), "--log-level", "info")
-	cmd.Env = append(os.Environ(), "CRM_DSN="+env.CRM.DSN("crm"), "ERP_DSN="+env.ERP.DSN("erp"), "NATS_URL="+nats.URL())
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start duplex: %w", err)
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}()
+	defer stopDuplex()
 	crm, erp, err := env.Connect(ctx)
 	if err != nil {
 		return nil, err
@@ -122,4 +102,38 @@ func procStatus(pid int, field string) string {
 		}
 	}
 	return "unknown"
+}
+
+// startDuplex runs `duplex run` as a separate process against a NATS
+// server of this process, so that its memory can be measured alone.
+func startDuplex(ctx context.Context, env *demo.Env, o Options, name string) (*exec.Cmd, string, func(), error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	nats, err := harness.StartNATS(harness.NATSOptions{Logger: o.Logger})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	logPath := filepath.Join(env.Dir, "duplex-"+name+".log")
+	lf, err := os.Create(logPath)
+	if err != nil {
+		nats.Close()
+		return nil, "", nil, err
+	}
+	cmd := exec.CommandContext(ctx, exe, "run", "--config", filepath.Join(env.Dir, "duplex.yaml"), "--data-dir", filepath.Join(env.Dir, "child"),
+		"--log-level", "info", "--listen", "off")
+	cmd.Env = append(os.Environ(), "CRM_DSN="+env.CRM.DSN("crm"), "ERP_DSN="+env.ERP.DSN("erp"), "NATS_URL="+nats.URL())
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		nats.Close()
+		return nil, "", nil, fmt.Errorf("start duplex: %w", err)
+	}
+	return cmd, logPath, func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		lf.Close()
+		nats.Close()
+	}, nil
 }
