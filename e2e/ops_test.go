@@ -209,7 +209,7 @@ func TestOps_DeadLetterRetry(t *testing.T) {
 	f.inProcess()
 	one, two := uuid.New(), uuid.New()
 	f.exec("crm", `INSERT INTO accounts (id, name, country, currency) VALUES ($1, 'POISON one', 'DE', 'EUR')`, one)
-	f.exec("crm", `INSERT INTO accounts (id, name, country, currency) VALUES ($1, 'POISON two', 'DE', 'EUR')`, two)
+	f.exec("crm", `INSERT INTO accounts (id, name, email, country, currency) VALUES ($1, 'POISON two', 'two@example.com', 'DE', 'EUR')`, two)
 	readDeadLetters(t, f.js(), 2)
 	f.exec("crm", `UPDATE accounts SET name = 'two, renamed' WHERE id = $1`, two)
 	erp := f.conn("erp")
@@ -246,8 +246,14 @@ func TestOps_DeadLetterRetry(t *testing.T) {
 	if err := erp.QueryRow(context.Background(), `SELECT name FROM customers WHERE crm_account_id = $1`, one).Scan(&name); err != nil || name != "POISON one" {
 		t.Errorf("retried account one: %q, %v", name, err)
 	}
-	if err := erp.QueryRow(context.Background(), `SELECT name FROM customers WHERE crm_account_id = $1`, two).Scan(&name); err != nil || name != "two, renamed" {
+	var email *string
+	if err := erp.QueryRow(context.Background(), `SELECT name, email FROM customers WHERE crm_account_id = $1`, two).Scan(&name, &email); err != nil || name != "two, renamed" {
 		t.Errorf("account two after the retry of its older event: %q (%v), want the newer name kept", name, err)
+	}
+	// The newer event did not carry the (unchanged, shared) email: the
+	// retried one brings it.
+	if email == nil || *email != "two@example.com" {
+		t.Errorf("account two's email after the retry: %v, want two@example.com", email)
 	}
 	code, out = f.duplexCLI("dlq", "list")
 	if code != 0 || !strings.Contains(out, "no dead letters") {

@@ -143,9 +143,11 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 				// nothing may overwrite it.
 				return conflicts, &pipeline.ApplyError{Kind: pipeline.Transient, Tx: p.tx, Event: p.ev, RetryAfter: 20 * time.Millisecond,
 					Err: fmt.Errorf("entity %s key %s field %s: waiting for the capture of %s to record a local write", e.Name, k, field, s.cfg.System)}
-			case cur.local != nil:
+			case cur.local != nil && !p.redo:
 				// Never versioned (the row predates duplex): as old as the
-				// row's last commit.
+				// row's last commit. A late change (p.redo) is not compared
+				// with it: the row's last commit may be duplex's own write
+				// of a newer change that did not carry this field.
 				held = version{source: s.cfg.System, at: *cur.local}
 				if p.ver == nil {
 					p.ver = map[string]version{}

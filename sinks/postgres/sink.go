@@ -63,6 +63,10 @@ type Sink struct {
 	catalog *transform.Catalog
 	order   []*transform.Entity // parents before children
 	stmts   map[string]string
+	// release: entities whose source-assigned unique values were seen to
+	// move (a unique violation); from then on stale holders are cleared
+	// before each write (releaseUnique).
+	release map[string]bool
 	shared  map[string]map[string]string // entity -> column -> shared field
 }
 
@@ -264,6 +268,10 @@ type pendingRow struct {
 	// it (a copied row carries recorded versions), else source.
 	at   map[string]time.Time
 	from map[string]string
+	// redo: the change comes late (a held entity read again, a retried
+	// dead letter); what duplex wrote to the row meanwhile is not a local
+	// write newer than it.
+	redo bool
 	// ver holds, per shared column, the version to record once the row
 	// is written: the incoming write's when it won, else the local one.
 	ver map[string]version
@@ -508,7 +516,7 @@ func (s *Sink) fold(b *entityBatch, row *transform.Row, ti, ei int, ev *transfor
 	if prev == nil {
 		b.keys = append(b.keys, row.Key)
 	}
-	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete, source: ev.Source}
+	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete, source: ev.Source, redo: ev.Redo}
 	shared := s.sharedColumns(row.Entity)
 	for _, v := range row.Values {
 		if f := shared[v.Column]; f != "" {
@@ -595,14 +603,27 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			}
 			args[ci] = arr
 		}
-		if err := s.releaseUnique(ctx, tx, e, t, rows, args); err != nil {
-			return err
+		if s.release[e.Name] {
+			if err := s.releaseUnique(ctx, tx, e, t, rows, args); err != nil {
+				return err
+			}
 		}
 		sql, err := s.writeSQL(e, t, sig, cols)
 		if err != nil {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
 		}
 		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+			if isUniqueViolation(err) && !s.release[e.Name] && s.movable(e, t, cols) {
+				// A value the source assigns moved between rows: retry with
+				// stale holders cleared first.
+				if s.release == nil {
+					s.release = map[string]bool{}
+				}
+				s.release[e.Name] = true
+				s.log.Info("unique values assigned by the source moved between rows; clearing stale holders from now on", slog.String("entity", e.Name))
+				return &pipeline.ApplyError{Kind: pipeline.Transient, Tx: -1, Event: -1, RetryAfter: time.Millisecond,
+					Err: fmt.Errorf("sink %s: upsert into %s (entity %s): %w", s.cfg.System, t.QualifiedTable(), e.Name, err)}
+			}
 			return classify(fmt.Errorf("sink %s: upsert %d rows into %s (entity %s): %w", s.cfg.System, len(rows), t.QualifiedTable(), e.Name, err), singleTx(rows), -1)
 		}
 		if !s.canInsert(t, cols) {
@@ -794,6 +815,18 @@ func (s *Sink) releaseUnique(ctx context.Context, tx pgx.Tx, e *transform.Entity
 		}
 	}
 	return nil
+}
+
+// movable says whether some of the columns are nullable unique columns
+// holding fields the source assigns.
+func (s *Sink) movable(e *transform.Entity, t *transform.TableMap, cols []transform.ColValue) bool {
+	ti := s.catalog.Tables[t.QualifiedTable()]
+	for _, c := range cols {
+		if ci := ti.Columns[c.Column]; c.Column != t.KeyColumn && ti.UniqueColumns[c.Column] && ci != nil && !ci.NotNull && s.assigned(e, t, c.Column) {
+			return true
+		}
+	}
+	return false
 }
 
 // assigned says whether a column holds a field owned by the flow's source
