@@ -73,10 +73,11 @@ func (e *ERP) PayInvoices(ctx context.Context, conn *pgx.Conn, n int) (int, erro
 		}
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			// The payment: the rest of the invoice, or half of it, in the
-			// currency's minor units (no half yen).
+			// currency's minor units, at most cents (no half yen; the CRM keeps
+			// two decimals).
 			if _, err := tx.Exec(ctx, `
 INSERT INTO payments (invoice_no, amount, currency, received_at)
-SELECT invoice_no, round((amount - paid_amount) * $2::numeric, CASE currency WHEN 'JPY' THEN 0 WHEN 'BHD' THEN 3 ELSE 2 END), currency, now()
+SELECT invoice_no, round((amount - paid_amount) * $2::numeric, CASE currency WHEN 'JPY' THEN 0 ELSE 2 END), currency, now()
 FROM invoices WHERE invoice_no = $1`, inv, share); err != nil {
 				return err
 			}
