@@ -70,8 +70,8 @@ type ApplierConfig struct {
 	// transaction, instead of being held whole (default 8, about 4,000
 	// changes); it needs a sink that implements PartSink.
 	LargeTxChunks int
-	Logger  *slog.Logger
-	Stats   *FlowStats
+	Logger        *slog.Logger
+	Stats         *FlowStats
 	// OnApplied, when set, is called after each committed batch.
 	OnApplied func(txs []*transform.Tx, committed time.Time)
 	// OnBatch, when set, is called after each committed batch with its
@@ -527,8 +527,10 @@ type nopSession struct{}
 func (nopSession) Part(context.Context, *transform.Tx) (ApplyResult, error) {
 	return ApplyResult{}, errors.New("part session ended")
 }
-func (nopSession) Commit(context.Context, *transform.Tx) error { return errors.New("part session ended") }
-func (nopSession) Rollback(context.Context)                    {}
+func (nopSession) Commit(context.Context, *transform.Tx) error {
+	return errors.New("part session ended")
+}
+func (nopSession) Rollback(context.Context) {}
 
 // fetch returns what is available now, or waits up to a second for the
 // first message.

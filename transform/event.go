@@ -86,11 +86,11 @@ type Tx struct {
 	Last       bool        `json:"last"`
 	// Snapshot marks a chunk of the initial snapshot: rows as they were at
 	// the slot's consistent point (CommitLSN). Each such chunk stands alone.
-	Snapshot bool    `json:"snapshot,omitempty"`
+	Snapshot bool `json:"snapshot,omitempty"`
 	// Redo marks a transaction read again after a held entity was fixed
 	// (it carries that entity's Redo events).
-	Redo bool `json:"redo,omitempty"`
-	Events   []Event `json:"events"`
+	Redo   bool    `json:"redo,omitempty"`
+	Events []Event `json:"events"`
 }
 
 // MsgID is the JetStream message id of the chunk: "<source>:<commit LSN>:<chunk>".

@@ -270,7 +270,9 @@ func (a *App) Run(ctx context.Context) error {
 		var onBatch func([]*transform.Tx, int, time.Duration, time.Time)
 		if a.opts.OnBatch != nil {
 			name := f.Name
-			onBatch = func(txs []*transform.Tx, n int, took time.Duration, t time.Time) { a.opts.OnBatch(name, txs, n, took, t) }
+			onBatch = func(txs []*transform.Tx, n int, took time.Duration, t time.Time) {
+				a.opts.OnBatch(name, txs, n, took, t)
+			}
 		}
 		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts,
 			LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})

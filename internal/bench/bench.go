@@ -41,8 +41,8 @@ type Options struct {
 	// VerifyRows, when set, measures only duplex verify on that many rows
 	// per side, one cent apart.
 	VerifyRows int
-	Out         io.Writer
-	Logger      *slog.Logger
+	Out        io.Writer
+	Logger     *slog.Logger
 }
 
 // Result holds the figures of a run.
@@ -324,7 +324,6 @@ func snapshotOnly(ctx context.Context, env *demo.Env, o Options) (*Result, error
 		n, d.Round(time.Millisecond), float64(n)/d.Seconds(), procStatus(cmd.Process.Pid, "VmHWM"))
 	return &Result{Rows: n, DuplexBulk: d, DuplexRowsPerSec: float64(n) / d.Seconds()}, nil
 }
-
 
 // erpWork runs the ERP's own application until ctx ends and returns how
 // many operations it made.
