@@ -297,32 +297,42 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 }
 
 // snapshotOnly times the initial snapshot of rows that exist before duplex
-// first starts, and the process's peak RSS (VmHWM) after it.
+// first starts, and the duplex process's peak RSS (VmHWM) after it.
 func snapshotOnly(ctx context.Context, env *demo.Env, o Options) (*Result, error) {
 	fmt.Fprintf(o.Out, "snapshot: %d rows inserted into the CRM before duplex first starts …\n", o.SnapshotRows)
-	n, err := bulk(ctx, env.CRM.DSN("crm"), o.SnapshotRows, 5000)
+	n, d, peak, err := seedAndSnapshot(ctx, env, o, o.SnapshotRows)
 	if err != nil {
 		return nil, err
 	}
+	fmt.Fprintf(o.Out, "  duplex (its own process): %d rows snapshotted into the ERP in %s: %.0f rows/s; peak RSS of duplex %s\n",
+		n, d.Round(time.Millisecond), float64(n)/d.Seconds(), peak)
+	return &Result{Rows: n, DuplexBulk: d, DuplexRowsPerSec: float64(n) / d.Seconds()}, nil
+}
+
+// seedAndSnapshot inserts about rows rows into the CRM, then runs duplex as
+// its own process until its initial snapshot copied them all to the ERP,
+// and returns how many, how long the copy took and duplex's peak RSS.
+func seedAndSnapshot(ctx context.Context, env *demo.Env, o Options, rows int) (int, time.Duration, string, error) {
+	n, err := bulk(ctx, env.CRM.DSN("crm"), rows, 5000)
+	if err != nil {
+		return 0, 0, "", err
+	}
 	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
 	if err != nil {
-		return nil, err
+		return 0, 0, "", err
 	}
 	defer erp.Close(context.WithoutCancel(ctx))
 	t0 := time.Now()
 	cmd, logPath, stop, err := startDuplex(ctx, env, o, "snapshot")
 	if err != nil {
-		return nil, err
+		return 0, 0, "", err
 	}
 	defer stop()
 	end, err := waitCount(ctx, erp, n, 30*time.Minute, "customers", "sales_orders", "sales_order_lines")
 	if err != nil {
-		return nil, fmt.Errorf("snapshot (log %s): %w", logPath, err)
+		return 0, 0, "", fmt.Errorf("snapshot (log %s): %w", logPath, err)
 	}
-	d := end.Sub(t0)
-	fmt.Fprintf(o.Out, "  duplex (its own process): %d rows snapshotted into the ERP in %s: %.0f rows/s; peak RSS of duplex %s\n",
-		n, d.Round(time.Millisecond), float64(n)/d.Seconds(), procStatus(cmd.Process.Pid, "VmHWM"))
-	return &Result{Rows: n, DuplexBulk: d, DuplexRowsPerSec: float64(n) / d.Seconds()}, nil
+	return n, end.Sub(t0), procStatus(cmd.Process.Pid, "VmHWM"), nil
 }
 
 // erpWork runs the ERP's own application until ctx ends and returns how

@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/duplex-cdc/duplex/internal/app"
 	"github.com/duplex-cdc/duplex/internal/demo"
 )
 
@@ -21,29 +20,15 @@ import (
 // a separate process, with its peak RSS.
 func verifyOnly(ctx context.Context, env *demo.Env, o Options) (*Result, error) {
 	fmt.Fprintf(o.Out, "verify: %d rows in the CRM, copied to the ERP …\n", o.VerifyRows)
-	n, err := bulk(ctx, env.CRM.DSN("crm"), o.VerifyRows, 5000)
+	n, _, _, err := seedAndSnapshot(ctx, env, o, o.VerifyRows)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("verify: copy: %w", err)
 	}
 	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
 	if err != nil {
 		return nil, err
 	}
 	defer erp.Close(context.WithoutCancel(ctx))
-	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger})
-	if err != nil {
-		return nil, err
-	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	_, err = waitCount(ctx, erp, n, 30*time.Minute, "customers", "sales_orders", "sales_order_lines")
-	cancel()
-	<-done
-	a.Close()
-	if err != nil {
-		return nil, fmt.Errorf("verify: copy: %w", err)
-	}
 	var key string
 	if err := erp.QueryRow(ctx, `UPDATE sales_order_lines SET unit_price = unit_price + 0.01
 		WHERE ctid = (SELECT ctid FROM sales_order_lines ORDER BY crm_line_id LIMIT 1 OFFSET 12345) RETURNING crm_line_id::text`).Scan(&key); err != nil {
