@@ -386,15 +386,7 @@ func (a *App) Close() {
 	for _, s := range a.sinks {
 		s.Close(context.Background())
 	}
-	if a.nc != nil {
-		_ = a.nc.Drain()
-		for i := 0; i < 50 && !a.nc.IsClosed(); i++ {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	if a.nats != nil {
-		a.nats.Stop()
-	}
+	(&Bus{nats: a.nats, nc: a.nc}).Close()
 }
 
 func containsStr(xs []string, s string) bool {

@@ -3,14 +3,12 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
-	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/progress"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -30,11 +28,7 @@ database (duplex.backfills); a running 'duplex run' starts it within a
 second, or the next one that starts. The command follows its progress
 until it is done, unless --no-wait.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(cfgPath, os.Getenv)
-			if err != nil {
-				return err
-			}
-			m, err := transform.Load(cfg.MappingPath())
+			cfg, m, err := loadConfig(cfgPath)
 			if err != nil {
 				return err
 			}

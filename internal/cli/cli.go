@@ -88,6 +88,19 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	return root
 }
 
+// loadConfig reads the configuration and its mapping.
+func loadConfig(path string) (*config.Config, *transform.Mapping, error) {
+	cfg, err := config.Load(path, os.Getenv)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := transform.Load(cfg.MappingPath())
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, m, nil
+}
+
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v
@@ -149,11 +162,7 @@ func checkCmd(g *globals) *cobra.Command {
 		Use:   "check",
 		Short: "Check the configuration and mapping against both databases, then exit",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(cfgPath, os.Getenv)
-			if err != nil {
-				return err
-			}
-			m, err := transform.Load(cfg.MappingPath())
+			cfg, m, err := loadConfig(cfgPath)
 			if err != nil {
 				return err
 			}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,11 +38,7 @@ so memory stays bounded however large the tables. Exit status: 0 when
 everything agrees, 1 when something differs, 2 when the check could not run.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg, err := config.Load(cfgPath, os.Getenv)
-			if err != nil {
-				return err
-			}
-			m, err := transform.Load(cfg.MappingPath())
+			cfg, m, err := loadConfig(cfgPath)
 			if err != nil {
 				return err
 			}

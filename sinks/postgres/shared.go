@@ -252,6 +252,23 @@ func (r *VersionRecorder) Close(ctx context.Context) {
 	}
 }
 
+// connect opens the session if there is none.
+func (r *VersionRecorder) connect(ctx context.Context) error {
+	if r.conn != nil && !r.conn.IsClosed() {
+		return nil
+	}
+	c, err := pgx.Connect(ctx, r.dsn)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	if err := EnsureSchema(ctx, c); err != nil {
+		c.Close(ctx)
+		return err
+	}
+	r.conn = c
+	return nil
+}
+
 // Record stores the versions of the shared fields the events carry: the
 // newer of what is recorded and the event, per field.
 func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) error {
@@ -277,16 +294,8 @@ func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) 
 	if len(keys) == 0 {
 		return nil
 	}
-	if r.conn == nil || r.conn.IsClosed() {
-		c, err := pgx.Connect(ctx, r.dsn)
-		if err != nil {
-			return fmt.Errorf("record versions %s: connect: %w", r.system, err)
-		}
-		if err := EnsureSchema(ctx, c); err != nil {
-			c.Close(ctx)
-			return fmt.Errorf("record versions %s: %w", r.system, err)
-		}
-		r.conn = c
+	if err := r.connect(ctx); err != nil {
+		return fmt.Errorf("record versions %s: %w", r.system, err)
 	}
 	_, err := r.conn.Exec(ctx, `
 INSERT INTO duplex.field_versions AS v (entity, key, field, source, commit_time, value_hash)
@@ -348,16 +357,8 @@ func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) 
 	if len(keys) == 0 {
 		return nil
 	}
-	if r.conn == nil || r.conn.IsClosed() {
-		c, err := pgx.Connect(ctx, r.dsn)
-		if err != nil {
-			return fmt.Errorf("look up versions %s: connect: %w", r.system, err)
-		}
-		if err := EnsureSchema(ctx, c); err != nil {
-			c.Close(ctx)
-			return fmt.Errorf("look up versions %s: %w", r.system, err)
-		}
-		r.conn = c
+	if err := r.connect(ctx); err != nil {
+		return fmt.Errorf("look up versions %s: %w", r.system, err)
 	}
 	rows, err := r.conn.Query(ctx, `SELECT v.entity, v.key, v.field, v.source, v.commit_time, v.value_hash
 		FROM unnest($1::text[], $2::text[]) AS u(e, k) JOIN duplex.field_versions v ON v.entity = u.e AND v.key = u.k`, ents, keys)
