@@ -35,6 +35,9 @@ type Options struct {
 	// SnapshotRows, when set, measures only the initial snapshot: that
 	// many rows exist in the CRM before duplex first starts.
 	SnapshotRows int
+	// SnapshotKill, with SnapshotRows, kills duplex halfway through the
+	// snapshot while a live workload runs, and checks both systems agree.
+	SnapshotKill bool
 	// LargeTxRows, when set, measures only one source transaction of that
 	// many rows passing through a separate duplex process.
 	LargeTxRows int
@@ -145,6 +148,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	defer env.Close()
+	if o.SnapshotRows > 0 && o.SnapshotKill {
+		return snapshotKilled(ctx, env, o)
+	}
 	if o.SnapshotRows > 0 {
 		return snapshotOnly(ctx, env, o)
 	}
@@ -453,4 +459,87 @@ func native(ctx context.Context, env *demo.Env, o Options) (time.Duration, error
 	}
 	_ = env.ERP.Exec(ctx, "native_dst", "ALTER SUBSCRIPTION native DISABLE; ALTER SUBSCRIPTION native SET (slot_name = NONE); DROP SUBSCRIPTION native")
 	return end.Sub(start), nil
+}
+
+// snapshotKilled inserts o.SnapshotRows rows, starts duplex (its own
+// process), kills it with SIGKILL when about half of them reached the ERP,
+// starts it again, and keeps a live CRM workload running through it all;
+// then waits until both systems agree (counts, every carried field, money
+// totals per currency and per day).
+func snapshotKilled(ctx context.Context, env *demo.Env, o Options) (*Result, error) {
+	fmt.Fprintf(o.Out, "snapshot killed midway: %d rows in the CRM, live writes throughout, duplex SIGKILLed at half …\n", o.SnapshotRows)
+	n, err := bulk(ctx, env.CRM.DSN("crm"), o.SnapshotRows, 5000)
+	if err != nil {
+		return nil, err
+	}
+	erp, err := pgx.Connect(ctx, env.ERP.DSN("erp"))
+	if err != nil {
+		return nil, err
+	}
+	defer erp.Close(context.WithoutCancel(ctx))
+	lctx, stopLoad := context.WithCancel(ctx)
+	loadDone := make(chan int, 1)
+	go func() {
+		conn, err := pgx.Connect(lctx, env.CRM.DSN("crm"))
+		if err != nil {
+			loadDone <- 0
+			return
+		}
+		defer conn.Close(context.WithoutCancel(ctx))
+		gen := workload.New(7)
+		gen.KeepOrders = true
+		changes := 0
+		for lctx.Err() == nil {
+			k, err := gen.Step(lctx, conn)
+			if err == nil {
+				changes += k
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		loadDone <- changes
+	}()
+	t0 := time.Now()
+	cmd, logPath, stop, err := startDuplex(ctx, env, o, "snapshot-1")
+	if err != nil {
+		stopLoad()
+		return nil, err
+	}
+	if _, err := waitCount(ctx, erp, n/2, 30*time.Minute, "customers", "sales_orders", "sales_order_lines"); err != nil {
+		stopLoad()
+		stop()
+		return nil, fmt.Errorf("snapshot (log %s): %w", logPath, err)
+	}
+	_ = cmd.Process.Kill()
+	stop()
+	killedAt := time.Since(t0)
+	cmd2, _, stop2, err := startDuplex(ctx, env, o, "snapshot-2")
+	if err != nil {
+		stopLoad()
+		return nil, err
+	}
+	defer stop2()
+	if _, err := waitCount(ctx, erp, n, 30*time.Minute, "customers", "sales_orders", "sales_order_lines"); err != nil {
+		stopLoad()
+		return nil, err
+	}
+	stopLoad()
+	changes := <-loadDone
+	var both *demo.Both
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		if both, err = env.CompareBoth(ctx); err != nil {
+			return nil, err
+		}
+		if both.Equal() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	d := time.Since(t0)
+	fmt.Fprintf(o.Out, "  killed at %s; %d live row changes meanwhile; both systems agree after %s: %v; peak RSS of the second duplex %s\n",
+		killedAt.Round(time.Millisecond), changes, d.Round(time.Millisecond), both.Equal(), procStatus(cmd2.Process.Pid, "VmHWM"))
+	if !both.Equal() {
+		return nil, fmt.Errorf("the systems differ after the killed snapshot:\n%s", both)
+	}
+	return &Result{Rows: n, DuplexBulk: d}, nil
 }
