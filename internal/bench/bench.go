@@ -16,6 +16,7 @@ import (
 	"github.com/duplex-cdc/duplex/examples"
 	"github.com/duplex-cdc/duplex/internal/app"
 	"github.com/duplex-cdc/duplex/internal/demo"
+	"github.com/duplex-cdc/duplex/internal/harness"
 	"github.com/duplex-cdc/duplex/internal/workload"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -329,7 +330,7 @@ func seedAndSnapshot(ctx context.Context, env *demo.Env, o Options, rows int) (i
 	}
 	defer erp.Close(context.WithoutCancel(ctx))
 	t0 := time.Now()
-	cmd, logPath, stop, err := startDuplex(ctx, env, o, "snapshot")
+	cmd, logPath, stop, err := startDuplex(ctx, env, o, "snapshot", nil)
 	if err != nil {
 		return 0, 0, "", err
 	}
@@ -498,8 +499,15 @@ func snapshotKilled(ctx context.Context, env *demo.Env, o Options) (*Result, err
 		}
 		loadDone <- changes
 	}()
+	// One NATS for both duplex processes: the stream outlives them.
+	nats, err := harness.StartNATS(harness.NATSOptions{Logger: o.Logger})
+	if err != nil {
+		stopLoad()
+		return nil, err
+	}
+	defer nats.Close()
 	t0 := time.Now()
-	cmd, logPath, stop, err := startDuplex(ctx, env, o, "snapshot-1")
+	cmd, logPath, stop, err := startDuplex(ctx, env, o, "snapshot-1", nats)
 	if err != nil {
 		stopLoad()
 		return nil, err
@@ -512,7 +520,7 @@ func snapshotKilled(ctx context.Context, env *demo.Env, o Options) (*Result, err
 	_ = cmd.Process.Kill()
 	stop()
 	killedAt := time.Since(t0)
-	cmd2, _, stop2, err := startDuplex(ctx, env, o, "snapshot-2")
+	cmd2, _, stop2, err := startDuplex(ctx, env, o, "snapshot-2", nats)
 	if err != nil {
 		stopLoad()
 		return nil, err

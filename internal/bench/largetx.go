@@ -24,7 +24,7 @@ import (
 // process) and reports how long it took to reach the ERP, whether a reader
 // of the ERP ever saw part of it, and the duplex process's peak RSS.
 func largeTx(ctx context.Context, env *demo.Env, o Options) (*Result, error) {
-	cmd, logPath, stopDuplex, err := startDuplex(ctx, env, o, "largetx")
+	cmd, logPath, stopDuplex, err := startDuplex(ctx, env, o, "largetx", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -104,21 +104,29 @@ func procStatus(pid int, field string) string {
 	return "unknown"
 }
 
-// startDuplex runs `duplex run` as a separate process against a NATS
-// server of this process, so that its memory can be measured alone.
-func startDuplex(ctx context.Context, env *demo.Env, o Options, name string) (*exec.Cmd, string, func(), error) {
+// startDuplex runs `duplex run` as a separate process against nats (a NATS
+// server of this process, started when nil), so that its memory can be
+// measured alone.
+func startDuplex(ctx context.Context, env *demo.Env, o Options, name string, nats *harness.NATS) (*exec.Cmd, string, func(), error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, "", nil, err
 	}
-	nats, err := harness.StartNATS(harness.NATSOptions{Logger: o.Logger})
-	if err != nil {
-		return nil, "", nil, err
+	own := nats == nil
+	if own {
+		if nats, err = harness.StartNATS(harness.NATSOptions{Logger: o.Logger}); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	closeNATS := func() {
+		if own {
+			nats.Close()
+		}
 	}
 	logPath := filepath.Join(env.Dir, "duplex-"+name+".log")
 	lf, err := os.Create(logPath)
 	if err != nil {
-		nats.Close()
+		closeNATS()
 		return nil, "", nil, err
 	}
 	cmd := exec.CommandContext(ctx, exe, "run", "--config", filepath.Join(env.Dir, "duplex.yaml"), "--data-dir", filepath.Join(env.Dir, "child"),
@@ -127,13 +135,13 @@ func startDuplex(ctx context.Context, env *demo.Env, o Options, name string) (*e
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		lf.Close()
-		nats.Close()
+		closeNATS()
 		return nil, "", nil, fmt.Errorf("start duplex: %w", err)
 	}
 	return cmd, logPath, func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 		lf.Close()
-		nats.Close()
+		closeNATS()
 	}, nil
 }
