@@ -135,6 +135,78 @@ func TestBackfill_LiveChangeBetweenWatermarksWins(t *testing.T) {
 	}
 }
 
+// TestBackfill_WhereSelectsRows: a backfill with a condition re-reads only
+// the rows it selects, in chunks, and records how many.
+func TestBackfill_WhereSelectsRows(t *testing.T) {
+	ctx := context.Background()
+	cl := harness.NewCluster(t, harness.ClusterOptions{})
+	if err := cl.CreateDatabase(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Exec(ctx, "src", `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);
+		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g`); err != nil {
+		t.Fatal(err)
+	}
+	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "bf", Publication: "bf", Tables: []string{"public.items"},
+		Keys: map[string]string{"public.items": "id"}, Snapshot: SnapshotNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- src.Stream(sctx, rec) }()
+	defer func() { cancel(); <-done }()
+	conn, err := pgx.Connect(ctx, cl.DSN("src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	waitSlot(t, conn)
+	if _, err := RequestBackfill(ctx, conn, "bf", "public.items", "no_such_column = 1", 10); err == nil {
+		t.Error("a condition naming an unknown column was accepted")
+	}
+	id, err := RequestBackfill(ctx, conn, "bf", "public.items", "id % 7 = 0", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := BackfillByID(ctx, conn, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Status == "done" {
+			if b.Rows != 14 {
+				t.Errorf("backfill read %d rows, want the 14 multiples of 7", b.Rows)
+			}
+			break
+		}
+		if b.Status == "failed" || time.Now().After(deadline) {
+			t.Fatalf("backfill %s: %s", b.Status, b.Error)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var got []int64
+	chunks := 0
+	for _, c := range rec.all() {
+		if c.Tx.Snapshot {
+			chunks++
+			for _, ch := range c.Changes {
+				got = append(got, ch.New["id"].(int64))
+			}
+		}
+	}
+	if len(got) != 14 || chunks != 4 {
+		t.Errorf("backfilled %v in %d chunks, want the 14 multiples of 7 in 4 chunks", got, chunks)
+	}
+	for _, v := range got {
+		if v%7 != 0 {
+			t.Errorf("row %d does not match the condition", v)
+		}
+	}
+}
+
 func waitSlot(t *testing.T, conn *pgx.Conn) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
