@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/duplex-cdc/duplex/internal/bench"
+	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/pipeline"
 )
 
@@ -73,4 +74,27 @@ func TestSnapshot_KilledMidwayStartsOver(t *testing.T) {
 		t.Errorf("snapshot recorded %d rows, want at least %d", got, n)
 	}
 	_ = fmt.Sprint
+}
+
+// TestSnapshot_NeverCopiesOnlyNewChanges: with `snapshot: never`, rows
+// that existed before the slot are left alone and only later changes are
+// replicated.
+func TestSnapshot_NeverCopiesOnlyNewChanges(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	f.exec("crm", `INSERT INTO accounts (id, name, currency) VALUES (gen_random_uuid(), 'before', 'EUR')`)
+	f.tweak = func(c *config.Config) { c.Systems["crm"].Snapshot = "never"; c.Systems["erp"].Snapshot = "never" }
+	f.inProcess()
+	f.exec("crm", `INSERT INTO accounts (id, name, currency) VALUES (gen_random_uuid(), 'after', 'EUR')`)
+	erp := f.conn("erp")
+	waitFor(t, 30*time.Second, func() (bool, string) {
+		return queryInt(t, erp, `SELECT count(*) FROM customers WHERE name = 'after'`) == 1, "the new account did not arrive"
+	})
+	if n := queryInt(t, erp, `SELECT count(*) FROM customers WHERE name = 'before'`); n != 0 {
+		t.Errorf("snapshot: never copied %d existing account(s)", n)
+	}
+	if n := queryInt(t, f.conn("crm"), `SELECT count(*) FROM pg_tables WHERE schemaname = 'duplex' AND tablename = 'snapshots'`); n != 0 {
+		if queryInt(t, f.conn("crm"), `SELECT count(*) FROM duplex.snapshots`) != 0 {
+			t.Errorf("snapshot: never recorded a snapshot")
+		}
+	}
 }
