@@ -34,19 +34,23 @@ func (r *recorder) all() []*capture.Chunk {
 	return slices.Clone(r.chunks)
 }
 
-// TestBackfill_LiveChangeBetweenWatermarksWins: a row updated after its
-// chunk was read but before the high watermark is left out of the chunk,
-// so the older copy the chunk read can never follow (and overwrite) the
-// live change; the chunk comes after every change committed before the
-// high watermark.
-func TestBackfill_LiveChangeBetweenWatermarksWins(t *testing.T) {
+// backfillSetup is a database with table items (id, v) filled by fill, a
+// Source on it, and a connection for requests.
+type backfillSetup struct {
+	cl   *harness.Cluster
+	src  *Source
+	conn *pgx.Conn
+	rec  *recorder
+}
+
+func newBackfillSetup(t *testing.T, fill string) *backfillSetup {
+	t.Helper()
 	ctx := context.Background()
 	cl := harness.NewCluster(t, harness.ClusterOptions{})
 	if err := cl.CreateDatabase(ctx, "src"); err != nil {
 		t.Fatal(err)
 	}
-	if err := cl.Exec(ctx, "src", `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);
-		INSERT INTO items SELECT g, 'orig' FROM generate_series(1, 10) g`); err != nil {
+	if err := cl.Exec(ctx, "src", `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL); `+fill); err != nil {
 		t.Fatal(err)
 	}
 	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "bf", Publication: "bf", Tables: []string{"public.items"},
@@ -54,51 +58,75 @@ func TestBackfill_LiveChangeBetweenWatermarksWins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	live, err := pgx.Connect(ctx, cl.DSN("src"))
+	conn, err := pgx.Connect(ctx, cl.DSN("src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return &backfillSetup{cl: cl, src: src, conn: conn, rec: &recorder{}}
+}
+
+// stream runs the source until the test ends and waits until its slot is
+// streamed.
+func (b *backfillSetup) stream(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.src.Stream(ctx, b.rec) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitSlot(t, b.conn)
+}
+
+// run requests a backfill and waits until it is done; it returns the rows
+// it read.
+func (b *backfillSetup) run(t *testing.T, filter string, chunk int) int64 {
+	t.Helper()
+	ctx := context.Background()
+	id, err := RequestBackfill(ctx, b.conn, "bf", "public.items", filter, chunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		bf, err := BackfillByID(ctx, b.conn, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bf.Status == "done" {
+			return bf.Rows
+		}
+		if bf.Status == "failed" || time.Now().After(deadline) {
+			t.Fatalf("backfill %s: %s", bf.Status, bf.Error)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestBackfill_LiveChangeBetweenWatermarksWins: a row updated after its
+// chunk was read but before the high watermark is left out of the chunk,
+// so the older copy the chunk read can never follow (and overwrite) the
+// live change; the chunk comes after every change committed before the
+// high watermark.
+func TestBackfill_LiveChangeBetweenWatermarksWins(t *testing.T) {
+	ctx := context.Background()
+	b := newBackfillSetup(t, `INSERT INTO items SELECT g, 'orig' FROM generate_series(1, 10) g`)
+	live, err := pgx.Connect(ctx, b.cl.DSN("src"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer live.Close(ctx)
-	src.afterBackfillRead = func(_ int64, chunk int) {
+	b.src.afterBackfillRead = func(_ int64, chunk int) {
 		if chunk == 0 {
 			if _, err := live.Exec(ctx, `UPDATE items SET v = 'live' WHERE id = 3`); err != nil {
 				t.Error(err)
 			}
 		}
 	}
-	rec := &recorder{}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- src.Stream(sctx, rec) }()
-	defer func() { cancel(); <-done }()
-
-	conn, err := pgx.Connect(ctx, cl.DSN("src"))
-	if err != nil {
-		t.Fatal(err)
+	b.stream(t)
+	if n := b.run(t, "", 4); n != 10 {
+		t.Errorf("backfill read %d rows, want 10", n)
 	}
-	defer conn.Close(ctx)
-	waitSlot(t, conn)
-	id, err := RequestBackfill(ctx, conn, "bf", "public.items", "", 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		b, err := BackfillByID(ctx, conn, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b.Status == "done" {
-			if b.Rows != 10 {
-				t.Errorf("backfill read %d rows, want 10", b.Rows)
-			}
-			break
-		}
-		if b.Status == "failed" || time.Now().After(deadline) {
-			t.Fatalf("backfill %s: %s", b.Status, b.Error)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	rec := b.rec
 
 	// In order: the live update of 3, then chunk 0 without 3, then the
 	// other chunks; every other row exactly once, with its value.
@@ -138,55 +166,15 @@ func TestBackfill_LiveChangeBetweenWatermarksWins(t *testing.T) {
 // TestBackfill_WhereSelectsRows: a backfill with a condition re-reads only
 // the rows it selects, in chunks, and records how many.
 func TestBackfill_WhereSelectsRows(t *testing.T) {
-	ctx := context.Background()
-	cl := harness.NewCluster(t, harness.ClusterOptions{})
-	if err := cl.CreateDatabase(ctx, "src"); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.Exec(ctx, "src", `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);
-		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g`); err != nil {
-		t.Fatal(err)
-	}
-	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "bf", Publication: "bf", Tables: []string{"public.items"},
-		Keys: map[string]string{"public.items": "id"}, Snapshot: SnapshotNever})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := &recorder{}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- src.Stream(sctx, rec) }()
-	defer func() { cancel(); <-done }()
-	conn, err := pgx.Connect(ctx, cl.DSN("src"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	waitSlot(t, conn)
-	if _, err := RequestBackfill(ctx, conn, "bf", "public.items", "no_such_column = 1", 10); err == nil {
+	b := newBackfillSetup(t, `INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g`)
+	b.stream(t)
+	if _, err := RequestBackfill(context.Background(), b.conn, "bf", "public.items", "no_such_column = 1", 10); err == nil {
 		t.Error("a condition naming an unknown column was accepted")
 	}
-	id, err := RequestBackfill(ctx, conn, "bf", "public.items", "id % 7 = 0", 4)
-	if err != nil {
-		t.Fatal(err)
+	if n := b.run(t, "id % 7 = 0", 4); n != 14 {
+		t.Errorf("backfill read %d rows, want the 14 multiples of 7", n)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		b, err := BackfillByID(ctx, conn, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b.Status == "done" {
-			if b.Rows != 14 {
-				t.Errorf("backfill read %d rows, want the 14 multiples of 7", b.Rows)
-			}
-			break
-		}
-		if b.Status == "failed" || time.Now().After(deadline) {
-			t.Fatalf("backfill %s: %s", b.Status, b.Error)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	rec := b.rec
 	var got []int64
 	chunks := 0
 	for _, c := range rec.all() {
