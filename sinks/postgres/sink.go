@@ -67,6 +67,9 @@ type Sink struct {
 	// move (a unique violation); from then on stale holders are cleared
 	// before each write (releaseUnique).
 	release map[string]bool
+	// isolate: write row by row under savepoints, to name the event a
+	// set-based statement failed on (only after such a failure).
+	isolate bool
 	shared  map[string]map[string]string // entity -> column -> shared field
 }
 
@@ -291,7 +294,19 @@ type entityBatch struct {
 	rows     map[string]*pendingRow
 }
 
-func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.ApplyResult, err error) {
+func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (pipeline.ApplyResult, error) {
+	res, err := s.applyOnce(ctx, txs)
+	if unattributed(err) {
+		// A set-based statement failed on some row: apply again, row by
+		// row for the failing kind of statement, to name the event.
+		s.isolate = true
+		res, err = s.applyOnce(ctx, txs)
+		s.isolate = false
+	}
+	return res, err
+}
+
+func (s *Sink) applyOnce(ctx context.Context, txs []*transform.Tx) (res pipeline.ApplyResult, err error) {
 	tx, applied, err := s.begin(ctx)
 	if err != nil {
 		return res, err
@@ -310,6 +325,46 @@ func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (res pipeline.App
 		return res, tx.Commit(ctx)
 	}
 	return res, s.finish(ctx, tx, last)
+}
+
+// unattributed says err is a permanent failure of the data that names no
+// event: a set-based statement failed on one of its rows.
+func unattributed(err error) bool {
+	var ae *pipeline.ApplyError
+	return errors.As(err, &ae) && ae.Kind == pipeline.Permanent && ae.Event < 0
+}
+
+// execRows runs a statement over rows (args holds one array per column,
+// a value per row). Normally all rows at once; in isolate mode row by row,
+// each under a savepoint, so that a failure names its row's event.
+func (s *Sink) execRows(ctx context.Context, tx pgx.Tx, sql string, rows []*pendingRow, args []any, what func(n int) string) error {
+	if !s.isolate || len(rows) == 1 {
+		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+			ei := -1
+			if len(rows) == 1 {
+				ei = rows[0].ev
+			}
+			return classify(fmt.Errorf("sink %s: %s: %w", s.cfg.System, what(len(rows)), err), singleTx(rows), ei)
+		}
+		return nil
+	}
+	one := make([]any, len(args))
+	for ri, p := range rows {
+		for ci, a := range args {
+			one[ci] = a.([]*string)[ri : ri+1]
+		}
+		if _, err := tx.Exec(ctx, "SAVEPOINT duplex_row"); err != nil {
+			return classify(fmt.Errorf("sink %s: savepoint: %w", s.cfg.System, err), -1, -1)
+		}
+		if _, err := tx.Exec(ctx, sql, one...); err != nil {
+			_, _ = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT duplex_row")
+			return classify(fmt.Errorf("sink %s: %s: %w", s.cfg.System, what(1), err), p.tx, p.ev)
+		}
+		if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT duplex_row"); err != nil {
+			return classify(fmt.Errorf("sink %s: release savepoint: %w", s.cfg.System, err), -1, -1)
+		}
+	}
+	return nil
 }
 
 // begin opens the target transaction and reads the flow's applied position.
@@ -467,12 +522,31 @@ type partSession struct {
 // Part writes one chunk. A chunk of a transaction already applied is
 // skipped.
 func (p *partSession) Part(ctx context.Context, chunk *transform.Tx) (pipeline.ApplyResult, error) {
+	// A savepoint per part: a set-based statement failing on some row is
+	// undone alone and the part written again row by row, to name the
+	// event (the whole transaction is still abandoned afterwards).
+	if _, err := p.tx.Exec(ctx, "SAVEPOINT duplex_part"); err != nil {
+		p.fail(ctx)
+		return pipeline.ApplyResult{}, classify(fmt.Errorf("sink %s: savepoint: %w", p.s.cfg.System, err), -1, -1)
+	}
 	var res pipeline.ApplyResult
 	seen := p.applied // chunks of one transaction share its LSN
 	last, err := p.s.write(ctx, p.tx, []*transform.Tx{chunk}, p.applied, &seen, &res)
+	if unattributed(err) {
+		if _, rerr := p.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT duplex_part"); rerr == nil {
+			p.s.isolate = true
+			res, seen = pipeline.ApplyResult{}, p.applied
+			last, err = p.s.write(ctx, p.tx, []*transform.Tx{chunk}, p.applied, &seen, &res)
+			p.s.isolate = false
+		}
+	}
 	if err != nil {
 		p.fail(ctx)
 		return res, err
+	}
+	if _, err := p.tx.Exec(ctx, "RELEASE SAVEPOINT duplex_part"); err != nil {
+		p.fail(ctx)
+		return res, classify(fmt.Errorf("sink %s: release savepoint: %w", p.s.cfg.System, err), -1, -1)
 	}
 	if last != nil {
 		p.last = last
@@ -612,7 +686,10 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 		if err != nil {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
 		}
-		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		what := func(n int) string {
+			return fmt.Sprintf("upsert %d rows into %s (entity %s)", n, t.QualifiedTable(), e.Name)
+		}
+		if err := s.execRows(ctx, tx, sql, rows, args, what); err != nil {
 			if isUniqueViolation(err) && !s.release[e.Name] && s.movable(e, t, cols) {
 				// A value the source assigns moved between rows: retry with
 				// stale holders cleared first.
@@ -621,10 +698,11 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 				}
 				s.release[e.Name] = true
 				s.log.Info("unique values assigned by the source moved between rows; clearing stale holders from now on", slog.String("entity", e.Name))
-				return &pipeline.ApplyError{Kind: pipeline.Transient, Tx: -1, Event: -1, RetryAfter: time.Millisecond,
-					Err: fmt.Errorf("sink %s: upsert into %s (entity %s): %w", s.cfg.System, t.QualifiedTable(), e.Name, err)}
+				var ae *pipeline.ApplyError
+				errors.As(err, &ae)
+				return &pipeline.ApplyError{Kind: pipeline.Transient, Tx: -1, Event: -1, RetryAfter: time.Millisecond, Err: ae.Err}
 			}
-			return classify(fmt.Errorf("sink %s: upsert %d rows into %s (entity %s): %w", s.cfg.System, len(rows), t.QualifiedTable(), e.Name, err), singleTx(rows), -1)
+			return err
 		}
 		if !s.canInsert(t, cols) {
 			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
@@ -1034,10 +1112,13 @@ func (s *Sink) delete(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 		return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: from[0].tx, Event: from[0].ev, Err: err}
 	}
 	q := fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1::text[]::%s[])", quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
-	if _, err := tx.Exec(ctx, q, keys); err != nil {
-		return classify(fmt.Errorf("sink %s: delete %d rows from %s (entity %s): %w", s.cfg.System, len(keys), t.QualifiedTable(), e.Name, err), singleTx(from), -1)
+	arr := make([]*string, len(keys))
+	for i := range keys {
+		arr[i] = &keys[i]
 	}
-	return nil
+	return s.execRows(ctx, tx, q, from, []any{arr}, func(n int) string {
+		return fmt.Sprintf("delete %d rows from %s (entity %s)", n, t.QualifiedTable(), e.Name)
+	})
 }
 
 func quoteTable(t *transform.TableMap) string {
