@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -18,7 +17,7 @@ import (
 
 	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
 	"github.com/duplex-cdc/duplex/internal/config"
-	"github.com/duplex-cdc/duplex/internal/harness"
+	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/pipeline"
 	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
@@ -43,7 +42,7 @@ type App struct {
 	opts    Options
 	log     *slog.Logger
 	mapping *transform.Mapping
-	nats    *harness.NATS
+	nats    *natsembed.Server
 	nc      *nats.Conn
 	js      jetstream.JetStream
 
@@ -400,7 +399,7 @@ func containsStr(xs []string, s string) bool {
 
 // Bus is a connection to the JetStream duplex uses.
 type Bus struct {
-	nats *harness.NATS
+	nats *natsembed.Server
 	nc   *nats.Conn
 	js   jetstream.JetStream
 }
@@ -469,9 +468,9 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 		if attach {
 			port = 0 // any free port: this server is for the tool alone
 		}
-		n, err := harness.StartNATS(harness.NATSOptions{StoreDir: filepath.Join(dir, "jetstream"), Host: cfg.NATS.Embedded.Host, Port: port, Logger: log.With(slog.String("component", "nats"))})
+		n, err := natsembed.Start(ctx, embeddedOptions(cfg.NATS.Embedded, dir, port, log.With(slog.String("component", "nats"))))
 		if err != nil {
-			return nil, fmt.Errorf("start embedded nats: %w", err)
+			return nil, err // natsembed names the operation, address and store
 		}
 		b.nats = n
 		url = n.URL()

@@ -40,10 +40,110 @@ type NATS struct {
 	Embedded Embedded `yaml:"embedded"`
 }
 
-// Embedded configures the in-process NATS server.
+// Embedded configures the in-process NATS server (package natsembed).
+// Zero values take natsembed's defaults.
 type Embedded struct {
 	Host string `yaml:"host"`
 	Port int    `yaml:"port"`
+	// StoreDir is the JetStream store directory (default
+	// <data dir>/jetstream); relative to the working directory, as data_dir.
+	StoreDir string `yaml:"store_dir"`
+	// Sync is when JetStream writes to disk: "always" (every message is
+	// fsynced before it is acknowledged: a power loss loses nothing
+	// acknowledged) or an interval such as "30s" (acknowledged once written
+	// to the operating system, flushed every interval: a crash of duplex
+	// alone loses nothing, a power loss or kernel crash up to one interval
+	// of acknowledged changes). Default: nats-server's interval, 2m.
+	Sync string `yaml:"sync"`
+	// MaxPayload is the largest message the server accepts, in bytes
+	// (default 8 MiB, at most 64 MiB).
+	MaxPayload int64 `yaml:"max_payload"`
+	// MaxStore bounds the bytes JetStream may keep on disk (default 1 TiB).
+	MaxStore int64 `yaml:"max_store"`
+	// MaxMemory bounds the bytes of memory-backed streams (default 256 MiB).
+	MaxMemory int64 `yaml:"max_memory"`
+	// Users, when set, are the only identities the server accepts; duplex
+	// itself connects as nats.user. Empty: no authentication.
+	Users []EmbeddedUser `yaml:"users"`
+}
+
+// EmbeddedUser is an identity the embedded server accepts: user and
+// password (in clear or a bcrypt hash), or a public user nkey.
+type EmbeddedUser struct {
+	User      string   `yaml:"user"`
+	Password  string   `yaml:"password"`
+	Nkey      string   `yaml:"nkey"`
+	Publish   Subjects `yaml:"publish"`
+	Subscribe Subjects `yaml:"subscribe"`
+}
+
+// Subjects allows and denies subjects; an empty allow list allows all
+// that deny does not name.
+type Subjects struct {
+	Allow []string `yaml:"allow"`
+	Deny  []string `yaml:"deny"`
+}
+
+// maxPayloadLimit is nats-server's max_pending, above which it refuses a
+// max_payload.
+const maxPayloadLimit = 64 << 20
+
+// SyncPolicy returns Sync as "always" or an interval; both zero mean the
+// server's default. Call it after Validate.
+func (e *Embedded) SyncPolicy() (always bool, interval time.Duration) {
+	always, interval, _ = parseSync(e.Sync)
+	return always, interval
+}
+
+func parseSync(s string) (bool, time.Duration, error) {
+	switch s {
+	case "":
+		return false, 0, nil
+	case "always":
+		return true, 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return false, 0, fmt.Errorf("sync %q: want always or a positive interval such as 30s", s)
+	}
+	return false, d, nil
+}
+
+// validate checks the embedded server's settings, also when a URL makes
+// them unused today. With used, duplex connects to the embedded server as
+// user (nats.user), which must then be one of its users if it has any.
+func (e *Embedded) validate(used bool, user string, bad func(format string, args ...any)) {
+	if _, _, err := parseSync(e.Sync); err != nil {
+		bad("nats.embedded.%w", err)
+	}
+	if e.MaxPayload < 0 || e.MaxPayload > maxPayloadLimit {
+		bad("nats.embedded.max_payload %d: want 1 to %d bytes (0 for the default)", e.MaxPayload, maxPayloadLimit)
+	}
+	if e.MaxStore < 0 {
+		bad("nats.embedded.max_store %d: want a positive number of bytes (0 for the default)", e.MaxStore)
+	}
+	if e.MaxMemory < 0 {
+		bad("nats.embedded.max_memory %d: want a positive number of bytes (0 for the default)", e.MaxMemory)
+	}
+	if e.Port < 0 || e.Port > 65535 {
+		bad("nats.embedded.port %d: want 0 to 65535", e.Port)
+	}
+	known := false
+	for i, u := range e.Users {
+		switch {
+		case u.Nkey != "" && (u.User != "" || u.Password != ""):
+			bad("nats.embedded.users[%d]: set nkey, or user and password, not both", i)
+		case u.Nkey != "":
+		case u.User == "":
+			bad("nats.embedded.users[%d]: no user or nkey", i)
+		case u.Password == "":
+			bad("nats.embedded.users[%d]: %s has no password (set it, or the environment variable it names)", i, u.User)
+		}
+		known = known || (u.User != "" && u.User == user)
+	}
+	if used && len(e.Users) > 0 && !known {
+		bad("nats.embedded.users: nats.user %q, the identity duplex connects as, is not among them", user)
+	}
 }
 
 // Stream configures retention of the DUPLEX stream.
@@ -145,6 +245,7 @@ func (c *Config) Validate() error {
 	if len(c.Flows) == 0 {
 		bad("flows: no flow configured")
 	}
+	c.NATS.Embedded.validate(c.NATS.URL == "", c.NATS.User, bad)
 	for name, s := range c.Systems {
 		if s == nil || s.DSN == "" {
 			bad("systems.%s: dsn is empty (set it, or the environment variable it names)", name)

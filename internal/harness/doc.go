@@ -1,6 +1,7 @@
 // Package harness starts throwaway infrastructure for tests and for the
 // `duplex demo` command: real PostgreSQL clusters (initdb + pg_ctl from the
-// locally installed server) and an in-process NATS server with JetStream.
+// locally installed server) and in-process NATS servers with JetStream
+// (natsembed.Server with a temporary store).
 //
 // The package owns:
 //   - a per-user, per-version template data directory under os.TempDir(),
