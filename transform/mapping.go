@@ -231,6 +231,12 @@ func (m *Mapping) Validate() error {
 				if c.Ref == nil {
 					continue
 				}
+				// A reference is resolved by the sink, in the target: the
+				// system that writes the field (its owner, or either for a
+				// shared field) captures the column's value as it is.
+				if f := e.Field(fname); f != nil && (f.Owner == sys || f.Owner == OwnerBoth) {
+					bad("entity %s: %s table %s maps field %s (owner %s) through a reference; references are resolved on the target side only, so a reference column cannot be in a system that writes the field", e.Name, sys, t.QualifiedTable(), fname, f.Owner)
+				}
 				target := m.Entity(c.Ref.Entity)
 				if target == nil {
 					bad("entity %s: %s column for %s refers to unknown entity %s", e.Name, sys, fname, c.Ref.Entity)
@@ -413,3 +419,25 @@ func (t *TableMap) Schema() string { return t.schema }
 
 // Name is the table name without schema.
 func (t *TableMap) Name() string { return t.name }
+
+// PublishedTable finds table (as "schema.table" or a bare name) among the
+// tables system stores mapped entities in and returns it as "schema.table".
+// It is an error when no entity maps the table for system, or when system
+// publishes none of that entity's fields.
+func (m *Mapping) PublishedTable(system, table string) (string, error) {
+	var known []string
+	for _, e := range m.Entities {
+		t := e.Tables[system]
+		if t == nil {
+			continue
+		}
+		known = append(known, t.QualifiedTable())
+		if table == t.QualifiedTable() || table == t.Name() {
+			if !e.Publishes(system) {
+				return "", fmt.Errorf("table %s (entity %s) is not published by %s: it owns none of its fields", table, e.Name, system)
+			}
+			return t.QualifiedTable(), nil
+		}
+	}
+	return "", fmt.Errorf("table %q is not mapped for %s; mapped tables: %v", table, system, known)
+}

@@ -189,6 +189,11 @@ func TestParse(t *testing.T) {
 			wantErr: []string{"entity item, system b: key field id has no column"},
 		},
 		{
+			name:    "reference in the system that owns the field",
+			edits:   []string{"group_id: {column: group_id}", "group_id: {column: group_id, ref: {entity: group, column: id}}"},
+			wantErr: []string{"entity item: a table public.items maps field group_id (owner a) through a reference; references are resolved on the target side only"},
+		},
+		{
 			name:    "no table",
 			edits:   []string{"table: erp.items", "table: ''"},
 			wantErr: []string{"entity item, system b: no table"},

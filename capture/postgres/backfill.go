@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -363,21 +361,4 @@ func (ss *session) backfillEmit(ctx context.Context, end capture.LSN) error {
 		ss.bf = nil
 	}
 	return nil
-}
-
-// BackfillLine renders a backfill's progress for people.
-func BackfillLine(b *Backfill) string {
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "backfill %d of %s", b.ID, b.Table)
-	if b.Filter != "" {
-		fmt.Fprintf(&sb, " where %s", b.Filter)
-	}
-	fmt.Fprintf(&sb, ": %s, %s rows", b.Status, strconv.FormatInt(b.Rows, 10))
-	if b.Estimate > 0 {
-		fmt.Fprintf(&sb, " of about %d", b.Estimate)
-	}
-	if b.Error != "" {
-		fmt.Fprintf(&sb, ": %s", b.Error)
-	}
-	return sb.String()
 }

@@ -126,17 +126,6 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 			errs = append(errs, err)
 		}
 	}
-	for _, f := range cfg.Flows {
-		for _, e := range m.Entities {
-			if t := e.Tables[f.From]; t != nil && e.Publishes(f.From) {
-				for fname, c := range t.Columns {
-					if fd := e.Field(fname); c.Ref != nil && (fd.Owner == f.From || fd.Owner == transform.OwnerBoth) {
-						errs = append(errs, fmt.Errorf("flow %s: %s table %s maps field %s through a reference; references are resolved on the target side only", f.Name, f.From, t.QualifiedTable(), fname))
-					}
-				}
-			}
-		}
-	}
 	if len(errs) > 0 {
 		return fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
 	}
@@ -174,7 +163,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		return nil, err
 	}
 	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
-		slots: slotWatch{last: map[string]SlotLag{}, warns: map[string]time.Time{}}, started: time.Now(), runners: map[string]*flowRunner{}}
+		slots: slotWatch{last: map[string]pgcapture.SlotLag{}, warns: map[string]time.Time{}}, started: time.Now(), runners: map[string]*flowRunner{}}
 	for _, f := range cfg.Flows {
 		a.Flows[f.Name] = &pipeline.FlowStats{}
 	}

@@ -8,51 +8,23 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
 )
-
-// SlotLag is where a source's replication slot stands.
-type SlotLag struct {
-	System string `json:"system"`
-	Slot   string `json:"slot"`
-	Active bool   `json:"active"`
-	// BehindBytes is the WAL between the server's current position and
-	// the slot's confirmed position: what duplex has not made durable yet.
-	BehindBytes int64 `json:"wal_behind_bytes"`
-	// RetainedBytes is the WAL the server keeps for the slot (from its
-	// restart position).
-	RetainedBytes int64     `json:"wal_retained_bytes"`
-	ConfirmedLSN  string    `json:"confirmed_lsn"`
-	CurrentLSN    string    `json:"current_lsn"`
-	At            time.Time `json:"at"`
-	Error         string    `json:"error,omitempty"`
-}
-
-// ReadSlot reads a slot's position against the server's current WAL
-// position.
-func ReadSlot(ctx context.Context, conn *pgx.Conn, system, slot string) (SlotLag, error) {
-	l := SlotLag{System: system, Slot: slot, At: time.Now().UTC()}
-	err := conn.QueryRow(ctx, `SELECT active, coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, 0),
-			coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, 0), coalesce(confirmed_flush_lsn::text, ''), pg_current_wal_lsn()::text
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&l.Active, &l.BehindBytes, &l.RetainedBytes, &l.ConfirmedLSN, &l.CurrentLSN)
-	if err != nil {
-		return l, fmt.Errorf("slot %s of %s: %w", slot, system, err)
-	}
-	return l, nil
-}
 
 // slotWatch polls the slots of the sources, keeps the last reading, and
 // warns when a slot retains more WAL than configured.
 type slotWatch struct {
 	mu    sync.Mutex
-	last  map[string]SlotLag
+	last  map[string]pgcapture.SlotLag
 	warns map[string]time.Time
 }
 
 // Slots returns the last reading of each source's slot.
-func (a *App) Slots() map[string]SlotLag {
+func (a *App) Slots() map[string]pgcapture.SlotLag {
 	a.slots.mu.Lock()
 	defer a.slots.mu.Unlock()
-	out := make(map[string]SlotLag, len(a.slots.last))
+	out := make(map[string]pgcapture.SlotLag, len(a.slots.last))
 	for k, v := range a.slots.last {
 		out[k] = v
 	}
@@ -71,16 +43,16 @@ func (a *App) watchSlots(ctx context.Context, every time.Duration) {
 	for {
 		for _, name := range cfg.Sources() {
 			sys := cfg.Systems[name]
-			l, err := func() (SlotLag, error) {
+			l, err := func() (pgcapture.SlotLag, error) {
 				c := conns[name]
 				if c == nil || c.IsClosed() {
 					var err error
 					if c, err = pgx.Connect(ctx, sys.DSN); err != nil {
-						return SlotLag{System: name, Slot: sys.Slot, At: time.Now().UTC()}, fmt.Errorf("slot %s of %s: connect: %w", sys.Slot, name, err)
+						return pgcapture.SlotLag{System: name, Slot: sys.Slot, At: time.Now().UTC()}, fmt.Errorf("slot %s of %s: connect: %w", sys.Slot, name, err)
 					}
 					conns[name] = c
 				}
-				return ReadSlot(ctx, c, name, sys.Slot)
+				return pgcapture.ReadSlot(ctx, c, name, sys.Slot)
 			}()
 			if err != nil {
 				if ctx.Err() != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
+	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/pipeline"
 	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
@@ -37,7 +38,7 @@ type NATSStatus struct {
 // SourceStatus is one captured database.
 type SourceStatus struct {
 	System           string            `json:"system"`
-	Slot             SlotLag           `json:"slot"`
+	Slot             pgcapture.SlotLag `json:"slot"`
 	Events           int64             `json:"events"`
 	Transactions     int64             `json:"transactions"`
 	InFlight         int               `json:"in_flight"`
@@ -128,13 +129,13 @@ func Inspect(ctx context.Context, cfg *config.Config, js jetstream.JetStream) St
 	if js != nil {
 		st.NATS = NATSStatus{URL: js.Conn().ConnectedUrlRedacted(), Connected: js.Conn().IsConnected()}
 	}
-	slots := map[string]SlotLag{}
+	slots := map[string]pgcapture.SlotLag{}
 	for _, name := range cfg.Sources() {
 		sys := cfg.Systems[name]
-		l := SlotLag{System: name, Slot: sys.Slot, At: time.Now().UTC()}
+		l := pgcapture.SlotLag{System: name, Slot: sys.Slot, At: time.Now().UTC()}
 		err := withConn(ctx, sys.DSN, func(c *pgx.Conn) error {
 			var err error
-			l, err = ReadSlot(ctx, c, name, sys.Slot)
+			l, err = pgcapture.ReadSlot(ctx, c, name, sys.Slot)
 			return err
 		})
 		if err != nil {

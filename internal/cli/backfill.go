@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -10,7 +12,6 @@ import (
 
 	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
 	"github.com/duplex-cdc/duplex/internal/progress"
-	"github.com/duplex-cdc/duplex/transform"
 )
 
 func backfillCmd(g *globals) *cobra.Command {
@@ -36,7 +37,7 @@ until it is done, unless --no-wait.`,
 			if f == nil {
 				return fmt.Errorf("backfill: no flow %q in %s", flow, cfgPath)
 			}
-			qualified, err := mappedTable(m, f.From, table)
+			qualified, err := m.PublishedTable(f.From, table)
 			if err != nil {
 				return fmt.Errorf("backfill: %w", err)
 			}
@@ -67,26 +68,6 @@ until it is done, unless --no-wait.`,
 	_ = c.MarkFlagRequired("flow")
 	_ = c.MarkFlagRequired("table")
 	return c
-}
-
-// mappedTable finds table among the tables system stores mapped entities
-// in, and returns it as "schema.table".
-func mappedTable(m *transform.Mapping, system, table string) (string, error) {
-	var known []string
-	for _, e := range m.Entities {
-		t := e.Tables[system]
-		if t == nil {
-			continue
-		}
-		known = append(known, t.QualifiedTable())
-		if table == t.QualifiedTable() || table == t.Name() {
-			if !e.Publishes(system) {
-				return "", fmt.Errorf("table %s (entity %s) is not published by %s: it owns none of its fields", table, e.Name, system)
-			}
-			return t.QualifiedTable(), nil
-		}
-	}
-	return "", fmt.Errorf("table %q is not mapped for %s; mapped tables: %v", table, system, known)
 }
 
 // followBackfill prints the progress of a backfill until it ends: a bar
@@ -124,7 +105,7 @@ func followBackfill(ctx context.Context, g *globals, conn *pgx.Conn, id int64) e
 			bar.Update(b.Rows, b.Estimate)
 		} else if time.Since(lastLine) > 5*time.Second {
 			lastLine = time.Now()
-			fmt.Fprintln(g.stdout, pgcapture.BackfillLine(b))
+			fmt.Fprintln(g.stdout, backfillLine(b))
 		}
 		select {
 		case <-ctx.Done():
@@ -133,4 +114,21 @@ func followBackfill(ctx context.Context, g *globals, conn *pgx.Conn, id int64) e
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// backfillLine renders a backfill's progress for people.
+func backfillLine(b *pgcapture.Backfill) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "backfill %d of %s", b.ID, b.Table)
+	if b.Filter != "" {
+		fmt.Fprintf(&sb, " where %s", b.Filter)
+	}
+	fmt.Fprintf(&sb, ": %s, %s rows", b.Status, strconv.FormatInt(b.Rows, 10))
+	if b.Estimate > 0 {
+		fmt.Fprintf(&sb, " of about %d", b.Estimate)
+	}
+	if b.Error != "" {
+		fmt.Fprintf(&sb, ": %s", b.Error)
+	}
+	return sb.String()
 }
