@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/internal/pgstate"
 )
 
 // Online backfill re-reads one table while streaming goes on, with the
@@ -27,41 +27,9 @@ import (
 
 const backfillPrefix = "duplex.backfill"
 
-const backfillDDL = `
-CREATE SCHEMA IF NOT EXISTS duplex;
-CREATE TABLE IF NOT EXISTS duplex.backfills (
-	id           bigserial PRIMARY KEY,
-	slot         text NOT NULL,
-	tbl          text NOT NULL,
-	filter       text NOT NULL DEFAULT '',
-	chunk_rows   int NOT NULL DEFAULT 500,
-	status       text NOT NULL DEFAULT 'requested', -- requested, running, done, failed
-	last_key     text,
-	rows         bigint NOT NULL DEFAULT 0,
-	estimate     bigint NOT NULL DEFAULT 0,
-	error        text NOT NULL DEFAULT '',
-	requested_at timestamptz NOT NULL DEFAULT now(),
-	started_at   timestamptz,
-	finished_at  timestamptz
-);`
-
 // Backfill is a backfill request and its progress, as kept in the source
-// database's duplex.backfills.
-type Backfill struct {
-	ID        int64
-	Slot      string
-	Table     string
-	Filter    string
-	ChunkRows int
-	Status    string
-	LastKey   *string
-	Rows      int64
-	Estimate  int64
-	Error     string
-	Requested time.Time
-	Started   *time.Time
-	Finished  *time.Time
-}
+// database's duplex.backfills (pgstate.Backfill).
+type Backfill = pgstate.Backfill
 
 // RequestBackfill records a backfill of table ("schema.table") for the
 // capture of slot; a running capture starts it within a second, or the next
@@ -78,29 +46,15 @@ func RequestBackfill(ctx context.Context, conn *pgx.Conn, slot, table, filter st
 	if _, err := conn.Exec(ctx, "EXPLAIN "+check); err != nil {
 		return 0, fmt.Errorf("backfill of %s: the table or the condition %q is not valid: %w", table, filter, err)
 	}
-	if _, err := conn.Exec(ctx, backfillDDL); err != nil {
-		return 0, fmt.Errorf("backfill of %s: create duplex.backfills: %w", table, err)
+	if err := pgstate.Ensure(ctx, conn); err != nil {
+		return 0, fmt.Errorf("backfill of %s: %w", table, err)
 	}
-	var id int64
-	err := conn.QueryRow(ctx, `INSERT INTO duplex.backfills (slot, tbl, filter, chunk_rows, estimate)
-		VALUES ($1, $2, $3, $4, (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $5::regclass)) RETURNING id`,
-		slot, table, filter, chunkRows, quoteQualified(table)).Scan(&id)
-	if err != nil {
-		return 0, fmt.Errorf("backfill of %s: record request: %w", table, err)
-	}
-	return id, nil
+	return pgstate.RequestBackfill(ctx, conn, slot, table, quoteQualified(table), filter, chunkRows)
 }
 
 // BackfillByID reads a backfill's state.
 func BackfillByID(ctx context.Context, conn *pgx.Conn, id int64) (*Backfill, error) {
-	var b Backfill
-	err := conn.QueryRow(ctx, `SELECT id, slot, tbl, filter, chunk_rows, status, last_key, rows, estimate, error, requested_at, started_at, finished_at
-		FROM duplex.backfills WHERE id = $1`, id).Scan(&b.ID, &b.Slot, &b.Table, &b.Filter, &b.ChunkRows, &b.Status, &b.LastKey, &b.Rows,
-		&b.Estimate, &b.Error, &b.Requested, &b.Started, &b.Finished)
-	if err != nil {
-		return nil, fmt.Errorf("backfill %d: %w", id, err)
-	}
-	return &b, nil
+	return pgstate.BackfillByID(ctx, conn, id)
 }
 
 // backfillRun is the backfill a replication session is performing.
@@ -158,6 +112,10 @@ func (ss *session) queryConn(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("capture %s: connect: %w", ss.src.cfg.System, redact(err))
 	}
+	if err := pgstate.Ensure(ctx, q); err != nil {
+		_ = q.Close(ctx)
+		return nil, fmt.Errorf("capture %s: %w", ss.src.cfg.System, err)
+	}
 	ss.q = q
 	return q, nil
 }
@@ -168,17 +126,12 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var exists bool
-	if err := q.QueryRow(ctx, `SELECT to_regclass('duplex.backfills') IS NOT NULL`).Scan(&exists); err != nil || !exists {
-		return err
-	}
-	var id int64
-	err = q.QueryRow(ctx, `SELECT id FROM duplex.backfills WHERE slot = $1 AND status IN ('requested', 'running') ORDER BY id LIMIT 1`, s.cfg.Slot).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil
-	}
+	id, ok, err := pgstate.PendingBackfill(ctx, q, s.cfg.Slot)
 	if err != nil {
-		return fmt.Errorf("capture %s: read backfill requests: %w", s.cfg.System, err)
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+	}
+	if !ok {
+		return nil
 	}
 	job, err := BackfillByID(ctx, q, id)
 	if err != nil {
@@ -206,8 +159,8 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 	if job.LastKey != nil {
 		b.lastKey = *job.LastKey
 	}
-	if _, err := q.Exec(ctx, `UPDATE duplex.backfills SET status = 'running', started_at = coalesce(started_at, now()) WHERE id = $1`, id); err != nil {
-		return fmt.Errorf("capture %s: backfill %d: %w", s.cfg.System, id, err)
+	if err := pgstate.StartBackfill(ctx, q, id); err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
 	s.log.Info("backfill started", slog.Int64("backfill", id), slog.String("table", job.Table), slog.String("where", job.Filter),
 		slog.Int64("estimate", job.Estimate), slog.Bool("resumed", job.LastKey != nil))
@@ -223,8 +176,8 @@ func (ss *session) failBackfill(ctx context.Context, job *Backfill, cause error)
 	if err != nil {
 		return err
 	}
-	if _, err := q.Exec(ctx, `UPDATE duplex.backfills SET status = 'failed', error = $2, finished_at = now() WHERE id = $1`, job.ID, cause.Error()); err != nil {
-		return fmt.Errorf("capture %s: backfill %d: %w", s.cfg.System, job.ID, err)
+	if err := pgstate.FailBackfill(ctx, q, job.ID, cause.Error()); err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
 	return nil
 }
@@ -343,13 +296,8 @@ func (ss *session) backfillEmit(ctx context.Context, end capture.LSN) error {
 	if err != nil {
 		return err
 	}
-	status := "running"
-	if done {
-		status = "done"
-	}
-	if _, err := q.Exec(ctx, `UPDATE duplex.backfills SET status = $2, last_key = $3, rows = $4,
-		finished_at = CASE WHEN $2 = 'done' THEN now() END WHERE id = $1`, b.job.ID, status, b.lastKey, b.job.Rows); err != nil {
-		return fmt.Errorf("capture %s: backfill %d: record progress: %w", s.cfg.System, b.job.ID, err)
+	if err := pgstate.BackfillProgress(ctx, q, b.job.ID, b.lastKey, b.job.Rows, done); err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
 	s.log.Debug("backfill chunk", slog.Int64("backfill", b.job.ID), slog.Int("chunk", b.chunk), slog.Int("rows", len(kept)),
 		slog.Int("left_to_live_changes", dropped), slog.String("position", ss.tx.CommitLSN.String()))

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/internal/pgstate"
 )
 
 // Snapshot modes.
@@ -50,30 +50,6 @@ func (s *Source) Progress() SnapshotProgress {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.progress
-}
-
-const snapshotDDL = `
-CREATE SCHEMA IF NOT EXISTS duplex;
-CREATE TABLE IF NOT EXISTS duplex.snapshots (
-	slot           text PRIMARY KEY,
-	consistent_lsn pg_lsn NOT NULL,
-	rows           bigint NOT NULL,
-	completed_at   timestamptz NOT NULL DEFAULT now()
-);`
-
-func snapshotDone(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
-	var done bool
-	err := conn.QueryRow(ctx, `SELECT to_regclass('duplex.snapshots') IS NOT NULL AND EXISTS (SELECT 1 FROM duplex.snapshots WHERE slot = $1)`, slot).Scan(&done)
-	if err != nil {
-		// The table may not exist: to_regclass guards the first test,
-		// but the planner still resolves the second.
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42P01" {
-			return false, nil
-		}
-		return false, fmt.Errorf("read snapshot state: %w", err)
-	}
-	return done, nil
 }
 
 // createWithSnapshot creates the slot on a replication session and keeps
@@ -196,13 +172,11 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if _, err := conn.Exec(ctx, snapshotDDL); err != nil {
+	if err := pgstate.Ensure(ctx, conn); err != nil {
 		return fmt.Errorf("capture %s: record snapshot: %w", s.cfg.System, err)
 	}
-	if _, err := conn.Exec(ctx, `INSERT INTO duplex.snapshots (slot, consistent_lsn, rows) VALUES ($1, $2::text::pg_lsn, $3)
-		ON CONFLICT (slot) DO UPDATE SET consistent_lsn = EXCLUDED.consistent_lsn, rows = EXCLUDED.rows, completed_at = now()`,
-		s.cfg.Slot, s.snap.consistent.String(), total); err != nil {
-		return fmt.Errorf("capture %s: record snapshot: %w", s.cfg.System, err)
+	if err := pgstate.RecordSnapshot(ctx, conn, s.cfg.Slot, s.snap.consistent, total); err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
 	s.setProgress(func(p *SnapshotProgress) { p.Running, p.Done = false, true })
 	s.log.Info("initial snapshot complete", slog.Int64("rows", total), slog.Duration("took", time.Since(started).Round(time.Millisecond)))

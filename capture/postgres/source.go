@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/internal/pgstate"
 )
 
 // Config configures a Source.
@@ -147,6 +148,9 @@ func (s *Source) Ensure(ctx context.Context) error {
 		return fmt.Errorf("capture %s: connect: %w", s.cfg.System, redact(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if err := pgstate.Ensure(ctx, conn); err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+	}
 	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, s.cfg.Publication)
 	if err != nil {
 		return fmt.Errorf("capture %s: read publication %s: %w", s.cfg.System, s.cfg.Publication, err)
@@ -184,7 +188,7 @@ func (s *Source) Ensure(ctx context.Context) error {
 		return fmt.Errorf("capture %s: read slot %s: %w", s.cfg.System, s.cfg.Slot, err)
 	}
 	if slotExists && s.cfg.Snapshot == SnapshotInitial && s.snap == nil {
-		done, err := snapshotDone(ctx, conn, s.cfg.Slot)
+		done, err := pgstate.SnapshotDone(ctx, conn, s.cfg.Slot)
 		if err != nil {
 			return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 		}

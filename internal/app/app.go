@@ -19,6 +19,7 @@ import (
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
+	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/pipeline"
 	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
 	"github.com/duplex-cdc/duplex/transform"
@@ -115,6 +116,11 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 		if err != nil {
 			errs = append(errs, fmt.Errorf("system %s: connect: %w", name, err))
 			continue
+		}
+		// duplex's own schema: trusted and not newer than this duplex
+		// (Ensure migrates it when a session starts).
+		if err := pgstate.Verify(ctx, conn); err != nil {
+			errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 		}
 		cat, err := pgcatalog.Read(ctx, conn, m.Tables(name))
 		_ = conn.Close(ctx)
@@ -232,7 +238,7 @@ func (a *App) Run(ctx context.Context) error {
 			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}}
 		for _, e := range a.mapping.Entities {
 			if len(e.SharedFields(name)) > 0 && e.Publishes(name) {
-				rec := pgsink.NewVersionRecorder(name, cfg.Systems[name].DSN, a.mapping)
+				rec := pgstate.NewVersionRecorder(name, cfg.Systems[name].DSN, a.mapping)
 				defer rec.Close(context.WithoutCancel(ctx))
 				pc.Versions = rec
 				break

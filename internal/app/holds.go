@@ -8,13 +8,14 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
 
 // holdStore keeps a source's held entities in its database
-// (duplex.held), where they survive restarts next to the slot they hold
-// back.
+// (duplex.held, through pgstate), where they survive restarts next to the
+// slot they hold back.
 type holdStore struct {
 	system, dsn string
 	mapping     *transform.Mapping
@@ -22,24 +23,13 @@ type holdStore struct {
 
 var _ pipeline.Holds = (*holdStore)(nil)
 
-const heldDDL = `
-CREATE SCHEMA IF NOT EXISTS duplex;
-CREATE TABLE IF NOT EXISTS duplex.held (
-	system    text NOT NULL,
-	entity    text NOT NULL,
-	since_lsn pg_lsn NOT NULL,
-	reason    text NOT NULL,
-	held_at   timestamptz NOT NULL DEFAULT now(),
-	PRIMARY KEY (system, entity)
-);`
-
 func (h *holdStore) with(ctx context.Context, f func(*pgx.Conn) error) error {
 	conn, err := pgx.Connect(ctx, h.dsn)
 	if err != nil {
 		return fmt.Errorf("held entities of %s: connect: %w", h.system, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, heldDDL); err != nil {
+	if err := pgstate.Ensure(ctx, conn); err != nil {
 		return fmt.Errorf("held entities of %s: %w", h.system, err)
 	}
 	return f(conn)
@@ -59,24 +49,12 @@ func (h *holdStore) Held(ctx context.Context) ([]pipeline.Hold, capture.LSN, err
 		if now, err = capture.ParseLSN(lsn); err != nil {
 			return err
 		}
-		rows, err := conn.Query(ctx, `SELECT entity, since_lsn::text, reason, held_at FROM duplex.held WHERE system = $1 ORDER BY since_lsn`, h.system)
+		held, err := pgstate.Holds(ctx, conn, h.system)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var hd pipeline.Hold
-			var since string
-			if err := rows.Scan(&hd.Entity, &since, &hd.Reason, &hd.At); err != nil {
-				return err
-			}
-			if hd.Since, err = capture.ParseLSN(since); err != nil {
-				return err
-			}
-			out = append(out, hd)
-		}
-		if err := rows.Err(); err != nil {
-			return err
+		for _, hd := range held {
+			out = append(out, pipeline.Hold{Entity: hd.Entity, Since: hd.Since, Reason: hd.Reason, At: hd.At})
 		}
 		for i := range out {
 			fixed, err := h.fits(ctx, conn, out[i].Entity)
@@ -119,16 +97,13 @@ func (h *holdStore) fits(ctx context.Context, conn *pgx.Conn, entity string) (bo
 // Hold implements pipeline.Holds.
 func (h *holdStore) Hold(ctx context.Context, hd pipeline.Hold) error {
 	return h.with(ctx, func(conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, `INSERT INTO duplex.held (system, entity, since_lsn, reason, held_at) VALUES ($1, $2, $3::text::pg_lsn, $4, $5)
-			ON CONFLICT (system, entity) DO NOTHING`, h.system, hd.Entity, hd.Since.String(), hd.Reason, hd.At)
-		return err
+		return pgstate.AddHold(ctx, conn, h.system, pgstate.Hold{Entity: hd.Entity, Since: hd.Since, Reason: hd.Reason, At: hd.At})
 	})
 }
 
 // Release implements pipeline.Holds.
 func (h *holdStore) Release(ctx context.Context, entity string) error {
 	return h.with(ctx, func(conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, `DELETE FROM duplex.held WHERE system = $1 AND entity = $2`, h.system, entity)
-		return err
+		return pgstate.ReleaseHold(ctx, conn, h.system, entity)
 	})
 }

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"crypto/md5" //nolint:gosec // matches PostgreSQL's md5() of recorded values; not for security
 	"fmt"
 	"log/slog"
 	"slices"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -99,21 +99,12 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 		hash *string
 	}
 	known := map[string]recorded{}
-	vr, err := tx.Query(ctx, `SELECT key, field, source, commit_time, value_hash FROM duplex.field_versions WHERE entity = $1 AND key = ANY($2)`, e.Name, keys)
+	fvs, err := pgstate.ReadFieldVersions(ctx, tx, e.Name, keys)
 	if err != nil {
-		return 0, classify(fmt.Errorf("sink %s: read field versions of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+		return 0, classify(fmt.Errorf("sink %s: %w", s.cfg.System, err), -1, -1)
 	}
-	for vr.Next() {
-		var k, f string
-		var r recorded
-		if err := vr.Scan(&k, &f, &r.v.source, &r.v.at, &r.hash); err != nil {
-			vr.Close()
-			return 0, classify(fmt.Errorf("sink %s: read field versions of %s: %w", s.cfg.System, e.Name, err), -1, -1)
-		}
-		known[k+"\x00"+f] = r
-	}
-	if err := vr.Err(); err != nil {
-		return 0, classify(fmt.Errorf("sink %s: read field versions of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	for _, fv := range fvs {
+		known[fv.Key+"\x00"+fv.Field] = recorded{v: version{source: fv.Source, at: fv.CommitTime}, hash: fv.ValueHash}
 	}
 	conflicts := 0
 	for _, k := range keys {
@@ -214,99 +205,11 @@ func (s *Sink) recordVersions(ctx context.Context, tx pgx.Tx, e *transform.Entit
 		if len(keys) == 0 {
 			continue
 		}
-		q := fmt.Sprintf(`
-INSERT INTO duplex.field_versions (entity, key, field, source, commit_time, value_hash)
-SELECT $1, u.k, $2, u.s, u.at, md5(t.%s::text)
-FROM unnest($3::text[], $4::text[], $5::timestamptz[]) AS u(k, s, at) JOIN %s AS t ON t.%s = u.k::%s
-ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash
-WHERE field_versions.value_hash IS DISTINCT FROM EXCLUDED.value_hash OR field_versions.commit_time <= EXCLUDED.commit_time`,
-			pgx.Identifier{col}.Sanitize(), quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
-		if _, err := tx.Exec(ctx, q, e.Name, shared[col], keys, sources, ats); err != nil {
-			return classify(fmt.Errorf("sink %s: record versions of %s.%s: %w", s.cfg.System, e.Name, shared[col], err), -1, -1)
+		w := pgstate.Written{Entity: e.Name, Field: shared[col], Table: quoteTable(t), KeyColumn: t.KeyColumn, Column: col, KeyType: kt,
+			Keys: keys, Sources: sources, At: ats}
+		if err := pgstate.RecordWritten(ctx, tx, w); err != nil {
+			return classify(fmt.Errorf("sink %s: %w", s.cfg.System, err), -1, -1)
 		}
-	}
-	return nil
-}
-
-// VersionRecorder records, in a source database's duplex schema, the
-// version of every local write to a shared field that its capture reads
-// from the WAL: what the sink into that same database compares an incoming
-// write with. Used by one goroutine.
-type VersionRecorder struct {
-	system  string
-	dsn     string
-	mapping *transform.Mapping
-	conn    *pgx.Conn
-}
-
-// NewVersionRecorder returns a recorder for a system; it connects lazily.
-func NewVersionRecorder(system, dsn string, m *transform.Mapping) *VersionRecorder {
-	return &VersionRecorder{system: system, dsn: dsn, mapping: m}
-}
-
-// Close ends the session.
-func (r *VersionRecorder) Close(ctx context.Context) {
-	if r.conn != nil {
-		_ = r.conn.Close(ctx)
-		r.conn = nil
-	}
-}
-
-// connect opens the session if there is none.
-func (r *VersionRecorder) connect(ctx context.Context) error {
-	if r.conn != nil && !r.conn.IsClosed() {
-		return nil
-	}
-	c, err := pgx.Connect(ctx, r.dsn)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	if err := EnsureSchema(ctx, c); err != nil {
-		c.Close(ctx)
-		return err
-	}
-	r.conn = c
-	return nil
-}
-
-// Record stores the versions of the shared fields the events carry: the
-// newer of what is recorded and the event, per field.
-func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) error {
-	var ents, keys, fields, hashes []string
-	var nulls []bool
-	var ats []time.Time
-	for i := range events {
-		ev := &events[i]
-		if ev.Op != transform.OpUpsert {
-			continue
-		}
-		e := r.mapping.Entity(ev.Entity)
-		for _, f := range e.SharedFields(r.system) {
-			v, ok := ev.Data[f]
-			if !ok {
-				continue
-			}
-			ents, keys, fields, ats = append(ents, ev.Entity), append(keys, ev.Key), append(fields, f), append(ats, ev.Pos.CommitTime)
-			s, _ := v.(string)
-			hashes, nulls = append(hashes, s), append(nulls, v == nil)
-		}
-	}
-	if len(keys) == 0 {
-		return nil
-	}
-	if err := r.connect(ctx); err != nil {
-		return fmt.Errorf("record versions %s: %w", r.system, err)
-	}
-	_, err := r.conn.Exec(ctx, `
-INSERT INTO duplex.field_versions AS v (entity, key, field, source, commit_time, value_hash)
-SELECT DISTINCT ON (u.e, u.k, u.f) u.e, u.k, u.f, $1, u.at, CASE WHEN u.n THEN NULL ELSE md5(u.val) END
-FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bool[]) AS u(e, k, f, at, val, n)
-ORDER BY u.e, u.k, u.f, u.at DESC
-ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash
-WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, ents, keys, fields, ats, hashes, nulls)
-	if err != nil {
-		r.Close(ctx)
-		return fmt.Errorf("record versions %s: %w", r.system, err)
 	}
 	return nil
 }
@@ -339,76 +242,4 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// Lookup sets, on copied rows (snapshot, backfill) of this system, the
-// recorded version of each shared field whose value is still the one
-// recorded, so that a copy carries the age of the write it comes from: a
-// database restored from a backup and copied again must not pass its old
-// values off as new.
-func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) error {
-	var ents, keys []string
-	for i := range events {
-		ev := &events[i]
-		if ev.Op == transform.OpUpsert && len(r.mapping.Entity(ev.Entity).SharedFields(r.system)) > 0 {
-			ents, keys = append(ents, ev.Entity), append(keys, ev.Key)
-		}
-	}
-	if len(keys) == 0 {
-		return nil
-	}
-	if err := r.connect(ctx); err != nil {
-		return fmt.Errorf("look up versions %s: %w", r.system, err)
-	}
-	rows, err := r.conn.Query(ctx, `SELECT v.entity, v.key, v.field, v.source, v.commit_time, v.value_hash
-		FROM unnest($1::text[], $2::text[]) AS u(e, k) JOIN duplex.field_versions v ON v.entity = u.e AND v.key = u.k`, ents, keys)
-	if err != nil {
-		r.Close(ctx)
-		return fmt.Errorf("look up versions %s: %w", r.system, err)
-	}
-	type rec struct {
-		v    transform.FieldVersion
-		hash *string
-	}
-	known := map[string]rec{}
-	for rows.Next() {
-		var e, k, f string
-		var x rec
-		if err := rows.Scan(&e, &k, &f, &x.v.Source, &x.v.At, &x.hash); err != nil {
-			rows.Close()
-			return fmt.Errorf("look up versions %s: %w", r.system, err)
-		}
-		known[e+"\x00"+k+"\x00"+f] = x
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("look up versions %s: %w", r.system, err)
-	}
-	for i := range events {
-		ev := &events[i]
-		if ev.Op != transform.OpUpsert {
-			continue
-		}
-		for _, f := range r.mapping.Entity(ev.Entity).SharedFields(r.system) {
-			v, ok := ev.Data[f]
-			x, recorded := known[ev.Entity+"\x00"+ev.Key+"\x00"+f]
-			if !ok || !recorded {
-				continue
-			}
-			var h *string
-			if s, isText := v.(string); isText {
-				sum := fmt.Sprintf("%x", md5.Sum([]byte(s)))
-				h = &sum
-			} else if v != nil {
-				continue
-			}
-			if !eqPtr(h, x.hash) {
-				continue // changed since recorded: the copy's time stands
-			}
-			if ev.Versions == nil {
-				ev.Versions = map[string]transform.FieldVersion{}
-			}
-			ev.Versions[f] = x.v
-		}
-	}
-	return nil
 }

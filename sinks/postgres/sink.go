@@ -15,6 +15,7 @@ import (
 
 	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
+	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -142,36 +143,6 @@ func (s *Sink) Close(ctx context.Context) {
 	}
 }
 
-const schemaDDL = `
-CREATE SCHEMA IF NOT EXISTS duplex;
-CREATE TABLE IF NOT EXISTS duplex.applied (
-	flow        text PRIMARY KEY,
-	source      text NOT NULL,
-	commit_lsn  pg_lsn NOT NULL,
-	commit_time timestamptz NOT NULL,
-	xid         bigint NOT NULL,
-	applied_at  timestamptz NOT NULL DEFAULT now()
-);
-COMMENT ON TABLE duplex.applied IS 'duplex: last source transaction applied per flow, written in the same transaction as the rows';
-CREATE TABLE IF NOT EXISTS duplex.field_versions (
-	entity      text NOT NULL,
-	key         text NOT NULL,
-	field       text NOT NULL,
-	source      text NOT NULL,
-	commit_time timestamptz NOT NULL,
-	value_hash  text,
-	PRIMARY KEY (entity, key, field)
-);
-COMMENT ON TABLE duplex.field_versions IS 'duplex: source and commit time of the value duplex last wrote into each shared (owner both) field';`
-
-// EnsureSchema creates duplex's schema and tables in a database.
-func EnsureSchema(ctx context.Context, conn *pgx.Conn) error {
-	if _, err := conn.Exec(ctx, schemaDDL); err != nil && !isUniqueViolation(err) { // two sessions creating it at once
-		return fmt.Errorf("create schema duplex: %w", err)
-	}
-	return nil
-}
-
 // connect opens the session, creates duplex's schema, binds the
 // replication origin and reads the catalog.
 func (s *Sink) connect(ctx context.Context) error {
@@ -193,8 +164,8 @@ func (s *Sink) connect(ctx context.Context) error {
 		_ = conn.Close(ctx)
 		return fmt.Errorf("sink %s: %s: %w", s.cfg.System, what, err)
 	}
-	if err := EnsureSchema(ctx, conn); err != nil {
-		return fail("create schema duplex", err)
+	if err := pgstate.Ensure(ctx, conn); err != nil {
+		return fail("prepare duplex schema", err)
 	}
 	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL`, s.cfg.Origin); err != nil {
 		return fail("create replication origin "+s.cfg.Origin, err)
@@ -221,23 +192,10 @@ type permanentErr struct{ error }
 func (e *permanentErr) Unwrap() error   { return e.error }
 func (e *permanentErr) Permanent() bool { return true }
 
-// Position returns the flow's applied position as recorded in the target.
-func Position(ctx context.Context, q interface {
-	QueryRow(context.Context, string, ...any) pgx.Row
-}, flow string) (transform.Position, error) {
-	var lsn string
-	var p transform.Position
-	var xid int64
-	err := q.QueryRow(ctx, `SELECT commit_lsn::text, commit_time, xid FROM duplex.applied WHERE flow = $1`, flow).Scan(&lsn, &p.CommitTime, &xid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return transform.Position{}, nil
-	}
-	if err != nil {
-		return transform.Position{}, fmt.Errorf("read applied position of %s: %w", flow, err)
-	}
-	p.Xid = uint32(xid)
-	p.LSN, err = capture.ParseLSN(lsn)
-	return p, err
+// Position returns the flow's applied position as recorded in the target
+// (pgstate.Applied).
+func Position(ctx context.Context, q pgstate.Querier, flow string) (transform.Position, error) {
+	return pgstate.Applied(ctx, q, flow)
 }
 
 // Apply implements pipeline.Sink.
@@ -481,13 +439,9 @@ func (s *Sink) finish(ctx context.Context, tx pgx.Tx, last *transform.Tx) error 
 	if _, err := tx.Exec(ctx, `SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)`, last.CommitLSN.String(), last.CommitTime); err != nil {
 		return classify(fmt.Errorf("sink %s: origin xact setup: %w", s.cfg.System, err), -1, -1)
 	}
-	if _, err := tx.Exec(ctx, `
-INSERT INTO duplex.applied (flow, source, commit_lsn, commit_time, xid, applied_at)
-VALUES ($1, $2, $3::text::pg_lsn, $4, $5, now())
-ON CONFLICT (flow) DO UPDATE SET source = EXCLUDED.source, commit_lsn = EXCLUDED.commit_lsn,
-	commit_time = EXCLUDED.commit_time, xid = EXCLUDED.xid, applied_at = EXCLUDED.applied_at`,
-		s.cfg.Flow, last.Source, last.CommitLSN.String(), last.CommitTime, int64(last.Xid)); err != nil {
-		return classify(fmt.Errorf("sink %s: record applied position: %w", s.cfg.System, err), -1, -1)
+	pos := transform.Position{LSN: last.CommitLSN, CommitTime: last.CommitTime, Xid: last.Xid}
+	if err := pgstate.WriteApplied(ctx, tx, s.cfg.Flow, last.Source, pos); err != nil {
+		return classify(fmt.Errorf("sink %s: %w", s.cfg.System, err), -1, -1)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return classify(fmt.Errorf("sink %s: commit: %w", s.cfg.System, err), -1, -1)
