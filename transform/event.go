@@ -20,6 +20,10 @@ const (
 	OpTruncate Op = "truncate"
 )
 
+// LSN is a position in a source's write-ahead log (capture.LSN), the type
+// of Position.LSN and Tx.CommitLSN: later stages name it here.
+type LSN = capture.LSN
+
 // Position is where an event comes from in its source.
 type Position struct {
 	// LSN is the commit LSN of the source transaction.

@@ -1,16 +1,18 @@
 // Package postgres applies canonical transactions to a PostgreSQL database
-// as idempotent, set-based upserts and deletes.
+// as idempotent, set-based upserts and deletes, under a replication origin.
 //
 // A batch of whole source transactions becomes one target transaction.
 // Inside it the sink reads the flow's applied position from its own schema
 // (duplex.applied), skips every source transaction at or below it, folds
 // the rest to the last change per key, resolves references to other
-// entities by their canonical keys, writes each entity with one statement
-// per column set (unnest of text arrays, cast to the column types read from
+// entities by their canonical keys, resolves shared (owner both) fields
+// against what the target holds, writes each entity with one statement per
+// column set (unnest of text arrays, cast to the column types read from
 // the catalog), records the new applied position, and commits. Only mapped
 // columns are written, and a row whose values are already equal is not
 // touched. The position lives in the target database so that a backup of
-// it carries the position too.
+// it carries the position too. A source transaction too large to hold
+// whole is applied chunk by chunk in one target transaction (PartSink).
 //
 // The session is bound to a PostgreSQL replication origin, and each apply
 // transaction sets the origin's remote LSN and commit time, so that
@@ -18,4 +20,18 @@
 // capture of this database can recognise (and skip) what duplex wrote.
 // Only one session can hold an origin, which also keeps a second applier of
 // the same flow out.
+//
+// The package does not own duplex's own tables (duplex.applied,
+// duplex.field_versions and the rest belong to internal/pgstate, which it
+// calls in its apply transaction) nor the stream: fetching, assembly,
+// acknowledgement, retries and dead letters are pipeline's; the sink only
+// classifies its errors as pipeline.ApplyError kinds.
+//
+// Files: sink.go (Sink, Config, Apply, Close), session.go (connect,
+// origin, catalog), apply.go (begin, write, finish), parts.go (large
+// transactions); fold.go (last change per key), upsert.go and delete.go
+// (writing rows), statements.go (SQL generation), lookup.go (references),
+// sharedfields.go (shared-field versions), unique.go (moved unique
+// values), isolate.go (row by row under savepoints), order.go (entity
+// order), errors.go (classification).
 package postgres

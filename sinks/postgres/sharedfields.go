@@ -30,6 +30,13 @@ func (s *Sink) newer(v, w version) bool {
 	return slices.Index(s.cfg.Mapping.Systems, v.source) < slices.Index(s.cfg.Mapping.Systems, w.source)
 }
 
+// sharedColumns maps the target columns of an entity's shared (owner
+// both) fields to their field names. Computed once per entity at New: it
+// is asked for every folded row.
+func (s *Sink) sharedColumns(e *transform.Entity) map[string]string {
+	return s.shared[e.Name]
+}
+
 // resolveShared decides, field by field, whether the incoming values of
 // shared fields are newer than what the target holds, and drops those that
 // lose (a conflict, logged and counted). What the target holds was written

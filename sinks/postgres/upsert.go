@@ -1,0 +1,208 @@
+// Writing folded rows: grouped by column set, references resolved, guards
+// checked, one set-based statement per group.
+
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/duplex-cdc/duplex/pipeline"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *entityBatch) error {
+	t := e.Tables[s.cfg.System]
+	groups := map[string][]*pendingRow{}
+	var sigs []string
+	for _, k := range b.keys {
+		p := b.rows[k]
+		if p.deleted {
+			continue
+		}
+		ensureKey(p.row, t)
+		sig := p.row.Signature()
+		if groups[sig] == nil {
+			sigs = append(sigs, sig)
+		}
+		groups[sig] = append(groups[sig], p)
+	}
+	for _, sig := range sigs {
+		rows := groups[sig]
+		if err := s.resolveRefs(ctx, tx, e, rows); err != nil {
+			return err
+		}
+		if err := s.checkGuards(ctx, tx, e, t, rows); err != nil {
+			return err
+		}
+		cols := rows[0].row.Values
+		args := make([]any, len(cols))
+		for ci := range cols {
+			arr := make([]*string, len(rows))
+			for ri, p := range rows {
+				v := &p.row.Values[ci]
+				if !v.Null {
+					txt := v.Text
+					arr[ri] = &txt
+				}
+			}
+			args[ci] = arr
+		}
+		if s.release[e.Name] {
+			if err := s.releaseUnique(ctx, tx, e, t, rows, args); err != nil {
+				return err
+			}
+		}
+		sql, err := s.writeSQL(e, t, sig, cols)
+		if err != nil {
+			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
+		}
+		what := func(n int) string {
+			return fmt.Sprintf("upsert %d rows into %s (entity %s)", n, t.QualifiedTable(), e.Name)
+		}
+		if err := s.execRows(ctx, tx, sql, rows, args, what); err != nil {
+			if isUniqueViolation(err) && !s.release[e.Name] && s.movable(e, t, cols) {
+				// A value the source assigns moved between rows: retry with
+				// stale holders cleared first.
+				if s.release == nil {
+					s.release = map[string]bool{}
+				}
+				s.release[e.Name] = true
+				s.log.Info("unique values assigned by the source moved between rows; clearing stale holders from now on", slog.String("entity", e.Name))
+				var ae *pipeline.ApplyError
+				errors.As(err, &ae)
+				return &pipeline.ApplyError{Kind: pipeline.Transient, Tx: -1, Event: -1, RetryAfter: time.Millisecond, Err: ae.Err}
+			}
+			return err
+		}
+		if !s.canInsert(t, cols) {
+			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkGuards refuses rows whose target row holds another value than a
+// guard requires (an amount in USD next to a CRM currency of EUR).
+func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
+	byCol := map[string][]*pendingRow{}
+	for _, p := range rows {
+		for _, g := range p.row.Guards {
+			byCol[g.Column] = append(byCol[g.Column], p)
+		}
+	}
+	if len(byCol) == 0 {
+		return nil
+	}
+	kt, err := s.castType(t, t.KeyColumn)
+	if err != nil {
+		return err
+	}
+	for col, ps := range byCol {
+		ct, err := s.castType(t, col)
+		if err != nil {
+			return err
+		}
+		keys, vals := make([]string, len(ps)), make([]string, len(ps))
+		for i, p := range ps {
+			keys[i] = p.row.Key
+			for _, g := range p.row.Guards {
+				if g.Column == col {
+					vals[i] = g.Text
+				}
+			}
+		}
+		q := fmt.Sprintf("SELECT u.k, t.%s::text FROM unnest($1::text[], $2::text[]) AS u(k, v) JOIN %s AS t ON t.%s = u.k::%s WHERE t.%s IS DISTINCT FROM u.v::%s",
+			pgx.Identifier{col}.Sanitize(), quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt, pgx.Identifier{col}.Sanitize(), ct)
+		r, err := tx.Query(ctx, q, keys, vals)
+		if err != nil {
+			return classify(fmt.Errorf("sink %s: check %s of %s: %w", s.cfg.System, col, e.Name, err), -1, -1)
+		}
+		type bad struct {
+			k string
+			v *string
+		}
+		found, err := pgx.CollectRows(r, func(row pgx.CollectableRow) (bad, error) {
+			var b bad
+			return b, row.Scan(&b.k, &b.v)
+		})
+		if err != nil {
+			return classify(fmt.Errorf("sink %s: check %s of %s: %w", s.cfg.System, col, e.Name, err), -1, -1)
+		}
+		for _, b := range found {
+			for i, p := range ps {
+				if p.row.Key == b.k {
+					return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+						Err: fmt.Errorf("entity %s key %s: an amount in %s cannot be written next to %s %q in %s", e.Name, b.k, vals[i], col, deref(b.v), t.QualifiedTable())}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// checkUpdated handles the rows an update-only write could not find. Rows
+// of an entity born in another system (that owns its key) are skipped:
+// the row was deleted here, or never made it; there is nothing to update.
+// Rows that the event's source owns should exist: a missing one cannot be
+// created without the columns the event lacks, and that is an error.
+func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
+	kf := e.Field(e.Key)
+	if kf.Owner != rows[0].source && kf.Owner != transform.OwnerBoth {
+		return nil
+	}
+	kt, err := s.castType(t, t.KeyColumn)
+	if err != nil {
+		return err
+	}
+	keys := make([]string, len(rows))
+	for i, p := range rows {
+		keys[i] = p.row.Key
+	}
+	q := fmt.Sprintf("SELECT u.k FROM unnest($1::text[]) AS u(k) WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE t.%s = u.k::%s)",
+		quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
+	r, err := tx.Query(ctx, q, keys)
+	if err != nil {
+		return classify(fmt.Errorf("sink %s: check rows of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	missing, err := pgx.CollectRows(r, pgx.RowTo[string])
+	if err != nil {
+		return classify(fmt.Errorf("sink %s: check rows of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	for _, p := range rows {
+		if p.row.Key == missing[0] {
+			var need []string
+			for name, ci := range s.catalog.Tables[t.QualifiedTable()].Columns {
+				if ci.NotNull && !ci.HasDefault && !slices.ContainsFunc(p.row.Values, func(c transform.ColValue) bool { return c.Column == name }) {
+					need = append(need, name)
+				}
+			}
+			slices.Sort(need)
+			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the event lacks %v to create one", e.Name, p.row.Key, t.QualifiedTable(), need)}
+		}
+	}
+	return nil
+}
+
+func ensureKey(r *transform.Row, t *transform.TableMap) {
+	for _, v := range r.Values {
+		if v.Column == t.KeyColumn {
+			return
+		}
+	}
+	r.Values = append(r.Values, transform.ColValue{Column: t.KeyColumn, Text: r.Key})
+	slices.SortFunc(r.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
+}
