@@ -500,20 +500,25 @@ queue:
 	}
 }
 
-// Drain implements capture.Handler.
-func (p *producer) Drain(ctx context.Context) {
+// Drain implements capture.Handler: nil once every chunk handed on before
+// it was acknowledged by JetStream; the publish failure that ended the
+// session, or the context's error, otherwise.
+func (p *producer) Drain(ctx context.Context) error {
 	d := pending{drained: make(chan struct{})}
 	select {
 	case p.pending <- d:
 	case <-ctx.Done():
-		return
+		return fmt.Errorf("drain %s: %w", p.src.System(), ctx.Err())
 	case <-p.failed:
-		return
+		return p.err
 	}
 	select {
 	case <-d.drained:
+		return nil
 	case <-ctx.Done():
+		return fmt.Errorf("drain %s: %w", p.src.System(), ctx.Err())
 	case <-p.failed:
+		return p.err
 	}
 }
 
