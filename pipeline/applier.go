@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,10 +88,7 @@ func (c *ApplierConfig) Validate() error {
 }
 
 // FlowStats describes a flow; safe for concurrent use.
-type FlowStats struct {
-	mu sync.Mutex
-	FlowCounts
-}
+type FlowStats = Stats[FlowCounts]
 
 // FlowCounts is a snapshot of FlowStats.
 type FlowCounts struct {
@@ -110,24 +107,10 @@ type FlowCounts struct {
 	Errors map[string]int64
 }
 
-func (s *FlowStats) update(f func(s *FlowStats)) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	f(s)
-	s.mu.Unlock()
-}
-
-// Snapshot returns a copy.
-func (s *FlowStats) Snapshot() FlowCounts {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.FlowCounts
-	c.Errors = make(map[string]int64, len(s.Errors))
-	for k, v := range s.Errors {
-		c.Errors[k] = v
-	}
+func (c FlowCounts) clone() FlowCounts {
+	m := make(map[string]int64, len(c.Errors))
+	maps.Copy(m, c.Errors)
+	c.Errors = m
 	return c
 }
 
@@ -178,17 +161,17 @@ func (a *Applier) Run(ctx context.Context) error {
 	bo := newBackoff()
 	for {
 		started := time.Now()
-		a.cfg.Stats.update(func(s *FlowStats) { s.State = "running" })
+		a.cfg.Stats.update(func(s *FlowCounts) { s.State = "running" })
 		err := a.session(ctx)
 		if ctx.Err() != nil {
-			a.cfg.Stats.update(func(s *FlowStats) { s.State = "stopped" })
+			a.cfg.Stats.update(func(s *FlowCounts) { s.State = "stopped" })
 			return nil
 		}
 		if time.Since(started) > time.Minute {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		a.cfg.Stats.update(func(s *FlowStats) { s.State = "retrying"; s.LastError = err.Error() })
+		a.cfg.Stats.update(func(s *FlowCounts) { s.State = "retrying"; s.LastError = err.Error() })
 		a.log.Warn("flow session ended; restarting", slog.Any("error", err), slog.Duration("retry_in", wait))
 		if !sleep(ctx, wait) {
 			return nil
@@ -362,7 +345,7 @@ func (a *Applier) ack(m jetstream.Msg) error {
 		return fmt.Errorf("flow %s: ack: %w", a.cfg.Flow, err)
 	}
 	if md, _ := m.Metadata(); md != nil {
-		a.cfg.Stats.update(func(s *FlowStats) { s.StreamSeq = md.Sequence.Stream })
+		a.cfg.Stats.update(func(s *FlowCounts) { s.StreamSeq = md.Sequence.Stream })
 	}
 	return nil
 }
@@ -762,7 +745,7 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 				if time.Since(waitStart) > 10*time.Second && time.Since(lastWarn) > 10*time.Second {
 					lastWarn = time.Now()
 					a.log.Warn("apply keeps waiting", slog.Duration("for", time.Since(waitStart)), slog.Any("error", err))
-					a.cfg.Stats.update(func(s *FlowStats) { s.State = "waiting"; s.LastError = err.Error() })
+					a.cfg.Stats.update(func(s *FlowCounts) { s.State = "waiting"; s.LastError = err.Error() })
 				}
 				if !sleep(ctx, ae.RetryAfter) {
 					return ctx.Err()
@@ -778,7 +761,7 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 }
 
 func (a *Applier) countError(k Kind) {
-	a.cfg.Stats.update(func(s *FlowStats) {
+	a.cfg.Stats.update(func(s *FlowCounts) {
 		if s.Errors == nil {
 			s.Errors = map[string]int64{}
 		}
@@ -789,7 +772,7 @@ func (a *Applier) countError(k Kind) {
 func (a *Applier) recordApplied(txs []*transform.Tx, res ApplyResult, took time.Duration) {
 	now := time.Now()
 	last := txs[len(txs)-1]
-	a.cfg.Stats.update(func(s *FlowStats) {
+	a.cfg.Stats.update(func(s *FlowCounts) {
 		s.Applied += int64(res.Applied)
 		s.Skipped += int64(res.Skipped)
 		s.Conflicts += int64(res.Conflicts)
@@ -810,7 +793,7 @@ func (a *Applier) recordApplied(txs []*transform.Tx, res ApplyResult, took time.
 // pause waits before a retry, keeping the held messages from being
 // redelivered meanwhile.
 func (a *Applier) pause(ctx context.Context, bo interface{ NextBackOff() time.Duration }, held []jetstream.Msg, err error) bool {
-	a.cfg.Stats.update(func(s *FlowStats) { s.State = "retrying"; s.LastError = err.Error() })
+	a.cfg.Stats.update(func(s *FlowCounts) { s.State = "retrying"; s.LastError = err.Error() })
 	for _, m := range held {
 		_ = m.InProgress()
 	}
@@ -846,7 +829,7 @@ func (a *Applier) deadLetter(ctx context.Context, tx *transform.Tx, ei int, caus
 	dl := &DeadLetter{Flow: a.cfg.Flow, Stage: "apply", Source: ev.Source, Entity: ev.Entity, Key: ev.Key, Position: ev.Pos,
 		Error: cause.Error(), Attempts: attempts, FailedAt: time.Now().UTC(), Event: &ev}
 	a.log.Error("event dead-lettered", slog.String("event", ev.ID), slog.String("entity", ev.Entity), slog.String("key", ev.Key), slog.Any("error", cause))
-	a.cfg.Stats.update(func(s *FlowStats) { s.DeadLetters++ })
+	a.cfg.Stats.update(func(s *FlowCounts) { s.DeadLetters++ })
 	return publishDeadLetter(ctx, a.js, DLQSubject(a.cfg.Flow), "dlq:"+a.cfg.Flow+":"+ev.ID, dl)
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,10 +78,7 @@ type ProducerConfig struct {
 }
 
 // SourceStats counts what a producer did; safe for concurrent use.
-type SourceStats struct {
-	mu sync.Mutex
-	SourceCounts
-}
+type SourceStats = Stats[SourceCounts]
 
 // SourceCounts is a snapshot of SourceStats.
 type SourceCounts struct {
@@ -96,30 +94,11 @@ type SourceCounts struct {
 	Held map[string]string
 }
 
-func (s *SourceStats) update(f func(s *SourceStats)) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	f(s)
-	s.mu.Unlock()
-}
-
-// Snapshot returns a copy.
-func (s *SourceStats) Snapshot() SourceCounts {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.SourceCounts
-	c.ByEntityOp = make(map[string]int64, len(s.ByEntityOp))
-	for k, v := range s.ByEntityOp {
-		c.ByEntityOp[k] = v
-	}
-	if s.Held != nil {
-		c.Held = make(map[string]string, len(s.Held))
-		for k, v := range s.Held {
-			c.Held[k] = v
-		}
-	}
+func (c SourceCounts) clone() SourceCounts {
+	m := make(map[string]int64, len(c.ByEntityOp))
+	maps.Copy(m, c.ByEntityOp)
+	c.ByEntityOp = m
+	c.Held = maps.Clone(c.Held)
 	return c
 }
 
@@ -145,7 +124,7 @@ func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg Pro
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		cfg.Stats.update(func(s *SourceStats) { s.Reconnects++; s.LastError = err.Error() })
+		cfg.Stats.update(func(s *SourceCounts) { s.Reconnects++; s.LastError = err.Error() })
 		log.Warn("capture session ended; restarting", slog.Any("error", err), slog.Duration("retry_in", wait))
 		if !sleep(ctx, wait) {
 			return nil
@@ -251,7 +230,7 @@ func (p *producer) loadHolds(ctx context.Context) error {
 	if r, ok := p.src.(Retainer); ok {
 		r.Retain(retain)
 	}
-	p.cfg.Stats.update(func(s *SourceStats) {
+	p.cfg.Stats.update(func(s *SourceCounts) {
 		s.Held = map[string]string{}
 		for e, h := range p.held {
 			s.Held[e] = h.Reason
@@ -278,7 +257,7 @@ func (p *producer) hold(ctx context.Context, c *capture.Chunk, se *transform.Sch
 	p.held[se.Entity] = h
 	p.log.Error("entity held: its changes are not published until the mapping or the table is fixed and duplex restarted; other entities go on",
 		slog.String("entity", se.Entity), slog.String("since", h.Since.String()), slog.String("reason", h.Reason))
-	p.cfg.Stats.update(func(s *SourceStats) {
+	p.cfg.Stats.update(func(s *SourceCounts) {
 		if s.Held == nil {
 			s.Held = map[string]string{}
 		}
@@ -398,7 +377,7 @@ func (p *producer) track(ctx context.Context) {
 				return
 			}
 		}
-		p.cfg.Stats.update(func(s *SourceStats) { s.InFlight = len(p.pending) })
+		p.cfg.Stats.update(func(s *SourceCounts) { s.InFlight = len(p.pending) })
 		if e.last {
 			p.src.Confirm(e.endLSN)
 			p.releaseHolds(ctx, e.endLSN)
@@ -429,7 +408,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 			continue
 		}
 		tx.Events = append(tx.Events, evs...)
-		p.cfg.Stats.update(func(s *SourceStats) {
+		p.cfg.Stats.update(func(s *SourceCounts) {
 			if s.ByEntityOp == nil {
 				s.ByEntityOp = map[string]int64{}
 			}
@@ -533,7 +512,7 @@ func (p *producer) deadLetter(ctx context.Context, c *capture.Chunk, index int, 
 		dl.Entity = e.Name
 	}
 	p.log.Error("change dead-lettered at capture", slog.String("table", ch.QualifiedTable()), slog.String("lsn", c.Tx.CommitLSN.String()), slog.Any("error", cause))
-	p.cfg.Stats.update(func(s *SourceStats) { s.DeadLetters++ })
+	p.cfg.Stats.update(func(s *SourceCounts) { s.DeadLetters++ })
 	id := fmt.Sprintf("dlq:capture:%s:%s:%d", system, c.Tx.CommitLSN, index)
 	return publishDeadLetter(ctx, p.js, DLQSubject("capture-"+system), id, dl)
 }
