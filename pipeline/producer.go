@@ -154,6 +154,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // producer is one capture session's publisher.
+// The producer is the handler every source hands its chunks to.
+var _ capture.Handler = (*producer)(nil)
+
 type producer struct {
 	js      jetstream.JetStream
 	src     Source
