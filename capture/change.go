@@ -132,7 +132,11 @@ type Handler interface {
 	// Chunk takes a chunk of a committed transaction. It may block to
 	// apply back-pressure. An error ends the source's session.
 	Chunk(ctx context.Context, c *Chunk) error
-	// Drain waits until everything handed on is durable or ctx ends; a
-	// source calls it when asked to stop, before its last status update.
-	Drain(ctx context.Context)
+	// Drain waits until everything handed on is durable. It returns nil
+	// only then; otherwise the error says why it gave up: ctx ended (the
+	// error wraps ctx.Err()) or handing on failed (a publish was refused).
+	// A source calls it before recording anything as complete (a
+	// snapshot, a backfill chunk) and when asked to stop, before its last
+	// status update.
+	Drain(ctx context.Context) error
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -251,4 +252,45 @@ func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, n int) ([]St
 		out = append(out, *sd)
 	}
 	return out, nil
+}
+
+func (a *Applier) deadLetter(ctx context.Context, tx *transform.Tx, ei int, cause error, attempts int) error {
+	ev := tx.Events[ei]
+	dl := &DeadLetter{Flow: a.cfg.Flow, Stage: "apply", Source: ev.Source, Entity: ev.Entity, Key: ev.Key, Position: ev.Pos,
+		Error: cause.Error(), Attempts: attempts, FailedAt: time.Now().UTC(), Event: &ev}
+	a.log.Error("event dead-lettered", slog.String("event", ev.ID), slog.String("entity", ev.Entity), slog.String("key", ev.Key), slog.Any("error", cause))
+	a.cfg.Stats.update(func(s *FlowCounts) { s.DeadLetters++ })
+	return publishDeadLetter(ctx, a.js, DLQSubject(a.cfg.Flow), "dlq:"+a.cfg.Flow+":"+ev.ID, dl)
+}
+
+func (a *Applier) deadLetterTx(ctx context.Context, tx *transform.Tx, cause error) error {
+	for i := range tx.Events {
+		if err := a.deadLetter(ctx, tx, i, fmt.Errorf("transaction %s (xid %d) failed as a whole: %w", tx.CommitLSN, tx.Xid, cause), 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Applier) deadLetterRaw(ctx context.Context, m jetstream.Msg, cause error) error {
+	seq := seqOf(m)
+	dl := &DeadLetter{Flow: a.cfg.Flow, Stage: "apply", Source: a.cfg.Source, Error: "undecodable message: " + cause.Error(), FailedAt: time.Now().UTC(), StreamSeq: seq}
+	a.log.Error("undecodable message dead-lettered", slog.Uint64("stream_seq", seq), slog.Any("error", cause))
+	return publishDeadLetter(ctx, a.js, DLQSubject(a.cfg.Flow), fmt.Sprintf("dlq:%s:seq:%d", a.cfg.Flow, seq), dl)
+}
+
+func (p *producer) deadLetter(ctx context.Context, c *capture.Chunk, index int, ch *capture.Change, cause error) error {
+	system := p.src.System()
+	dl := &DeadLetter{Flow: "capture-" + system, Stage: "capture", Source: system, Error: cause.Error(), FailedAt: time.Now().UTC(), Change: ch,
+		Position: transform.Position{LSN: c.Tx.CommitLSN, CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Index: index}}
+	var fe *transform.FieldError
+	if errors.As(cause, &fe) {
+		dl.Entity, dl.Key = fe.Entity, fe.Key
+	} else if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
+		dl.Entity = e.Name
+	}
+	p.log.Error("change dead-lettered at capture", slog.String("table", ch.QualifiedTable()), slog.String("lsn", c.Tx.CommitLSN.String()), slog.Any("error", cause))
+	p.cfg.Stats.update(func(s *SourceCounts) { s.DeadLetters++ })
+	id := fmt.Sprintf("dlq:capture:%s:%s:%d", system, c.Tx.CommitLSN, index)
+	return publishDeadLetter(ctx, p.js, DLQSubject("capture-"+system), id, dl)
 }

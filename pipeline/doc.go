@@ -19,4 +19,13 @@
 //
 // The package declares the small interfaces it needs of a source and a
 // sink; it knows nothing of PostgreSQL.
+//
+// Files, in the order a change travels: source.go (what a source must
+// offer), producer.go (normalize, publish, confirm), holds.go (entities
+// held back), streams.go (DUPLEX, DUPLEX_DLQ), consumer.go (a flow's
+// durable consumer, fetch, ack, rewind), assembler.go (whole source
+// transactions from chunks), applier.go (the flow's session loop and
+// apply), largetx.go (transactions applied in parts), retry.go (backoff,
+// isolating a failing event), deadletter.go and dlqretry.go (dead letters
+// and their retry rules), sink.go (what a sink must offer), stats.go.
 package pipeline

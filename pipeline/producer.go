@@ -6,55 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/transform"
 )
-
-// Source is what the pipeline needs of a capture source.
-type Source interface {
-	System() string
-	// Stream runs one session, handing chunks to h, until ctx ends or the
-	// session fails.
-	Stream(ctx context.Context, h capture.Handler) error
-	// Confirm tells the source that everything up to lsn is durable.
-	Confirm(lsn capture.LSN)
-}
-
-// Retainer is implemented by sources that can keep their position from
-// advancing to lsn or beyond (0: no limit), so that changes from lsn on
-// are read again at the next session.
-type Retainer interface {
-	Retain(lsn capture.LSN)
-}
-
-// Hold is an entity whose source table stopped fitting the mapping: its
-// changes from Since on are held back (not published, not lost) until the
-// mapping or the table is fixed and duplex restarted.
-type Hold struct {
-	Entity string
-	Since  capture.LSN
-	Reason string
-	At     time.Time
-	// Fixed says the table fits the mapping again (set by Holds.Held).
-	Fixed bool
-}
-
-// Holds keeps the holds of one source durably.
-type Holds interface {
-	// Held returns the holds, each with Fixed computed against the
-	// table as it is now, and the source's current position.
-	Held(ctx context.Context) ([]Hold, capture.LSN, error)
-	Hold(ctx context.Context, h Hold) error
-	Release(ctx context.Context, entity string) error
-}
 
 // ProducerConfig configures the capture side of a source.
 type ProducerConfig struct {
@@ -77,10 +39,7 @@ type ProducerConfig struct {
 }
 
 // SourceStats counts what a producer did; safe for concurrent use.
-type SourceStats struct {
-	mu sync.Mutex
-	SourceCounts
-}
+type SourceStats = Stats[SourceCounts]
 
 // SourceCounts is a snapshot of SourceStats.
 type SourceCounts struct {
@@ -96,30 +55,11 @@ type SourceCounts struct {
 	Held map[string]string
 }
 
-func (s *SourceStats) update(f func(s *SourceStats)) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	f(s)
-	s.mu.Unlock()
-}
-
-// Snapshot returns a copy.
-func (s *SourceStats) Snapshot() SourceCounts {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.SourceCounts
-	c.ByEntityOp = make(map[string]int64, len(s.ByEntityOp))
-	for k, v := range s.ByEntityOp {
-		c.ByEntityOp[k] = v
-	}
-	if s.Held != nil {
-		c.Held = make(map[string]string, len(s.Held))
-		for k, v := range s.Held {
-			c.Held[k] = v
-		}
-	}
+func (c SourceCounts) clone() SourceCounts {
+	m := make(map[string]int64, len(c.ByEntityOp))
+	maps.Copy(m, c.ByEntityOp)
+	c.ByEntityOp = m
+	c.Held = maps.Clone(c.Held)
 	return c
 }
 
@@ -145,7 +85,7 @@ func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg Pro
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		cfg.Stats.update(func(s *SourceStats) { s.Reconnects++; s.LastError = err.Error() })
+		cfg.Stats.update(func(s *SourceCounts) { s.Reconnects++; s.LastError = err.Error() })
 		log.Warn("capture session ended; restarting", slog.Any("error", err), slog.Duration("retry_in", wait))
 		if !sleep(ctx, wait) {
 			return nil
@@ -153,28 +93,10 @@ func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg Pro
 	}
 }
 
-func newBackoff() *backoff.ExponentialBackOff {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 200 * time.Millisecond
-	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
-	bo.RandomizationFactor = 0.3
-	bo.Reset()
-	return bo
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // producer is one capture session's publisher.
+// The producer is the handler every source hands its chunks to.
+var _ capture.Handler = (*producer)(nil)
+
 type producer struct {
 	js      jetstream.JetStream
 	src     Source
@@ -220,73 +142,6 @@ func (p *producer) fail(err error) {
 	p.once.Do(func() { p.err = err; close(p.failed) })
 }
 
-// loadHolds reads the holds at the start of a session: a hold whose table
-// fits the mapping again is read again leniently; one that does not keeps
-// the source from advancing past it.
-func (p *producer) loadHolds(ctx context.Context) error {
-	p.held, p.redo = map[string]Hold{}, map[string]Hold{}
-	if p.cfg.Holds == nil {
-		return nil
-	}
-	holds, now, err := p.cfg.Holds.Held(ctx)
-	if err != nil {
-		return fmt.Errorf("read held entities: %w", err)
-	}
-	var retain capture.LSN
-	for _, h := range holds {
-		if h.Fixed {
-			p.redo[h.Entity] = h
-			p.redoUntil = now
-			p.log.Info("held entity fits the mapping again: its held changes are read again and applied", slog.String("entity", h.Entity),
-				slog.String("since", h.Since.String()), slog.String("until", now.String()))
-			continue
-		}
-		p.held[h.Entity] = h
-		if retain == 0 || h.Since < retain {
-			retain = h.Since
-		}
-		p.log.Error("entity held: its changes are not published until the mapping or the table is fixed and duplex restarted",
-			slog.String("entity", h.Entity), slog.String("since", h.Since.String()), slog.String("reason", h.Reason))
-	}
-	if r, ok := p.src.(Retainer); ok {
-		r.Retain(retain)
-	}
-	p.cfg.Stats.update(func(s *SourceStats) {
-		s.Held = map[string]string{}
-		for e, h := range p.held {
-			s.Held[e] = h.Reason
-		}
-	})
-	return nil
-}
-
-// hold starts holding an entity whose table no longer fits the mapping.
-func (p *producer) hold(ctx context.Context, c *capture.Chunk, se *transform.SchemaError) error {
-	h := Hold{Entity: se.Entity, Since: c.Tx.CommitLSN, Reason: se.Error(), At: time.Now().UTC()}
-	if err := p.cfg.Holds.Hold(ctx, h); err != nil {
-		return fmt.Errorf("hold entity %s: %w", se.Entity, err)
-	}
-	if r, ok := p.src.(Retainer); ok {
-		min := h.Since
-		for _, o := range p.held {
-			if o.Since < min {
-				min = o.Since
-			}
-		}
-		r.Retain(min)
-	}
-	p.held[se.Entity] = h
-	p.log.Error("entity held: its changes are not published until the mapping or the table is fixed and duplex restarted; other entities go on",
-		slog.String("entity", se.Entity), slog.String("since", h.Since.String()), slog.String("reason", h.Reason))
-	p.cfg.Stats.update(func(s *SourceStats) {
-		if s.Held == nil {
-			s.Held = map[string]string{}
-		}
-		s.Held[se.Entity] = h.Reason
-	})
-	return nil
-}
-
 // normalize turns one change into events, holding back the changes of held
 // entities and reading again leniently those of fixed ones.
 func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, ch *capture.Change) ([]transform.Event, error) {
@@ -310,34 +165,6 @@ func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, c
 		return nil, nil
 	}
 	return evs, err
-}
-
-func (p *producer) inRedo(tx *capture.TxInfo) bool {
-	if len(p.redo) == 0 || tx.Snapshot || tx.CommitLSN > p.redoUntil {
-		return false
-	}
-	for _, h := range p.redo {
-		if tx.CommitLSN >= h.Since {
-			return true
-		}
-	}
-	return false
-}
-
-// releaseHolds forgets the holds that were read again once everything up
-// to redoUntil is durable.
-func (p *producer) releaseHolds(ctx context.Context, durable capture.LSN) {
-	if len(p.redo) == 0 || durable < p.redoUntil || p.released.Load() {
-		return
-	}
-	for e := range p.redo {
-		if err := p.cfg.Holds.Release(ctx, e); err != nil {
-			p.log.Warn("release held entity", slog.String("entity", e), slog.Any("error", err))
-			return
-		}
-		p.log.Info("held entity caught up", slog.String("entity", e))
-	}
-	p.released.Store(true)
 }
 
 func (p *producer) run(ctx context.Context) error {
@@ -398,7 +225,7 @@ func (p *producer) track(ctx context.Context) {
 				return
 			}
 		}
-		p.cfg.Stats.update(func(s *SourceStats) { s.InFlight = len(p.pending) })
+		p.cfg.Stats.update(func(s *SourceCounts) { s.InFlight = len(p.pending) })
 		if e.last {
 			p.src.Confirm(e.endLSN)
 			p.releaseHolds(ctx, e.endLSN)
@@ -429,7 +256,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 			continue
 		}
 		tx.Events = append(tx.Events, evs...)
-		p.cfg.Stats.update(func(s *SourceStats) {
+		p.cfg.Stats.update(func(s *SourceCounts) {
 			if s.ByEntityOp == nil {
 				s.ByEntityOp = map[string]int64{}
 			}
@@ -500,35 +327,24 @@ queue:
 	}
 }
 
-// Drain implements capture.Handler.
-func (p *producer) Drain(ctx context.Context) {
+// Drain implements capture.Handler: nil once every chunk handed on before
+// it was acknowledged by JetStream; the publish failure that ended the
+// session, or the context's error, otherwise.
+func (p *producer) Drain(ctx context.Context) error {
 	d := pending{drained: make(chan struct{})}
 	select {
 	case p.pending <- d:
 	case <-ctx.Done():
-		return
+		return fmt.Errorf("drain %s: %w", p.src.System(), ctx.Err())
 	case <-p.failed:
-		return
+		return p.err
 	}
 	select {
 	case <-d.drained:
+		return nil
 	case <-ctx.Done():
+		return fmt.Errorf("drain %s: %w", p.src.System(), ctx.Err())
 	case <-p.failed:
+		return p.err
 	}
-}
-
-func (p *producer) deadLetter(ctx context.Context, c *capture.Chunk, index int, ch *capture.Change, cause error) error {
-	system := p.src.System()
-	dl := &DeadLetter{Flow: "capture-" + system, Stage: "capture", Source: system, Error: cause.Error(), FailedAt: time.Now().UTC(), Change: ch,
-		Position: transform.Position{LSN: c.Tx.CommitLSN, CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Index: index}}
-	var fe *transform.FieldError
-	if errors.As(cause, &fe) {
-		dl.Entity, dl.Key = fe.Entity, fe.Key
-	} else if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
-		dl.Entity = e.Name
-	}
-	p.log.Error("change dead-lettered at capture", slog.String("table", ch.QualifiedTable()), slog.String("lsn", c.Tx.CommitLSN.String()), slog.Any("error", cause))
-	p.cfg.Stats.update(func(s *SourceStats) { s.DeadLetters++ })
-	id := fmt.Sprintf("dlq:capture:%s:%s:%d", system, c.Tx.CommitLSN, index)
-	return publishDeadLetter(ctx, p.js, DLQSubject("capture-"+system), id, dl)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -39,7 +40,7 @@ func (s *fakeSource) Stream(ctx context.Context, h capture.Handler) error {
 	}
 	close(s.done)
 	<-ctx.Done()
-	h.Drain(context.Background())
+	_ = h.Drain(context.Background()) // the tests below check what was confirmed
 	return ctx.Err()
 }
 
@@ -220,5 +221,69 @@ func TestRunCapture_RenumbersChunksWithoutEvents(t *testing.T) {
 	}
 	if c := src.confirmed(); len(c) != 2 || c[1] != 210 {
 		t.Errorf("confirmed %v, want both transactions", c)
+	}
+}
+
+// drainSource hands on its chunks, drains, and reports what Drain said.
+type drainSource struct {
+	fakeSource
+	drained chan error
+}
+
+func (s *drainSource) Stream(ctx context.Context, h capture.Handler) error {
+	for _, c := range s.chunks {
+		if err := h.Chunk(ctx, c); err != nil {
+			s.drained <- err
+			<-ctx.Done()
+			return ctx.Err()
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := h.Drain(dctx)
+	cancel()
+	s.drained <- err
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestProducer_DrainReportsRefusedPublish: a chunk JetStream refuses (here
+// larger than the stream's max message size) makes Drain fail instead of
+// reporting it durable, so a snapshot or backfill chunk is not recorded
+// complete.
+func TestProducer_DrainReportsRefusedPublish(t *testing.T) {
+	js, m := setup(t)
+	ctx := context.Background()
+	s, err := js.Stream(ctx, pipeline.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxMsgSize = 64
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	tx := capture.TxInfo{System: "crm", CommitLSN: 100, EndLSN: 110, CommitTime: time.Now(), Xid: 1, Snapshot: true}
+	src := &drainSource{fakeSource: fakeSource{chunks: []*capture.Chunk{
+		{Tx: tx, Index: 0, Last: true, Changes: []capture.Change{account("0d3f5a8e-1111-4c59-9d1b-2d7b6c1f0b09", "9.00")}},
+	}}, drained: make(chan error, 1)}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- pipeline.RunCapture(rctx, js, src, pipeline.ProducerConfig{Mapping: m, MaxInFlight: 4})
+	}()
+	select {
+	case err := <-src.drained:
+		if err == nil {
+			t.Error("Drain reported a refused chunk durable")
+		} else if !strings.Contains(err.Error(), "exceeds maximum") {
+			t.Errorf("Drain error does not say why: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Drain did not return")
+	}
+	stop()
+	<-done
+	if got := src.confirmed(); len(got) != 0 {
+		t.Errorf("confirmed %v after a refused publish", got)
 	}
 }

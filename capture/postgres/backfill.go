@@ -283,11 +283,11 @@ func (ss *session) backfillEmit(ctx context.Context, end capture.LSN) error {
 		if err := ss.h.Chunk(ctx, &capture.Chunk{Tx: info, Index: 0, Last: true, Changes: kept}); err != nil {
 			return err
 		}
-		dctx, cancel := context.WithTimeout(ctx, time.Minute)
-		ss.h.Drain(dctx)
-		cancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
+		// The chunk counts as done only once it is durable; otherwise
+		// the session ends and the backfill resumes from its last
+		// recorded key.
+		if err := ss.h.Drain(ctx); err != nil {
+			return fmt.Errorf("capture %s: backfill %d chunk not recorded: %w", s.cfg.System, b.job.ID, err)
 		}
 	}
 	done := len(b.rows) < b.job.ChunkRows

@@ -26,7 +26,7 @@ func (r *recorder) Chunk(_ context.Context, c *capture.Chunk) error {
 	return nil
 }
 
-func (r *recorder) Drain(context.Context) {}
+func (r *recorder) Drain(context.Context) error { return nil }
 
 func (r *recorder) all() []*capture.Chunk {
 	r.mu.Lock()

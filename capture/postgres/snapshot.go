@@ -165,12 +165,11 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 		s.log.Info("snapshot of table done", slog.String("table", table), slog.Int64("rows", rows), slog.Duration("took", time.Since(tableStart).Round(time.Millisecond)))
 	}
 	_ = tx.Rollback(ctx)
-	// Everything copied must be durable before the snapshot counts as done.
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	h.Drain(dctx)
-	cancel()
-	if ctx.Err() != nil {
-		return ctx.Err()
+	// Everything copied must be durable before the snapshot counts as
+	// done: a refused publish (or the end of ctx) leaves it unrecorded, so
+	// the next session copies again.
+	if err := h.Drain(ctx); err != nil {
+		return fmt.Errorf("capture %s: snapshot of %d rows not recorded complete: %w", s.cfg.System, total, err)
 	}
 	if err := pgstate.Ensure(ctx, conn); err != nil {
 		return fmt.Errorf("capture %s: record snapshot: %w", s.cfg.System, err)

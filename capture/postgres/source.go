@@ -298,7 +298,9 @@ func (s *Source) Stream(ctx context.Context, h capture.Handler) error {
 	err = ss.loop(ctx)
 	if ctx.Err() != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		h.Drain(dctx)
+		if err := h.Drain(dctx); err != nil {
+			s.log.Warn("stopping before everything captured was durable; the slot re-sends the rest", slog.Any("error", err))
+		}
 		cancel()
 		if serr := ss.sendStatus(context.WithoutCancel(ctx)); serr != nil {
 			s.log.Warn("last status update", slog.Any("error", serr))

@@ -1,0 +1,162 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/config"
+	"github.com/duplex-cdc/duplex/pipeline"
+	"github.com/spf13/cobra"
+)
+
+func dlqCmd(g *globals) *cobra.Command {
+	var t tool
+	c := &cobra.Command{
+		Use:   "dlq",
+		Short: "Dead letters: list, show, retry after a fix, drop",
+	}
+	withBus := func(cmd *cobra.Command, f func(ctx context.Context, cfg *config.Config, bus *app.Bus) error) error {
+		cfg, err := t.config()
+		if err != nil {
+			return err
+		}
+		bus, err := app.OpenBus(cmd.Context(), cfg, t.dataDir, nil, true)
+		if err != nil {
+			return err
+		}
+		defer bus.Close()
+		return f(cmd.Context(), cfg, bus)
+	}
+	var flow string
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List dead letters: sequence, flow, entity, key, source position, error",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withBus(cmd, func(ctx context.Context, _ *config.Config, bus *app.Bus) error {
+				dls, err := pipeline.ListDeadLetters(ctx, bus.JetStream(), flow, 0)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					enc := json.NewEncoder(g.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(dls)
+				}
+				if len(dls) == 0 {
+					fmt.Fprintln(g.stdout, "no dead letters")
+					return nil
+				}
+				tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SEQ\tFLOW\tSTAGE\tENTITY\tKEY\tPOSITION\tFAILED AT\tERROR")
+				for _, d := range dls {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s/%d\t%s\t%s\n", d.Seq, d.Flow, d.Stage, d.Entity, d.Key, d.Position.LSN, d.Position.Index,
+						d.FailedAt.Format(time.RFC3339), oneLine(d.Error, 400))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	list.Flags().StringVar(&flow, "flow", "", "only this flow's dead letters (capture-<source> for those of a capture)")
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	seqArg := func(args []string) (uint64, error) {
+		if len(args) != 1 {
+			return 0, errors.New("give the dead letter's sequence (duplex dlq list)")
+		}
+		n, err := strconv.ParseUint(args[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("sequence %q: %w", args[0], err)
+		}
+		return n, nil
+	}
+	show := &cobra.Command{
+		Use:   "show SEQ",
+		Short: "Show one dead letter in full, with its event",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			seq, err := seqArg(args)
+			if err != nil {
+				return err
+			}
+			return withBus(cmd, func(ctx context.Context, _ *config.Config, bus *app.Bus) error {
+				d, err := pipeline.GetDeadLetter(ctx, bus.JetStream(), seq)
+				if err != nil {
+					return err
+				}
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(d)
+			})
+		},
+	}
+	retry := &cobra.Command{
+		Use:   "retry SEQ...",
+		Short: "Apply dead letters again after the data or the mapping was fixed (newer events of the same key win)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errors.New("give the dead letters' sequences (duplex dlq list)")
+			}
+			return withBus(cmd, func(ctx context.Context, cfg *config.Config, bus *app.Bus) error {
+				failed := 0
+				for _, a := range args {
+					seq, err := seqArg([]string{a})
+					if err != nil {
+						return err
+					}
+					out, err := app.RetryDeadLetter(ctx, cfg, bus, seq, g.logger())
+					if err != nil {
+						failed++
+						fmt.Fprintln(g.stderr, "duplex:", err)
+						continue
+					}
+					fmt.Fprintln(g.stdout, out)
+				}
+				if failed > 0 {
+					return exitError{code: 1}
+				}
+				return nil
+			})
+		},
+	}
+	drop := &cobra.Command{
+		Use:   "drop SEQ...",
+		Short: "Remove dead letters for good",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errors.New("give the dead letters' sequences (duplex dlq list)")
+			}
+			return withBus(cmd, func(ctx context.Context, _ *config.Config, bus *app.Bus) error {
+				for _, a := range args {
+					seq, err := seqArg([]string{a})
+					if err != nil {
+						return err
+					}
+					if err := pipeline.DropDeadLetter(ctx, bus.JetStream(), seq); err != nil {
+						return err
+					}
+					fmt.Fprintf(g.stdout, "dead letter %d dropped\n", seq)
+				}
+				return nil
+			})
+		},
+	}
+	for _, sub := range []*cobra.Command{list, show, retry, drop} {
+		t.flags(sub)
+		c.AddCommand(sub)
+	}
+	return c
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n-1] + "…"
+	}
+	return s
+}

@@ -1,0 +1,127 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+// Hold is an entity whose source table stopped fitting the mapping: its
+// changes from Since on are held back (not published, not lost) until the
+// mapping or the table is fixed and duplex restarted.
+type Hold struct {
+	Entity string
+	Since  capture.LSN
+	Reason string
+	At     time.Time
+	// Fixed says the table fits the mapping again (set by Holds.Held).
+	Fixed bool
+}
+
+// Holds keeps the holds of one source durably.
+type Holds interface {
+	// Held returns the holds, each with Fixed computed against the
+	// table as it is now, and the source's current position.
+	Held(ctx context.Context) ([]Hold, capture.LSN, error)
+	Hold(ctx context.Context, h Hold) error
+	Release(ctx context.Context, entity string) error
+}
+
+// loadHolds reads the holds at the start of a session: a hold whose table
+// fits the mapping again is read again leniently; one that does not keeps
+// the source from advancing past it.
+func (p *producer) loadHolds(ctx context.Context) error {
+	p.held, p.redo = map[string]Hold{}, map[string]Hold{}
+	if p.cfg.Holds == nil {
+		return nil
+	}
+	holds, now, err := p.cfg.Holds.Held(ctx)
+	if err != nil {
+		return fmt.Errorf("read held entities: %w", err)
+	}
+	var retain capture.LSN
+	for _, h := range holds {
+		if h.Fixed {
+			p.redo[h.Entity] = h
+			p.redoUntil = now
+			p.log.Info("held entity fits the mapping again: its held changes are read again and applied", slog.String("entity", h.Entity),
+				slog.String("since", h.Since.String()), slog.String("until", now.String()))
+			continue
+		}
+		p.held[h.Entity] = h
+		if retain == 0 || h.Since < retain {
+			retain = h.Since
+		}
+		p.log.Error("entity held: its changes are not published until the mapping or the table is fixed and duplex restarted",
+			slog.String("entity", h.Entity), slog.String("since", h.Since.String()), slog.String("reason", h.Reason))
+	}
+	if r, ok := p.src.(Retainer); ok {
+		r.Retain(retain)
+	}
+	p.cfg.Stats.update(func(s *SourceCounts) {
+		s.Held = map[string]string{}
+		for e, h := range p.held {
+			s.Held[e] = h.Reason
+		}
+	})
+	return nil
+}
+
+// hold starts holding an entity whose table no longer fits the mapping.
+func (p *producer) hold(ctx context.Context, c *capture.Chunk, se *transform.SchemaError) error {
+	h := Hold{Entity: se.Entity, Since: c.Tx.CommitLSN, Reason: se.Error(), At: time.Now().UTC()}
+	if err := p.cfg.Holds.Hold(ctx, h); err != nil {
+		return fmt.Errorf("hold entity %s: %w", se.Entity, err)
+	}
+	if r, ok := p.src.(Retainer); ok {
+		min := h.Since
+		for _, o := range p.held {
+			if o.Since < min {
+				min = o.Since
+			}
+		}
+		r.Retain(min)
+	}
+	p.held[se.Entity] = h
+	p.log.Error("entity held: its changes are not published until the mapping or the table is fixed and duplex restarted; other entities go on",
+		slog.String("entity", se.Entity), slog.String("since", h.Since.String()), slog.String("reason", h.Reason))
+	p.cfg.Stats.update(func(s *SourceCounts) {
+		if s.Held == nil {
+			s.Held = map[string]string{}
+		}
+		s.Held[se.Entity] = h.Reason
+	})
+	return nil
+}
+
+func (p *producer) inRedo(tx *capture.TxInfo) bool {
+	if len(p.redo) == 0 || tx.Snapshot || tx.CommitLSN > p.redoUntil {
+		return false
+	}
+	for _, h := range p.redo {
+		if tx.CommitLSN >= h.Since {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseHolds forgets the holds that were read again once everything up
+// to redoUntil is durable.
+func (p *producer) releaseHolds(ctx context.Context, durable capture.LSN) {
+	if len(p.redo) == 0 || durable < p.redoUntil || p.released.Load() {
+		return
+	}
+	for e := range p.redo {
+		if err := p.cfg.Holds.Release(ctx, e); err != nil {
+			p.log.Warn("release held entity", slog.String("entity", e), slog.Any("error", err))
+			return
+		}
+		p.log.Info("held entity caught up", slog.String("entity", e))
+	}
+	p.released.Store(true)
+}
