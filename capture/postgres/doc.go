@@ -13,5 +13,14 @@
 // send again whatever was not yet safe downstream.
 //
 // Retrying a lost session is the caller's job (pipeline), which starts a new
-// Stream with backoff; this package does not reconnect by itself.
+// Stream with backoff; this package does not reconnect by itself. Its own
+// bookkeeping (snapshots, backfills) lives in duplex's schema, owned by
+// internal/pgstate.
+//
+// Files: source.go (Config, Source, confirmed position), setup.go
+// (publication and slot), stream.go (the replication session: keepalives,
+// status updates, flush position), pgoutput.go (decoding pgoutput messages
+// into chunks), decode.go (values by type OID), snapshot.go (initial copy
+// in the slot's exported snapshot), backfill.go (DBLog watermark
+// backfills), slot.go (slot positions for status and lag).
 package postgres
