@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -187,7 +188,7 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
 	key := s.cfg.Keys[job.Table]
-	if key == "" || !containsStr(s.cfg.Tables, job.Table) {
+	if key == "" || !slices.Contains(s.cfg.Tables, job.Table) {
 		return ss.failBackfill(ctx, job, fmt.Errorf("table %s is not mapped for %s", job.Table, s.cfg.System))
 	}
 	var keyType string
@@ -295,7 +296,7 @@ func (ss *session) backfillMessage(msg *pglogrepl.LogicalDecodingMessage) {
 func (ss *session) backfillSaw(ch *capture.Change) {
 	b := ss.bf
 	if b == nil || b.phase != bfWindow || ch.Schema+"."+ch.Table != b.job.Table {
-		if b != nil && b.phase == bfWindow && ch.Op == capture.Truncate && containsStr(ch.Tables, b.job.Table) {
+		if b != nil && b.phase == bfWindow && ch.Op == capture.Truncate && slices.Contains(ch.Tables, b.job.Table) {
 			for _, r := range b.rows {
 				b.changed[keyText(r.New[b.key])] = true
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,7 +162,7 @@ func (s *Source) Ensure(ctx context.Context) error {
 	}
 	var missing []string
 	for _, t := range s.cfg.Tables {
-		if !containsStr(have, t) {
+		if !slices.Contains(have, t) {
 			missing = append(missing, quoteQualified(t))
 		}
 	}
@@ -414,7 +415,7 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		ss.backfillMessage(msg)
 	case *pglogrepl.OriginMessage:
 		ss.tx.Origin = msg.Name
-		ss.tx.Applied = containsStr(s.cfg.DuplexOrigins, msg.Name)
+		ss.tx.Applied = slices.Contains(s.cfg.DuplexOrigins, msg.Name)
 	case *pglogrepl.InsertMessage:
 		row, rel, err := ss.tuple(msg.RelationID, msg.Tuple)
 		if err != nil {
@@ -553,15 +554,6 @@ func (s *Source) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Stats{Received: s.receivedLSN, Durable: s.Durable(), Reported: s.lastStatus, LastActivity: s.lastActivity}
-}
-
-func containsStr(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func quoteQualified(t string) string {

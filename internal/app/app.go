@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -108,7 +109,7 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 		if role == "" {
 			continue
 		}
-		if !containsStr(m.Systems, name) {
+		if !slices.Contains(m.Systems, name) {
 			errs = append(errs, fmt.Errorf("system %s is configured but not listed in the mapping's systems", name))
 			continue
 		}
@@ -149,13 +150,7 @@ func sortedSystems(cfg *config.Config) []string {
 	for n := range cfg.Systems {
 		out = append(out, n)
 	}
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j] < out[i] {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
+	slices.Sort(out)
 	return out
 }
 
@@ -387,15 +382,6 @@ func (a *App) Close() {
 		s.Close(context.Background())
 	}
 	(&Bus{nats: a.nats, nc: a.nc}).Close()
-}
-
-func containsStr(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Bus is a connection to the JetStream duplex uses.

@@ -10,10 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole configuration file.
@@ -197,7 +198,7 @@ func (c *Config) Validate() error {
 func (c *Config) Sources() []string {
 	var out []string
 	for _, f := range c.Flows {
-		if !contains(out, f.From) {
+		if !slices.Contains(out, f.From) {
 			out = append(out, f.From)
 		}
 	}
@@ -220,12 +221,3 @@ func (c *Config) OriginsInto(system string) []string {
 // apply under while the flow itself may be running under Origin: a
 // session holds its origin exclusively.
 func (f *Flow) ToolOrigin() string { return f.Origin + "_tool" }
-
-func contains(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
