@@ -356,7 +356,9 @@ func (p *producer) run(ctx context.Context) error {
 	}()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		select {
 		case <-p.failed:
 			cancel()
@@ -369,6 +371,7 @@ func (p *producer) run(ctx context.Context) error {
 		err = p.err
 	default:
 	}
+	cancel()
 	stopTrack()
 	wg.Wait()
 	return err
