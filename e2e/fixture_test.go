@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
 
 	"github.com/duplex-cdc/duplex/examples"
 	"github.com/duplex-cdc/duplex/internal/app"
@@ -52,10 +53,24 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e: start ERP cluster:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
-	sharedCRM.Close()
-	sharedERP.Close()
-	os.Exit(code)
+	// Goroutines are checked in this process only: a child exits with
+	// the command's code.
+	goleak.VerifyTestMain(runThen{m, func() {
+		sharedCRM.Close()
+		sharedERP.Close()
+	}})
+}
+
+// runThen runs the tests, then closes the shared clusters before goleak
+// looks for goroutines that outlived them.
+type runThen struct {
+	m     *testing.M
+	after func()
+}
+
+func (r runThen) Run() int {
+	defer r.after()
+	return r.m.Run()
 }
 
 // fixture is one test's CRM and ERP databases, NATS server and config.
@@ -344,6 +359,9 @@ func (f *fixture) startChild() *child {
 			_ = c.cmd.Wait()
 		}
 		lf.Close()
+		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "WARNING: DATA RACE") {
+			f.t.Errorf("the race detector found a data race in the duplex process (log %s):\n%s", logPath, raceReport(string(b)))
+		}
 		if f.t.Failed() {
 			b, _ := os.ReadFile(logPath)
 			f.t.Logf("duplex log %s:\n%s", logPath, tail(string(b), 60))
@@ -379,6 +397,19 @@ func (c *child) stop(t *testing.T) {
 		_ = c.cmd.Process.Kill()
 		<-done
 	}
+}
+
+// raceReport is the first data race report of a log.
+func raceReport(log string) string {
+	i := strings.Index(log, "WARNING: DATA RACE")
+	if i < 0 {
+		return ""
+	}
+	s := log[i:]
+	if j := strings.Index(s, "\n==================\n"); j >= 0 {
+		s = s[:j]
+	}
+	return s
 }
 
 func tail(s string, n int) string {

@@ -183,7 +183,9 @@ func (p *producer) run(ctx context.Context) error {
 	}()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		select {
 		case <-p.failed:
 			cancel()
@@ -196,6 +198,7 @@ func (p *producer) run(ctx context.Context) error {
 		err = p.err
 	default:
 	}
+	cancel()
 	stopTrack()
 	wg.Wait()
 	return err

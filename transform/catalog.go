@@ -163,7 +163,7 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 				} else if c.Ref != nil {
 					c.info = ci
 				} else if err := columnFits(f, conv, ci); err != nil {
-					bad("%s: column %s (field %s): %v", where, c.Column, fname, err)
+					bad("%s: column %s (field %s): %w", where, c.Column, fname, err)
 				} else {
 					c.info = ci
 				}

@@ -8,7 +8,7 @@ import (
 	"slices"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Canonical field types.
@@ -294,7 +294,7 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 			}
 			if c.Currency != "" {
 				if _, err := CurrencyScale(c.Currency); err != nil {
-					bad("%s: field %s: %v", where, fname, err)
+					bad("%s: field %s: %w", where, fname, err)
 				}
 			}
 		case ConvEnum:

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -265,7 +266,7 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 				return fail(err)
 			}
 		}
-		if f.Type == TypeEnum && !contains(f.Values, s) {
+		if f.Type == TypeEnum && !slices.Contains(f.Values, s) {
 			return fail(fmt.Errorf("not a value of the enum (%s)", strings.Join(f.Values, ", ")))
 		}
 		return s, nil
@@ -419,15 +420,6 @@ func describe(v any) string {
 	return fmt.Sprint(v)
 }
 
-func contains(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 // CanonicalRow converts a stored row of an entity in a system into its
 // canonical key and the canonical values of the given fields (all mapped
 // fields when fields is nil). Reference columns must already hold the
@@ -445,7 +437,7 @@ func (m *Mapping) CanonicalRow(system string, e *Entity, row capture.Row, fields
 	data := map[string]any{}
 	for _, f := range e.Fields {
 		c := t.Columns[f.Name]
-		if c == nil || (fields != nil && !contains(fields, f.Name)) {
+		if c == nil || (fields != nil && !slices.Contains(fields, f.Name)) {
 			continue
 		}
 		v, err := m.canonical(e, f, c, row, key)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -138,7 +139,7 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
 	key := s.cfg.Keys[job.Table]
-	if key == "" || !containsStr(s.cfg.Tables, job.Table) {
+	if key == "" || !slices.Contains(s.cfg.Tables, job.Table) {
 		return ss.failBackfill(ctx, job, fmt.Errorf("table %s is not mapped for %s", job.Table, s.cfg.System))
 	}
 	var keyType string
@@ -246,7 +247,7 @@ func (ss *session) backfillMessage(msg *pglogrepl.LogicalDecodingMessage) {
 func (ss *session) backfillSaw(ch *capture.Change) {
 	b := ss.bf
 	if b == nil || b.phase != bfWindow || ch.Schema+"."+ch.Table != b.job.Table {
-		if b != nil && b.phase == bfWindow && ch.Op == capture.Truncate && containsStr(ch.Tables, b.job.Table) {
+		if b != nil && b.phase == bfWindow && ch.Op == capture.Truncate && slices.Contains(ch.Tables, b.job.Table) {
 			for _, r := range b.rows {
 				b.changed[keyText(r.New[b.key])] = true
 			}

@@ -63,11 +63,11 @@ func (d *Decoder) Decode(oid uint32, text []byte) (any, error) {
 		case pgtype.TimestampOID:
 			var ts pgtype.Timestamp
 			err = d.types.Scan(oid, pgtype.TextFormatCode, text, &ts)
-			t = pgtype.Timestamptz{Time: ts.Time, InfinityModifier: ts.InfinityModifier, Valid: ts.Valid}
+			t = pgtype.Timestamptz(ts)
 		default:
 			var dt pgtype.Date
 			err = d.types.Scan(oid, pgtype.TextFormatCode, text, &dt)
-			t = pgtype.Timestamptz{Time: dt.Time, InfinityModifier: dt.InfinityModifier, Valid: dt.Valid}
+			t = pgtype.Timestamptz(dt)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("bad timestamp %q: %w", text, err)

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/duplex-cdc/duplex/capture"
 	"github.com/jackc/pglogrepl"
@@ -26,7 +27,7 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		ss.backfillMessage(msg)
 	case *pglogrepl.OriginMessage:
 		ss.tx.Origin = msg.Name
-		ss.tx.Applied = containsStr(s.cfg.DuplexOrigins, msg.Name)
+		ss.tx.Applied = slices.Contains(s.cfg.DuplexOrigins, msg.Name)
 	case *pglogrepl.InsertMessage:
 		row, rel, err := ss.tuple(msg.RelationID, msg.Tuple)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,7 +38,7 @@ func (s *Source) Ensure(ctx context.Context) error {
 	}
 	var missing []string
 	for _, t := range s.cfg.Tables {
-		if !containsStr(have, t) {
+		if !slices.Contains(have, t) {
 			missing = append(missing, quoteQualified(t))
 		}
 	}

@@ -146,12 +146,3 @@ func (s *Source) Stats() Stats {
 	defer s.mu.Unlock()
 	return Stats{Received: s.receivedLSN, Durable: s.Durable(), Reported: s.lastStatus, LastActivity: s.lastActivity}
 }
-
-func containsStr(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -54,11 +55,12 @@ type App struct {
 	slots   slotWatch
 	started time.Time
 
+	// runMu guards runners, runCtx and run: Replay restarts a flow in
+	// Run's group while Run runs, never after Run stopped waiting.
 	runMu   sync.Mutex
 	runners map[string]*flowRunner
 	runCtx  context.Context
-	runWG   *sync.WaitGroup
-	collect func(error)
+	run     *group
 }
 
 // Started is when the App was started.
@@ -108,7 +110,7 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 		if role == "" {
 			continue
 		}
-		if !containsStr(m.Systems, name) {
+		if !slices.Contains(m.Systems, name) {
 			errs = append(errs, fmt.Errorf("system %s is configured but not listed in the mapping's systems", name))
 			continue
 		}
@@ -143,13 +145,7 @@ func sortedSystems(cfg *config.Config) []string {
 	for n := range cfg.Systems {
 		out = append(out, n)
 	}
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j] < out[i] {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
+	slices.Sort(out)
 	return out
 }
 
@@ -216,22 +212,23 @@ func (a *App) NATSURL() string { return a.nc.ConnectedUrl() }
 
 // Run runs every capture and flow until ctx ends, then stops them cleanly.
 func (a *App) Run(ctx context.Context) error {
-	cfg := a.opts.Config
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	collect := func(err error) {
-		if err != nil {
-			mu.Lock()
-			errs = append(errs, err)
-			mu.Unlock()
-		}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g := &group{}
+	// stop ends what runs and waits for it; Replay cannot start a flow
+	// once it ran.
+	stop := func() error {
+		cancel()
+		a.runMu.Lock()
+		a.run, a.runCtx = nil, nil
+		a.runMu.Unlock()
+		return g.Wait()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	cfg := a.opts.Config
+	g.Go(func() error {
 		a.watchSlots(ctx, 5*time.Second)
-	}()
+		return nil
+	})
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
 		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats,
@@ -244,16 +241,12 @@ func (a *App) Run(ctx context.Context) error {
 				break
 			}
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			collect(pipeline.RunCapture(ctx, a.js, src, pc))
-		}()
+		g.Go(func() error { return pipeline.RunCapture(ctx, a.js, src, pc) })
 	}
 	for _, f := range cfg.Flows {
 		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log})
 		if err != nil {
-			return err
+			return errors.Join(err, stop())
 		}
 		a.sinks = append(a.sinks, sink)
 		var onApplied func([]*transform.Tx, time.Time)
@@ -271,20 +264,58 @@ func (a *App) Run(ctx context.Context) error {
 		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts,
 			LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})
 		if err != nil {
-			return err
+			return errors.Join(err, stop())
 		}
 		r := &flowRunner{ap: ap, source: f.From}
+		r.start(ctx, g)
 		a.runMu.Lock()
 		a.runners[f.Name] = r
 		a.runMu.Unlock()
-		r.start(ctx, &wg, collect)
 	}
 	a.runMu.Lock()
-	a.runCtx, a.runWG, a.collect = ctx, &wg, collect
+	a.runCtx, a.run = ctx, g
 	a.runMu.Unlock()
 	<-ctx.Done()
-	wg.Wait()
-	return errors.Join(errs...)
+	return stop()
+}
+
+// group runs goroutines and collects their errors. Wait refuses new ones
+// before it waits, so that Go never races with it (a WaitGroup must not be
+// added to while it is being waited for).
+type group struct {
+	mu      sync.Mutex
+	wg      sync.WaitGroup
+	waiting bool
+	errs    []error
+}
+
+// Go runs f in a goroutine of the group; false if the group is being
+// waited for (f does not run then).
+func (g *group) Go(f func() error) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.waiting {
+		return false
+	}
+	g.wg.Go(func() {
+		if err := f(); err != nil {
+			g.mu.Lock()
+			g.errs = append(g.errs, err)
+			g.mu.Unlock()
+		}
+	})
+	return true
+}
+
+// Wait waits for every goroutine of the group and returns their errors.
+func (g *group) Wait() error {
+	g.mu.Lock()
+	g.waiting = true
+	g.mu.Unlock()
+	g.wg.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return errors.Join(g.errs...)
 }
 
 // flowRunner runs one flow's applier and can stop and start it again.
@@ -295,15 +326,21 @@ type flowRunner struct {
 	done   chan struct{}
 }
 
-func (r *flowRunner) start(ctx context.Context, wg *sync.WaitGroup, collect func(error)) {
+// start runs the applier in g until ctx ends or stop; false if g no longer
+// takes goroutines.
+func (r *flowRunner) start(ctx context.Context, g *group) bool {
 	fctx, cancel := context.WithCancel(ctx)
-	r.cancel, r.done = cancel, make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(r.done)
-		collect(r.ap.Run(fctx))
-	}()
+	done := make(chan struct{})
+	r.cancel, r.done = cancel, done
+	ok := g.Go(func() error {
+		defer close(done)
+		return r.ap.Run(fctx)
+	})
+	if !ok {
+		cancel()
+		close(done)
+	}
+	return ok
 }
 
 // ReplayFrom is where a replay starts: a stream sequence, or the first
@@ -321,13 +358,15 @@ func (a *App) Replay(ctx context.Context, flow string, from ReplayFrom) error {
 	a.runMu.Lock()
 	defer a.runMu.Unlock()
 	r := a.runners[flow]
-	if r == nil || a.runCtx == nil {
+	if r == nil || a.run == nil {
 		return fmt.Errorf("replay: flow %s is not running here", flow)
 	}
 	r.cancel()
 	<-r.done
 	err := pipeline.ResetFlowFrom(ctx, a.js, flow, r.source, from.Seq, from.Time)
-	r.start(a.runCtx, a.runWG, a.collect)
+	if !r.start(a.runCtx, a.run) {
+		return fmt.Errorf("replay: flow %s: duplex is stopping", flow)
+	}
 	if err != nil {
 		return fmt.Errorf("replay %s: %w", flow, err)
 	}
@@ -381,15 +420,6 @@ func (a *App) Close() {
 		s.Close(context.Background())
 	}
 	(&Bus{nats: a.nats, nc: a.nc}).Close()
-}
-
-func containsStr(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Bus is a connection to the JetStream duplex uses.

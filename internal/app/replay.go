@@ -68,7 +68,13 @@ func ReplayOffline(ctx context.Context, cfg *config.Config, bus *Bus, flow strin
 			return stats.Snapshot(), ctx.Err()
 		case err := <-done:
 			done <- err
-			return stats.Snapshot(), fmt.Errorf("replay %s: flow stopped: %v", flow, err)
+			switch {
+			case ctx.Err() != nil:
+				return stats.Snapshot(), ctx.Err()
+			case err == nil:
+				return stats.Snapshot(), fmt.Errorf("replay %s: flow stopped", flow)
+			}
+			return stats.Snapshot(), fmt.Errorf("replay %s: flow stopped: %w", flow, err)
 		case <-time.After(500 * time.Millisecond):
 		}
 		p, err := pending()

@@ -70,8 +70,11 @@ func verifyOnly(ctx context.Context, env *demo.Env, o Options) (*Result, error) 
 	close(stop)
 	peak := <-hwm
 	code := cmd.ProcessState.ExitCode()
+	if code != 1 && err != nil {
+		return nil, fmt.Errorf("verify exited %d (want 1): %w\n%s", code, err, out.String())
+	}
 	if code != 1 {
-		return nil, fmt.Errorf("verify exited %d (want 1): %v\n%s", code, err, out.String())
+		return nil, fmt.Errorf("verify exited %d (want 1)\n%s", code, out.String())
 	}
 	found := strings.Contains(out.String(), key)
 	fmt.Fprintf(o.Out, "  duplex verify: %s for %d rows per side (%.0f rows/s per side), exit %d, the changed line named: %v, peak RSS %s (VmHWM, sampled every 20 ms)\n",

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -129,23 +130,31 @@ func runCmd(g *globals) *cobra.Command {
 			}
 			defer a.Close()
 			metrics.SetApp(a)
+			// The listener and the progress bars use the App: they stop
+			// before it is closed.
+			ctx, cancel := context.WithCancel(cmd.Context())
+			var wg sync.WaitGroup
+			defer func() {
+				cancel()
+				wg.Wait()
+			}()
 			if listen != "" && listen != "off" {
 				srv, err := ops.Listen(listen, a, metrics, log)
 				if err != nil {
 					return err
 				}
-				go func() {
-					if err := srv.Serve(cmd.Context()); err != nil {
+				wg.Go(func() {
+					if err := srv.Serve(ctx); err != nil {
 						log.Error("status listener stopped", slog.Any("error", err))
 					}
-				}()
+				})
 				log.Info("serving metrics, health and status", slog.String("listen", "http://"+srv.Addr()))
 			}
 			log.Info("duplex running", slog.String("nats", a.NATSURL()), slog.Int("flows", len(cfg.Flows)))
 			if progress.IsTerminal(g.stderr) {
-				go snapshotBars(cmd.Context(), g.stderr, a)
+				wg.Go(func() { snapshotBars(ctx, g.stderr, a) })
 			}
-			err = a.Run(cmd.Context())
+			err = a.Run(ctx)
 			log.Info("duplex stopped")
 			return err
 		},

@@ -5,6 +5,7 @@ package demo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -76,7 +77,7 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 	wg.Wait()
 	if errCRM != nil || errERP != nil {
 		env.Close()
-		return nil, fmt.Errorf("start clusters: %v %v", errCRM, errERP)
+		return nil, fmt.Errorf("start clusters: %w", errors.Join(errCRM, errERP))
 	}
 	for _, s := range []struct {
 		c      *harness.Cluster

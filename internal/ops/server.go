@@ -58,15 +58,26 @@ func Listen(addr string, a *app.App, m *Metrics, log *slog.Logger) (*Server, err
 // Addr is the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Serve serves until ctx ends.
+// Serve serves until ctx ends, then shuts down gracefully (requests in
+// progress get 5 seconds) and returns when the shutdown is done.
 func (s *Server) Serve(ctx context.Context) error {
+	served := make(chan struct{})
+	shutdown := make(chan struct{})
 	go func() {
-		<-ctx.Done()
+		defer close(shutdown)
+		select {
+		case <-ctx.Done():
+		case <-served: // the listener failed: nothing to shut down
+			return
+		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = s.srv.Shutdown(sctx)
 	}()
-	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err := s.srv.Serve(s.ln)
+	close(served)
+	<-shutdown
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve %s: %w", s.Addr(), err)
 	}
 	return nil

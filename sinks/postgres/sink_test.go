@@ -3,12 +3,12 @@ package postgres_test
 import (
 	"context"
 	"io/fs"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
 
 	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/examples"
@@ -26,9 +26,19 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	code := m.Run()
-	cluster.Close()
-	os.Exit(code)
+	goleak.VerifyTestMain(runThen{m, func() { _ = cluster.Close() }})
+}
+
+// runThen runs the tests, then closes the shared cluster before goleak
+// looks for goroutines that outlived them.
+type runThen struct {
+	m     *testing.M
+	after func()
+}
+
+func (r runThen) Run() int {
+	defer r.after()
+	return r.m.Run()
 }
 
 var dbSeq int
