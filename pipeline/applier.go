@@ -69,7 +69,8 @@ type FlowCounts struct {
 	Errors map[string]int64
 }
 
-func (c FlowCounts) clone() FlowCounts {
+// Clone returns a copy that shares no map with c.
+func (c FlowCounts) Clone() FlowCounts {
 	m := make(map[string]int64, len(c.Errors))
 	maps.Copy(m, c.Errors)
 	c.Errors = m

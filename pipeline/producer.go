@@ -55,7 +55,8 @@ type SourceCounts struct {
 	Held map[string]string
 }
 
-func (c SourceCounts) clone() SourceCounts {
+// Clone returns a copy that shares no map with c.
+func (c SourceCounts) Clone() SourceCounts {
 	m := make(map[string]int64, len(c.ByEntityOp))
 	maps.Copy(m, c.ByEntityOp)
 	c.ByEntityOp = m

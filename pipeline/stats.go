@@ -7,7 +7,7 @@ import "sync"
 // the pipeline, under the lock, and read only as a copy (Snapshot), so a
 // reader never sees a half-made update or shares a map with the writer.
 // The zero value is ready to use; a nil *Stats ignores updates.
-type Stats[C interface{ clone() C }] struct {
+type Stats[C interface{ Clone() C }] struct {
 	mu sync.Mutex
 	c  C
 }
@@ -26,5 +26,5 @@ func (s *Stats[C]) update(f func(c *C)) {
 func (s *Stats[C]) Snapshot() C {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.c.clone()
+	return s.c.Clone()
 }
