@@ -48,6 +48,10 @@ const LargeBucket = "DUPLEX_LARGE"
 // DefaultMaxChangeBytes is the default largest event (encoded) duplex carries.
 const DefaultMaxChangeBytes = 64 << 20
 
+// fetchMaxBytes bounds a flow's fetch; a message is never larger, or no
+// flow could fetch it, whatever the server's max payload.
+const fetchMaxBytes = 8 << 20
+
 // headerRoom is kept free of the server's max payload for the headers of
 // a message (Nats-Msg-Id).
 const headerRoom = 4 << 10
@@ -119,7 +123,8 @@ func permanentPublish(err error) bool {
 }
 
 // messageLimit is the largest encoded transaction the producer puts in one
-// message.
+// message: the server's max payload (as it announces it now), at most what
+// a flow fetches at once, less room for headers.
 func (p *producer) messageLimit() int {
 	limit := p.cfg.MaxMessageBytes
 	if nc := p.js.Conn(); nc != nil {
@@ -127,8 +132,8 @@ func (p *producer) messageLimit() int {
 			limit = mp
 		}
 	}
-	if limit <= 0 {
-		limit = 1<<20 - headerRoom
+	if limit <= 0 || limit > fetchMaxBytes-headerRoom {
+		limit = fetchMaxBytes - headerRoom
 	}
 	return limit
 }
