@@ -86,6 +86,7 @@ type Applier struct {
 	// (left out when its chunks come again) and waits per event.
 	excluded map[string]bool
 	waits    map[string]int
+	large    largeStore
 }
 
 // NewApplier returns an Applier.
@@ -171,6 +172,9 @@ func (a *Applier) session(ctx context.Context) error {
 				}
 				asm.skip(m)
 				continue
+			}
+			if err := a.resolve(ctx, &tx); err != nil {
+				return err
 			}
 			if large != nil && large.owns(&tx) {
 				large.addPart(m, &tx)

@@ -55,7 +55,7 @@ func (a *assembler) add(m jetstream.Msg, tx *transform.Tx) {
 	seq := seqOf(m)
 	var r *readyTx
 	for _, q := range a.queue {
-		if q.tx.CommitLSN == tx.CommitLSN && q.tx.Source == tx.Source && q.tx.Snapshot == tx.Snapshot && q.tx.Redo == tx.Redo && (!tx.Snapshot || q.tx.Chunk == tx.Chunk) {
+		if q.tx.CommitLSN == tx.CommitLSN && q.tx.Source == tx.Source && q.tx.Snapshot == tx.Snapshot && q.tx.Redo == tx.Redo && (!tx.Snapshot || q.tx.Chunk == tx.Chunk && q.tx.Part == tx.Part) {
 			r = q
 			break
 		}

@@ -116,7 +116,7 @@ func (a *Applier) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstre
 	}
 	// What is there now, at most Batch messages or 8 MiB: a backlog of
 	// large messages must not flood the connection.
-	msgs, err := collect(cons.Fetch(a.cfg.Batch, jetstream.FetchMaxBytes(8<<20), jetstream.FetchMaxWait(5*time.Millisecond)))
+	msgs, err := collect(cons.Fetch(a.cfg.Batch, jetstream.FetchMaxBytes(fetchMaxBytes), jetstream.FetchMaxWait(5*time.Millisecond)))
 	if err != nil || len(msgs) > 0 {
 		return msgs, err
 	}
@@ -124,7 +124,7 @@ func (a *Applier) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstre
 	if err != nil || len(msgs) == 0 {
 		return msgs, err
 	}
-	more, err := collect(cons.Fetch(a.cfg.Batch-1, jetstream.FetchMaxBytes(8<<20), jetstream.FetchMaxWait(5*time.Millisecond)))
+	more, err := collect(cons.Fetch(a.cfg.Batch-1, jetstream.FetchMaxBytes(fetchMaxBytes), jetstream.FetchMaxWait(5*time.Millisecond)))
 	return append(msgs, more...), err
 }
 

@@ -44,6 +44,21 @@ func publishDeadLetter(ctx context.Context, js jetstream.JetStream, subject, id 
 	if err != nil {
 		return fmt.Errorf("encode dead letter %s: %w", id, err)
 	}
+	if nc := js.Conn(); nc != nil && int64(len(b)) > nc.MaxPayload()-headerRoom && (dl.Change != nil || dl.Event != nil && dl.Event.Data != nil) {
+		// The row is too large to keep in a dead letter: name it only
+		// (entity, key, position); it stays in the source.
+		slim := *dl
+		slim.Change = nil
+		if dl.Event != nil {
+			ev := *dl.Event
+			ev.Data = nil
+			slim.Event = &ev
+		}
+		slim.Error += fmt.Sprintf(" (the change, %d bytes as a dead letter, is not kept)", len(b))
+		if b, err = json.Marshal(&slim); err != nil {
+			return fmt.Errorf("encode dead letter %s: %w", id, err)
+		}
+	}
 	msg := nats.NewMsg(subject)
 	msg.Data = b
 	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
@@ -203,6 +218,11 @@ func NewerChanges(ctx context.Context, js jetstream.JetStream, dl *DeadLetter) (
 				continue
 			}
 			for _, ev := range tx.Events {
+				if ev.DataRef != nil && ev.Entity == dl.Entity && ev.Key == dl.Key {
+					if err := ResolveData(ctx, js, &ev); err != nil {
+						return false, nil, fmt.Errorf("stream: %w", err)
+					}
+				}
 				if ev.Entity != dl.Entity || ev.Pos.Less(dl.Position) || ev.Pos == dl.Position {
 					continue
 				}
@@ -256,6 +276,9 @@ func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, n int) ([]St
 
 func (a *Applier) deadLetter(ctx context.Context, tx *transform.Tx, ei int, cause error, attempts int) error {
 	ev := tx.Events[ei]
+	if ev.DataRef != nil {
+		ev.Data = nil // it stays in the object store: a dead letter must fit a message
+	}
 	dl := &DeadLetter{Flow: a.cfg.Flow, Stage: "apply", Source: ev.Source, Entity: ev.Entity, Key: ev.Key, Position: ev.Pos,
 		Error: cause.Error(), Attempts: attempts, FailedAt: time.Now().UTC(), Event: &ev}
 	a.log.Error("event dead-lettered", slog.String("event", ev.ID), slog.String("entity", ev.Entity), slog.String("key", ev.Key), slog.Any("error", cause))

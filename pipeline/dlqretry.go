@@ -58,6 +58,9 @@ func PlanRetry(ctx context.Context, js jetstream.JetStream, sd *StoredDeadLetter
 		return nil, out, nil
 	}
 	ev := *dl.Event
+	if err := ResolveData(ctx, js, &ev); err != nil {
+		return nil, out, fmt.Errorf("dead letter %d: %w", sd.Seq, err)
+	}
 	ev.Redo = true
 	if ev.Op == transform.OpUpsert {
 		data := map[string]any{}

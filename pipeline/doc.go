@@ -21,7 +21,9 @@
 // sink; it knows nothing of PostgreSQL.
 //
 // Files, in the order a change travels: source.go (what a source must
-// offer), producer.go (normalize, publish, confirm), holds.go (entities
+// offer), producer.go (normalize, publish, confirm), largechange.go
+// (messages cut by bytes within the server's max payload, events too large
+// for a message in the DUPLEX_LARGE object store), holds.go (entities
 // held back), streams.go (DUPLEX, DUPLEX_DLQ), consumer.go (a flow's
 // durable consumer, fetch, ack, rewind), assembler.go (whole source
 // transactions from chunks), applier.go (the flow's session loop and

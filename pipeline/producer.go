@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,6 +35,13 @@ type ProducerConfig struct {
 	// Holds, when set, keeps entities held because their source table no
 	// longer fits the mapping; without it such a change is dead-lettered.
 	Holds Holds
+	// MaxMessageBytes bounds the encoded size of one message (default and
+	// upper bound: the server's max payload less 4 KiB for headers).
+	MaxMessageBytes int
+	// MaxChangeBytes is the largest single event (encoded) carried, through
+	// the object store when it does not fit in a message (default 64 MiB);
+	// a larger one is dead-lettered at capture.
+	MaxChangeBytes int
 }
 
 // SourceStats counts what a producer did; safe for concurrent use.
@@ -122,6 +128,8 @@ type producer struct {
 	redo      map[string]Hold
 	redoUntil capture.LSN
 	released  atomic.Bool
+
+	large largeStore
 }
 
 // pending is a published chunk awaiting its JetStream acknowledgement, or
@@ -129,6 +137,8 @@ type producer struct {
 type pending struct {
 	fut     jetstream.PubAckFuture
 	msgID   string
+	size    int
+	refs    []eventRef // what it carries, to dead-letter if refused
 	last    bool
 	endLSN  capture.LSN
 	drained chan struct{}
@@ -225,8 +235,16 @@ func (p *producer) track(ctx context.Context) {
 				return
 			case <-e.fut.Ok():
 			case err := <-e.fut.Err():
-				p.fail(fmt.Errorf("publish %s: %w", e.msgID, err))
-				return
+				if !permanentPublish(err) {
+					p.fail(fmt.Errorf("publish %s: %w", e.msgID, err))
+					return
+				}
+				// Publishing it again can never succeed: dead-letter what
+				// it carried, visibly, and go on.
+				if err := p.refusedRefs(ctx, e.refs, &PublishRefused{MsgID: e.msgID, Size: e.size, Err: err}); err != nil {
+					p.fail(err)
+					return
+				}
 			}
 		}
 		p.cfg.Stats.update(func(s *SourceCounts) { s.InFlight = len(p.pending) })
@@ -250,6 +268,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	}
 	tx := &transform.Tx{Version: transform.SchemaVersion, Source: system, CommitLSN: c.Tx.CommitLSN, EndLSN: c.Tx.EndLSN,
 		CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Last: c.Last, Snapshot: c.Tx.Snapshot, Events: make([]transform.Event, 0, len(c.Changes))}
+	from := make([]int, 0, len(c.Changes)) // the change each event comes from
 	for i := range c.Changes {
 		ch := &c.Changes[i]
 		evs, err := p.normalize(ctx, c, c.First+i, ch)
@@ -260,6 +279,9 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 			continue
 		}
 		tx.Events = append(tx.Events, evs...)
+		for range evs {
+			from = append(from, i)
+		}
 		p.cfg.Stats.update(func(s *SourceCounts) {
 			if s.ByEntityOp == nil {
 				s.ByEntityOp = map[string]int64{}
@@ -288,39 +310,59 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	// published anew (its own message ids), whatever it carries, so the
 	// flow sees whole transactions.
 	tx.Redo = p.inRedo(&c.Tx)
-	e := pending{last: c.Last, endLSN: c.Tx.EndLSN}
 	// Publish a chunk with events, and the last chunk of a transaction of
 	// which something was published; a transaction that produced no event
 	// (duplex's own applies, unmapped changes) puts nothing on the bus.
-	if c.Tx.Snapshot {
-		// Snapshot chunks stand alone and keep the snapshot's numbering.
-		if len(tx.Events) == 0 {
-			goto queue
+	// Snapshot chunks stand alone and keep the snapshot's numbering. A
+	// chunk too large for one message is split (largechange.go).
+	var msgs []outMsg
+	if len(tx.Events) > 0 || (!c.Tx.Snapshot && c.Last && p.curIdx > 0) {
+		var err error
+		if msgs, err = p.fit(ctx, c, tx, from, p.curIdx); err != nil {
+			return err
 		}
-		tx.Chunk = c.Index
-		e.msgID = tx.MsgID()
-	} else if len(tx.Events) > 0 || (c.Last && p.curIdx > 0) {
-		tx.Chunk = p.curIdx
-		p.curIdx++
-		e.msgID = tx.MsgID()
+		if len(msgs) == 0 && !c.Tx.Snapshot && c.Last && p.curIdx > 0 {
+			// Every event was dead-lettered: the transaction still ends.
+			tx.Events = nil
+			if msgs, err = p.fit(ctx, c, tx, nil, p.curIdx); err != nil {
+				return err
+			}
+		}
+		if !c.Tx.Snapshot {
+			p.curIdx += len(msgs)
+		}
 	}
-	if e.msgID != "" {
-		data, err := json.Marshal(tx)
-		if err != nil {
-			return fmt.Errorf("encode %s: %w", e.msgID, err)
-		}
-		msg := nats.NewMsg(p.subject)
-		msg.Data = data
-		fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.msgID), jetstream.WithStallWait(30*time.Second))
-		if err != nil {
-			return fmt.Errorf("publish %s: %w", e.msgID, err)
-		}
-		e.fut = fut
-	}
-queue:
 	if c.Last {
 		p.curIdx = 0
 	}
+	if len(msgs) == 0 {
+		return p.queue(ctx, pending{last: c.Last, endLSN: c.Tx.EndLSN})
+	}
+	for i, m := range msgs {
+		e := pending{msgID: m.tx.MsgID(), last: c.Last && i == len(msgs)-1, endLSN: c.Tx.EndLSN, size: len(m.data)}
+		msg := nats.NewMsg(p.subject)
+		msg.Data = m.data
+		fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.msgID), jetstream.WithStallWait(30*time.Second))
+		switch {
+		case err != nil && permanentPublish(err):
+			// Refused before it was sent: dead-letter what it carried.
+			if err := p.refused(ctx, m.tx, &PublishRefused{MsgID: e.msgID, Size: len(m.data), Err: err}); err != nil {
+				return err
+			}
+		case err != nil:
+			return fmt.Errorf("publish %s: %w", e.msgID, err)
+		default:
+			e.fut, e.refs = fut, summarize(m.tx)
+		}
+		if err := p.queue(ctx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queue hands a published message (or a marker) to the tracker.
+func (p *producer) queue(ctx context.Context, e pending) error {
 	select {
 	case p.pending <- e:
 		return nil

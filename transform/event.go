@@ -64,6 +64,19 @@ type Event struct {
 	// version of shared fields whose value is still the one recorded: the
 	// write they come from, rather than the time of the copy.
 	Versions map[string]FieldVersion `json:"versions,omitempty"`
+	// DataRef, when set, says Data did not fit in one message: it is
+	// stored as JSON in an object of JetStream's object store and the
+	// message carries the event without it. A flow reads the object back
+	// into Data before applying the event (pipeline/largechange.go).
+	DataRef *DataRef `json:"data_ref,omitempty"`
+}
+
+// DataRef names the object holding an event's Data.
+type DataRef struct {
+	Bucket string `json:"bucket"`
+	Object string `json:"object"`
+	// Size is the object's length in bytes.
+	Size int64 `json:"size"`
 }
 
 // FieldVersion is who wrote a field's value, and when (source commit time).
@@ -93,14 +106,23 @@ type Tx struct {
 	Snapshot bool `json:"snapshot,omitempty"`
 	// Redo marks a transaction read again after a held entity was fixed
 	// (it carries that entity's Redo events).
-	Redo   bool    `json:"redo,omitempty"`
+	Redo bool `json:"redo,omitempty"`
+	// Part numbers the messages of a snapshot (or backfill) chunk too
+	// large for one message: each stands alone like the chunk, with the
+	// chunk's number and its own part, from 0.
+	Part   int     `json:"part,omitempty"`
 	Events []Event `json:"events"`
 }
 
-// MsgID is the JetStream message id of the chunk: "<source>:<commit LSN>:<chunk>".
+// MsgID is the JetStream message id of the chunk: "<source>:<commit LSN>:<chunk>",
+// followed by ".<part>" for a part after the first of a snapshot chunk.
 func (t *Tx) MsgID() string {
-	if t.Redo {
-		return fmt.Sprintf("%s:%s:%d:redo", t.Source, t.CommitLSN, t.Chunk)
+	id := fmt.Sprintf("%s:%s:%d", t.Source, t.CommitLSN, t.Chunk)
+	if t.Part > 0 {
+		id += fmt.Sprintf(".%d", t.Part)
 	}
-	return fmt.Sprintf("%s:%s:%d", t.Source, t.CommitLSN, t.Chunk)
+	if t.Redo {
+		id += ":redo"
+	}
+	return id
 }

@@ -180,6 +180,10 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		a.Close()
 		return nil, err
 	}
+	if err := pipeline.EnsureLargeChanges(ctx, js, cfg.Stream.MaxAge, cfg.Stream.Replicas); err != nil {
+		a.Close()
+		return nil, err
+	}
 	// Publications and slots exist when Start returns, so every change
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
@@ -231,7 +235,7 @@ func (a *App) Run(ctx context.Context) error {
 	})
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
-		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats,
+		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats, MaxChangeBytes: int(cfg.Stream.MaxChangeBytes),
 			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}}
 		for _, e := range a.mapping.Entities {
 			if len(e.SharedFields(name)) > 0 && e.Publishes(name) {

@@ -154,6 +154,10 @@ type Stream struct {
 	MaxBytes   int64         `yaml:"max_bytes"`
 	Duplicates time.Duration `yaml:"duplicates"`
 	Replicas   int           `yaml:"replicas"`
+	// MaxChangeBytes is the largest single change (encoded event) duplex
+	// carries; one larger than a message travels through the object
+	// store, one above this is dead-lettered at capture (default 64 MiB).
+	MaxChangeBytes int64 `yaml:"max_change_bytes"`
 }
 
 // SystemConfig is one database.
@@ -422,6 +426,9 @@ func (c *Config) Validate() error {
 		bad("flows: no flow configured")
 	}
 	c.NATS.Embedded.validate(c.NATS.URL == "", c.NATS.User, bad)
+	if c.Stream.MaxChangeBytes < 0 || c.Stream.MaxChangeBytes > 1<<30 {
+		bad("stream.max_change_bytes %d: want 1 to %d bytes (0 for the default, 64 MiB)", c.Stream.MaxChangeBytes, 1<<30)
+	}
 	for name, s := range c.Systems {
 		if s == nil || s.DSN == "" {
 			bad("systems.%s: dsn is empty (set it, or the environment variable it names)", name)
