@@ -36,6 +36,13 @@ type ProducerConfig struct {
 	// Holds, when set, keeps entities held because their source table no
 	// longer fits the mapping; without it such a change is dead-lettered.
 	Holds Holds
+	// Room, when set, is asked before each publish and returns once the
+	// stream has room (Retention): a stream full of unapplied changes
+	// makes publishing wait, and the slot keep its WAL, instead of
+	// JetStream refusing messages.
+	Room interface {
+		WaitForRoom(ctx context.Context) error
+	}
 }
 
 // SourceStats counts what a producer did; safe for concurrent use.
@@ -51,6 +58,9 @@ type SourceCounts struct {
 	InFlight     int
 	Reconnects   int64
 	LastError    string
+	// StreamFull counts capture sessions that ended because JetStream
+	// refused a message for lack of room (stream or store full).
+	StreamFull int64
 	// Held maps each held entity to the reason.
 	Held map[string]string
 }
@@ -85,8 +95,20 @@ func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg Pro
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		cfg.Stats.update(func(s *SourceCounts) { s.Reconnects++; s.LastError = err.Error() })
-		log.Warn("capture session ended; restarting", slog.Any("error", err), slog.Duration("retry_in", wait))
+		full := IsStreamFull(err)
+		cfg.Stats.update(func(s *SourceCounts) {
+			s.Reconnects++
+			s.LastError = err.Error()
+			if full {
+				s.StreamFull++
+			}
+		})
+		if full {
+			log.Warn("stream full: JetStream refused a message for lack of room; the slot keeps the WAL and publishing starts again from it",
+				slog.Any("error", err), slog.Duration("retry_in", wait))
+		} else {
+			log.Warn("capture session ended; restarting", slog.Any("error", err), slog.Duration("retry_in", wait))
+		}
 		if !sleep(ctx, wait) {
 			return nil
 		}
@@ -304,6 +326,11 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		data, err := json.Marshal(tx)
 		if err != nil {
 			return fmt.Errorf("encode %s: %w", e.msgID, err)
+		}
+		if p.cfg.Room != nil {
+			if err := p.cfg.Room.WaitForRoom(ctx); err != nil {
+				return fmt.Errorf("publish %s: wait for room: %w", e.msgID, err)
+			}
 		}
 		msg := nats.NewMsg(p.subject)
 		msg.Data = data

@@ -53,6 +53,8 @@ type App struct {
 	sinks   []*pgsink.Sink
 	slots   slotWatch
 	started time.Time
+	// retention removes from DUPLEX what every flow applied (Run runs it).
+	retention *pipeline.Retention
 
 	runMu   sync.Mutex
 	runners map[string]*flowRunner
@@ -60,6 +62,9 @@ type App struct {
 	runWG   *sync.WaitGroup
 	collect func(error)
 }
+
+// Retention returns what the retention of DUPLEX last saw.
+func (a *App) Retention() pipeline.RetentionCounts { return a.retention.Stats() }
 
 // Started is when the App was started.
 func (a *App) Started() time.Time { return a.started }
@@ -180,10 +185,16 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	}
 	a.nats, a.nc, a.js = bus.nats, bus.nc, bus.js
 	js := a.js
-	if err := pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: cfg.Sources(), MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Duplicates: cfg.Stream.Duplicates, Replicas: cfg.Stream.Replicas}); err != nil {
+	if err := pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: cfg.Sources(), MaxStoreBytes: cfg.Stream.MaxStoreBytes,
+		DLQMaxAge: cfg.Stream.DLQMaxAge, Duplicates: cfg.Stream.Duplicates, Replicas: cfg.Stream.Replicas}); err != nil {
 		a.Close()
 		return nil, err
 	}
+	readers := map[string][]string{}
+	for _, f := range cfg.Flows {
+		readers[f.From] = append(readers[f.From], f.Name)
+	}
+	a.retention = pipeline.NewRetention(js, pipeline.RetentionConfig{Readers: readers, MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Logger: a.log})
 	// Publications and slots exist when Start returns, so every change
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
@@ -232,10 +243,15 @@ func (a *App) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.watchSlots(ctx, 5*time.Second)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.retention.Run(ctx)
+	}()
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
 		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats,
-			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}}
+			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}, Room: a.retention}
 		for _, e := range a.mapping.Entities {
 			if len(e.SharedFields(name)) > 0 && e.Publishes(name) {
 				rec := pgstate.NewVersionRecorder(name, cfg.Systems[name].DSN, a.mapping)
@@ -326,7 +342,11 @@ func (a *App) Replay(ctx context.Context, flow string, from ReplayFrom) error {
 	}
 	r.cancel()
 	<-r.done
+	// No retention pass runs while the consumer moves back: one that read
+	// the old ack floor could otherwise purge what the replay is to read.
+	release := a.retention.Hold()
 	err := pipeline.ResetFlowFrom(ctx, a.js, flow, r.source, from.Seq, from.Time)
+	release()
 	r.start(a.runCtx, a.runWG, a.collect)
 	if err != nil {
 		return fmt.Errorf("replay %s: %w", flow, err)
