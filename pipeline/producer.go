@@ -85,6 +85,11 @@ func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg Pro
 	log := cfg.Logger.With(slog.String("source", src.System()))
 	bo := newBackoff()
 	for {
+		// A stream full of unapplied changes: no session is opened (the
+		// slot keeps the WAL) until the flows applied enough.
+		if cfg.Room != nil && cfg.Room.WaitForRoom(ctx) != nil {
+			return nil
+		}
 		started := time.Now()
 		p := newProducer(js, src, cfg, log)
 		err := p.run(ctx)

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/internal/harness"
 	"github.com/duplex-cdc/duplex/pipeline"
 )
@@ -294,4 +295,67 @@ func TestEnsureStreams_UpgradesOldRetention(t *testing.T) {
 		}
 	}
 	wantStored(t, js, "after the upgrade", seqs, 0)
+}
+
+// fakeRoom is a stream full until opened.
+type fakeRoom struct{ open chan struct{} }
+
+func (r *fakeRoom) WaitForRoom(ctx context.Context) error {
+	select {
+	case <-r.open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestRunCapture_WaitsForRoom: while the stream has no room, the capture
+// publishes nothing and confirms nothing; then it goes on.
+func TestRunCapture_WaitsForRoom(t *testing.T) {
+	js, m := setup(t)
+	tx := capture.TxInfo{System: "crm", CommitLSN: 100, EndLSN: 110, CommitTime: time.Now(), Xid: 1}
+	src := &fakeSource{chunks: []*capture.Chunk{{Tx: tx, Index: 0, Last: true, Changes: []capture.Change{account("0d3f5a8e-1111-4c59-9d1b-2d7b6c1f0b01", "1.00")}}}, done: make(chan struct{})}
+	room := &fakeRoom{open: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pipeline.RunCapture(ctx, js, src, pipeline.ProducerConfig{Mapping: m, Room: room}) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-src.done:
+		t.Fatal("the source was streamed while the stream had no room")
+	case <-time.After(300 * time.Millisecond):
+	}
+	s, err := js.Stream(context.Background(), pipeline.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Msgs; n != 0 || len(src.confirmed()) != 0 {
+		t.Fatalf("%d messages stored, %v confirmed while full; want none", n, src.confirmed())
+	}
+	close(room.open)
+	select {
+	case <-src.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the source was not streamed once the stream had room")
+	}
+	waitConfirmed(t, src, 110)
+}
+
+func waitConfirmed(t *testing.T, src *fakeSource, lsn capture.LSN) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c := src.confirmed(); len(c) > 0 && c[len(c)-1] == lsn {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("confirmed %v, want %s", src.confirmed(), lsn)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
