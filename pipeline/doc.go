@@ -17,6 +17,11 @@
 // transient failures are retried with capped, jittered backoff for as long
 // as they last.
 //
+// Retention removes from DUPLEX only what every flow reading a source
+// applied (its consumer's ack floor), bounded by age and size for replay;
+// JetStream itself never deletes from DUPLEX (no max age, discard new at
+// the ceiling), and publishing waits while the stream is full.
+//
 // The package declares the small interfaces it needs of a source and a
 // sink; it knows nothing of PostgreSQL.
 //
@@ -24,8 +29,9 @@
 // offer), producer.go (normalize, publish, confirm), largechange.go
 // (messages cut by bytes within the server's max payload, events too large
 // for a message in the DUPLEX_LARGE object store), holds.go (entities
-// held back), streams.go (DUPLEX, DUPLEX_DLQ), consumer.go (a flow's
-// durable consumer, fetch, ack, rewind), assembler.go (whole source
+// held back), streams.go (DUPLEX, DUPLEX_DLQ), retention.go (what may be
+// removed from DUPLEX), consumer.go (a flow's durable consumer, fetch,
+// ack, rewind), assembler.go (whole source
 // transactions from chunks), applier.go (the flow's session loop and
 // apply), largetx.go (transactions applied in parts), retry.go (backoff,
 // isolating a failing event), deadletter.go and dlqretry.go (dead letters

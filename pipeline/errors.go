@@ -3,7 +3,10 @@ package pipeline
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Kind says how the pipeline treats a failed apply.
@@ -62,4 +65,23 @@ func KindOf(err error) Kind {
 		return Permanent
 	}
 	return Transient
+}
+
+// IsStreamFull says whether err is JetStream refusing a message for lack
+// of room: the stream at its max bytes with discard new ("maximum bytes
+// exceeded") or the server's or account's store exhausted ("insufficient
+// resources"). It passes once the flows applied enough and Retention
+// removed it: transient, but worth showing.
+func IsStreamFull(err error) bool {
+	var ae *jetstream.APIError
+	if !errors.As(err, &ae) {
+		return false
+	}
+	switch ae.ErrorCode {
+	case 10023: // JSInsufficientResourcesErr
+		return true
+	case 10077: // JSStreamStoreFailedF, with the store's error
+		return strings.Contains(ae.Description, "maximum bytes exceeded")
+	}
+	return false
 }

@@ -42,6 +42,13 @@ type ProducerConfig struct {
 	// the object store when it does not fit in a message (default 64 MiB);
 	// a larger one is dead-lettered at capture.
 	MaxChangeBytes int
+	// Room, when set, is asked before each publish and returns once the
+	// stream has room (Retention): a stream full of unapplied changes
+	// makes publishing wait, and the slot keep its WAL, instead of
+	// JetStream refusing messages.
+	Room interface {
+		WaitForRoom(ctx context.Context) error
+	}
 }
 
 // SourceStats counts what a producer did; safe for concurrent use.
@@ -57,6 +64,9 @@ type SourceCounts struct {
 	InFlight     int
 	Reconnects   int64
 	LastError    string
+	// StreamFull counts capture sessions that ended because JetStream
+	// refused a message for lack of room (stream or store full).
+	StreamFull int64
 	// Held maps each held entity to the reason.
 	Held map[string]string
 }
@@ -82,6 +92,11 @@ func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg Pro
 	log := cfg.Logger.With(slog.String("source", src.System()))
 	bo := newBackoff()
 	for {
+		// A stream full of unapplied changes: no session is opened (the
+		// slot keeps the WAL) until the flows applied enough.
+		if cfg.Room != nil && cfg.Room.WaitForRoom(ctx) != nil {
+			return nil
+		}
 		started := time.Now()
 		p := newProducer(js, src, cfg, log)
 		err := p.run(ctx)
@@ -92,8 +107,20 @@ func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg Pro
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		cfg.Stats.update(func(s *SourceCounts) { s.Reconnects++; s.LastError = err.Error() })
-		log.Warn("capture session ended; restarting", slog.Any("error", err), slog.Duration("retry_in", wait))
+		full := IsStreamFull(err)
+		cfg.Stats.update(func(s *SourceCounts) {
+			s.Reconnects++
+			s.LastError = err.Error()
+			if full {
+				s.StreamFull++
+			}
+		})
+		if full {
+			log.Warn("stream full: JetStream refused a message for lack of room; the slot keeps the WAL and publishing starts again from it",
+				slog.Any("error", err), slog.Duration("retry_in", wait))
+		} else {
+			log.Warn("capture session ended; restarting", slog.Any("error", err), slog.Duration("retry_in", wait))
+		}
 		if !sleep(ctx, wait) {
 			return nil
 		}
@@ -340,6 +367,11 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	}
 	for i, m := range msgs {
 		e := pending{msgID: m.tx.MsgID(), last: c.Last && i == len(msgs)-1, endLSN: c.Tx.EndLSN, size: len(m.data)}
+		if p.cfg.Room != nil {
+			if err := p.cfg.Room.WaitForRoom(ctx); err != nil {
+				return fmt.Errorf("publish %s: wait for room: %w", e.msgID, err)
+			}
+		}
 		msg := nats.NewMsg(p.subject)
 		msg.Data = m.data
 		fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.msgID), jetstream.WithStallWait(30*time.Second))

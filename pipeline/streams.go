@@ -25,20 +25,27 @@ func SourceFilter(source string) string { return "duplex." + source + ".>" }
 // DLQSubject is the subject of a flow's dead letters.
 func DLQSubject(flow string) string { return "duplex.dlq." + flow }
 
-// StreamConfig sets retention of the streams.
+// StreamConfig configures the streams. How long applied messages are kept
+// (max_age, max_bytes) is not a stream setting: see Retention.
 type StreamConfig struct {
 	// Sources are the system names that publish (crm, erp).
 	Sources []string
-	// MaxAge and MaxBytes bound retention of DUPLEX (0 = unlimited).
-	MaxAge   time.Duration
-	MaxBytes int64
+	// MaxStoreBytes is the hard ceiling of DUPLEX in bytes (0 = none:
+	// JetStream's store or account limit is the ceiling). At the ceiling
+	// JetStream refuses new messages (discard new) and never deletes any:
+	// publishing waits until Retention removed applied messages.
+	MaxStoreBytes int64
 	// Duplicates is the deduplication window (default 2m).
 	Duplicates time.Duration
 	// Replicas for a NATS cluster (default 1).
 	Replicas int
-	// DLQMaxAge bounds retention of dead letters (0 = unlimited).
+	// DLQMaxAge is how long dead letters are kept (0 = DefaultDLQMaxAge;
+	// negative = forever).
 	DLQMaxAge time.Duration
 }
+
+// DefaultDLQMaxAge is how long dead letters are kept by default: 30 days.
+const DefaultDLQMaxAge = 30 * 24 * time.Hour
 
 // Validate checks the configuration.
 func (c *StreamConfig) Validate() error {
@@ -54,6 +61,12 @@ func (c *StreamConfig) Validate() error {
 }
 
 // EnsureStreams creates or updates DUPLEX and DUPLEX_DLQ.
+//
+// DUPLEX has no age limit and discards new messages at its ceiling, so
+// JetStream never deletes a message on its own: only Retention does, and
+// only what every flow reading it applied. A stream created by an older
+// duplex (limits with max age, discard old) is updated in place; JetStream
+// allows changing max age, max bytes and the discard policy.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) error {
 	if err := c.Validate(); err != nil {
 		return err
@@ -68,8 +81,8 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	for i, s := range c.Sources {
 		subjects[i] = SourceFilter(s)
 	}
-	maxBytes := c.MaxBytes
-	if maxBytes == 0 {
+	maxBytes := c.MaxStoreBytes
+	if maxBytes <= 0 {
 		maxBytes = -1
 	}
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -78,14 +91,25 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Subjects:    subjects,
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      c.MaxAge,
+		MaxAge:      0,
 		MaxBytes:    maxBytes,
 		Duplicates:  c.Duplicates,
 		Replicas:    c.Replicas,
-		Discard:     jetstream.DiscardOld,
+		Discard:     jetstream.DiscardNew,
 	})
 	if err != nil {
 		return fmt.Errorf("ensure stream %s: %w", StreamName, err)
+	}
+	dlqAge := c.DLQMaxAge
+	switch {
+	case dlqAge == 0:
+		dlqAge = DefaultDLQMaxAge
+	case dlqAge < 0:
+		dlqAge = 0
+	}
+	dlqDup := c.Duplicates
+	if dlqAge > 0 && dlqAge < dlqDup {
+		dlqDup = dlqAge // JetStream refuses a window longer than max age
 	}
 	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        DLQStream,
@@ -93,8 +117,8 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Subjects:    []string{"duplex.dlq.>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      c.DLQMaxAge,
-		Duplicates:  c.Duplicates,
+		MaxAge:      dlqAge,
+		Duplicates:  dlqDup,
 		Replicas:    c.Replicas,
 	})
 	if err != nil {

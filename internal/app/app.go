@@ -54,6 +54,8 @@ type App struct {
 	sinks   []*pgsink.Sink
 	slots   slotWatch
 	started time.Time
+	// retention removes from DUPLEX what every flow applied (Run runs it).
+	retention *pipeline.Retention
 
 	// runMu guards runners, runCtx and run: Replay restarts a flow in
 	// Run's group while Run runs, never after Run stopped waiting.
@@ -62,6 +64,9 @@ type App struct {
 	runCtx  context.Context
 	run     *group
 }
+
+// Retention returns what the retention of DUPLEX last saw.
+func (a *App) Retention() pipeline.RetentionCounts { return a.retention.Stats() }
 
 // Started is when the App was started.
 func (a *App) Started() time.Time { return a.started }
@@ -176,14 +181,23 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	}
 	a.nats, a.nc, a.js = bus.nats, bus.nc, bus.js
 	js := a.js
-	if err := pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: cfg.Sources(), MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Duplicates: cfg.Stream.Duplicates, Replicas: cfg.Stream.Replicas}); err != nil {
+	if err := pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: cfg.Sources(), MaxStoreBytes: cfg.Stream.MaxStoreBytes,
+		DLQMaxAge: cfg.Stream.DLQMaxAge, Duplicates: cfg.Stream.Duplicates, Replicas: cfg.Stream.Replicas}); err != nil {
 		a.Close()
 		return nil, err
 	}
-	if err := pipeline.EnsureLargeChanges(ctx, js, cfg.Stream.MaxAge, cfg.Stream.Replicas); err != nil {
+	// Objects of large changes are kept until the retention removes the
+	// messages that refer to them (never by age alone: a stalled flow
+	// must still find them).
+	if err := pipeline.EnsureLargeChanges(ctx, js, 0, cfg.Stream.Replicas); err != nil {
 		a.Close()
 		return nil, err
 	}
+	readers := map[string][]string{}
+	for _, f := range cfg.Flows {
+		readers[f.From] = append(readers[f.From], f.Name)
+	}
+	a.retention = pipeline.NewRetention(js, pipeline.RetentionConfig{Readers: readers, MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Logger: a.log})
 	// Publications and slots exist when Start returns, so every change
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
@@ -233,10 +247,14 @@ func (a *App) Run(ctx context.Context) error {
 		a.watchSlots(ctx, 5*time.Second)
 		return nil
 	})
+	g.Go(func() error {
+		a.retention.Run(ctx)
+		return nil
+	})
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
 		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats, MaxChangeBytes: int(cfg.Stream.MaxChangeBytes),
-			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}}
+			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}, Room: a.retention}
 		for _, e := range a.mapping.Entities {
 			if len(e.SharedFields(name)) > 0 && e.Publishes(name) {
 				rec := pgstate.NewVersionRecorder(name, cfg.Systems[name].DSN, a.mapping)
@@ -367,7 +385,11 @@ func (a *App) Replay(ctx context.Context, flow string, from ReplayFrom) error {
 	}
 	r.cancel()
 	<-r.done
+	// No retention pass runs while the consumer moves back: one that read
+	// the old ack floor could otherwise purge what the replay is to read.
+	release := a.retention.Hold()
 	err := pipeline.ResetFlowFrom(ctx, a.js, flow, r.source, from.Seq, from.Time)
+	release()
 	if !r.start(a.runCtx, a.run) {
 		return fmt.Errorf("replay: flow %s: duplex is stopping", flow)
 	}

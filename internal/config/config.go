@@ -148,16 +148,52 @@ func (e *Embedded) validate(used bool, user string, bad func(format string, args
 	}
 }
 
-// Stream configures retention of the DUPLEX stream.
+// Stream configures the streams DUPLEX and DUPLEX_DLQ.
+//
+// The rule of retention: a change that a flow reading it has not applied
+// yet is never removed, however old it is or however much is stored.
+// MaxAge and MaxBytes bound only what is kept after every flow reading it
+// applied it (for replay). When DUPLEX reaches MaxStoreBytes full of
+// unapplied changes, publishing waits (the source's slot keeps its WAL,
+// duplex_stream_full is 1) rather than anything being discarded.
 type Stream struct {
-	MaxAge     time.Duration `yaml:"max_age"`
-	MaxBytes   int64         `yaml:"max_bytes"`
+	// MaxAge: changes every reading flow applied are removed once stored
+	// longer ago than this (0: kept whatever their age).
+	MaxAge time.Duration `yaml:"max_age"`
+	// MaxBytes: while DUPLEX holds more than this many bytes, the oldest
+	// changes every reading flow applied are removed (0: no bound but
+	// max_store_bytes).
+	MaxBytes int64 `yaml:"max_bytes"`
+	// MaxStoreBytes is the hard ceiling of DUPLEX in bytes, at which
+	// JetStream refuses new messages (0: none of its own; JetStream's
+	// store, nats.embedded.max_store or the server's account limit, is
+	// the ceiling). Publishing waits from 90% of it; applied changes are
+	// removed down to 80% of it whatever max_age says.
+	MaxStoreBytes int64 `yaml:"max_store_bytes"`
+	// DLQMaxAge is how long dead letters are kept in DUPLEX_DLQ (0: the
+	// default, 720h = 30 days; negative: forever).
+	DLQMaxAge  time.Duration `yaml:"dlq_max_age"`
 	Duplicates time.Duration `yaml:"duplicates"`
 	Replicas   int           `yaml:"replicas"`
 	// MaxChangeBytes is the largest single change (encoded event) duplex
 	// carries; one larger than a message travels through the object
 	// store, one above this is dead-lettered at capture (default 64 MiB).
 	MaxChangeBytes int64 `yaml:"max_change_bytes"`
+}
+
+func (s *Stream) validate(bad func(format string, args ...any)) {
+	if s.MaxAge < 0 {
+		bad("stream.max_age %s: want a positive duration (0 keeps applied changes whatever their age)", s.MaxAge)
+	}
+	if s.MaxBytes < 0 {
+		bad("stream.max_bytes %d: want a positive number of bytes (0 for no bound)", s.MaxBytes)
+	}
+	if s.MaxStoreBytes < 0 {
+		bad("stream.max_store_bytes %d: want a positive number of bytes (0 for JetStream's own limit)", s.MaxStoreBytes)
+	}
+	if s.MaxStoreBytes > 0 && s.MaxBytes > s.MaxStoreBytes {
+		bad("stream.max_bytes %d is above stream.max_store_bytes %d, the stream's ceiling", s.MaxBytes, s.MaxStoreBytes)
+	}
 }
 
 // SystemConfig is one database.
@@ -429,6 +465,7 @@ func (c *Config) Validate() error {
 	if c.Stream.MaxChangeBytes < 0 || c.Stream.MaxChangeBytes > 1<<30 {
 		bad("stream.max_change_bytes %d: want 1 to %d bytes (0 for the default, 64 MiB)", c.Stream.MaxChangeBytes, 1<<30)
 	}
+	c.Stream.validate(bad)
 	for name, s := range c.Systems {
 		if s == nil || s.DSN == "" {
 			bad("systems.%s: dsn is empty (set it, or the environment variable it names)", name)

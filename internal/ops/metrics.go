@@ -80,13 +80,18 @@ var (
 	dFlowDL      = prometheus.NewDesc("duplex_flow_dead_letters_total", "Events dead-lettered by the flow.", []string{"flow"}, nil)
 	dFlowErrors  = prometheus.NewDesc("duplex_flow_errors_total", "Failed apply attempts, by kind (transient, waiting, permanent).", []string{"flow", "kind"}, nil)
 	dDLQ         = prometheus.NewDesc("duplex_dead_letters", "Dead letters now in DUPLEX_DLQ, by flow (capture-<source> for capture).", []string{"flow"}, nil)
+	dSrcFull     = prometheus.NewDesc("duplex_source_stream_full_total", "Capture sessions restarted because JetStream refused a message for lack of room.", []string{"source"}, nil)
+	dStreamFull  = prometheus.NewDesc("duplex_stream_full", "1 while DUPLEX holds 90% of its ceiling (stream.max_store_bytes) in unapplied changes: publishing waits, the slots keep WAL.", nil, nil)
+	dStreamBytes = prometheus.NewDesc("duplex_stream_bytes", "Bytes DUPLEX holds (unapplied changes, and applied ones kept for replay).", nil, nil)
+	dStreamFirst = prometheus.NewDesc("duplex_stream_first_sequence", "DUPLEX's first stored sequence: retention removed what is below.", nil, nil)
+	dBlocked     = prometheus.NewDesc("duplex_stream_retention_blocked", "1 when nothing of the source is removed from DUPLEX because a flow reading it has no consumer.", []string{"source"}, nil)
 	dNATSUp      = prometheus.NewDesc("duplex_nats_connected", "1 when connected to NATS.", nil, nil)
 	dNATSRecon   = prometheus.NewDesc("duplex_nats_reconnects_total", "Reconnections to NATS.", nil, nil)
 	allFlowState = []string{"running", "retrying", "waiting", "stopped"}
 )
 
 var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dSrcRecon,
-	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dNATSUp, dNATSRecon}
+	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dSrcFull, dStreamFull, dStreamBytes, dStreamFirst, dBlocked, dNATSUp, dNATSRecon}
 
 type appCollector struct{ a *app.App }
 
@@ -166,6 +171,16 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(dSrcDL, float64(sc.DeadLetters), name)
 		gauge(dHeld, float64(len(sc.Held)), name)
 		counter(dSrcRecon, float64(sc.Reconnects), name)
+		counter(dSrcFull, float64(sc.StreamFull), name)
+	}
+	if rc := a.Retention(); !rc.LastPass.IsZero() {
+		gauge(dStreamFull, b2f(rc.Full))
+		gauge(dStreamBytes, float64(rc.Bytes))
+		gauge(dStreamFirst, float64(rc.FirstSeq))
+		for src := range a.SrcStat {
+			_, blocked := rc.Blocked[src]
+			gauge(dBlocked, b2f(blocked), src)
+		}
 	}
 	for _, l := range a.Lag(ctx) {
 		gauge(dFlowUp, b2f(l.State == "running"), l.Flow)
