@@ -67,6 +67,9 @@ type SourceCounts struct {
 	// StreamFull counts capture sessions that ended because JetStream
 	// refused a message for lack of room (stream or store full).
 	StreamFull int64
+	// Stopped is set when a session failed with a permanent error
+	// (LastError): the capture of this source stopped for good.
+	Stopped bool
 	// Held maps each held entity to the reason.
 	Held map[string]string
 }
@@ -81,7 +84,11 @@ func (c SourceCounts) Clone() SourceCounts {
 }
 
 // RunCapture runs a source into the stream until ctx ends, starting a new
-// session with backoff whenever one fails.
+// session with backoff whenever one fails. A session that fails with a
+// permanent error (KindOf; for example a slot that is not the one duplex
+// created) stops this source's capture for good: RunCapture logs the
+// error, records it in the stats (LastError, Stopped) and returns nil,
+// while the other sources and flows go on.
 func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg ProducerConfig) error {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 256
@@ -101,6 +108,11 @@ func RunCapture(ctx context.Context, js jetstream.JetStream, src Source, cfg Pro
 		p := newProducer(js, src, cfg, log)
 		err := p.run(ctx)
 		if ctx.Err() != nil {
+			return nil
+		}
+		if KindOf(err) == Permanent {
+			cfg.Stats.update(func(s *SourceCounts) { s.Stopped = true; s.LastError = err.Error() })
+			log.Error("capture stopped: the error is permanent, so it is not retried", slog.Any("error", err))
 			return nil
 		}
 		if time.Since(started) > time.Minute {

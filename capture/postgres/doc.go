@@ -3,7 +3,9 @@
 // plugin (protocol version 1).
 //
 // It owns the publication and the slot: it creates them when absent and adds
-// mapped tables missing from the publication. Stream runs one replication
+// mapped tables missing from the publication. It records the slot it
+// creates (duplex.slots) and refuses, with a permanent *SlotLostError, a
+// slot that was dropped, replaced, invalidated or is in another cluster. Stream runs one replication
 // session: it starts at the slot's confirmed position, decodes Relation,
 // Origin, Begin, Insert, Update, Delete, Truncate and Commit messages, keeps
 // a relation cache, turns text-format values into exact Go values by type
@@ -22,5 +24,7 @@
 // status updates, flush position), pgoutput.go (decoding pgoutput messages
 // into chunks), decode.go (values by type OID), snapshot.go (initial copy
 // in the slot's exported snapshot), backfill.go (DBLog watermark
-// backfills), slot.go (slot positions for status and lag).
+// backfills), slot.go (slot positions for status and lag), slotcheck.go
+// (the slot checked against duplex's record of it at every start; the
+// position recorded before it is reported flushed; ResetSlot for resync).
 package postgres

@@ -8,13 +8,17 @@ import (
 	"strings"
 	"time"
 
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Ensure creates the publication and slot if absent, and adds missing
-// tables to the publication.
+// tables to the publication. It records the slot it creates in
+// duplex.slots and checks an existing one against that record
+// (slotcheck.go): the error is a *SlotLostError when the slot was dropped,
+// replaced, invalidated or belongs to another cluster.
 func (s *Source) Ensure(ctx context.Context) error {
 	conn, err := pgx.Connect(ctx, s.cfg.DSN)
 	if err != nil {
@@ -56,16 +60,28 @@ func (s *Source) Ensure(ctx context.Context) error {
 		}
 		s.log.Info("added tables to publication", slog.String("publication", s.cfg.Publication), slog.Any("tables", missing))
 	}
-	var slotExists bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, s.cfg.Slot).Scan(&slotExists); err != nil {
-		return fmt.Errorf("capture %s: read slot %s: %w", s.cfg.System, s.cfg.Slot, err)
+	st, err := readSlotState(ctx, conn, s.cfg.Slot)
+	if err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
-	if slotExists && s.cfg.Snapshot == SnapshotInitial && s.snap == nil {
+	system, err := pgstate.SystemIdentifier(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+	}
+	rec, recorded, err := pgstate.ReadSlotRecord(ctx, conn, s.cfg.Slot)
+	if err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+	}
+	// An initial snapshot not yet complete copies every row again: the
+	// slot it starts from need not be the one recorded.
+	fresh := false
+	if s.cfg.Snapshot == SnapshotInitial && s.snap == nil {
 		done, err := pgstate.SnapshotDone(ctx, conn, s.cfg.Slot)
 		if err != nil {
 			return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 		}
-		if !done {
+		fresh = !done
+		if !done && st.exists {
 			// The initial snapshot was interrupted: its exported snapshot is
 			// gone with the session that made it, so it starts over from a
 			// new slot. What was already copied is applied again, harmlessly.
@@ -73,10 +89,16 @@ func (s *Source) Ensure(ctx context.Context) error {
 			if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, s.cfg.Slot); err != nil {
 				return fmt.Errorf("capture %s: drop slot %s of an interrupted snapshot: %w", s.cfg.System, s.cfg.Slot, err)
 			}
-			slotExists = false
+			st = slotState{}
 		}
 	}
-	if !slotExists {
+	if recorded && !fresh {
+		if lost := checkSlot(rec, system, st); lost != nil {
+			lost.System, lost.Flows = s.cfg.System, s.cfg.Flows
+			return lost
+		}
+	}
+	if !st.exists {
 		if s.cfg.Snapshot == SnapshotInitial {
 			// The snapshot's rows count as written just before the slot
 			// existed, by the server's clock, so that every change after
@@ -85,13 +107,49 @@ func (s *Source) Ensure(ctx context.Context) error {
 			if err := conn.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&before); err != nil {
 				return fmt.Errorf("capture %s: read server clock: %w", s.cfg.System, err)
 			}
-			return s.createWithSnapshot(ctx, before)
+			if err := s.createWithSnapshot(ctx, before); err != nil {
+				return err
+			}
+			return s.recordSlot(ctx, conn, s.snap.consistent)
 		}
-		if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.cfg.Slot); err != nil {
+		var lsn string
+		if err := conn.QueryRow(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, s.cfg.Slot).Scan(&lsn); err != nil {
 			return fmt.Errorf("capture %s: create slot %s: %w", s.cfg.System, s.cfg.Slot, err)
 		}
-		s.log.Info("created replication slot")
+		created, err := capture.ParseLSN(lsn)
+		if err != nil {
+			return fmt.Errorf("capture %s: create slot %s: %w", s.cfg.System, s.cfg.Slot, err)
+		}
+		if err := s.recordSlot(ctx, conn, created); err != nil {
+			return err
+		}
+		s.log.Info("created replication slot", slog.String("consistent_point", lsn))
+		return nil
 	}
+	if !recorded {
+		// A slot made by a duplex that did not record its slots, or one
+		// that stopped between creating and recording it: adopted as it is.
+		if err := s.recordSlot(ctx, conn, st.confirmed); err != nil {
+			return err
+		}
+		s.log.Info("recorded the existing replication slot", slog.String("confirmed", st.confirmed.String()))
+		return nil
+	}
+	s.mu.Lock()
+	s.recorded = max(s.recorded, rec.ConfirmedLSN)
+	s.mu.Unlock()
+	return nil
+}
+
+// recordSlot records that duplex created (or adopted) the slot, at
+// created, and starts the session's record of confirmed positions there.
+func (s *Source) recordSlot(ctx context.Context, q pgstate.Querier, created capture.LSN) error {
+	if err := pgstate.RecordSlot(ctx, q, s.cfg.Slot, created); err != nil {
+		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+	}
+	s.mu.Lock()
+	s.recorded, s.ownEnd, s.recordedAt = created, 0, time.Time{}
+	s.mu.Unlock()
 	return nil
 }
 

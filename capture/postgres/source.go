@@ -29,6 +29,9 @@ type Config struct {
 	// so that the applied changes never echo back (only values this
 	// database generated for them, such as a new key, go on).
 	DuplexOrigins []string
+	// Flows names the flows that read this source; they appear in the
+	// recovery hint of a SlotLostError.
+	Flows []string
 	// ChunkSize is the number of changes per chunk (default 500).
 	ChunkSize int
 	// Snapshot is SnapshotInitial (copy the existing rows of every table
@@ -78,6 +81,12 @@ type Source struct {
 	receivedLSN  capture.LSN
 	lastStatus   capture.LSN
 	lastActivity time.Time
+
+	// recorded is the confirmed position last recorded in duplex.slots,
+	// at recordedAt; ownEnd the WAL position of that write (slotcheck.go).
+	recorded   capture.LSN
+	ownEnd     capture.LSN
+	recordedAt time.Time
 
 	snap     *pendingSnapshot
 	progress SnapshotProgress

@@ -167,8 +167,12 @@ func (s *Source) flushLSN(inTx bool) capture.LSN {
 
 func (ss *session) sendStatus(ctx context.Context) error {
 	s := ss.src
-	pos := pglogrepl.LSN(s.flushLSN(ss.inTx))
-	err := pglogrepl.SendStandbyStatusUpdate(ctx, ss.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ClientTime: time.Now()})
+	safe, err := ss.recordConfirmed(ctx, s.flushLSN(ss.inTx))
+	if err != nil {
+		return err
+	}
+	pos := pglogrepl.LSN(safe)
+	err = pglogrepl.SendStandbyStatusUpdate(ctx, ss.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ClientTime: time.Now()})
 	if err != nil {
 		return fmt.Errorf("capture %s: send status: %w", s.cfg.System, err)
 	}

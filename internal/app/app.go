@@ -208,10 +208,23 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumn
 			}
 		}
-		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication,
+		var flows []string
+		for _, f := range cfg.Flows {
+			if f.From == name {
+				flows = append(flows, f.Name)
+			}
+		}
+		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication, Flows: flows,
 			Tables: m.SourceTables(name), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
 		if err == nil {
 			err = src.Ensure(ctx)
+		}
+		// A slot that is not the one duplex created stops only its own
+		// source: its capture fails with the same error when Run starts
+		// it, and shows it in status and /readyz, while the other flows run.
+		var lost *pgcapture.SlotLostError
+		if errors.As(err, &lost) {
+			err = nil
 		}
 		if err != nil {
 			a.Close()

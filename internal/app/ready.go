@@ -49,6 +49,11 @@ func (a *App) Ready(ctx context.Context) Readiness {
 		}()
 	}
 	wg.Wait()
+	for name, st := range a.SrcStat {
+		if c := st.Snapshot(); c.Stopped {
+			fail("capture "+name, "stopped: "+c.LastError)
+		}
+	}
 	for name, l := range a.Slots() {
 		switch {
 		case l.Error != "":

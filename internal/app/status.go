@@ -47,6 +47,8 @@ type SourceStatus struct {
 	Held             map[string]string `json:"held,omitempty"`
 	Snapshot         string            `json:"snapshot,omitempty"`
 	LastError        string            `json:"last_error,omitempty"`
+	// Stopped says the capture stopped on a permanent error (LastError).
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // FlowStatus is one direction.
@@ -86,7 +88,7 @@ func (a *App) Status(ctx context.Context) Status {
 		ss := SourceStatus{System: name, Slot: slots[name]}
 		if s := a.SrcStat[name]; s != nil {
 			c := s.Snapshot()
-			ss.Events, ss.Transactions, ss.InFlight, ss.Held, ss.LastError = c.Events, c.Transactions, c.InFlight, c.Held, c.LastError
+			ss.Events, ss.Transactions, ss.InFlight, ss.Held, ss.LastError, ss.Stopped = c.Events, c.Transactions, c.InFlight, c.Held, c.LastError, c.Stopped
 			ss.LastEvent = timePtr(c.LastEvent)
 			if !c.LastEvent.IsZero() {
 				ss.SecondsSinceLast = time.Since(c.LastEvent).Seconds()

@@ -85,7 +85,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("DUPLEX_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("DUPLEX_LOG_FORMAT", "text"), "log format: text or json")
-	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g), backfillCmd(g), statusCmd(g), replayCmd(g), dlqCmd(g), verifyCmd(g))
+	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g), backfillCmd(g), resyncCmd(g), statusCmd(g), replayCmd(g), dlqCmd(g), verifyCmd(g))
 	return root
 }
 

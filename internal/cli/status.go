@@ -128,6 +128,11 @@ func printStatus(w io.Writer, st *app.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", s.System, slot, s.Slot.Active, humanBytes(s.Slot.BehindBytes), humanBytes(s.Slot.RetainedBytes), held)
 	}
 	tw.Flush()
+	for _, s := range st.Sources {
+		if s.Stopped {
+			fmt.Fprintf(w, "\ncapture %s stopped: %s", s.System, s.LastError)
+		}
+	}
 	for _, f := range st.Flows {
 		if f.LastError != "" {
 			fmt.Fprintf(w, "\n%s: %s", f.Name, f.LastError)

@@ -10,7 +10,10 @@
 //   - duplex.snapshots: the initial snapshots completed, per slot;
 //   - duplex.backfills: backfill requests and their progress, per slot;
 //   - duplex.held: entities a source holds back because their table no
-//     longer fits the mapping.
+//     longer fits the mapping;
+//   - duplex.slots: the replication slots duplex created, with the
+//     cluster they live in and the highest position duplex may have
+//     reported flushed on each (source databases).
 //
 // Every session that uses these tables calls Ensure once after connecting.
 // Ensure checks that duplex can trust what is there (the schema and each

@@ -101,6 +101,24 @@ COMMENT ON TABLE duplex.snapshots IS 'duplex: initial snapshots completed, per r
 COMMENT ON TABLE duplex.backfills IS 'duplex: backfill requests and their progress (requested, running, done, failed), per replication slot';
 COMMENT ON TABLE duplex.held IS 'duplex: entities a source holds back because their table no longer fits the mapping';`,
 	},
+	{
+		// A slot dropped and created again, or one of another cluster,
+		// starts where it was created, silently skipping what came
+		// between: the capture compares the slot with this record at
+		// every start (capture/postgres, checkSlot).
+		description: "record the replication slots duplex created",
+		sql: `
+CREATE TABLE duplex.slots (
+	slot              text PRIMARY KEY,
+	system_identifier text NOT NULL,
+	database          text NOT NULL,
+	created_lsn       pg_lsn NOT NULL,
+	confirmed_lsn     pg_lsn NOT NULL,
+	created_at        timestamptz NOT NULL DEFAULT now(),
+	confirmed_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE duplex.slots IS 'duplex: replication slots duplex created (cluster, creation LSN) and the highest position it may have reported flushed on each';`,
+	},
 }
 
 // Latest is the schema version this binary migrates databases to.
