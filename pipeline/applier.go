@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"time"
@@ -25,6 +26,12 @@ type ApplierConfig struct {
 	// MaxWaitAttempts bounds retries of an event whose reference has not
 	// arrived (default 8), after which it is dead-lettered.
 	MaxWaitAttempts int
+	// MaxWait bounds how long an event may wait for something that is
+	// expected within moments and retried quickly (an ApplyError of kind
+	// Waiting with RetryAfter: a shared field waiting for the capture of
+	// the target to record a local write), after which it is
+	// dead-lettered with the reason (default 5m).
+	MaxWait time.Duration
 	// AckWait of the consumer (default 30s).
 	AckWait time.Duration
 	// LargeTxChunks is the number of chunks from which a source
@@ -64,6 +71,9 @@ type FlowCounts struct {
 	LastApplied  time.Time
 	LastError    string
 	StreamSeq    uint64
+	// WaitingSince is when the event the flow waits for (State
+	// "waiting") started to wait; LastError says what it waits for.
+	WaitingSince time.Time
 	// Errors counts failed apply attempts by kind (transient, waiting,
 	// permanent).
 	Errors map[string]int64
@@ -99,6 +109,9 @@ func NewApplier(js jetstream.JetStream, cfg ApplierConfig) (*Applier, error) {
 	}
 	if cfg.MaxWaitAttempts <= 0 {
 		cfg.MaxWaitAttempts = 8
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = 5 * time.Minute
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 30 * time.Second
@@ -241,7 +254,8 @@ func (a *Applier) applyAll(ctx context.Context, ready []*readyTx, held []jetstre
 func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstream.Msg) error {
 	bo := newBackoff()
 	waits := map[string]int{}
-	var waitStart, lastWarn time.Time
+	since := map[string]time.Time{} // first wait of each event that waits quickly
+	var waitStart, lastWarn, lastKeep time.Time
 	for {
 		if len(txs) == 0 {
 			return nil
@@ -294,6 +308,39 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 				id = txs[ae.Tx].Events[ae.Event].ID
 			}
 			waits[id]++
+			if ae != nil && ae.RetryAfter > 0 {
+				// Expected within moments: retried quickly, bounded by
+				// time (MaxWait) rather than by attempts.
+				if since[id].IsZero() {
+					since[id] = time.Now()
+				}
+				waited := time.Since(since[id])
+				if waited >= a.cfg.MaxWait && id != "?" {
+					gaveUp := fmt.Errorf("gave up after waiting %s (max_wait %s): %w", waited.Round(time.Millisecond), a.cfg.MaxWait, err)
+					if err := a.deadLetter(ctx, txs[ae.Tx], ae.Event, gaveUp, waits[id]); err != nil {
+						return err
+					}
+					txs = withoutEvent(txs, ae.Tx, ae.Event)
+					continue
+				}
+				a.cfg.Stats.update(func(s *FlowCounts) { s.State = "waiting"; s.WaitingSince = since[id]; s.LastError = err.Error() })
+				if waited > 10*time.Second && time.Since(lastWarn) > 10*time.Second {
+					lastWarn = time.Now()
+					a.log.Warn("apply keeps waiting", slog.String("event", id), slog.Duration("for", waited), slog.Duration("max_wait", a.cfg.MaxWait), slog.Any("error", err))
+				}
+				if time.Since(lastKeep) > a.cfg.AckWait/4 {
+					// Keep the held messages from being redelivered
+					// while they wait.
+					lastKeep = time.Now()
+					for _, m := range held {
+						_ = m.InProgress()
+					}
+				}
+				if !sleep(ctx, ae.RetryAfter) {
+					return ctx.Err()
+				}
+				continue
+			}
 			if waits[id] >= a.cfg.MaxWaitAttempts && id != "?" {
 				if err := a.deadLetter(ctx, txs[ae.Tx], ae.Event, err, waits[id]); err != nil {
 					return err
@@ -340,6 +387,7 @@ func (a *Applier) recordApplied(txs []*transform.Tx, res ApplyResult, took time.
 		s.LastApplied = now
 		s.State = "running"
 		s.LastError = ""
+		s.WaitingSince = time.Time{}
 	})
 	if a.cfg.OnApplied != nil {
 		a.cfg.OnApplied(txs, now)

@@ -19,8 +19,11 @@ const (
 	// Permanent failures (bad value, constraint violation) go to the dead
 	// letters.
 	Permanent
-	// Waiting failures (a referenced row has not arrived yet) are retried
-	// a bounded number of times, then dead-lettered.
+	// Waiting failures (a referenced row has not arrived yet; a shared
+	// field's local write not yet recorded by its capture) are retried a
+	// bounded number of times (MaxWaitAttempts), or, when the ApplyError
+	// sets RetryAfter, quickly for a bounded time (MaxWait), then
+	// dead-lettered.
 	Waiting
 )
 
@@ -41,9 +44,9 @@ type ApplyError struct {
 	Tx    int
 	Event int
 	Err   error
-	// RetryAfter, when set on a transient error, is a short, expected
-	// wait (another component is about to catch up): retry after it,
-	// quietly, instead of backing off.
+	// RetryAfter, when set, is a short, expected wait (another component
+	// is about to catch up): retry after it, quietly, instead of backing
+	// off. On a Waiting error the wait is bounded by time (MaxWait).
 	RetryAfter time.Duration
 }
 

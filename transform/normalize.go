@@ -502,3 +502,30 @@ func (f *Field) Equal(a, b any) bool {
 	}
 	return a == b
 }
+
+// ColumnCanonical converts the text of one column of a system's stored
+// row, as PostgreSQL outputs it (what pgoutput sends; nil for NULL), into
+// the canonical value of the entity's field: what the capture of that
+// system would publish for it. The sink uses it to compare the value a
+// shared field holds with the recorded version, which is kept by
+// canonical value.
+func (m *Mapping) ColumnCanonical(system string, e *Entity, field string, text *string) (any, error) {
+	f := e.Field(field)
+	t := e.Tables[system]
+	if f == nil || t == nil || t.Columns[field] == nil {
+		return nil, fmt.Errorf("entity %s: field %s has no %s column", e.Name, field, system)
+	}
+	c := t.Columns[field]
+	var v any
+	if text != nil {
+		v = *text
+	}
+	out, err := m.canonical(e, f, c, capture.Row{c.Column: v}, "")
+	if err != nil {
+		return nil, err
+	}
+	if out == skip {
+		return nil, fmt.Errorf("entity %s: field %s: no value", e.Name, field)
+	}
+	return out, nil
+}

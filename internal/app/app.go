@@ -296,7 +296,7 @@ func (a *App) Run(ctx context.Context) error {
 				a.opts.OnBatch(name, txs, n, took, t)
 			}
 		}
-		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts,
+		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, MaxWait: f.MaxWait,
 			LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})
 		if err != nil {
 			return errors.Join(err, stop())
@@ -427,7 +427,10 @@ type FlowLag struct {
 	LastApplied   time.Time
 	LastError     string
 	StreamSeq     uint64
-	Errors        map[string]int64
+	// WaitingSince is when the event the flow waits for (State
+	// "waiting") started to wait.
+	WaitingSince time.Time
+	Errors       map[string]int64
 }
 
 // Lag reports each flow's pending messages and seconds behind.
@@ -440,7 +443,7 @@ func (a *App) Lag(ctx context.Context) []FlowLag {
 		}
 		s := st.Snapshot()
 		l := FlowLag{Flow: f.Name, State: s.State, Applied: s.Applied, Skipped: s.Skipped, DeadLetters: s.DeadLetters, Conflicts: s.Conflicts,
-			LastPosition: s.LastPosition, LastApplied: s.LastApplied, LastError: s.LastError, StreamSeq: s.StreamSeq, Errors: s.Errors}
+			LastPosition: s.LastPosition, LastApplied: s.LastApplied, LastError: s.LastError, StreamSeq: s.StreamSeq, WaitingSince: s.WaitingSince, Errors: s.Errors}
 		if c, err := a.js.Consumer(ctx, pipeline.StreamName, f.Name); err == nil {
 			info := c.CachedInfo()
 			l.Pending = info.NumPending + uint64(info.NumAckPending)

@@ -65,6 +65,13 @@ func (a *App) Ready(ctx context.Context) Readiness {
 		}
 	}
 	for _, l := range a.Lag(ctx) {
+		if f := cfg.Flow(l.Flow); l.State == "waiting" && f != nil && !l.WaitingSince.IsZero() && time.Since(l.WaitingSince) > f.WaitAlertAfter {
+			// A wait is expected to last moments; a long one is a flow
+			// that does not move (LastError names entity, key, field).
+			fail("flow "+l.Flow, fmt.Sprintf("waiting for %s (wait_alert_after %s; dead-lettered after max_wait %s): %s",
+				time.Since(l.WaitingSince).Round(time.Second), f.WaitAlertAfter, f.MaxWait, l.LastError))
+			continue
+		}
 		if l.State == "running" || l.State == "waiting" {
 			r.Checks["flow "+l.Flow] = l.State
 			continue

@@ -221,6 +221,13 @@ type Flow struct {
 	// MaxWaitAttempts bounds retries of an event waiting for a referenced
 	// row before it is dead-lettered (default 8).
 	MaxWaitAttempts int `yaml:"max_wait_attempts"`
+	// MaxWait bounds how long an event waits for the capture of the
+	// target to record a local write of a shared field before it is
+	// dead-lettered with the reason (default 5m).
+	MaxWait time.Duration `yaml:"max_wait"`
+	// WaitAlertAfter: a flow waiting longer than this fails /readyz,
+	// naming entity, key and field (default 30s).
+	WaitAlertAfter time.Duration `yaml:"wait_alert_after"`
 	// LargeTxChunks: a source transaction of at least this many chunks is
 	// applied part by part as it arrives, inside one target transaction,
 	// so memory stays bounded however large it is (default 8).
@@ -509,6 +516,15 @@ func (c *Config) Validate() error {
 		}
 		if f.Origin == "" {
 			f.Origin = "duplex_" + strings.ReplaceAll(f.Name, "-", "_")
+		}
+		if f.MaxWait < 0 || f.WaitAlertAfter < 0 {
+			bad("flows.%s: max_wait and wait_alert_after must not be negative", f.Name)
+		}
+		if f.MaxWait == 0 {
+			f.MaxWait = 5 * time.Minute
+		}
+		if f.WaitAlertAfter == 0 {
+			f.WaitAlertAfter = 30 * time.Second
 		}
 	}
 	return errors.Join(errs...)

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestExpand(t *testing.T) {
@@ -39,6 +40,8 @@ func TestLoad(t *testing.T) {
 		{name: "unknown key", env: map[string]string{"CRM_DSN": "c", "ERP_DSN": "e"}, edit: func(s string) string { return s + "\nbogus: 1\n" }, wantErr: "bogus"},
 		{name: "flow to unknown system", env: map[string]string{"CRM_DSN": "c", "ERP_DSN": "e"},
 			edit: func(s string) string { return strings.Replace(s, "to: erp", "to: billing", 1) }, wantErr: `flows.to-erp: to "billing" is not a configured system`},
+		{name: "negative max_wait", env: map[string]string{"CRM_DSN": "c", "ERP_DSN": "e"},
+			edit: func(s string) string { return strings.Replace(s, "max_wait: 5m", "max_wait: -1s", 1) }, wantErr: "flows.to-crm: max_wait and wait_alert_after must not be negative"},
 	}
 	src, err := os.ReadFile("../../examples/order-to-cash/duplex.yaml")
 	if err != nil {
@@ -66,6 +69,12 @@ func TestLoad(t *testing.T) {
 			}
 			if c.Systems["crm"].DSN != "postgres://c" || c.NATS.URL != "" || c.Flows[0].Origin != "duplex_to_erp" {
 				t.Errorf("config = %+v", c)
+			}
+			// to-erp takes the defaults, to-crm names them.
+			for _, f := range c.Flows {
+				if f.MaxWait != 5*time.Minute || f.WaitAlertAfter != 30*time.Second {
+					t.Errorf("flow %s: max_wait %s, wait_alert_after %s, want 5m0s and 30s", f.Name, f.MaxWait, f.WaitAlertAfter)
+				}
 			}
 			if got := c.MappingPath(); got != filepath.Join(filepath.Dir(path), "mapping.yaml") {
 				t.Errorf("MappingPath = %s", got)

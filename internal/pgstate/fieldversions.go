@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/md5" //nolint:gosec // matches PostgreSQL's md5() of recorded values; not for security
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,7 +14,7 @@ import (
 
 // FieldVersion is who wrote a shared (owner both) field's value and when
 // (duplex.field_versions): Source's commit at CommitTime, while the field
-// holds the value whose text has md5 ValueHash (nil: NULL).
+// holds the value whose hash is ValueHash (nil: NULL; see HashCanonical).
 type FieldVersion struct {
 	Entity     string
 	Key        string
@@ -21,6 +22,63 @@ type FieldVersion struct {
 	Source     string
 	CommitTime time.Time
 	ValueHash  *string
+}
+
+// Recorded values are compared by their canonical value, hashed
+// (HashCanonical), on both sides of the comparison: the capture records
+// the canonical value of a local write (VersionRecorder), and the sink
+// canonicalizes the column's text before comparing (and before recording
+// what it wrote). Canonical rather than column text, because it is right
+// for every converter a shared field may use (text, currency, enum with or
+// without a value map): the capture only publishes, and so only records, a
+// write that changed the canonical value (an 'eur' rewritten as 'EUR' is
+// no write of the field), and the recorder sees the canonical value only;
+// a column-text hash would leave such a value forever different from the
+// one recorded. Two column texts that mean the same canonical value are
+// the same value for the rule.
+//
+// A hash is "canonical:" followed by the md5 of the canonical text. Rows
+// written before (no prefix: the md5 of the canonical value by the
+// capture, of the column text by the sink) are read as Legacy.
+const canonicalPrefix = "canonical:"
+
+// HashCanonical is the value_hash of a canonical value of a shared field:
+// nil for NULL.
+func HashCanonical(v any) *string {
+	if v == nil {
+		return nil
+	}
+	s, ok := v.(string)
+	if !ok {
+		s = fmt.Sprint(v)
+	}
+	h := canonicalPrefix + md5hex(s)
+	return &h
+}
+
+// Legacy says whether the version was recorded by a duplex that hashed
+// values without the canonical prefix (by canonical value in the capture,
+// by column text in the sink).
+func (v FieldVersion) Legacy() bool {
+	return v.ValueHash != nil && !strings.HasPrefix(*v.ValueHash, canonicalPrefix)
+}
+
+// Holds says whether the recorded version is the one of a value whose
+// canonical value is canonical (nil: NULL) and whose column text is text:
+// a version recorded by this duplex matches the canonical hash; a legacy
+// one either the md5 of the canonical value or of the column text.
+func (v FieldVersion) Holds(canonical any, text *string) bool {
+	if !v.Legacy() {
+		return samePtr(HashCanonical(canonical), v.ValueHash)
+	}
+	if s, ok := canonical.(string); ok && md5hex(s) == *v.ValueHash {
+		return true
+	}
+	return text != nil && md5hex(*text) == *v.ValueHash
+}
+
+func md5hex(s string) string {
+	return fmt.Sprintf("%x", md5.Sum([]byte(s))) //nolint:gosec // a change detector, not for security
 }
 
 // ReadFieldVersions returns the recorded versions of entity's fields for
@@ -56,37 +114,31 @@ func collectVersions(rows pgx.Rows) ([]FieldVersion, error) {
 	})
 }
 
-// Written is what a sink just wrote into one shared column of a target
-// table: per row the key's text, the system whose write the value is and
-// that write's commit time (parallel slices).
+// Written is what a sink just wrote into one shared field of a target
+// table: per row the key's text, the system whose write the value is,
+// that write's commit time and the hash (HashCanonical) of the value now
+// in the row (parallel slices).
 type Written struct {
 	Entity string
 	Field  string
-	// Table is the target table, quoted and qualified; KeyColumn and
-	// Column are unquoted; KeyType is the SQL type a key's text is cast
-	// to.
-	Table     string
-	KeyColumn string
-	Column    string
-	KeyType   string
-	Keys      []string
-	Sources   []string
-	At        []time.Time
+	Keys   []string
+	// Sources, At and Hashes are parallel to Keys.
+	Sources []string
+	At      []time.Time
+	Hashes  []*string
 }
 
 // RecordWritten records, in one statement on q (the sink's apply
-// transaction), the version of each written value with the md5 of the
-// value now in the row. A recorded version is replaced when the value
-// changed or the new version is not older.
+// transaction), the version of each written value. A recorded version is
+// replaced when the value changed or the new version is not older.
 func RecordWritten(ctx context.Context, q Querier, w Written) error {
-	sql := fmt.Sprintf(`
+	if _, err := q.Exec(ctx, `
 INSERT INTO duplex.field_versions (entity, key, field, source, commit_time, value_hash)
-SELECT $1, u.k, $2, u.s, u.at, md5(t.%s::text)
-FROM unnest($3::text[], $4::text[], $5::timestamptz[]) AS u(k, s, at) JOIN %s AS t ON t.%s = u.k::%s
+SELECT $1, u.k, $2, u.s, u.at, u.h
+FROM unnest($3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS u(k, s, at, h)
 ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash
 WHERE field_versions.value_hash IS DISTINCT FROM EXCLUDED.value_hash OR field_versions.commit_time <= EXCLUDED.commit_time`,
-		pgx.Identifier{w.Column}.Sanitize(), w.Table, pgx.Identifier{w.KeyColumn}.Sanitize(), w.KeyType)
-	if _, err := q.Exec(ctx, sql, w.Entity, w.Field, w.Keys, w.Sources, w.At); err != nil {
+		w.Entity, w.Field, w.Keys, w.Sources, w.At, w.Hashes); err != nil {
 		return fmt.Errorf("record versions of %s.%s: %w", w.Entity, w.Field, err)
 	}
 	return nil
@@ -137,8 +189,8 @@ func (r *VersionRecorder) connect(ctx context.Context) error {
 // Record stores the versions of the shared fields the events carry: the
 // newer of what is recorded and the event, per field.
 func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) error {
-	var ents, keys, fields, values []string
-	var nulls []bool
+	var ents, keys, fields []string
+	var hashes []*string
 	var ats []time.Time
 	for i := range events {
 		ev := &events[i]
@@ -152,8 +204,7 @@ func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) 
 				continue
 			}
 			ents, keys, fields, ats = append(ents, ev.Entity), append(keys, ev.Key), append(fields, f), append(ats, ev.Pos.CommitTime)
-			s, _ := v.(string)
-			values, nulls = append(values, s), append(nulls, v == nil)
+			hashes = append(hashes, HashCanonical(v))
 		}
 	}
 	if len(keys) == 0 {
@@ -164,11 +215,11 @@ func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) 
 	}
 	_, err := r.conn.Exec(ctx, `
 INSERT INTO duplex.field_versions AS v (entity, key, field, source, commit_time, value_hash)
-SELECT DISTINCT ON (u.e, u.k, u.f) u.e, u.k, u.f, $1, u.at, CASE WHEN u.n THEN NULL ELSE md5(u.val) END
-FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bool[]) AS u(e, k, f, at, val, n)
+SELECT DISTINCT ON (u.e, u.k, u.f) u.e, u.k, u.f, $1, u.at, u.h
+FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS u(e, k, f, at, h)
 ORDER BY u.e, u.k, u.f, u.at DESC
 ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash
-WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, ents, keys, fields, ats, values, nulls)
+WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, ents, keys, fields, ats, hashes)
 	if err != nil {
 		r.Close(ctx)
 		return fmt.Errorf("record versions %s: %w", r.system, err)
@@ -215,14 +266,7 @@ func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) 
 			if !ok || !recorded {
 				continue
 			}
-			var h *string
-			if s, isText := v.(string); isText {
-				sum := fmt.Sprintf("%x", md5.Sum([]byte(s)))
-				h = &sum
-			} else if v != nil {
-				continue
-			}
-			if !samePtr(h, x.ValueHash) {
+			if !x.Holds(v, nil) {
 				continue // changed since recorded: the copy's time stands
 			}
 			if ev.Versions == nil {

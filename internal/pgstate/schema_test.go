@@ -487,8 +487,10 @@ GRANT SELECT ON public.accounts TO duplex_erp`)
 	if err := pgstate.WriteApplied(ctx, tx, "to-erp", "crm", transform.Position{LSN: 0x16B3748, CommitTime: at, Xid: 7}); err != nil {
 		t.Fatal(err)
 	}
-	w := pgstate.Written{Entity: "customer", Field: "name", Table: `"public"."accounts"`, KeyColumn: "id", Column: "name", KeyType: "int",
-		Keys: []string{"1", "2"}, Sources: []string{"crm", "erp"}, At: []time.Time{at, at}}
+	// The hashes of the canonical values now in the rows (the sink reads
+	// them back and canonicalizes them).
+	w := pgstate.Written{Entity: "customer", Field: "name",
+		Keys: []string{"1", "2"}, Sources: []string{"crm", "erp"}, At: []time.Time{at, at}, Hashes: []*string{pgstate.HashCanonical("Acme"), nil}}
 	if err := pgstate.RecordWritten(ctx, tx, w); err != nil {
 		t.Fatal(err)
 	}
@@ -505,6 +507,9 @@ GRANT SELECT ON public.accounts TO duplex_erp`)
 	slices.SortFunc(fv, func(a, b pgstate.FieldVersion) int { return strings.Compare(a.Key, b.Key) })
 	if len(fv) != 2 || fv[0].Source != "crm" || fv[0].ValueHash == nil || fv[1].Source != "erp" || fv[1].ValueHash != nil {
 		t.Errorf("field versions = %+v", fv)
+	}
+	if len(fv) == 2 && (!fv[0].Holds("Acme", nil) || fv[0].Legacy() || !fv[1].Holds(nil, nil)) {
+		t.Errorf("field versions %+v do not hold the values written", fv)
 	}
 
 	if err := pgstate.RecordSnapshot(ctx, conn, "duplex_crm", 0x1000, 42); err != nil {

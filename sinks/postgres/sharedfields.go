@@ -48,7 +48,6 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 	if len(shared) == 0 {
 		return 0, nil
 	}
-	t := e.Tables[s.cfg.System]
 	// Every row the batch writes: a row whose shared value was written
 	// locally gets that local version recorded before duplex touches the
 	// row (and its xmin) for anything else.
@@ -61,57 +60,20 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	kt, err := s.castType(t, t.KeyColumn)
+	cols := sortedKeys(shared)
+	// FOR UPDATE: a local write committing between this read and the
+	// write below would otherwise be overwritten on a stale decision.
+	have, err := s.readShared(ctx, tx, e, cols, keys, true)
 	if err != nil {
 		return 0, err
 	}
-	cols := sortedKeys(shared)
-	sel := ""
-	for _, c := range cols {
-		id := pgx.Identifier{c}.Sanitize()
-		sel += fmt.Sprintf(", t.%s::text, md5(t.%s::text)", id, id)
-	}
-	// FOR UPDATE: a local write committing between this read and the
-	// write below would otherwise be overwritten on a stale decision.
-	q := fmt.Sprintf(`SELECT u.k, pg_xact_commit_timestamp(t.xmin)%s FROM unnest($1::text[]) AS u(k) JOIN %s AS t ON t.%s = u.k::%s FOR UPDATE OF t`,
-		sel, quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
-	type current struct {
-		local  *time.Time
-		values []*string
-		hashes []*string
-	}
-	have := map[string]*current{}
-	rows, err := tx.Query(ctx, q, keys)
-	if err != nil {
-		return 0, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
-	}
-	for rows.Next() {
-		var k string
-		c := &current{values: make([]*string, len(cols)), hashes: make([]*string, len(cols))}
-		dest := []any{&k, &c.local}
-		for i := range cols {
-			dest = append(dest, &c.values[i], &c.hashes[i])
-		}
-		if err := rows.Scan(dest...); err != nil {
-			rows.Close()
-			return 0, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
-		}
-		have[k] = c
-	}
-	if err := rows.Err(); err != nil {
-		return 0, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
-	}
-	type recorded struct {
-		v    version
-		hash *string
-	}
-	known := map[string]recorded{}
+	known := map[string]pgstate.FieldVersion{}
 	fvs, err := pgstate.ReadFieldVersions(ctx, tx, e.Name, keys)
 	if err != nil {
 		return 0, classify(fmt.Errorf("sink %s: %w", s.cfg.System, err), -1, -1)
 	}
 	for _, fv := range fvs {
-		known[fv.Key+"\x00"+fv.Field] = recorded{v: version{source: fv.Source, at: fv.CommitTime}, hash: fv.ValueHash}
+		known[fv.Key+"\x00"+fv.Field] = fv
 	}
 	conflicts := 0
 	for _, k := range keys {
@@ -131,21 +93,33 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 			field := shared[col]
 			var held version
 			r, recorded := known[k+"\x00"+field]
+			// The value held, as the capture of this database would
+			// publish it (see pgstate.HashCanonical for why canonical).
+			// A value that has none (not in the enum map, not a
+			// currency) was dead-lettered by the capture, never
+			// recorded: it is treated as never versioned.
+			canon, convErr := s.cfg.Mapping.ColumnCanonical(s.cfg.System, e, field, cur.texts[i])
 			switch {
-			case recorded && eqPtr(r.hash, cur.hashes[i]):
-				held = r.v
-			case recorded:
+			case recorded && convErr == nil && r.Holds(canon, cur.texts[i]):
+				held = version{source: r.Source, at: r.CommitTime}
+			case recorded && convErr == nil && !r.Legacy():
 				// Changed here since the last recorded version: the capture
 				// of this database records that write's version as it reads
 				// it from the WAL. Until then its age is unknown, and
-				// nothing may overwrite it.
-				return conflicts, &pipeline.ApplyError{Kind: pipeline.Transient, Tx: p.tx, Event: p.ev, RetryAfter: 20 * time.Millisecond,
+				// nothing may overwrite it. Waiting: bounded by the flow's
+				// max_wait, after which the event is dead-lettered.
+				return conflicts, &pipeline.ApplyError{Kind: pipeline.Waiting, Tx: p.tx, Event: p.ev, RetryAfter: 20 * time.Millisecond,
 					Err: fmt.Errorf("entity %s key %s field %s: waiting for the capture of %s to record a local write", e.Name, k, field, s.cfg.System)}
 			case cur.local != nil && !p.redo:
-				// Never versioned (the row predates duplex): as old as the
-				// row's last commit. A late change (p.redo) is not compared
-				// with it: the row's last commit may be duplex's own write
-				// of a newer change that did not carry this field.
+				// Never versioned (the row predates duplex), or versioned
+				// by an older duplex that hashed another text than this
+				// one compares (a legacy row that matches neither the
+				// canonical value nor the column's text: no capture will
+				// ever record a matching hash for it, so waiting would
+				// never end): as old as the row's last commit. A late
+				// change (p.redo) is not compared with it: the row's last
+				// commit may be duplex's own write of a newer change that
+				// did not carry this field.
 				held = version{source: s.cfg.System, at: *cur.local}
 				if p.ver == nil {
 					p.ver = map[string]version{}
@@ -188,44 +162,110 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 	return conflicts, nil
 }
 
+// current is what a target row holds in an entity's shared columns.
+type current struct {
+	// local is the commit time of the row's last write (nil when
+	// unknown).
+	local *time.Time
+	// values are the columns' ::text (compared with the incoming
+	// column text); texts their output text, as pgoutput sends it (the
+	// canonical value is made from it). nil: NULL.
+	values []*string
+	texts  []*string
+}
+
+// readShared reads the shared columns cols of the rows with keys, locking
+// them when forUpdate.
+func (s *Sink) readShared(ctx context.Context, tx pgx.Tx, e *transform.Entity, cols, keys []string, forUpdate bool) (map[string]*current, error) {
+	t := e.Tables[s.cfg.System]
+	kt, err := s.castType(t, t.KeyColumn)
+	if err != nil {
+		return nil, err
+	}
+	sel := ""
+	for _, c := range cols {
+		// concat() calls the type's output function, like pgoutput;
+		// ::text does not always (it drops a char(n)'s padding).
+		id := pgx.Identifier{c}.Sanitize()
+		sel += fmt.Sprintf(", t.%s::text, CASE WHEN t.%s IS NULL THEN NULL ELSE concat(t.%s) END", id, id, id)
+	}
+	lock := ""
+	if forUpdate {
+		lock = " FOR UPDATE OF t"
+	}
+	q := fmt.Sprintf(`SELECT u.k, pg_xact_commit_timestamp(t.xmin)%s FROM unnest($1::text[]) AS u(k) JOIN %s AS t ON t.%s = u.k::%s%s`,
+		sel, quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt, lock)
+	have := map[string]*current{}
+	rows, err := tx.Query(ctx, q, keys)
+	if err != nil {
+		return nil, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	for rows.Next() {
+		var k string
+		c := &current{values: make([]*string, len(cols)), texts: make([]*string, len(cols))}
+		dest := []any{&k, &c.local}
+		for i := range cols {
+			dest = append(dest, &c.values[i], &c.texts[i])
+		}
+		if err := rows.Scan(dest...); err != nil {
+			rows.Close()
+			return nil, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+		}
+		have[k] = c
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
+	}
+	return have, nil
+}
+
 // recordVersions stores the version of every shared field the batch wrote,
-// with the hash of the value now in the row.
+// with the hash of the canonical value now in the row (read back: a
+// trigger may have changed what was written).
 func (s *Sink) recordVersions(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *entityBatch) error {
 	shared := s.sharedColumns(e)
 	if len(shared) == 0 {
 		return nil
 	}
-	t := e.Tables[s.cfg.System]
-	kt, err := s.castType(t, t.KeyColumn)
+	var keys []string
+	for _, k := range b.keys {
+		if p := b.rows[k]; len(p.ver) > 0 && !p.deleted {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	cols := sortedKeys(shared)
+	have, err := s.readShared(ctx, tx, e, cols, keys, false)
 	if err != nil {
 		return err
 	}
-	for _, col := range sortedKeys(shared) {
-		var keys, sources []string
-		var ats []time.Time
-		for _, k := range b.keys {
-			p := b.rows[k]
-			if v, ok := p.ver[col]; ok && !p.deleted {
-				keys, sources, ats = append(keys, k), append(sources, v.source), append(ats, v.at)
+	for i, col := range cols {
+		w := pgstate.Written{Entity: e.Name, Field: shared[col]}
+		for _, k := range keys {
+			v, ok := b.rows[k].ver[col]
+			cur := have[k]
+			if !ok || cur == nil {
+				continue
 			}
+			canon, err := s.cfg.Mapping.ColumnCanonical(s.cfg.System, e, shared[col], cur.texts[i])
+			if err != nil {
+				// Not a value the capture could publish (a trigger made
+				// it so): left unversioned, as the capture leaves it.
+				continue
+			}
+			w.Keys, w.Sources, w.At = append(w.Keys, k), append(w.Sources, v.source), append(w.At, v.at)
+			w.Hashes = append(w.Hashes, pgstate.HashCanonical(canon))
 		}
-		if len(keys) == 0 {
+		if len(w.Keys) == 0 {
 			continue
 		}
-		w := pgstate.Written{Entity: e.Name, Field: shared[col], Table: quoteTable(t), KeyColumn: t.KeyColumn, Column: col, KeyType: kt,
-			Keys: keys, Sources: sources, At: ats}
 		if err := pgstate.RecordWritten(ctx, tx, w); err != nil {
 			return classify(fmt.Errorf("sink %s: %w", s.cfg.System, err), -1, -1)
 		}
 	}
 	return nil
-}
-
-func eqPtr(a, b *string) bool {
-	if a == nil || b == nil {
-		return a == nil && b == nil
-	}
-	return *a == *b
 }
 
 func deref(p *string) string {

@@ -91,7 +91,9 @@ func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (stri
 		cmpU = append(cmpU, s.comparable(t, c.Column, "("+val+")"))
 	}
 	if len(set) == 0 {
-		return "SELECT 1 WHERE false", nil
+		// Nothing but the key (a conflict dropped every value): a
+		// statement that writes nothing, taking the key's parameter.
+		return fmt.Sprintf("SELECT 1 FROM unnest(%s) WHERE false", strings.Join(unnest, ", ")), nil
 	}
 	return fmt.Sprintf("UPDATE %s AS t SET %s FROM unnest(%s) AS u(%s) WHERE %s AND (%s, NULL) IS DISTINCT FROM (%s, NULL)",
 		quoteTable(t), strings.Join(set, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "), keyExpr,
