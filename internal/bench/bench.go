@@ -45,8 +45,12 @@ type Options struct {
 	// VerifyRows, when set, measures only duplex verify on that many rows
 	// per side, one cent apart.
 	VerifyRows int
-	Out        io.Writer
-	Logger     *slog.Logger
+	// NATSSync is the embedded JetStream's sync policy for the duplex
+	// under test ("always", the default, or an interval such as "2m"),
+	// to measure what syncing every message costs.
+	NATSSync string
+	Out      io.Writer
+	Logger   *slog.Logger
 }
 
 // Result holds the figures of a run.
@@ -160,6 +164,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.VerifyRows > 0 {
 		return verifyOnly(ctx, env, o)
+	}
+	if o.NATSSync != "" {
+		env.Config.NATS.Embedded.Sync = o.NATSSync
 	}
 	lat := map[string]*demo.Latencies{"to-erp": {}, "to-crm": {}}
 	onApplied := func(flow string, txs []*transform.Tx, at time.Time) {

@@ -235,6 +235,7 @@ func benchCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&opts.SnapshotRows, "snapshot-rows", 0, "measure only the initial snapshot of this many existing CRM rows")
 	c.Flags().BoolVar(&opts.SnapshotKill, "snapshot-kill", false, "with --snapshot-rows: live writes throughout, duplex killed halfway, then both systems compared")
 	c.Flags().IntVar(&opts.VerifyRows, "verify-rows", 0, "measure only duplex verify (time, peak RSS) on this many rows per side with one cent changed")
+	c.Flags().StringVar(&opts.NATSSync, "nats-sync", "", "sync policy of the embedded JetStream under test: always (the default) or an interval such as 2m")
 	c.Flags().IntVar(&opts.LargeTxRows, "large-tx-rows", 0, "measure only one CRM transaction of this many rows through a separate duplex process (time, atomicity, peak RSS)")
 	return c
 }
