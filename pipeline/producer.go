@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -477,7 +476,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		e.msgID = tx.MsgID()
 	}
 	if e.msgID != "" {
-		data, err := json.Marshal(tx)
+		data, err := encodeTx(tx)
 		if err != nil {
 			return fmt.Errorf("encode %s: %w", e.msgID, err)
 		}
