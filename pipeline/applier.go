@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -179,7 +178,7 @@ func (a *Applier) session(ctx context.Context) error {
 		}
 		for _, m := range msgs {
 			var tx transform.Tx
-			if err := json.Unmarshal(m.Data(), &tx); err != nil {
+			if err := decodeTx(m.Data(), &tx); err != nil {
 				if err := a.deadLetterRaw(ctx, m, err); err != nil {
 					return err
 				}

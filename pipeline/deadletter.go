@@ -214,7 +214,7 @@ func NewerChanges(ctx context.Context, js jetstream.JetStream, dl *DeadLetter) (
 				last = md.Sequence.Stream
 			}
 			var tx transform.Tx
-			if json.Unmarshal(m.Data(), &tx) != nil {
+			if decodeTx(m.Data(), &tx) != nil {
 				continue
 			}
 			for _, ev := range tx.Events {

@@ -159,7 +159,7 @@ func (p *producer) fit(ctx context.Context, c *capture.Chunk, tx *transform.Tx, 
 		}
 	}
 	number(tx, 0, true)
-	data, err := json.Marshal(tx)
+	data, err := encodeTx(tx)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", tx.MsgID(), err)
 	}
@@ -218,7 +218,7 @@ func (p *producer) fit(ctx context.Context, c *capture.Chunk, tx *transform.Tx, 
 		t := *tx
 		t.Events = evs
 		number(&t, i, i == len(parts)-1)
-		data, err := json.Marshal(&t)
+		data, err := encodeTx(&t)
 		if err != nil {
 			return nil, fmt.Errorf("encode %s: %w", t.MsgID(), err)
 		}

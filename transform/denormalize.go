@@ -66,11 +66,11 @@ func (r *Row) Signature() string {
 func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 	e := m.Entity(ev.Entity)
 	if e == nil {
-		return nil, fmt.Errorf("event %s: unknown entity %s", ev.ID, ev.Entity)
+		return nil, &EventError{ID: ev.ID, Reason: "unknown entity " + ev.Entity}
 	}
 	t := e.Tables[system]
 	if t == nil {
-		return nil, fmt.Errorf("event %s: entity %s has no %s table", ev.ID, ev.Entity, system)
+		return nil, &EventError{ID: ev.ID, Reason: fmt.Sprintf("entity %s has no %s table", ev.Entity, system)}
 	}
 	r := &Row{Entity: e, Table: t, Op: ev.Op}
 	if ev.Op == OpTruncate {
@@ -86,7 +86,7 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 		return r, nil
 	}
 	if ev.Op != OpUpsert {
-		return nil, fmt.Errorf("event %s: unknown operation %q", ev.ID, ev.Op)
+		return nil, &EventError{ID: ev.ID, Reason: fmt.Sprintf("unknown operation %q", ev.Op)}
 	}
 	r.Values = make([]ColValue, 0, len(t.Columns))
 	currencyCols := map[string]string{} // currency column -> currency a money value needs there
@@ -173,9 +173,9 @@ func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue,
 		if c.Currency != "" && !strings.EqualFold(c.Currency, mv.Currency) {
 			return fail(fmt.Errorf("currency %s does not match the column's fixed currency %s", mv.Currency, c.Currency))
 		}
-		amount, err := decimal.NewFromString(mv.Amount)
+		amount, err := parseDecimal(mv.Amount)
 		if err != nil {
-			return fail(fmt.Errorf("amount %q is not a decimal number", mv.Amount))
+			return fail(fmt.Errorf("amount %q is %w", mv.Amount, err))
 		}
 		if conv == ConvMoneyMinor {
 			n, err := toMinorUnits(amount, mv.Currency, c.Rounding)
@@ -199,9 +199,9 @@ func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue,
 		if !ok {
 			return fail(fmt.Errorf("want a decimal string, have %T", v))
 		}
-		d, err := decimal.NewFromString(s)
+		d, err := parseDecimal(s)
 		if err != nil {
-			return fail(errors.New("not a decimal number"))
+			return fail(err)
 		}
 		if c.info != nil && isIntType(c.info) {
 			if !d.IsInteger() || !d.BigInt().IsInt64() {

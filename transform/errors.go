@@ -21,6 +21,19 @@ func (e *FieldError) Unwrap() error { return e.Err }
 // Permanent marks the error as one that retrying cannot fix.
 func (e *FieldError) Permanent() bool { return true }
 
+// EventError is an event that makes no row of a system at all: its
+// entity is not mapped, the entity has no table in the system, or its
+// operation is unknown. Retrying cannot fix it.
+type EventError struct {
+	ID     string // the event's id
+	Reason string
+}
+
+func (e *EventError) Error() string { return fmt.Sprintf("event %s: %s", e.ID, e.Reason) }
+
+// Permanent marks the error as one that retrying cannot fix.
+func (e *EventError) Permanent() bool { return true }
+
 // SchemaError says a source table no longer fits the mapping: a mapped
 // column is gone (dropped or renamed). It is not the data's fault: the
 // entity's changes are held until the mapping or the table is fixed.

@@ -1,6 +1,7 @@
 package transform
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -67,6 +68,32 @@ func formatExact(d decimal.Decimal, minScale int32) string {
 		s = 0
 	}
 	return d.StringFixed(s)
+}
+
+// The range of PostgreSQL's numeric: up to 131072 digits before the
+// decimal point and 16383 after.
+const (
+	numericMaxIntDigits  = 131072
+	numericMaxFracDigits = 16383
+)
+
+var (
+	errNotDecimal   = errors.New("not a decimal number")
+	errNumericRange = errors.New("beyond the range of a PostgreSQL numeric")
+)
+
+// parseDecimal reads a decimal string of an event. It refuses a value no
+// PostgreSQL numeric holds, so that an exponent such as 1e999999999 is an
+// error instead of an endless computation of its digits.
+func parseDecimal(s string) (decimal.Decimal, error) {
+	d, err := decimal.NewFromString(s)
+	if err != nil {
+		return decimal.Decimal{}, errNotDecimal
+	}
+	if exp := int64(d.Exponent()); exp < -numericMaxFracDigits || exp+int64(d.NumDigits()) > numericMaxIntDigits {
+		return decimal.Decimal{}, errNumericRange
+	}
+	return d, nil
 }
 
 // fitsScale reports whether d has no significant digit beyond scale

@@ -387,11 +387,7 @@ func asDecimal(v any) (decimal.Decimal, error) {
 	case int64:
 		return decimal.NewFromInt(x), nil
 	case string:
-		d, err := decimal.NewFromString(x)
-		if err != nil {
-			return decimal.Decimal{}, fmt.Errorf("not a decimal number")
-		}
-		return d, nil
+		return parseDecimal(x)
 	}
 	return decimal.Decimal{}, fmt.Errorf("want a number, have %T", v)
 }
@@ -484,14 +480,14 @@ func (f *Field) Equal(a, b any) bool {
 		if err1 != nil || err2 != nil || ma.Currency != mb.Currency {
 			return false
 		}
-		da, err1 := decimal.NewFromString(ma.Amount)
-		db, err2 := decimal.NewFromString(mb.Amount)
+		da, err1 := parseDecimal(ma.Amount)
+		db, err2 := parseDecimal(mb.Amount)
 		return err1 == nil && err2 == nil && da.Equal(db)
 	case TypeDecimal, TypeInteger:
 		sa, _ := a.(string)
 		sb, _ := b.(string)
-		da, err1 := decimal.NewFromString(sa)
-		db, err2 := decimal.NewFromString(sb)
+		da, err1 := parseDecimal(sa)
+		db, err2 := parseDecimal(sb)
 		return err1 == nil && err2 == nil && da.Equal(db)
 	case TypeTimestamp:
 		sa, _ := a.(string)
