@@ -80,13 +80,15 @@ var (
 	dFlowDL      = prometheus.NewDesc("duplex_flow_dead_letters_total", "Events dead-lettered by the flow.", []string{"flow"}, nil)
 	dFlowErrors  = prometheus.NewDesc("duplex_flow_errors_total", "Failed apply attempts, by kind (transient, waiting, permanent).", []string{"flow", "kind"}, nil)
 	dDLQ         = prometheus.NewDesc("duplex_dead_letters", "Dead letters now in DUPLEX_DLQ, by flow (capture-<source> for capture).", []string{"flow"}, nil)
+	dFlowActive  = prometheus.NewDesc("duplex_flow_active", "1 when this instance applies the flow (holds its lease), 0 when it stands by.", []string{"flow"}, nil)
+	dCaptActive  = prometheus.NewDesc("duplex_source_capture_active", "1 when this instance captures the source (holds its lease), 0 when it stands by.", []string{"source"}, nil)
 	dNATSUp      = prometheus.NewDesc("duplex_nats_connected", "1 when connected to NATS.", nil, nil)
 	dNATSRecon   = prometheus.NewDesc("duplex_nats_reconnects_total", "Reconnections to NATS.", nil, nil)
-	allFlowState = []string{"running", "retrying", "waiting", "stopped"}
+	allFlowState = []string{"running", "retrying", "waiting", "stopped", "standby"}
 )
 
 var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dSrcRecon,
-	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dNATSUp, dNATSRecon}
+	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dFlowActive, dCaptActive, dNATSUp, dNATSRecon}
 
 type appCollector struct{ a *app.App }
 
@@ -165,10 +167,12 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dInFlight, float64(sc.InFlight), name)
 		counter(dSrcDL, float64(sc.DeadLetters), name)
 		gauge(dHeld, float64(len(sc.Held)), name)
+		gauge(dCaptActive, b2f(a.CaptureLease(name).Here), name)
 		counter(dSrcRecon, float64(sc.Reconnects), name)
 	}
 	for _, l := range a.Lag(ctx) {
 		gauge(dFlowUp, b2f(l.State == "running"), l.Flow)
+		gauge(dFlowActive, b2f(a.FlowLease(l.Flow).Here), l.Flow)
 		for _, s := range allFlowState {
 			gauge(dFlowState, b2f(l.State == s), l.Flow, s)
 		}
