@@ -221,9 +221,14 @@ func TestStandby_KillActiveTwice(t *testing.T) {
 	waitRole(t, b, "standby", 60*time.Second)
 	f.waitSlot(t)
 	const total = 20_000
-	l := startLoad(t, f.env("CRM_DSN"), 3, total, 0)
+	// Paced (about 350 row changes a second) so that both kills and
+	// takeovers happen while it runs.
+	l := startLoad(t, f.env("CRM_DSN"), 3, total, 50)
 	for i, at := range []int64{total / 3, 2 * total / 3} {
 		l.waitRows(t, at, 3*time.Minute)
+		if n := l.rows.Load(); n >= total {
+			t.Errorf("kill %d: the workload already ended (%d row changes)", i+1, n)
+		}
 		a.kill(t)
 		killed := time.Now()
 		t.Logf("kill %d: active duplex SIGKILLed after %d committed row changes", i+1, l.rows.Load())
