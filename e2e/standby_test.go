@@ -143,7 +143,8 @@ func natsJS(t *testing.T, url string) jetstream.JetStream {
 // TestStandby_DoesNotFetchWhileActiveLives: a second duplex with the same
 // configuration stands by: it applies nothing and issues no pull request
 // (the flow's consumer never has more than the active one's waiting pull),
-// and status shows the active instance for each flow on both.
+// status shows the active instance for each flow on both, and an offline
+// replay refuses to run.
 func TestStandby_DoesNotFetchWhileActiveLives(t *testing.T) {
 	f, proc := newStandbyFixture(t, 4*time.Second)
 	active := f.startChild()
@@ -202,6 +203,17 @@ func TestStandby_DoesNotFetchWhileActiveLives(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("standby /readyz?role=active = %d, want 503", resp.StatusCode)
+	}
+	// A replay that reaches no instance (nothing answers on --listen)
+	// refuses to touch a consumer the active instance consumes, naming
+	// it; the offline status names it too.
+	code, out := f.duplexCLI("replay", "--flow", "to-erp", "--from-seq", "1", "--listen", "127.0.0.1:1")
+	if code == 0 || !strings.Contains(out, "refused") || !strings.Contains(out, ast.Instance) {
+		t.Errorf("offline replay while an instance runs the flow exited %d, want a refusal naming %s:\n%s", code, ast.Instance, out)
+	}
+	code, out = f.duplexCLI("status", "--listen", "127.0.0.1:1")
+	if code != 0 || !strings.Contains(out, ast.Instance) {
+		t.Errorf("offline status exited %d, want the active instance %s named:\n%s", code, ast.Instance, out)
 	}
 	standby.stop(t)
 	active.stop(t)
