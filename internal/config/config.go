@@ -56,7 +56,9 @@ type Embedded struct {
 	// acknowledged) or an interval such as "30s" (acknowledged once written
 	// to the operating system, flushed every interval: a crash of duplex
 	// alone loses nothing, a power loss or kernel crash up to one interval
-	// of acknowledged changes). Default: nats-server's interval, 2m.
+	// of acknowledged changes). Default: always, because duplex confirms a
+	// source's slot on JetStream's acknowledgement: with an interval, a
+	// power loss can lose changes the slot no longer holds.
 	Sync string `yaml:"sync"`
 	// MaxPayload is the largest message the server accepts, in bytes
 	// (default 8 MiB, at most 64 MiB).
@@ -91,8 +93,8 @@ type Subjects struct {
 // max_payload.
 const maxPayloadLimit = 64 << 20
 
-// SyncPolicy returns Sync as "always" or an interval; both zero mean the
-// server's default. Call it after Validate.
+// SyncPolicy returns Sync as "always" (the default, when Sync is empty) or
+// an interval. Call it after Validate.
 func (e *Embedded) SyncPolicy() (always bool, interval time.Duration) {
 	always, interval, _ = parseSync(e.Sync)
 	return always, interval
@@ -100,9 +102,7 @@ func (e *Embedded) SyncPolicy() (always bool, interval time.Duration) {
 
 func parseSync(s string) (bool, time.Duration, error) {
 	switch s {
-	case "":
-		return false, 0, nil
-	case "always":
+	case "", "always":
 		return true, 0, nil
 	}
 	d, err := time.ParseDuration(s)
