@@ -72,6 +72,25 @@ func (s *Source) Ensure(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
+	if recorded {
+		oid, err := pgstate.DatabaseOID(ctx, conn)
+		if err != nil {
+			return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+		}
+		if rec.DatabaseOID != oid {
+			// This database was created anew and restored from a dump: the
+			// record came with the dump and describes a slot of the
+			// database it was dumped from. Changes made there after the
+			// dump are not in this database either, so none can be
+			// missed here: start from a slot of its own.
+			s.log.Warn("duplex's record of the slot came with a restored dump of another database; recording this database's own slot",
+				slog.String("slot", s.cfg.Slot), slog.Uint64("recorded_database_oid", uint64(rec.DatabaseOID)), slog.Uint64("database_oid", uint64(oid)))
+			if _, err := pgstate.ForgetSlot(ctx, conn, s.cfg.Slot); err != nil {
+				return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+			}
+			recorded = false
+		}
+	}
 	// An initial snapshot not yet complete copies every row again: the
 	// slot it starts from need not be the one recorded.
 	fresh := false

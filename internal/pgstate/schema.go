@@ -112,6 +112,7 @@ CREATE TABLE duplex.slots (
 	slot              text PRIMARY KEY,
 	system_identifier text NOT NULL,
 	database          text NOT NULL,
+	database_oid      oid NOT NULL,
 	created_lsn       pg_lsn NOT NULL,
 	confirmed_lsn     pg_lsn NOT NULL,
 	created_at        timestamptz NOT NULL DEFAULT now(),

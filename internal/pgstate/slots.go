@@ -20,6 +20,11 @@ type SlotRecord struct {
 	// from a dump, or another one, has another.
 	SystemIdentifier string
 	Database         string
+	// DatabaseOID is the database's OID when the record was written: a
+	// database restored from a dump (created anew) has another, and the
+	// record it carries over describes a slot of the database it was
+	// dumped from, not one of its own.
+	DatabaseOID uint32
 	// CreatedLSN is the slot's consistent point when duplex created it.
 	CreatedLSN capture.LSN
 	// ConfirmedLSN is the highest position duplex may have reported to
@@ -35,9 +40,9 @@ type SlotRecord struct {
 // point) in the cluster and database q is connected to, replacing any
 // earlier record of a slot of that name.
 func RecordSlot(ctx context.Context, q Querier, slot string, created capture.LSN) error {
-	_, err := q.Exec(ctx, `INSERT INTO duplex.slots (slot, system_identifier, database, created_lsn, confirmed_lsn)
-		SELECT $1, system_identifier::text, current_database(), $2::text::pg_lsn, $2::text::pg_lsn FROM pg_control_system()
-		ON CONFLICT (slot) DO UPDATE SET system_identifier = EXCLUDED.system_identifier, database = EXCLUDED.database,
+	_, err := q.Exec(ctx, `INSERT INTO duplex.slots (slot, system_identifier, database, database_oid, created_lsn, confirmed_lsn)
+		SELECT $1, system_identifier::text, current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()), $2::text::pg_lsn, $2::text::pg_lsn FROM pg_control_system()
+		ON CONFLICT (slot) DO UPDATE SET system_identifier = EXCLUDED.system_identifier, database = EXCLUDED.database, database_oid = EXCLUDED.database_oid,
 			created_lsn = EXCLUDED.created_lsn, confirmed_lsn = EXCLUDED.confirmed_lsn, created_at = now(), confirmed_at = now()`,
 		slot, created.String())
 	if err != nil {
@@ -53,8 +58,8 @@ func RecordSlot(ctx context.Context, q Querier, slot string, created capture.LSN
 // record gets one, with lsn as its creation point.
 func RecordSlotConfirmed(ctx context.Context, q Querier, slot string, lsn capture.LSN) (capture.LSN, error) {
 	var end string
-	err := q.QueryRow(ctx, `INSERT INTO duplex.slots (slot, system_identifier, database, created_lsn, confirmed_lsn)
-		SELECT $1, system_identifier::text, current_database(), $2::text::pg_lsn, $2::text::pg_lsn FROM pg_control_system()
+	err := q.QueryRow(ctx, `INSERT INTO duplex.slots (slot, system_identifier, database, database_oid, created_lsn, confirmed_lsn)
+		SELECT $1, system_identifier::text, current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()), $2::text::pg_lsn, $2::text::pg_lsn FROM pg_control_system()
 		ON CONFLICT (slot) DO UPDATE SET confirmed_lsn = greatest(duplex.slots.confirmed_lsn, EXCLUDED.confirmed_lsn), confirmed_at = now()
 		RETURNING pg_current_wal_insert_lsn()::text`, slot, lsn.String()).Scan(&end)
 	if err != nil {
@@ -70,8 +75,8 @@ func RecordSlotConfirmed(ctx context.Context, q Querier, slot string, lsn captur
 // ReadSlotRecord reads the record of slot; ok is false when there is none.
 func ReadSlotRecord(ctx context.Context, q Querier, slot string) (rec SlotRecord, ok bool, err error) {
 	var created, confirmed string
-	err = q.QueryRow(ctx, `SELECT slot, system_identifier, database, created_lsn::text, confirmed_lsn::text, created_at, confirmed_at
-		FROM duplex.slots WHERE slot = $1`, slot).Scan(&rec.Slot, &rec.SystemIdentifier, &rec.Database, &created, &confirmed, &rec.CreatedAt, &rec.ConfirmedAt)
+	err = q.QueryRow(ctx, `SELECT slot, system_identifier, database, database_oid, created_lsn::text, confirmed_lsn::text, created_at, confirmed_at
+		FROM duplex.slots WHERE slot = $1`, slot).Scan(&rec.Slot, &rec.SystemIdentifier, &rec.Database, &rec.DatabaseOID, &created, &confirmed, &rec.CreatedAt, &rec.ConfirmedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return SlotRecord{}, false, nil
 	}
@@ -94,6 +99,15 @@ func ForgetSlot(ctx context.Context, q Querier, slot string) (bool, error) {
 		return false, fmt.Errorf("forget slot %s: %w", slot, err)
 	}
 	return tag.RowsAffected() > 0, nil
+}
+
+// DatabaseOID is the OID of the database q is connected to.
+func DatabaseOID(ctx context.Context, q Querier) (uint32, error) {
+	var oid uint32
+	if err := q.QueryRow(ctx, `SELECT oid FROM pg_database WHERE datname = current_database()`).Scan(&oid); err != nil {
+		return 0, fmt.Errorf("read database oid: %w", err)
+	}
+	return oid, nil
 }
 
 // SystemIdentifier is the system_identifier of the cluster q is connected
