@@ -213,7 +213,7 @@ func (a *Applier) session(ctx context.Context) error {
 				large.keepAlive(a.js, a.cfg.AckWait)
 				continue
 			}
-			if err := a.ack(large.lastMsg); err != nil {
+			if err := a.ack(ctx, large.lastMsg); err != nil {
 				return err
 			}
 			large = nil
@@ -235,7 +235,7 @@ func (a *Applier) applyReady(ctx context.Context, asm *assembler) error {
 		}
 	}
 	if ack != nil {
-		return a.ack(ack)
+		return a.ack(ctx, ack)
 	}
 	return nil
 }

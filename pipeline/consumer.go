@@ -88,7 +88,15 @@ func ResetFlow(ctx context.Context, js jetstream.JetStream, flow, source string,
 	return err
 }
 
-func (a *Applier) ack(m jetstream.Msg) error {
+// ack acknowledges m and, the policy being ack-all, everything before it.
+// A flow whose lease was lost acknowledges nothing more: another instance
+// may already have rewound the consumer, and an ack-all from here would
+// acknowledge what it has not applied. (What this one applied comes again
+// and is skipped by the sink.)
+func (a *Applier) ack(ctx context.Context, m jetstream.Msg) error {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLeaseLost) {
+		return fmt.Errorf("flow %s: ack: %w", a.cfg.Flow, cause)
+	}
 	if err := m.Ack(); err != nil {
 		return fmt.Errorf("flow %s: ack: %w", a.cfg.Flow, err)
 	}

@@ -50,7 +50,11 @@ type RetentionConfig struct {
 	MaxBytes int64
 	// Interval between passes (default 2s).
 	Interval time.Duration
-	Logger   *slog.Logger
+	// LargeGrace: objects of DUPLEX_LARGE are removed once stored this
+	// long before the first message their source keeps (default
+	// LargeObjectGrace; negative: no grace, for tests).
+	LargeGrace time.Duration
+	Logger     *slog.Logger
 }
 
 // RetentionCounts is what Retention last saw of DUPLEX.
@@ -89,7 +93,12 @@ type Retention struct {
 	mu    sync.Mutex // held by a pass and by Hold
 	full  atomic.Bool
 	stats Stats[RetentionCounts]
+	// passes counts passes (under mu), to sweep DUPLEX_LARGE every
+	// largeSweepEvery of them.
+	passes int
 }
+
+const largeSweepEvery = 30
 
 // NewRetention returns a Retention of DUPLEX; Run runs it.
 func NewRetention(js jetstream.JetStream, cfg RetentionConfig) *Retention {
@@ -98,6 +107,12 @@ func NewRetention(js jetstream.JetStream, cfg RetentionConfig) *Retention {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case cfg.LargeGrace == 0:
+		cfg.LargeGrace = LargeObjectGrace
+	case cfg.LargeGrace < 0:
+		cfg.LargeGrace = 0
 	}
 	return &Retention{js: js, cfg: cfg, log: cfg.Logger.With(slog.String("stream", StreamName))}
 }
@@ -200,6 +215,15 @@ func (r *Retention) Pass(ctx context.Context) error {
 			}
 		}
 	}
+	// Objects of large changes go with the messages that referred to them:
+	// checked after messages were removed, and about once a minute (the
+	// grace passes).
+	if purges > 0 || r.passes%largeSweepEvery == 0 {
+		if _, err := r.sweepLarge(ctx, s, info.State.FirstSeq); err != nil {
+			return err
+		}
+	}
+	r.passes++
 	full := ceiling > 0 && int64(info.State.Bytes) >= ceiling*fullPercent/100
 	if was := r.full.Swap(full); was != full {
 		if full {

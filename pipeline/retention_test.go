@@ -359,3 +359,56 @@ func waitConfirmed(t *testing.T, src *fakeSource, lsn capture.LSN) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestRetention_Pass_LargeObjectsGoWithTheirMessages: an object of
+// DUPLEX_LARGE stored before the first message its source keeps is
+// removed; one stored after it stays until that message is removed too.
+func TestRetention_Pass_LargeObjectsGoWithTheirMessages(t *testing.T) {
+	js := retentionSetup(t, 0)
+	ctx := context.Background()
+	if err := pipeline.EnsureLargeChanges(ctx, js, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	obs, err := js.ObjectStore(ctx, pipeline.LargeBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(name string) {
+		t.Helper()
+		if _, err := obs.PutBytes(ctx, name, []byte(strings.Repeat("y", 1000))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	has := func(name string) bool {
+		t.Helper()
+		_, err := obs.GetInfo(ctx, name)
+		if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	put("crm:0/10:c0:e0") // its message, seqs[0], is removed below
+	time.Sleep(20 * time.Millisecond)
+	seqs := publish(t, js, "crm", 3, 10)
+	time.Sleep(20 * time.Millisecond)
+	put("crm:0/30:c0:e0") // referred to by a kept message
+	c := flowConsumer(t, js, "to-erp", "crm")
+	r := pipeline.NewRetention(js, pipeline.RetentionConfig{Readers: map[string][]string{"crm": {"to-erp"}, "erp": {"to-crm"}},
+		MaxAge: time.Millisecond, LargeGrace: -1})
+	applyUpTo(t, c, seqs[0])
+	pass(t, r)
+	wantStored(t, js, "after applying the first message", seqs, 1)
+	if has("crm:0/10:c0:e0") {
+		t.Error("the object stored before the first kept message is still there")
+	}
+	if !has("crm:0/30:c0:e0") {
+		t.Error("an object a kept message may refer to was removed")
+	}
+	applyUpTo(t, c, seqs[2])
+	time.Sleep(20 * time.Millisecond)
+	pass(t, r)
+	wantStored(t, js, "after applying everything", seqs, 3)
+	if has("crm:0/30:c0:e0") {
+		t.Error("the object outlived every message of its source")
+	}
+}

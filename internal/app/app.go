@@ -57,12 +57,14 @@ type App struct {
 	// retention removes from DUPLEX what every flow applied (Run runs it).
 	retention *pipeline.Retention
 
-	// runMu guards runners, runCtx and run: Replay restarts a flow in
-	// Run's group while Run runs, never after Run stopped waiting.
+	// runMu guards runners and run: Replay asks a flow of Run's group
+	// while Run runs, never after Run stopped waiting.
 	runMu   sync.Mutex
 	runners map[string]*flowRunner
-	runCtx  context.Context
 	run     *group
+
+	// leases: which instance runs each flow and capture (lease.go).
+	leases *leases
 }
 
 // Retention returns what the retention of DUPLEX last saw.
@@ -198,6 +200,10 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		readers[f.From] = append(readers[f.From], f.Name)
 	}
 	a.retention = pipeline.NewRetention(js, pipeline.RetentionConfig{Readers: readers, MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Logger: a.log})
+	if a.leases, err = newLeases(ctx, js, cfg, a.log); err != nil {
+		a.Close()
+		return nil, err
+	}
 	// Publications and slots exist when Start returns, so every change
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
@@ -251,7 +257,7 @@ func (a *App) Run(ctx context.Context) error {
 	stop := func() error {
 		cancel()
 		a.runMu.Lock()
-		a.run, a.runCtx = nil, nil
+		a.run = nil
 		a.runMu.Unlock()
 		return g.Wait()
 	}
@@ -276,7 +282,12 @@ func (a *App) Run(ctx context.Context) error {
 				break
 			}
 		}
-		g.Go(func() error { return pipeline.RunCapture(ctx, a.js, src, pc) })
+		// Only the holder of the capture's lease streams the slot; the
+		// others stand by.
+		lease := a.leases.captures[name]
+		g.Go(func() error {
+			return lease.Run(ctx, func(ctx context.Context) error { return pipeline.RunCapture(ctx, a.js, src, pc) })
+		})
 	}
 	for _, f := range cfg.Flows {
 		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log})
@@ -301,14 +312,15 @@ func (a *App) Run(ctx context.Context) error {
 		if err != nil {
 			return errors.Join(err, stop())
 		}
-		r := &flowRunner{ap: ap, source: f.From}
+		r := &flowRunner{ap: ap, sink: sink, js: a.js, flow: f.Name, source: f.From, stats: a.Flows[f.Name],
+			lease: a.leases.flows[f.Name], retention: a.retention, replay: make(chan replayRequest)}
 		r.start(ctx, g)
 		a.runMu.Lock()
 		a.runners[f.Name] = r
 		a.runMu.Unlock()
 	}
 	a.runMu.Lock()
-	a.runCtx, a.run = ctx, g
+	a.run = g
 	a.runMu.Unlock()
 	<-ctx.Done()
 	return stop()
@@ -353,64 +365,11 @@ func (g *group) Wait() error {
 	return errors.Join(g.errs...)
 }
 
-// flowRunner runs one flow's applier and can stop and start it again.
-type flowRunner struct {
-	ap     *pipeline.Applier
-	source string
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-// start runs the applier in g until ctx ends or stop; false if g no longer
-// takes goroutines.
-func (r *flowRunner) start(ctx context.Context, g *group) bool {
-	fctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	r.cancel, r.done = cancel, done
-	ok := g.Go(func() error {
-		defer close(done)
-		return r.ap.Run(fctx)
-	})
-	if !ok {
-		cancel()
-		close(done)
-	}
-	return ok
-}
-
 // ReplayFrom is where a replay starts: a stream sequence, or the first
 // message stored at or after a time.
 type ReplayFrom struct {
 	Seq  uint64
 	Time time.Time
-}
-
-// Replay re-applies a running flow from a point of the retained stream:
-// the flow is stopped, its consumer re-pointed, and started again. Events
-// the target already holds (at or below its recorded applied position) are
-// skipped by the sink.
-func (a *App) Replay(ctx context.Context, flow string, from ReplayFrom) error {
-	a.runMu.Lock()
-	defer a.runMu.Unlock()
-	r := a.runners[flow]
-	if r == nil || a.run == nil {
-		return fmt.Errorf("replay: flow %s is not running here", flow)
-	}
-	r.cancel()
-	<-r.done
-	// No retention pass runs while the consumer moves back: one that read
-	// the old ack floor could otherwise purge what the replay is to read.
-	release := a.retention.Hold()
-	err := pipeline.ResetFlowFrom(ctx, a.js, flow, r.source, from.Seq, from.Time)
-	release()
-	if !r.start(a.runCtx, a.run) {
-		return fmt.Errorf("replay: flow %s: duplex is stopping", flow)
-	}
-	if err != nil {
-		return fmt.Errorf("replay %s: %w", flow, err)
-	}
-	a.log.Info("flow replaying", slog.String("flow", flow), slog.Uint64("from_seq", from.Seq), slog.Time("since", from.Time))
-	return nil
 }
 
 // FlowLag is how far a flow is behind.

@@ -12,15 +12,20 @@ import (
 // Readiness is whether duplex is connected to both databases and NATS and
 // its flows are running, with the reasons when not.
 type Readiness struct {
-	Ready   bool              `json:"ready"`
+	Ready bool `json:"ready"`
+	// Role is "active", "standby" or "partly active" (lease.go): a
+	// healthy standby is ready.
+	Role    string            `json:"role"`
 	Reasons []string          `json:"reasons,omitempty"`
 	Checks  map[string]string `json:"checks"`
 }
 
 // Ready checks NATS, every database (a query with a short timeout), every
-// slot and every flow.
+// slot and every flow. A flow this instance stands by for is healthy
+// ("standby"): an orchestrator must not restart a standby, which is what
+// takes over when the active instance dies.
 func (a *App) Ready(ctx context.Context) Readiness {
-	r := Readiness{Ready: true, Checks: map[string]string{}}
+	r := Readiness{Ready: true, Role: a.Role(), Checks: map[string]string{}}
 	fail := func(check, reason string) {
 		r.Ready = false
 		r.Checks[check] = reason
@@ -72,7 +77,7 @@ func (a *App) Ready(ctx context.Context) Readiness {
 				time.Since(l.WaitingSince).Round(time.Second), f.WaitAlertAfter, f.MaxWait, l.LastError))
 			continue
 		}
-		if l.State == "running" || l.State == "waiting" {
+		if l.State == "running" || l.State == "waiting" || l.State == "standby" {
 			r.Checks["flow "+l.Flow] = l.State
 			continue
 		}

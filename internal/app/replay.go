@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -19,9 +20,11 @@ type ReplayProgress struct {
 }
 
 // ReplayOffline re-applies a flow from a point of the retained stream when
-// no duplex runs: it re-points the flow's consumer and runs the flow alone
-// (no capture) until nothing is pending, reporting progress every half
-// second.
+// no duplex runs it: it takes the flow's lease (refusing, with the
+// holder's name, when an instance holds it), re-points the flow's consumer
+// and runs the flow alone (no capture) until nothing is pending, reporting
+// progress every half second. The lease is held, renewed, until the
+// replay ends; a standby instance takes the flow over afterwards.
 func ReplayOffline(ctx context.Context, cfg *config.Config, bus *Bus, flow string, from ReplayFrom, log *slog.Logger, progress func(ReplayProgress)) (pipeline.FlowCounts, error) {
 	f := cfg.Flow(flow)
 	if f == nil {
@@ -31,6 +34,28 @@ func ReplayOffline(ctx context.Context, cfg *config.Config, bus *Bus, flow strin
 	if err != nil {
 		return pipeline.FlowCounts{}, err
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	lease, err := holdFlowLease(ctx, bus.JetStream(), cfg, f.Name, log)
+	if err != nil {
+		return pipeline.FlowCounts{}, errLeaseHeld(flow, err)
+	}
+	var counts pipeline.FlowCounts
+	err = lease.Hold(ctx, func(ctx context.Context) error {
+		var err error
+		counts, err = replayHeld(ctx, cfg, bus, f, m, from, log, progress)
+		return err
+	})
+	if errors.Is(err, pipeline.ErrLeaseLost) {
+		return counts, fmt.Errorf("replay %s: stopped: %w", flow, err)
+	}
+	return counts, err
+}
+
+// replayHeld is ReplayOffline once the flow's lease is held.
+func replayHeld(ctx context.Context, cfg *config.Config, bus *Bus, f *config.Flow, m *transform.Mapping, from ReplayFrom, log *slog.Logger, progress func(ReplayProgress)) (pipeline.FlowCounts, error) {
+	flow := f.Name
 	js := bus.JetStream()
 	if err := pipeline.ResetFlowFrom(ctx, js, f.Name, f.From, from.Seq, from.Time); err != nil {
 		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)

@@ -19,8 +19,13 @@ import (
 // Status is what duplex shows of itself: from a running instance (Live),
 // or read from PostgreSQL and JetStream when none runs.
 type Status struct {
-	Live        bool                        `json:"live"`
-	At          time.Time                   `json:"at"`
+	Live bool      `json:"live"`
+	At   time.Time `json:"at"`
+	// Instance is the answering instance's id, Role whether it is
+	// "active", "standby" or "partly active" (it holds some leases);
+	// both empty when no instance answered.
+	Instance    string                      `json:"instance,omitempty"`
+	Role        string                      `json:"role,omitempty"`
 	NATS        NATSStatus                  `json:"nats"`
 	Sources     []SourceStatus              `json:"sources"`
 	Flows       []FlowStatus                `json:"flows"`
@@ -49,6 +54,9 @@ type SourceStatus struct {
 	LastError        string            `json:"last_error,omitempty"`
 	// Stopped says the capture stopped on a permanent error (LastError).
 	Stopped bool `json:"stopped,omitempty"`
+	// ActiveInstance is the instance that captures the source (the
+	// holder of its lease), "" when none does.
+	ActiveInstance string `json:"active_instance,omitempty"`
 }
 
 // FlowStatus is one direction.
@@ -69,6 +77,10 @@ type FlowStatus struct {
 	DeadLetters   uint64     `json:"dead_letters"`
 	StreamSeq     uint64     `json:"stream_seq"`
 	LastError     string     `json:"last_error,omitempty"`
+	// ActiveInstance is the instance that applies the flow (the holder
+	// of its lease), "" when none does; State is "standby" in an
+	// instance that does not.
+	ActiveInstance string `json:"active_instance,omitempty"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -82,10 +94,10 @@ func timePtr(t time.Time) *time.Time {
 // Status reports the running instance.
 func (a *App) Status(ctx context.Context) Status {
 	cfg := a.opts.Config
-	st := Status{Live: true, At: time.Now().UTC(), NATS: NATSStatus{URL: a.nc.ConnectedUrlRedacted(), Connected: a.nc.IsConnected(), Reconnects: a.nc.Stats().Reconnects}}
+	st := Status{Live: true, At: time.Now().UTC(), Instance: a.Instance(), Role: a.Role(), NATS: NATSStatus{URL: a.nc.ConnectedUrlRedacted(), Connected: a.nc.IsConnected(), Reconnects: a.nc.Stats().Reconnects}}
 	slots := a.Slots()
 	for _, name := range cfg.Sources() {
-		ss := SourceStatus{System: name, Slot: slots[name]}
+		ss := SourceStatus{System: name, Slot: slots[name], ActiveInstance: a.CaptureLease(name).Holder}
 		if s := a.SrcStat[name]; s != nil {
 			c := s.Snapshot()
 			ss.Events, ss.Transactions, ss.InFlight, ss.Held, ss.LastError, ss.Stopped = c.Events, c.Transactions, c.InFlight, c.Held, c.LastError, c.Stopped
@@ -109,7 +121,7 @@ func (a *App) Status(ctx context.Context) Status {
 		f := cfg.Flow(l.Flow)
 		fs := FlowStatus{Name: l.Flow, From: f.From, To: f.To, State: l.State, Pending: l.Pending, SecondsBehind: l.SecondsBehind,
 			Applied: l.Applied, Skipped: l.Skipped, Conflicts: l.Conflicts, DeadLetters: dl[l.Flow] + dl["capture-"+f.From],
-			WALBehind: slots[f.From].BehindBytes, LastError: l.LastError, StreamSeq: l.StreamSeq}
+			WALBehind: slots[f.From].BehindBytes, LastError: l.LastError, StreamSeq: l.StreamSeq, ActiveInstance: a.FlowLease(l.Flow).Holder}
 		if !l.LastPosition.CommitTime.IsZero() {
 			fs.LastLSN = l.LastPosition.LSN.String()
 			fs.LastCommit = timePtr(l.LastPosition.CommitTime)
@@ -144,7 +156,16 @@ func Inspect(ctx context.Context, cfg *config.Config, js jetstream.JetStream) St
 			l.Error = err.Error()
 		}
 		slots[name] = l
-		st.Sources = append(st.Sources, SourceStatus{System: name, Slot: l})
+		ss := SourceStatus{System: name, Slot: l}
+		if js != nil {
+			h, ok, err := pipeline.ReadLease(ctx, js, pipeline.CaptureLeaseKey(name))
+			if err != nil {
+				st.Errors = append(st.Errors, err.Error())
+			} else if ok {
+				ss.ActiveInstance = h.ID
+			}
+		}
+		st.Sources = append(st.Sources, ss)
 	}
 	var dl map[string]uint64
 	if js != nil {
@@ -174,6 +195,14 @@ func Inspect(ctx context.Context, cfg *config.Config, js jetstream.JetStream) St
 			fs.LastError = err.Error()
 		}
 		if js != nil {
+			if h, ok, err := pipeline.ReadLease(ctx, js, pipeline.FlowLeaseKey(f.Name)); err != nil {
+				st.Errors = append(st.Errors, err.Error())
+			} else if ok {
+				fs.ActiveInstance, fs.State = h.ID, "running elsewhere"
+				if h.Role == "replay" {
+					fs.State = "replaying elsewhere"
+				}
+			}
 			if c, err := js.Consumer(ctx, pipeline.StreamName, f.Name); err == nil {
 				info := c.CachedInfo()
 				fs.Pending = info.NumPending + uint64(info.NumAckPending)

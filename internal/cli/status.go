@@ -88,12 +88,13 @@ func humanBytes(n int64) string {
 
 func printStatus(w io.Writer, st *app.Status) {
 	if st.Live {
-		fmt.Fprintf(w, "duplex is running (status at %s); NATS %s, connected %v\n\n", st.At.Format(time.RFC3339), st.NATS.URL, st.NATS.Connected)
+		fmt.Fprintf(w, "duplex is running (status at %s); NATS %s, connected %v\n", st.At.Format(time.RFC3339), st.NATS.URL, st.NATS.Connected)
+		fmt.Fprintf(w, "this instance: %s, %s\n\n", st.Instance, st.Role)
 	} else {
 		fmt.Fprintf(w, "no running duplex answered; read from PostgreSQL and JetStream at %s\n\n", st.At.Format(time.RFC3339))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FLOW\tSTATE\tWAL BEHIND\tPENDING\tSECONDS BEHIND\tLAST APPLIED\tAPPLIED AT\tDEAD LETTERS")
+	fmt.Fprintln(tw, "FLOW\tSTATE\tWAL BEHIND\tPENDING\tSECONDS BEHIND\tLAST APPLIED\tAPPLIED AT\tDEAD LETTERS\tACTIVE INSTANCE")
 	for _, f := range st.Flows {
 		last := "-"
 		if f.LastLSN != "" {
@@ -106,12 +107,12 @@ func printStatus(w io.Writer, st *app.Status) {
 		if f.LastApplied != nil {
 			at = f.LastApplied.Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s (%s→%s)\t%s\t%s\t%d\t%.1f\t%s\t%s\t%d\n", f.Name, f.From, f.To, f.State, humanBytes(f.WALBehind), f.Pending, f.SecondsBehind, last, at, f.DeadLetters)
+		fmt.Fprintf(tw, "%s (%s→%s)\t%s\t%s\t%d\t%.1f\t%s\t%s\t%d\t%s\n", f.Name, f.From, f.To, f.State, humanBytes(f.WALBehind), f.Pending, f.SecondsBehind, last, at, f.DeadLetters, orDash(f.ActiveInstance))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tSLOT\tSTREAMING\tWAL BEHIND\tWAL RETAINED\tHELD")
+	fmt.Fprintln(tw, "SOURCE\tSLOT\tSTREAMING\tWAL BEHIND\tWAL RETAINED\tHELD\tACTIVE INSTANCE")
 	for _, s := range st.Sources {
 		held := "-"
 		if len(s.Held) > 0 {
@@ -125,7 +126,7 @@ func printStatus(w io.Writer, st *app.Status) {
 		if s.Slot.Error != "" {
 			slot += " (" + s.Slot.Error + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", s.System, slot, s.Slot.Active, humanBytes(s.Slot.BehindBytes), humanBytes(s.Slot.RetainedBytes), held)
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.System, slot, s.Slot.Active, humanBytes(s.Slot.BehindBytes), humanBytes(s.Slot.RetainedBytes), held, orDash(s.ActiveInstance))
 	}
 	tw.Flush()
 	for _, s := range st.Sources {
@@ -145,4 +146,11 @@ func printStatus(w io.Writer, st *app.Status) {
 		fmt.Fprintf(w, "\n%d recent dead letters (duplex dlq list)\n", len(st.DeadLetters))
 	}
 	fmt.Fprintln(w)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

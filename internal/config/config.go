@@ -20,6 +20,7 @@ type Config struct {
 	DataDir string                   `yaml:"data_dir"`
 	NATS    NATS                     `yaml:"nats"`
 	Stream  Stream                   `yaml:"stream"`
+	HA      HA                       `yaml:"ha"`
 	Systems map[string]*SystemConfig `yaml:"systems"`
 	Flows   []*Flow                  `yaml:"flows"`
 
@@ -50,7 +51,9 @@ type Embedded struct {
 	// acknowledged) or an interval such as "30s" (acknowledged once written
 	// to the operating system, flushed every interval: a crash of duplex
 	// alone loses nothing, a power loss or kernel crash up to one interval
-	// of acknowledged changes). Default: nats-server's interval, 2m.
+	// of acknowledged changes). Default: always, because duplex confirms a
+	// source's slot on JetStream's acknowledgement: with an interval, a
+	// power loss can lose changes the slot no longer holds.
 	Sync string `yaml:"sync"`
 	// MaxPayload is the largest message the server accepts, in bytes
 	// (default 8 MiB, at most 64 MiB).
@@ -85,8 +88,8 @@ type Subjects struct {
 // max_payload.
 const maxPayloadLimit = 64 << 20
 
-// SyncPolicy returns Sync as "always" or an interval; both zero mean the
-// server's default. Call it after Validate.
+// SyncPolicy returns Sync as "always" (the default, when Sync is empty) or
+// an interval. Call it after Validate.
 func (e *Embedded) SyncPolicy() (always bool, interval time.Duration) {
 	always, interval, _ = parseSync(e.Sync)
 	return always, interval
@@ -94,9 +97,7 @@ func (e *Embedded) SyncPolicy() (always bool, interval time.Duration) {
 
 func parseSync(s string) (bool, time.Duration, error) {
 	switch s {
-	case "":
-		return false, 0, nil
-	case "always":
+	case "", "always":
 		return true, 0, nil
 	}
 	d, err := time.ParseDuration(s)
@@ -141,6 +142,19 @@ func (e *Embedded) validate(used bool, user string, bad func(format string, args
 	if used && len(e.Users) > 0 && !known {
 		bad("nats.embedded.users: nats.user %q, the identity duplex connects as, is not among them", user)
 	}
+}
+
+// HA is how instances started with one configuration share the work:
+// each flow and each source's capture runs in one instance at a time, the
+// holder of its lease in the DUPLEX_LEASES key-value bucket; the others
+// wait as standbys.
+type HA struct {
+	// LeaseTTL is how long a lease outlives its holder's last renewal,
+	// hence how long a standby takes at most to take over from an
+	// instance that died (default 10s, at least 2s). Every instance of a
+	// configuration must use the same value: the bucket's TTL is set from
+	// it.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
 // Stream configures the streams DUPLEX and DUPLEX_DLQ.
@@ -279,6 +293,12 @@ func (c *Config) Validate() error {
 		bad("stream.max_change_bytes %d: want 1 to %d bytes (0 for the default, 64 MiB)", c.Stream.MaxChangeBytes, 1<<30)
 	}
 	c.Stream.validate(bad)
+	switch {
+	case c.HA.LeaseTTL == 0:
+		c.HA.LeaseTTL = 10 * time.Second
+	case c.HA.LeaseTTL < 2*time.Second:
+		bad("ha.lease_ttl: %s is below the minimum of 2s", c.HA.LeaseTTL)
+	}
 	for name, s := range c.Systems {
 		if s == nil || s.DSN == "" {
 			bad("systems.%s: dsn is empty (set it, or the environment variable it names)", name)

@@ -24,7 +24,7 @@ flows:
 		wantInterval time.Duration
 		check        func(e Embedded) bool
 	}{
-		{name: "defaults", nats: "embedded: {host: 127.0.0.1, port: 4222}"},
+		{name: "defaults", nats: "embedded: {host: 127.0.0.1, port: 4222}", wantAlways: true},
 		{name: "sync always", nats: "embedded: {sync: always}", wantAlways: true},
 		{name: "sync interval", nats: "embedded: {sync: 30s}", wantInterval: 30 * time.Second},
 		{name: "all keys", nats: `user: duplex
@@ -50,7 +50,7 @@ flows:
 		{name: "negative max memory", nats: "embedded: {max_memory: -5}", wantErr: "nats.embedded.max_memory -5"},
 		{name: "user without password", nats: "user: duplex\n  embedded: {users: [{user: duplex}]}", wantErr: "nats.embedded.users[0]: duplex has no password"},
 		{name: "duplex not a user", nats: "embedded: {users: [{user: ops, password: pw}]}", wantErr: `nats.embedded.users: nats.user "", the identity duplex connects as, is not among them`},
-		{name: "external server ignores users", nats: "url: nats://nats:4222\n  embedded: {users: [{user: ops, password: pw}]}"},
+		{name: "external server ignores users", nats: "url: nats://nats:4222\n  embedded: {users: [{user: ops, password: pw}]}", wantAlways: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -85,13 +85,15 @@ var (
 	dStreamBytes = prometheus.NewDesc("duplex_stream_bytes", "Bytes DUPLEX holds (unapplied changes, and applied ones kept for replay).", nil, nil)
 	dStreamFirst = prometheus.NewDesc("duplex_stream_first_sequence", "DUPLEX's first stored sequence: retention removed what is below.", nil, nil)
 	dBlocked     = prometheus.NewDesc("duplex_stream_retention_blocked", "1 when nothing of the source is removed from DUPLEX because a flow reading it has no consumer.", []string{"source"}, nil)
+	dFlowActive  = prometheus.NewDesc("duplex_flow_active", "1 when this instance applies the flow (holds its lease), 0 when it stands by.", []string{"flow"}, nil)
+	dCaptActive  = prometheus.NewDesc("duplex_source_capture_active", "1 when this instance captures the source (holds its lease), 0 when it stands by.", []string{"source"}, nil)
 	dNATSUp      = prometheus.NewDesc("duplex_nats_connected", "1 when connected to NATS.", nil, nil)
 	dNATSRecon   = prometheus.NewDesc("duplex_nats_reconnects_total", "Reconnections to NATS.", nil, nil)
-	allFlowState = []string{"running", "retrying", "waiting", "stopped"}
+	allFlowState = []string{"running", "retrying", "waiting", "stopped", "standby"}
 )
 
 var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dSrcRecon,
-	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dSrcFull, dStreamFull, dStreamBytes, dStreamFirst, dBlocked, dNATSUp, dNATSRecon}
+	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dSrcFull, dStreamFull, dStreamBytes, dStreamFirst, dBlocked, dFlowActive, dCaptActive, dNATSUp, dNATSRecon}
 
 type appCollector struct{ a *app.App }
 
@@ -170,6 +172,7 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dInFlight, float64(sc.InFlight), name)
 		counter(dSrcDL, float64(sc.DeadLetters), name)
 		gauge(dHeld, float64(len(sc.Held)), name)
+		gauge(dCaptActive, b2f(a.CaptureLease(name).Here), name)
 		counter(dSrcRecon, float64(sc.Reconnects), name)
 		counter(dSrcFull, float64(sc.StreamFull), name)
 	}
@@ -184,6 +187,7 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, l := range a.Lag(ctx) {
 		gauge(dFlowUp, b2f(l.State == "running"), l.Flow)
+		gauge(dFlowActive, b2f(a.FlowLease(l.Flow).Here), l.Flow)
 		for _, s := range allFlowState {
 			gauge(dFlowState, b2f(l.State == s), l.Flow, s)
 		}

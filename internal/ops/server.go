@@ -95,10 +95,14 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": "alive", "uptime_seconds": int64(time.Since(s.started).Seconds())})
 }
 
+// readyz answers 200 when this instance is healthy, active or standby (a
+// standby must not be restarted: it is what takes over); with
+// ?role=active, only when it is also active for some flow or capture
+// (for routing to the active instance).
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	rd := s.app.Ready(r.Context())
 	code := http.StatusOK
-	if !rd.Ready {
+	if !rd.Ready || (r.URL.Query().Get("role") == "active" && rd.Role == "standby") {
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, rd)
