@@ -12,4 +12,12 @@
 //
 // The package does not talk to databases: Check compares a mapping with a
 // Catalog that the caller read from the live database.
+//
+// Files: mapping.go (the YAML model and Validate), lookup.go (which
+// tables and fields a system publishes or carries), catalog.go (Check
+// against a catalog), event.go (Tx, Event, positions), normalize.go
+// (captured change to events), canonical.go (column value to canonical
+// value and back, comparison), denormalize.go (event to columns),
+// money.go (ISO 4217 scales, exact conversions), native.go (types carried
+// as PostgreSQL's text form), errors.go.
 package transform

@@ -419,25 +419,3 @@ func (t *TableMap) Schema() string { return t.schema }
 
 // Name is the table name without schema.
 func (t *TableMap) Name() string { return t.name }
-
-// PublishedTable finds table (as "schema.table" or a bare name) among the
-// tables system stores mapped entities in and returns it as "schema.table".
-// It is an error when no entity maps the table for system, or when system
-// publishes none of that entity's fields.
-func (m *Mapping) PublishedTable(system, table string) (string, error) {
-	var known []string
-	for _, e := range m.Entities {
-		t := e.Tables[system]
-		if t == nil {
-			continue
-		}
-		known = append(known, t.QualifiedTable())
-		if table == t.QualifiedTable() || table == t.Name() {
-			if !e.Publishes(system) {
-				return "", fmt.Errorf("table %s (entity %s) is not published by %s: it owns none of its fields", table, e.Name, system)
-			}
-			return t.QualifiedTable(), nil
-		}
-	}
-	return "", fmt.Errorf("table %q is not mapped for %s; mapped tables: %v", table, system, known)
-}
