@@ -26,14 +26,16 @@
 // sink; it knows nothing of PostgreSQL.
 //
 // Files, in the order a change travels: source.go (what a source must
-// offer), producer.go (normalize, publish, confirm), largechange.go
-// (messages cut by bytes within the server's max payload, events too large
-// for a message in the DUPLEX_LARGE object store), holds.go (entities
-// held back), streams.go (DUPLEX, DUPLEX_DLQ), retention.go (what may be
-// removed from DUPLEX), consumer.go (a flow's durable consumer, fetch,
-// ack, rewind), assembler.go (whole source
-// transactions from chunks), applier.go (the flow's session loop and
-// apply), largetx.go (transactions applied in parts), retry.go (backoff,
-// isolating a failing event), deadletter.go and dlqretry.go (dead letters
-// and their retry rules), sink.go (what a sink must offer), stats.go.
+// offer), producer.go (normalize, publish, confirm), message.go (the
+// message body), largechange.go (messages cut by bytes within the
+// server's max payload, events too large for a message in the
+// DUPLEX_LARGE object store), holds.go (entities held back), streams.go
+// (DUPLEX, DUPLEX_DLQ), retention.go and retention_large.go (what may be
+// removed from DUPLEX and DUPLEX_LARGE), lease.go (one active instance per
+// flow and capture), consumer.go (a flow's durable consumer, fetch, ack,
+// rewind), assembler.go (whole source transactions from chunks),
+// applier.go (the flow's session loop and apply), largetx.go (transactions
+// applied in parts), retry.go (backoff, isolating a failing event),
+// deadletter.go and dlqretry.go (dead letters and their retry rules),
+// sink.go (what a sink must offer), stats.go.
 package pipeline
