@@ -45,8 +45,13 @@ type Options struct {
 	// VerifyRows, when set, measures only duplex verify on that many rows
 	// per side, one cent apart.
 	VerifyRows int
-	Out        io.Writer
-	Logger     *slog.Logger
+	// Soak, when set, runs only the fault soak for that long (see Soak),
+	// with Seed (0: from the clock) and SoakRate (0: DefaultSoakRate).
+	Soak     time.Duration
+	Seed     uint64
+	SoakRate int
+	Out      io.Writer
+	Logger   *slog.Logger
 }
 
 // Result holds the figures of a run.
@@ -144,6 +149,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	out := o.Out
+	if o.Soak > 0 {
+		if _, err := Soak(ctx, SoakOptions{Duration: o.Soak, Seed: o.Seed, Rate: o.SoakRate, Out: out, Logger: o.Logger}); err != nil {
+			return nil, err
+		}
+		return &Result{}, nil
+	}
 	env, err := demo.NewEnv(ctx, o.Logger)
 	if err != nil {
 		return nil, err
