@@ -47,11 +47,12 @@ type Options struct {
 	VerifyRows int
 	// Soak, when set, runs only the fault soak for that long (see Soak),
 	// with Seed (0: from the clock) and SoakRate (0: DefaultSoakRate).
-	Soak     time.Duration
-	Seed     uint64
-	SoakRate int
-	Out      io.Writer
-	Logger   *slog.Logger
+	Soak       time.Duration
+	Seed       uint64
+	SoakRate   int
+	SoakFaults []string
+	Out        io.Writer
+	Logger     *slog.Logger
 }
 
 // Result holds the figures of a run.
@@ -150,7 +151,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	out := o.Out
 	if o.Soak > 0 {
-		if _, err := Soak(ctx, SoakOptions{Duration: o.Soak, Seed: o.Seed, Rate: o.SoakRate, Out: out, Logger: o.Logger}); err != nil {
+		if _, err := Soak(ctx, SoakOptions{Duration: o.Soak, Seed: o.Seed, Rate: o.SoakRate, Faults: o.SoakFaults, Out: out, Logger: o.Logger}); err != nil {
 			return nil, err
 		}
 		return &Result{}, nil

@@ -55,6 +55,9 @@ type SoakOptions struct {
 	// ERPStop is how long the ERP is stopped (default 30s), Lock how long
 	// a target table is locked (default 20s).
 	ERPStop, Lock time.Duration
+	// Faults, when set, limits the soak to these kinds (see
+	// SoakFaultKinds); default every kind.
+	Faults []string
 	// LeaseTTL is the duplex processes' ha.lease_ttl (default 5s).
 	LeaseTTL time.Duration
 	// Exe is the duplex binary to run (default this executable), with
@@ -240,6 +243,15 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakResult, error) {
 		}
 		o.Exe = exe
 	}
+	known := map[string]bool{}
+	for _, k := range SoakFaultKinds() {
+		known[k] = true
+	}
+	for _, k := range o.Faults {
+		if !known[k] {
+			return nil, fmt.Errorf("soak: no fault %q (kinds: %s)", k, strings.Join(SoakFaultKinds(), ", "))
+		}
+	}
 	if o.LogDir == "" {
 		dir, err := os.MkdirTemp("", "duplex-soak-")
 		if err != nil {
@@ -322,6 +334,22 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakResult, error) {
 	return res, s.finish(ctx, res)
 }
 
+// kinds are the kinds of fault the soak injects.
+func (s *soak) kinds() []fault {
+	if len(s.o.Faults) == 0 {
+		return soakFaults
+	}
+	var out []fault
+	for _, f := range soakFaults {
+		for _, k := range s.o.Faults {
+			if k == f.kind {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
+}
+
 type planned struct {
 	f  fault
 	at time.Duration
@@ -330,13 +358,14 @@ type planned struct {
 // plan is every kind of fault once, then more at random, one a minute,
 // at random moments of the run, in a seeded random order.
 func (s *soak) plan() []planned {
-	n := max(len(soakFaults), int(s.o.Duration/time.Minute))
+	kinds := s.kinds()
+	n := max(len(kinds), int(s.o.Duration/time.Minute))
 	fs := make([]fault, 0, n)
-	for _, i := range s.rng.Perm(len(soakFaults)) {
-		fs = append(fs, soakFaults[i])
+	for _, i := range s.rng.Perm(len(kinds)) {
+		fs = append(fs, kinds[i])
 	}
 	for len(fs) < n {
-		fs = append(fs, soakFaults[s.rng.IntN(len(soakFaults))])
+		fs = append(fs, kinds[s.rng.IntN(len(kinds))])
 	}
 	lo, hi := min(10*time.Second, s.o.Duration/10), s.o.Duration*9/10
 	ats := make([]time.Duration, n)
@@ -878,8 +907,20 @@ func (s *soak) dropColumn(ctx context.Context) (time.Time, string, error) {
 func (s *soak) replaceSlot(ctx context.Context) (time.Time, string, error) {
 	crm := s.env.CRM.DSN("crm")
 	slot := s.env.Config.Systems["crm"].Slot
-	s.stopBoth()
+	// The CRM workload pauses until the backfill is done: the soak's own
+	// changes are the only ones the slot loses. (With the workload going
+	// on, live changes referring to rows lost with the slot reach the flow
+	// before the backfill copies those rows, wait for them in front of the
+	// copy and are dead-lettered; and a shared field written while the
+	// slot was gone keeps to-crm waiting up to max_wait.)
 	s.crm.pause()
+	paused := true
+	defer func() {
+		if paused {
+			s.crm.resume()
+		}
+	}()
+	s.stopBoth()
 	var before, after int64
 	err := withConn(ctx, crm, func(conn *pgx.Conn) error {
 		if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
@@ -912,7 +953,6 @@ func (s *soak) replaceSlot(ctx context.Context) (time.Time, string, error) {
 		s.backfill += lost
 		return nil
 	})
-	s.crm.resume()
 	if err != nil {
 		return time.Time{}, "", fmt.Errorf("replace slot %s: %w", slot, err)
 	}
@@ -948,6 +988,8 @@ func (s *soak) replaceSlot(ctx context.Context) (time.Time, string, error) {
 	if err := s.waitQuery(ctx, crm, 10*time.Minute, `SELECT count(*) FILTER (WHERE status = 'failed') = 0 AND count(*) FILTER (WHERE status <> 'done') = 0 FROM duplex.backfills`); err != nil {
 		return ended, "", fmt.Errorf("backfills after resync: %w", err)
 	}
+	paused = false
+	s.crm.resume()
 	return ended, fmt.Sprintf("slot %s dropped, %d changes made, slot created again; duplex refused it after %s; resync, backfill done after %s",
 		slot, s.backfillSince(before, after), refused.Round(100*time.Millisecond), time.Since(ended).Round(100*time.Millisecond)), nil
 }
@@ -1049,6 +1091,9 @@ func (s *soak) finish(ctx context.Context, res *SoakResult) error {
 		if err == nil && both.Equal() {
 			break
 		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("soak: compare: %w", ctx.Err())
+		}
 		if time.Now().After(deadline) {
 			if err != nil {
 				return fmt.Errorf("soak: compare: %w", err)
@@ -1142,7 +1187,8 @@ func (s *soak) finish(ctx context.Context, res *SoakResult) error {
 	tw = tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "fault kind\tcount\tat\trecovery (max)")
 	kinds := 0
-	for _, k := range SoakFaultKinds() {
+	for _, kf := range s.kinds() {
+		k := kf.kind
 		var ats []string
 		var worst time.Duration
 		for _, f := range res.Faults {

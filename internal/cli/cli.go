@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -238,6 +239,7 @@ func benchCmd(g *globals) *cobra.Command {
 	c.Flags().DurationVar(&opts.Soak, "soak", 0, "run only the fault soak for this long: two duplex processes, a nats-server process, the two-way workload, every kind of fault at random moments, then verify (30m: at least 500,000 row changes)")
 	c.Flags().Uint64Var(&opts.Seed, "seed", 0, "with --soak: seed of the faults, their moments and the workload (default: from the clock; printed)")
 	c.Flags().IntVar(&opts.SoakRate, "soak-rate", bench.DefaultSoakRate, "with --soak: CRM row changes per second")
+	c.Flags().StringSliceVar(&opts.SoakFaults, "soak-faults", nil, "with --soak: only these kinds of fault (default all: "+strings.Join(bench.SoakFaultKinds(), ",")+")")
 	c.Flags().IntVar(&opts.LargeTxRows, "large-tx-rows", 0, "measure only one CRM transaction of this many rows through a separate duplex process (time, atomicity, peak RSS)")
 	return c
 }
