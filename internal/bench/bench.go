@@ -49,8 +49,14 @@ type Options struct {
 	// under test ("always", the default, or an interval such as "2m"),
 	// to measure what syncing every message costs.
 	NATSSync string
-	Out      io.Writer
-	Logger   *slog.Logger
+	// Soak, when set, runs only the fault soak for that long (see Soak),
+	// with Seed (0: from the clock) and SoakRate (0: DefaultSoakRate).
+	Soak       time.Duration
+	Seed       uint64
+	SoakRate   int
+	SoakFaults []string
+	Out        io.Writer
+	Logger     *slog.Logger
 }
 
 // Result holds the figures of a run.
@@ -148,6 +154,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	out := o.Out
+	if o.Soak > 0 {
+		if _, err := Soak(ctx, SoakOptions{Duration: o.Soak, Seed: o.Seed, Rate: o.SoakRate, Faults: o.SoakFaults, Out: out, Logger: o.Logger}); err != nil {
+			return nil, err
+		}
+		return &Result{}, nil
+	}
 	env, err := demo.NewEnv(ctx, o.Logger)
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -236,6 +237,10 @@ func benchCmd(g *globals) *cobra.Command {
 	c.Flags().BoolVar(&opts.SnapshotKill, "snapshot-kill", false, "with --snapshot-rows: live writes throughout, duplex killed halfway, then both systems compared")
 	c.Flags().IntVar(&opts.VerifyRows, "verify-rows", 0, "measure only duplex verify (time, peak RSS) on this many rows per side with one cent changed")
 	c.Flags().StringVar(&opts.NATSSync, "nats-sync", "", "sync policy of the embedded JetStream under test: always (the default) or an interval such as 2m")
+	c.Flags().DurationVar(&opts.Soak, "soak", 0, "run only the fault soak for this long: two duplex processes, a nats-server process, the two-way workload, every kind of fault at random moments, then verify (30m: at least 500,000 row changes)")
+	c.Flags().Uint64Var(&opts.Seed, "seed", 0, "with --soak: seed of the faults, their moments and the workload (default: from the clock; printed)")
+	c.Flags().IntVar(&opts.SoakRate, "soak-rate", bench.DefaultSoakRate, "with --soak: CRM row changes per second")
+	c.Flags().StringSliceVar(&opts.SoakFaults, "soak-faults", nil, "with --soak: only these kinds of fault (default all: "+strings.Join(bench.SoakFaultKinds(), ",")+")")
 	c.Flags().IntVar(&opts.LargeTxRows, "large-tx-rows", 0, "measure only one CRM transaction of this many rows through a separate duplex process (time, atomicity, peak RSS)")
 	return c
 }

@@ -231,3 +231,13 @@ func (p *NATSProcess) Close() {
 		_ = os.Remove(p.opts.LogPath)
 	}
 }
+
+// Pid is the server's process id, or 0 when it is not running.
+func (p *NATSProcess) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
