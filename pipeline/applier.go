@@ -97,6 +97,9 @@ type Applier struct {
 	excluded map[string]bool
 	waits    map[string]int
 	large    largeStore
+	// nextDelivery is the consumer sequence the next delivery must carry
+	// (0: not known), set when a session finds its consumer.
+	nextDelivery uint64
 }
 
 // NewApplier returns an Applier.

@@ -39,6 +39,7 @@ func (a *Applier) ensureConsumer(ctx context.Context) (jetstream.Consumer, error
 		if err != nil {
 			return nil, fmt.Errorf("flow %s: create consumer: %w", a.cfg.Flow, err)
 		}
+		a.nextDelivery = 1
 		return cons, nil
 	}
 	if err != nil {
@@ -46,9 +47,14 @@ func (a *Applier) ensureConsumer(ctx context.Context) (jetstream.Consumer, error
 	}
 	info := cons.CachedInfo()
 	if info.NumAckPending == 0 && info.Delivered.Stream == info.AckFloor.Stream {
+		a.nextDelivery = info.Delivered.Consumer + 1
 		return cons, nil
 	}
-	return resetConsumer(ctx, a.js, a.cfg, info.AckFloor.Stream+1)
+	if cons, err = resetConsumer(ctx, a.js, a.cfg, info.AckFloor.Stream+1); err != nil {
+		return nil, err
+	}
+	a.nextDelivery = 1
+	return cons, nil
 }
 
 func resetConsumer(ctx context.Context, js jetstream.JetStream, cfg ApplierConfig, seq uint64) (jetstream.Consumer, error) {
@@ -106,8 +112,19 @@ func (a *Applier) ack(ctx context.Context, m jetstream.Msg) error {
 	return nil
 }
 
+// errDeliveryGap: a delivery of the consumer never reached this process.
+var errDeliveryGap = errors.New("delivery gap")
+
 // fetch returns what is available now, or waits up to a second for the
 // first message.
+//
+// Deliveries are checked to be contiguous (the consumer sequence of each
+// message is the one after the last): a message the consumer delivered
+// but that never arrived (lost on a route while a cluster node died, or
+// dropped by a slow subscription) would otherwise be acknowledged
+// unapplied by the ack-all of a later one. On a gap fetch returns an error
+// wrapping errDeliveryGap and nothing of the batch; the session ends and
+// the next one rewinds the consumer to its ack floor.
 func (a *Applier) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstream.Msg, error) {
 	collect := func(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
 		if err != nil {
@@ -117,8 +134,13 @@ func (a *Applier) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstre
 		for m := range b.Messages() {
 			out = append(out, m)
 		}
-		if err := b.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-			return out, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
+		if err := b.Error(); err != nil && !fetchEnded(err) {
+			return nil, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
+		}
+		for _, m := range out {
+			if err := a.delivered(m); err != nil {
+				return nil, err
+			}
 		}
 		return out, nil
 	}
@@ -133,7 +155,39 @@ func (a *Applier) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstre
 		return msgs, err
 	}
 	more, err := collect(cons.Fetch(a.cfg.Batch-1, jetstream.FetchMaxBytes(fetchMaxBytes), jetstream.FetchMaxWait(5*time.Millisecond)))
-	return append(msgs, more...), err
+	if err != nil {
+		return nil, err
+	}
+	return append(msgs, more...), nil
+}
+
+// fetchEnded tells the statuses that end a pull request normally: nothing
+// (more) to deliver, the wait over, or the whole batch sent while bytes
+// were left ("409 Batch Completed", which a cluster's route can deliver
+// after the batch's last message). A consumer leader that changed also
+// ends the request; the next one goes to the new leader.
+func fetchEnded(err error) bool {
+	return errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, jetstream.ErrBatchCompleted) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged)
+}
+
+// delivered checks that m is the consumer's next delivery. A delivery
+// sequence lower than expected is a redelivery (a new consumer leader
+// that had not heard of the last deliveries) and is taken.
+func (a *Applier) delivered(m jetstream.Msg) error {
+	md, err := m.Metadata()
+	if err != nil {
+		return fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
+	}
+	got := md.Sequence.Consumer
+	if a.nextDelivery != 0 && got > a.nextDelivery {
+		want := a.nextDelivery
+		a.nextDelivery = 0
+		return fmt.Errorf("flow %s: fetch: deliveries %d to %d of the consumer never arrived (stream sequence %d came): %w",
+			a.cfg.Flow, want, got-1, md.Sequence.Stream, errDeliveryGap)
+	}
+	a.nextDelivery = got + 1
+	return nil
 }
 
 func seqOf(m jetstream.Msg) uint64 {
