@@ -164,6 +164,11 @@ func (a *Applier) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	pull, err := a.openPuller(cons)
+	if err != nil {
+		return err
+	}
+	defer pull.close()
 	asm := &assembler{}
 	parts, _ := a.cfg.Sink.(PartSink)
 	var large *largeTx
@@ -173,7 +178,7 @@ func (a *Applier) session(ctx context.Context) error {
 		}
 	}()
 	for ctx.Err() == nil {
-		msgs, err := a.fetch(ctx, cons)
+		msgs, err := a.fetch(ctx, pull)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -115,60 +116,149 @@ func (a *Applier) ack(ctx context.Context, m jetstream.Msg) error {
 // errDeliveryGap: a delivery of the consumer never reached this process.
 var errDeliveryGap = errors.New("delivery gap")
 
-// fetch returns what is available now, or waits up to a second for the
-// first message.
+// pullExpiry is how long one pull request of a flow's subscription waits
+// on the server; pullIdle is how long a subscription may bring nothing
+// before it is replaced. A pull request parked on a consumer leader that
+// died (SIGKILL: no "409 Leadership Change" comes) is never answered, and
+// the client would wait for it forever; a new subscription sends a new
+// request, which reaches the new leader.
+const (
+	pullExpiry = 5 * time.Second
+	pullIdle   = 2 * pullExpiry
+)
+
+// puller is a flow session's one long-lived pull subscription. A pull
+// request per fetch (jetstream's Fetch) subscribes a new inbox each time
+// and sends the request at once: in a cluster the consumer leader can
+// deliver before interest in that inbox reached it over the routes, and
+// the whole response is dropped while the consumer counts it delivered.
+// One subscription for the session has its interest known everywhere
+// long before its later requests are answered.
+type puller struct {
+	flow  string
+	cons  jetstream.Consumer
+	batch int
+	it    jetstream.MessagesContext
+	idle  time.Duration // waited in vain since the last message (or the subscription's start)
+	next  jetstream.Msg // taken from the subscription but left for the next fetch
+}
+
+func (a *Applier) openPuller(cons jetstream.Consumer) (*puller, error) {
+	p := &puller{flow: a.cfg.Flow, cons: cons, batch: a.cfg.Batch}
+	if err := p.open(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *puller) open() error {
+	// At most batch messages outstanding (buffered or asked for), each
+	// request at most fetchMaxBytes: a backlog of large messages must not
+	// flood the connection. No message is larger (see fetchMaxBytes).
+	it, err := p.cons.Messages(
+		jetstream.PullMaxMessagesWithBytesLimit(p.batch, fetchMaxBytes),
+		jetstream.PullExpiry(pullExpiry),
+	)
+	if err != nil {
+		return fmt.Errorf("flow %s: subscribe: %w", p.flow, err)
+	}
+	p.it, p.idle, p.next = it, 0, nil
+	return nil
+}
+
+// close ends the subscription and waits (briefly) until the library's
+// goroutines let it go. What it had buffered is dropped unacknowledged;
+// the next session rewinds to the ack floor.
+func (p *puller) close() {
+	if p.it == nil {
+		return
+	}
+	p.it.Drain()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			break
+		}
+		if _, err := p.it.Next(jetstream.NextMaxWait(wait)); errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+	}
+	p.it.Stop()
+	p.it, p.next = nil, nil
+}
+
+// fetch returns what the flow's subscription has now, at most Batch
+// messages or 8 MiB, or waits up to a second for the first message.
 //
 // Deliveries are checked to be contiguous (the consumer sequence of each
 // message is the one after the last): a message the consumer delivered
 // but that never arrived (lost on a route while a cluster node died, or
-// dropped by a slow subscription) would otherwise be acknowledged
+// dropped with the subscription replaced) would otherwise be acknowledged
 // unapplied by the ack-all of a later one. On a gap fetch returns an error
 // wrapping errDeliveryGap and nothing of the batch; the session ends and
-// the next one rewinds the consumer to its ack floor.
-func (a *Applier) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	collect := func(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
+// the next one rewinds the consumer to its ack floor. An iterator that
+// ends (consumer deleted, heartbeats missed, connection closed) ends the
+// session the same way.
+func (a *Applier) fetch(ctx context.Context, p *puller) ([]jetstream.Msg, error) {
+	if p.next == nil && p.idle >= pullIdle {
+		p.close()
+		if err := p.open(); err != nil {
+			return nil, err
+		}
+	}
+	first := p.next
+	p.next = nil
+	if first == nil {
+		start := time.Now()
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		m, err := p.it.Next(jetstream.NextContext(wctx))
+		cancel()
+		p.idle += time.Since(start)
+		switch {
+		case err == nil:
+			first = m
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, context.Cause(ctx))
+		case errors.Is(err, context.DeadlineExceeded):
+			return nil, nil
+		default:
+			return nil, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
+		}
+	}
+	p.idle = 0
+	if err := a.delivered(first); err != nil {
+		return nil, err
+	}
+	out, size := []jetstream.Msg{first}, msgBytes(first)
+	for len(out) < a.cfg.Batch {
+		m, err := p.it.Next(jetstream.NextMaxWait(5 * time.Millisecond))
+		if errors.Is(err, nats.ErrTimeout) {
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
 		}
-		var out []jetstream.Msg
-		for m := range b.Messages() {
-			out = append(out, m)
+		if err := a.delivered(m); err != nil {
+			return nil, err
 		}
-		if err := b.Error(); err != nil && !fetchEnded(err) {
-			return nil, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
+		if size+msgBytes(m) > fetchMaxBytes {
+			p.next = m
+			break
 		}
-		for _, m := range out {
-			if err := a.delivered(m); err != nil {
-				return nil, err
-			}
-		}
-		return out, nil
+		out, size = append(out, m), size+msgBytes(m)
 	}
-	// What is there now, at most Batch messages or 8 MiB: a backlog of
-	// large messages must not flood the connection.
-	msgs, err := collect(cons.Fetch(a.cfg.Batch, jetstream.FetchMaxBytes(fetchMaxBytes), jetstream.FetchMaxWait(5*time.Millisecond)))
-	if err != nil || len(msgs) > 0 {
-		return msgs, err
-	}
-	msgs, err = collect(cons.Fetch(1, jetstream.FetchMaxWait(time.Second)))
-	if err != nil || len(msgs) == 0 {
-		return msgs, err
-	}
-	more, err := collect(cons.Fetch(a.cfg.Batch-1, jetstream.FetchMaxBytes(fetchMaxBytes), jetstream.FetchMaxWait(5*time.Millisecond)))
-	if err != nil {
-		return nil, err
-	}
-	return append(msgs, more...), nil
+	return out, nil
 }
 
-// fetchEnded tells the statuses that end a pull request normally: nothing
-// (more) to deliver, the wait over, or the whole batch sent while bytes
-// were left ("409 Batch Completed", which a cluster's route can deliver
-// after the batch's last message). A consumer leader that changed also
-// ends the request; the next one goes to the new leader.
-func fetchEnded(err error) bool {
-	return errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, jetstream.ErrBatchCompleted) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged)
+func msgBytes(m jetstream.Msg) int {
+	n := len(m.Data())
+	for k, vs := range m.Headers() {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 // delivered checks that m is the consumer's next delivery. A delivery
