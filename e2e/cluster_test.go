@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/duplex-cdc/duplex/internal/harness"
 	"github.com/duplex-cdc/duplex/pipeline"
 )
@@ -35,6 +38,11 @@ func TestNATSCluster_EachNodeKilled(t *testing.T) {
 				}
 			}
 			t.Logf("nats node n%d (%s):\n%s", i+1, cl.Node(i).LogPath(), tail(strings.Join(notable, "\n"), 40))
+		}
+	})
+	t.Cleanup(func() {
+		if dir := os.Getenv("DUPLEX_E2E_KEEP_LOGS"); t.Failed() && dir != "" {
+			dumpStream(t, cl.URLs(), filepath.Join(dir, t.Name()+"-stream.txt"))
 		}
 	})
 	cfg, err := os.ReadFile(f.cfgPath)
@@ -120,4 +128,62 @@ func TestNATSCluster_EachNodeKilled(t *testing.T) {
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("duplex exited with %d after SIGTERM, want 0", code)
 	}
+}
+
+// dumpStream writes every message of the DUPLEX stream (sequence, subject,
+// message id, data) and the flows' consumer states to path, to find where
+// a lost change went.
+func dumpStream(t *testing.T, url, path string) {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Logf("dump stream: %v", err)
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Logf("dump stream: %v", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := os.Create(path)
+	if err != nil {
+		t.Logf("dump stream: %v", err)
+		return
+	}
+	defer out.Close()
+	for _, flow := range []string{"to-erp", "to-crm"} {
+		if c, err := js.Consumer(ctx, pipeline.StreamName, flow); err == nil {
+			i := c.CachedInfo()
+			fmt.Fprintf(out, "consumer %s delivered=%+v ack_floor=%+v ack_pending=%d redelivered=%d waiting=%d\n",
+				flow, i.Delivered, i.AckFloor, i.NumAckPending, i.NumRedelivered, i.NumWaiting)
+		}
+	}
+	s, err := js.Stream(ctx, pipeline.StreamName)
+	if err != nil {
+		t.Logf("dump stream: %v", err)
+		return
+	}
+	oc, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Logf("dump stream: %v", err)
+		return
+	}
+	for {
+		b, err := oc.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			break
+		}
+		n := 0
+		for m := range b.Messages() {
+			n++
+			md, _ := m.Metadata()
+			fmt.Fprintf(out, "%d %s %s %s\n", md.Sequence.Stream, m.Subject(), m.Headers().Get("Nats-Msg-Id"), m.Data())
+		}
+		if n == 0 {
+			break
+		}
+	}
+	t.Logf("stream dumped to %s", path)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,9 +49,13 @@ func (a *Applier) ensureConsumer(ctx context.Context) (jetstream.Consumer, error
 	}
 	info := cons.CachedInfo()
 	if info.NumAckPending == 0 && info.Delivered.Stream == info.AckFloor.Stream {
+		a.log.Info("flow consumer resumed", slog.Uint64("delivered_stream_seq", info.Delivered.Stream),
+			slog.Uint64("delivered_consumer_seq", info.Delivered.Consumer), slog.Uint64("ack_floor_stream_seq", info.AckFloor.Stream))
 		a.nextDelivery = info.Delivered.Consumer + 1
 		return cons, nil
 	}
+	a.log.Info("flow consumer rewound to its ack floor", slog.Uint64("delivered_stream_seq", info.Delivered.Stream),
+		slog.Uint64("ack_floor_stream_seq", info.AckFloor.Stream), slog.Int("ack_pending", info.NumAckPending))
 	if cons, err = resetConsumer(ctx, a.js, a.cfg, info.AckFloor.Stream+1); err != nil {
 		return nil, err
 	}
