@@ -159,9 +159,12 @@ func (a *Applier) openPuller(cons jetstream.Consumer) (*puller, error) {
 func (p *puller) open() error {
 	// At most batch messages outstanding (buffered or asked for), each
 	// request at most fetchMaxBytes: a backlog of large messages must not
-	// flood the connection. No message is larger (see fetchMaxBytes).
+	// flood the connection. No message is larger (see fetchMaxBytes). A
+	// new request only once the last one is used up or over (threshold 1),
+	// so the flow has one pull request waiting at a time, as before.
 	it, err := p.cons.Messages(
 		jetstream.PullMaxMessagesWithBytesLimit(p.batch, fetchMaxBytes),
+		jetstream.PullThresholdMessages(1),
 		jetstream.PullExpiry(pullExpiry),
 	)
 	if err != nil {
