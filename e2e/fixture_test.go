@@ -364,6 +364,12 @@ func (f *fixture) startChild() *child {
 		}
 		if f.t.Failed() {
 			b, _ := os.ReadFile(logPath)
+			if dir := os.Getenv("DUPLEX_E2E_KEEP_LOGS"); dir != "" {
+				keep := filepath.Join(dir, f.t.Name()+"-"+filepath.Base(logPath))
+				if err := os.WriteFile(keep, b, 0o644); err == nil {
+					f.t.Logf("duplex log kept as %s", keep)
+				}
+			}
 			f.t.Logf("duplex log %s:\n%s", logPath, tail(string(b), 60))
 			var notable []string
 			for _, line := range strings.Split(string(b), "\n") {

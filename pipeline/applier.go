@@ -96,6 +96,9 @@ type Applier struct {
 	excluded map[string]bool
 	waits    map[string]int
 	large    largeStore
+	// nextDelivery is the consumer sequence the next delivery must carry
+	// (0: not known), set when a session finds its consumer.
+	nextDelivery uint64
 }
 
 // NewApplier returns an Applier.
@@ -160,6 +163,11 @@ func (a *Applier) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	pull, err := a.openPuller(cons)
+	if err != nil {
+		return err
+	}
+	defer pull.close()
 	asm := &assembler{}
 	parts, _ := a.cfg.Sink.(PartSink)
 	var large *largeTx
@@ -169,7 +177,7 @@ func (a *Applier) session(ctx context.Context) error {
 		}
 	}()
 	for ctx.Err() == nil {
-		msgs, err := a.fetch(ctx, cons)
+		msgs, err := a.fetch(ctx, pull)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

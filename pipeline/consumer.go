@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -39,6 +41,7 @@ func (a *Applier) ensureConsumer(ctx context.Context) (jetstream.Consumer, error
 		if err != nil {
 			return nil, fmt.Errorf("flow %s: create consumer: %w", a.cfg.Flow, err)
 		}
+		a.nextDelivery = 1
 		return cons, nil
 	}
 	if err != nil {
@@ -46,9 +49,18 @@ func (a *Applier) ensureConsumer(ctx context.Context) (jetstream.Consumer, error
 	}
 	info := cons.CachedInfo()
 	if info.NumAckPending == 0 && info.Delivered.Stream == info.AckFloor.Stream {
+		a.log.Info("flow consumer resumed", slog.Uint64("delivered_stream_seq", info.Delivered.Stream),
+			slog.Uint64("delivered_consumer_seq", info.Delivered.Consumer), slog.Uint64("ack_floor_stream_seq", info.AckFloor.Stream))
+		a.nextDelivery = info.Delivered.Consumer + 1
 		return cons, nil
 	}
-	return resetConsumer(ctx, a.js, a.cfg, info.AckFloor.Stream+1)
+	a.log.Info("flow consumer rewound to its ack floor", slog.Uint64("delivered_stream_seq", info.Delivered.Stream),
+		slog.Uint64("ack_floor_stream_seq", info.AckFloor.Stream), slog.Int("ack_pending", info.NumAckPending))
+	if cons, err = resetConsumer(ctx, a.js, a.cfg, info.AckFloor.Stream+1); err != nil {
+		return nil, err
+	}
+	a.nextDelivery = 1
+	return cons, nil
 }
 
 func resetConsumer(ctx context.Context, js jetstream.JetStream, cfg ApplierConfig, seq uint64) (jetstream.Consumer, error) {
@@ -106,34 +118,174 @@ func (a *Applier) ack(ctx context.Context, m jetstream.Msg) error {
 	return nil
 }
 
-// fetch returns what is available now, or waits up to a second for the
-// first message.
-func (a *Applier) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	collect := func(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
+// errDeliveryGap: a delivery of the consumer never reached this process.
+var errDeliveryGap = errors.New("delivery gap")
+
+// pullExpiry is how long one pull request of a flow's subscription waits
+// on the server; pullIdle is how long a subscription may bring nothing
+// before it is replaced. A pull request parked on a consumer leader that
+// died (SIGKILL: no "409 Leadership Change" comes) is never answered, and
+// the client would wait for it forever; a new subscription sends a new
+// request, which reaches the new leader.
+const (
+	pullExpiry = 5 * time.Second
+	pullIdle   = 2 * pullExpiry
+)
+
+// puller is a flow session's one long-lived pull subscription. A pull
+// request per fetch (jetstream's Fetch) subscribes a new inbox each time
+// and sends the request at once: in a cluster the consumer leader can
+// deliver before interest in that inbox reached it over the routes, and
+// the whole response is dropped while the consumer counts it delivered.
+// One subscription for the session has its interest known everywhere
+// long before its later requests are answered.
+type puller struct {
+	flow  string
+	cons  jetstream.Consumer
+	batch int
+	it    jetstream.MessagesContext
+	idle  time.Duration // waited in vain since the last message (or the subscription's start)
+	next  jetstream.Msg // taken from the subscription but left for the next fetch
+}
+
+func (a *Applier) openPuller(cons jetstream.Consumer) (*puller, error) {
+	p := &puller{flow: a.cfg.Flow, cons: cons, batch: a.cfg.Batch}
+	if err := p.open(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *puller) open() error {
+	// At most batch messages outstanding (buffered or asked for), each
+	// request at most fetchMaxBytes: a backlog of large messages must not
+	// flood the connection. No message is larger (see fetchMaxBytes). A
+	// new request only once the last one is used up or over (threshold 1),
+	// so the flow has one pull request waiting at a time, as before.
+	it, err := p.cons.Messages(
+		jetstream.PullMaxMessagesWithBytesLimit(p.batch, fetchMaxBytes),
+		jetstream.PullThresholdMessages(1),
+		jetstream.PullExpiry(pullExpiry),
+	)
+	if err != nil {
+		return fmt.Errorf("flow %s: subscribe: %w", p.flow, err)
+	}
+	p.it, p.idle, p.next = it, 0, nil
+	return nil
+}
+
+// close ends the subscription and waits (briefly) until the library's
+// goroutines let it go. What it had buffered is dropped unacknowledged;
+// the next session rewinds to the ack floor.
+func (p *puller) close() {
+	if p.it == nil {
+		return
+	}
+	p.it.Drain()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			break
+		}
+		if _, err := p.it.Next(jetstream.NextMaxWait(wait)); errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+	}
+	p.it.Stop()
+	p.it, p.next = nil, nil
+}
+
+// fetch returns what the flow's subscription has now, at most Batch
+// messages or 8 MiB, or waits up to a second for the first message.
+//
+// Deliveries are checked to be contiguous (the consumer sequence of each
+// message is the one after the last): a message the consumer delivered
+// but that never arrived (lost on a route while a cluster node died, or
+// dropped with the subscription replaced) would otherwise be acknowledged
+// unapplied by the ack-all of a later one. On a gap fetch returns an error
+// wrapping errDeliveryGap and nothing of the batch; the session ends and
+// the next one rewinds the consumer to its ack floor. An iterator that
+// ends (consumer deleted, heartbeats missed, connection closed) ends the
+// session the same way.
+func (a *Applier) fetch(ctx context.Context, p *puller) ([]jetstream.Msg, error) {
+	if p.next == nil && p.idle >= pullIdle {
+		p.close()
+		if err := p.open(); err != nil {
+			return nil, err
+		}
+	}
+	first := p.next
+	p.next = nil
+	if first == nil {
+		start := time.Now()
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		m, err := p.it.Next(jetstream.NextContext(wctx))
+		cancel()
+		p.idle += time.Since(start)
+		switch {
+		case err == nil:
+			first = m
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, context.Cause(ctx))
+		case errors.Is(err, context.DeadlineExceeded):
+			return nil, nil
+		default:
+			return nil, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
+		}
+	}
+	p.idle = 0
+	if err := a.delivered(first); err != nil {
+		return nil, err
+	}
+	out, size := []jetstream.Msg{first}, msgBytes(first)
+	for len(out) < a.cfg.Batch {
+		m, err := p.it.Next(jetstream.NextMaxWait(5 * time.Millisecond))
+		if errors.Is(err, nats.ErrTimeout) {
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
 		}
-		var out []jetstream.Msg
-		for m := range b.Messages() {
-			out = append(out, m)
+		if err := a.delivered(m); err != nil {
+			return nil, err
 		}
-		if err := b.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-			return out, fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
+		if size+msgBytes(m) > fetchMaxBytes {
+			p.next = m
+			break
 		}
-		return out, nil
+		out, size = append(out, m), size+msgBytes(m)
 	}
-	// What is there now, at most Batch messages or 8 MiB: a backlog of
-	// large messages must not flood the connection.
-	msgs, err := collect(cons.Fetch(a.cfg.Batch, jetstream.FetchMaxBytes(fetchMaxBytes), jetstream.FetchMaxWait(5*time.Millisecond)))
-	if err != nil || len(msgs) > 0 {
-		return msgs, err
+	return out, nil
+}
+
+func msgBytes(m jetstream.Msg) int {
+	n := len(m.Data())
+	for k, vs := range m.Headers() {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
 	}
-	msgs, err = collect(cons.Fetch(1, jetstream.FetchMaxWait(time.Second)))
-	if err != nil || len(msgs) == 0 {
-		return msgs, err
+	return n
+}
+
+// delivered checks that m is the consumer's next delivery. A delivery
+// sequence lower than expected is a redelivery (a new consumer leader
+// that had not heard of the last deliveries) and is taken.
+func (a *Applier) delivered(m jetstream.Msg) error {
+	md, err := m.Metadata()
+	if err != nil {
+		return fmt.Errorf("flow %s: fetch: %w", a.cfg.Flow, err)
 	}
-	more, err := collect(cons.Fetch(a.cfg.Batch-1, jetstream.FetchMaxBytes(fetchMaxBytes), jetstream.FetchMaxWait(5*time.Millisecond)))
-	return append(msgs, more...), err
+	got := md.Sequence.Consumer
+	if a.nextDelivery != 0 && got > a.nextDelivery {
+		want := a.nextDelivery
+		a.nextDelivery = 0
+		return fmt.Errorf("flow %s: fetch: deliveries %d to %d of the consumer never arrived (stream sequence %d came): %w",
+			a.cfg.Flow, want, got-1, md.Sequence.Stream, errDeliveryGap)
+	}
+	a.nextDelivery = got + 1
+	return nil
 }
 
 func seqOf(m jetstream.Msg) uint64 {

@@ -446,6 +446,10 @@ func (b *Bus) Close() {
 	}
 }
 
+// publishAckTimeout bounds the wait for a JetStream acknowledgement of an
+// asynchronous publish; it must stay well below stream.duplicates.
+const publishAckTimeout = 20 * time.Second
+
 // OpenBus connects to the configured NATS. Without a URL it starts the
 // embedded server on the data directory; with attach, it first tries the
 // embedded server of a running duplex (the command-line tools do, since a
@@ -508,7 +512,12 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 		return nil, fmt.Errorf("connect to nats: %w", err)
 	}
 	b.nc = nc
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	// An asynchronous publish whose acknowledgement never comes (the
+	// stream leader died after receiving it, on a cluster) fails after
+	// publishAckTimeout instead of holding the capture session forever;
+	// the session starts again from the slot and publishes it again with
+	// the same message id, well within the deduplication window.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(publishAckTimeout))
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)

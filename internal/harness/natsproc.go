@@ -72,6 +72,13 @@ type NATSProcessOptions struct {
 	Args []string
 	// LogPath receives the server's output (default: <store>.log).
 	LogPath string
+	// ConfigFile, when set, is passed with -c; the flags above override
+	// what it says (a cluster node keeps its routes and name there).
+	ConfigFile string
+	// NoWait starts the process without waiting for its JetStream to
+	// answer: a cluster node's JetStream answers only once a quorum of
+	// nodes runs (NATSCluster waits for the cluster instead).
+	NoWait bool
 }
 
 // NATSProcess is a nats-server running as a separate process, with
@@ -135,8 +142,8 @@ func (p *NATSProcess) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(p
 func (p *NATSProcess) LogPath() string { return p.opts.LogPath }
 
 // Start starts the server (again, on the same port and store) and waits up
-// to 30 seconds for its JetStream to answer. Starting a running server
-// does nothing.
+// to 30 seconds for its JetStream to answer (unless NoWait). Starting a
+// running server does nothing.
 func (p *NATSProcess) Start(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -147,7 +154,11 @@ func (p *NATSProcess) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start nats-server: %w", err)
 	}
-	args := append([]string{"-js", "-a", "127.0.0.1", "-p", strconv.Itoa(p.opts.Port), "-sd", p.opts.StoreDir}, p.opts.Args...)
+	var args []string
+	if p.opts.ConfigFile != "" {
+		args = append(args, "-c", p.opts.ConfigFile)
+	}
+	args = append(append(args, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(p.opts.Port), "-sd", p.opts.StoreDir), p.opts.Args...)
 	cmd := exec.Command(p.bin, args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
@@ -155,6 +166,9 @@ func (p *NATSProcess) Start(ctx context.Context) error {
 		return fmt.Errorf("start nats-server: %w", err)
 	}
 	p.cmd, p.log = cmd, lf
+	if p.opts.NoWait {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
@@ -240,4 +254,10 @@ func (p *NATSProcess) Pid() int {
 		return 0
 	}
 	return p.cmd.Process.Pid
+}
+
+func (p *NATSProcess) running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd != nil
 }
