@@ -12,6 +12,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/duplex-cdc/duplex/internal/config"
 )
@@ -34,7 +35,7 @@ func repoRoot(t *testing.T) string {
 // loadProject loads ../docker-compose.yml with the compose-spec loader:
 // schema validation, interpolation, normalisation and path resolution, as
 // `docker compose config` does. None of that needs a Docker engine.
-func loadProject(t *testing.T) *types.Project {
+func loadProject(t *testing.T, profiles ...string) *types.Project {
 	t.Helper()
 	root := repoRoot(t)
 	file := filepath.Join(root, "docker-compose.yml")
@@ -44,6 +45,7 @@ func loadProject(t *testing.T) *types.Project {
 		Environment: types.Mapping{"POSTGRES_PASSWORD": testPassword},
 	}, func(o *loader.Options) {
 		o.ResolvePaths = true // bind sources and build context as absolute host paths
+		o.Profiles = profiles
 	})
 	if err != nil {
 		t.Fatalf("load %s: %v", file, err)
@@ -452,5 +454,69 @@ func TestComposeConfig(t *testing.T) {
 		return v.Type == types.VolumeTypeBind && err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 	}) {
 		t.Errorf("config: mapping %s is not inside any bind mount of the duplex service", mp)
+	}
+}
+
+// TestComposeNATSCluster: the nats-cluster profile runs three NATS nodes
+// with JetStream, each with its own store and a name, routed to each
+// other, and a duplex whose configuration replicates every stream three
+// times and lists the three nodes.
+func TestComposeNATSCluster(t *testing.T) {
+	p := loadProject(t, "nats-cluster")
+	nodes := []string{"nats-1", "nats-2", "nats-3"}
+	for _, name := range nodes {
+		s := service(t, p, name)
+		if !strings.HasPrefix(s.Image, "nats:2.") || strings.HasSuffix(s.Image, ":latest") {
+			t.Errorf("%s: image %q, want a pinned nats:2.x", name, s.Image)
+		}
+		cmd := []string(s.Command)
+		if !slices.Contains(cmd, "-js") {
+			t.Errorf("%s: JetStream not enabled: %v", name, cmd)
+		}
+		if v, _ := flagValue(cmd, "--server_name"); v != name {
+			t.Errorf("%s: --server_name %q", name, v)
+		}
+		routes, _ := flagValue(cmd, "--routes")
+		for _, other := range nodes {
+			if !strings.Contains(routes, "nats://"+other+":6222") {
+				t.Errorf("%s: no route to %s in %q", name, other, routes)
+			}
+		}
+		if _, ok := hostPath(s, "/data"); ok {
+			t.Errorf("%s: store on a bind mount; want its own volume", name)
+		}
+		if len(s.Volumes) != 1 || s.Volumes[0].Target != "/data" || s.Volumes[0].Source != name+"-data" {
+			t.Errorf("%s: volumes %+v, want its own %s-data at /data", name, s.Volumes, name)
+		}
+	}
+	d := service(t, p, "duplex-cluster")
+	url := env(t, d, "NATS_URL")
+	for _, n := range nodes {
+		if !strings.Contains(url, "nats://"+n+":4222") {
+			t.Errorf("duplex-cluster: NATS_URL %q does not list %s", url, n)
+		}
+	}
+	cfgPath, ok := flagValue([]string(d.Command), "--config")
+	if !ok {
+		t.Fatalf("duplex-cluster: no --config in %v", d.Command)
+	}
+	host, ok := hostPath(d, cfgPath)
+	if !ok {
+		t.Fatalf("duplex-cluster: %s is not mounted from the repository", cfgPath)
+	}
+	b, err := os.ReadFile(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Stream struct {
+			Replicas int `yaml:"replicas"`
+		} `yaml:"stream"`
+	}
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Stream.Replicas != 3 {
+		t.Errorf("%s: stream.replicas %d, want 3", host, cfg.Stream.Replicas)
 	}
 }
