@@ -20,9 +20,6 @@ import (
 // run). Both systems must agree, every change made must be applied or
 // dead-lettered, and the dead letters must be exactly the poisons.
 func TestSoak_EveryFaultInTwoMinutes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the soak takes about three minutes")
-	}
 	var seed uint64
 	if v := os.Getenv("DUPLEX_SOAK_SEED"); v != "" {
 		var err error
