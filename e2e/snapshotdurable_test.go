@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
@@ -44,16 +43,7 @@ INSERT INTO accounts (id, name, currency, credit_limit)
 	SELECT gen_random_uuid(), 'acc ' || i, 'EUR', 1000.00 FROM generate_series(1, %d) i`, accounts)); err != nil {
 		t.Fatal(err)
 	}
-	n := harness.NewNATS(t)
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := harness.NewJetStream(t)
 	if err := pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: []string{"crm", "erp"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duplex-cdc/duplex/internal/harness"
@@ -156,16 +155,7 @@ func publishN(ctx context.Context, t *testing.T, js jetstream.JetStream, n int) 
 
 func fetchSetup(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	n := harness.NewNATS(t)
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := harness.NewJetStream(t)
 	if err := EnsureStreams(context.Background(), js, StreamConfig{Sources: []string{"crm"}}); err != nil {
 		t.Fatal(err)
 	}

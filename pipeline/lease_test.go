@@ -17,16 +17,7 @@ import (
 
 func leaseBucket(t *testing.T, ttl time.Duration) (jetstream.JetStream, jetstream.KeyValue) {
 	t.Helper()
-	n := harness.NewNATS(t)
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := harness.NewJetStream(t)
 	kv, err := pipeline.EnsureLeases(context.Background(), js, ttl, 1)
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/shopspring/decimal"
 
@@ -58,16 +57,7 @@ func (s *fakeSource) confirmed() []capture.LSN {
 
 func setup(t *testing.T) (jetstream.JetStream, *transform.Mapping) {
 	t.Helper()
-	n := harness.NewNATS(t)
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := harness.NewJetStream(t)
 	if err := pipeline.EnsureStreams(context.Background(), js, pipeline.StreamConfig{Sources: []string{"crm", "erp"}, Duplicates: time.Minute}); err != nil {
 		t.Fatal(err)
 	}

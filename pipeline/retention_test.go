@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duplex-cdc/duplex/capture"
@@ -20,16 +19,7 @@ import (
 // the given ceiling.
 func retentionSetup(t *testing.T, maxStore int64) jetstream.JetStream {
 	t.Helper()
-	n := harness.NewNATS(t)
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := harness.NewJetStream(t)
 	if err := pipeline.EnsureStreams(context.Background(), js, pipeline.StreamConfig{Sources: []string{"crm", "erp"}, MaxStoreBytes: maxStore}); err != nil {
 		t.Fatal(err)
 	}
@@ -252,16 +242,7 @@ func TestRetention_Pass_FullStreamWaitsForRoom(t *testing.T) {
 // (limits with max age, max bytes, discard old) and a DLQ kept forever are
 // updated in place, with their messages.
 func TestEnsureStreams_UpgradesOldRetention(t *testing.T) {
-	n := harness.NewNATS(t)
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := harness.NewJetStream(t)
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: pipeline.StreamName, Subjects: []string{pipeline.SourceFilter("crm"), pipeline.SourceFilter("erp")},
 		Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, MaxAge: 168 * time.Hour, MaxBytes: 10 << 30, Duplicates: 2 * time.Minute, Discard: jetstream.DiscardOld}); err != nil {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TB is the part of testing.TB the helpers need. It is declared here so the
@@ -50,4 +53,22 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// NewJetStream starts a NATS server with a temporary store (NewNATS) and
+// returns a JetStream context on a connection to it; both end with the
+// test.
+func NewJetStream(t TB) jetstream.JetStream {
+	t.Helper()
+	n := NewNATS(t)
+	nc, err := nats.Connect(n.URL())
+	if err != nil {
+		t.Fatalf("harness: connect to nats: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("harness: jetstream: %v", err)
+	}
+	return js
 }
