@@ -2,11 +2,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/pipeline"
 )
@@ -80,4 +83,133 @@ func TestSchema_ColumnAddedDroppedAndReAdded(t *testing.T) {
 	waitFor(t, 30*time.Second, func() (bool, string) {
 		return queryInt(t, crm, `SELECT count(*) FROM accounts WHERE id = $1 AND erp_customer_no IS NOT NULL`, born) == 1, "to-crm did not number the account born while held"
 	})
+}
+
+// crashCRM crashes the CRM's PostgreSQL (pg_ctl stop -m immediate) and
+// starts it again: crash recovery takes each replication slot back to the
+// position saved at the last checkpoint, so the slot sends again WAL that
+// duplex already handled.
+func (f *fixture) crashCRM(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	if err := f.crm.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.crm.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// holds returns the CRM's rows of duplex.held as "entity@since_lsn".
+func (f *fixture) holds(t *testing.T) []string {
+	t.Helper()
+	c := f.conn("crm")
+	defer c.Close(context.Background())
+	rows, err := c.Query(context.Background(), `SELECT entity || '@' || since_lsn FROM duplex.held ORDER BY entity`)
+	if err != nil {
+		t.Fatalf("duplex.held: %v", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("duplex.held: %v", err)
+	}
+	return out
+}
+
+// waitCustomer waits until the ERP has the customer of CRM account id.
+func (f *fixture) waitCustomer(t *testing.T, id uuid.UUID, why string) {
+	t.Helper()
+	erp := f.conn("erp")
+	defer erp.Close(context.Background())
+	waitFor(t, 60*time.Second, func() (bool, string) {
+		return queryInt(t, erp, `SELECT count(*) FROM customers WHERE crm_account_id = $1`, id) == 1, why
+	})
+}
+
+// restoreCountry adds accounts.country back with a value in every row,
+// and renames account acc.
+func (f *fixture) restoreCountry(acc uuid.UUID, name string) {
+	f.exec("crm", `ALTER TABLE accounts ADD COLUMN country char(2)`)
+	f.exec("crm", `UPDATE accounts SET country = CASE WHEN id = $1 THEN 'FR' ELSE 'DE' END, name = CASE WHEN id = $1 THEN $2 ELSE name END`, acc, name)
+}
+
+// shortLeases lets a duplex started after another was SIGKILLed take over
+// within 2 s (ha.lease_ttl) instead of 10.
+func (f *fixture) shortLeases(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile(f.cfgPath)
+	if err == nil {
+		err = os.WriteFile(f.cfgPath, append(b, "ha:\n  lease_ttl: 2s\n"...), 0o644)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// newAccount inserts a CRM account and returns its id.
+func (f *fixture) newAccount(t *testing.T, name string) uuid.UUID {
+	t.Helper()
+	id := uuid.New()
+	f.exec("crm", `INSERT INTO accounts (id, name, country, currency) VALUES ($1, $2, 'DE', 'EUR')`, id, name)
+	return id
+}
+
+// TestSchema_NotHeldAgainAfterACrashRestart: a mapped column dropped (the
+// entity held) and restored (the hold released at the next start),
+// followed by a crash restart of the CRM, which makes the slot send that
+// WAL again with the relation as it was (without the column): the entity
+// is not held again, and every change arrives. A second drop is a new
+// one and holds the entity again; after it is restored and released,
+// duplex SIGKILLed and the CRM crashed once more, which re-sends both
+// ranges, nothing is held and nothing is lost.
+func TestSchema_NotHeldAgainAfterACrashRestart(t *testing.T) {
+	f := newFixture(t, fixtureOptions{own: true})
+	f.shortLeases(t)
+	d := f.startChild()
+	acc := f.newAccount(t, "before the drop")
+	f.waitCustomer(t, acc, "account not in the ERP")
+	// The slot's position saved from here on is before the drop.
+	f.exec("crm", `CHECKPOINT`)
+
+	for round := 1; round <= 2; round++ {
+		f.exec("crm", `ALTER TABLE accounts DROP COLUMN country`)
+		f.exec("crm", `UPDATE accounts SET name = $2 WHERE id = $1`, acc, fmt.Sprintf("renamed while held %d", round))
+		waitFor(t, 30*time.Second, func() (bool, string) {
+			h := f.holds(t)
+			return len(h) == 1 && strings.HasPrefix(h[0], "customer@"), fmt.Sprintf("round %d: customer not held: %v", round, h)
+		})
+		f.restoreCountry(acc, fmt.Sprintf("restored %d", round))
+		if round == 1 {
+			d.stop(t)
+		} else {
+			d.kill(t)
+		}
+		d = f.startChild()
+		f.waitCustomer(t, f.newAccount(t, fmt.Sprintf("after the restart %d", round)), "account after the restart not in the ERP")
+		waitFor(t, 30*time.Second, func() (bool, string) {
+			h := f.holds(t)
+			return len(h) == 0, fmt.Sprintf("round %d: the hold was not released: %v", round, h)
+		})
+		if rep := f.waitConverged(60 * time.Second); !rep.Equal() {
+			t.Fatalf("round %d: ERP differs after the release:\n%s", round, rep)
+		}
+
+		// The crash: the slot goes back before the drop(s).
+		if round == 2 {
+			d.kill(t)
+		}
+		f.crashCRM(t)
+		if round == 2 {
+			d = f.startChild()
+		}
+		f.exec("crm", `UPDATE accounts SET name = $2 WHERE id = $1`, acc, fmt.Sprintf("after the crash %d", round))
+		f.waitCustomer(t, f.newAccount(t, fmt.Sprintf("after the crash %d", round)), "account after the crash not in the ERP (the customer entity is held again?)")
+		if h := f.holds(t); len(h) != 0 {
+			t.Fatalf("round %d: held again after the crash restart: %v", round, h)
+		}
+		if rep := f.waitConverged(60 * time.Second); !rep.Equal() {
+			t.Fatalf("round %d: ERP differs after the crash restart:\n%s", round, rep)
+		}
+	}
+	assertNoDeadLetters(t, f)
 }

@@ -167,6 +167,10 @@ type producer struct {
 	redo      map[string]Hold
 	redoUntil capture.LSN
 	released  atomic.Bool
+	// redone is Holding.Redone; resent the entities of which a change
+	// sent again was left out in this session (logged once).
+	redone map[string]capture.LSN
+	resent map[string]bool
 
 	large largeStore
 }
@@ -209,6 +213,9 @@ func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, c
 	evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, index, ch)
 	var se *transform.SchemaError
 	if errors.As(err, &se) && p.cfg.Holds != nil && !c.Tx.Snapshot {
+		if p.handledBefore(c, se) {
+			return nil, nil
+		}
 		if err := p.hold(ctx, c, se); err != nil {
 			return nil, err
 		}
