@@ -119,16 +119,24 @@ func columnFits(f *Field, conv string, c *ColumnInfo) error {
 // (every NOT NULL column without a default is mapped), and a source table
 // must key its deletes.
 func (m *Mapping) Check(system string, cat *Catalog, role string) error {
-	return m.check(system, cat, role, nil)
+	return m.check(system, cat, role, nil, nil)
 }
 
 // CheckTarget is Check for the sink of one flow: only the entities the
-// flow's source publishes are written, so only they must fit.
+// flow's source publishes are written, so only they must fit, and of
+// those only the columns of fields the flow carries (owned by the source
+// or by both) must exist. A column of a field the target system owns
+// alone is never written by the flow: that it is missing (dropped while
+// the target's own capture holds the entity) does not stop the flow.
 func (m *Mapping) CheckTarget(system, source string, cat *Catalog) error {
-	return m.check(system, cat, "target", func(e *Entity) bool { return e.Publishes(source) })
+	return m.check(system, cat, "target", func(e *Entity) bool { return e.Publishes(source) }, func(f *Field) bool {
+		return f.Owner == source || f.Owner == OwnerBoth
+	})
 }
 
-func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Entity) bool) error {
+// check is Check for the entities only accepts (nil: all), requiring the
+// columns of the fields carried accepts (nil: all) to exist.
+func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Entity) bool, carried func(*Field) bool) error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for _, e := range m.Entities {
@@ -159,6 +167,9 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 				mapped[c.Column] = true
 				ci := ti.Columns[c.Column]
 				if ci == nil {
+					if carried != nil && fname != e.Key && !carried(f) {
+						continue
+					}
 					bad("%s: column %s (field %s) does not exist", where, c.Column, fname)
 				} else if c.Ref != nil {
 					c.info = ci

@@ -336,6 +336,46 @@ func TestMapping_Check(t *testing.T) {
 	}
 }
 
+// TestMapping_CheckTarget: the sink of a flow needs the columns of the
+// fields the flow carries; a column of a field the target owns alone
+// (accounts.country in the CRM, for the flow from the ERP) may be missing,
+// as while the CRM's capture holds the entity after it was dropped.
+func TestMapping_CheckTarget(t *testing.T) {
+	tests := []struct {
+		name    string
+		drop    string
+		wantErr string
+	}{
+		{name: "fits"},
+		{name: "a column the target owns alone", drop: "country"},
+		{name: "a column of a field the source owns", drop: "payment_terms", wantErr: "column payment_terms (field payment_terms) does not exist"},
+		{name: "a column of a shared field", drop: "email", wantErr: "column email (field email) does not exist"},
+		{name: "the currency column of a carried amount", drop: "currency", wantErr: "currency column currency (field open_balance) does not exist"},
+		{name: "the key column", drop: "id", wantErr: "key column id does not exist"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := loadExample(t)
+			cat := crmCatalog()
+			delete(cat.Tables["public.accounts"].Columns, tt.drop)
+			err := m.CheckTarget("crm", "erp", cat)
+			if (err != nil) != (tt.wantErr != "") {
+				t.Fatalf("CheckTarget(crm, erp) without accounts.%s: error = %v, want %q", tt.drop, err, tt.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("CheckTarget error = %v, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+	// Check (the start-up check of a system that is also a source) still
+	// requires every mapped column.
+	cat := crmCatalog()
+	delete(cat.Tables["public.accounts"].Columns, "country")
+	if err := loadExample(t).Check("crm", cat, "both"); err == nil || !strings.Contains(err.Error(), "column country (field country) does not exist") {
+		t.Errorf("Check(crm, both) without accounts.country = %v, want the missing column", err)
+	}
+}
+
 // TestMapping_Check_binds checks that Check binds the column descriptions
 // Denormalize needs: without it, numeric limits are not known and nothing is
 // refused; with it, the same event is refused.
