@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/pipeline"
 )
 
@@ -329,6 +330,57 @@ func TestSchema_HeldAcrossRestarts(t *testing.T) {
 	}
 	if n := queryInt(t, erp, `SELECT count(*) FROM sales_orders WHERE crm_order_id = $1`, ord); n != 1 {
 		t.Errorf("order made while held: %d in the ERP, want 1", n)
+	}
+	assertNoDeadLetters(t, f)
+}
+
+// TestSchema_HeldEntitySharedFieldsDoNotStallTheOtherFlow: while the
+// customer entity is held in the CRM, a CRM user changes the shared
+// field email, then an ERP user changes it again. The CRM's capture does
+// not publish the held write but records its version as it reads it, so
+// the ERP's later write is applied to the CRM at once instead of waiting
+// for the fix until max_wait and being dead-lettered. After the fix the
+// held write reaches the ERP, where the later ERP write keeps its place:
+// both sides end with the ERP's email.
+func TestSchema_HeldEntitySharedFieldsDoNotStallTheOtherFlow(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	f.tweak = func(c *config.Config) {
+		for i := range c.Flows {
+			c.Flows[i].MaxWait = 10 * time.Second
+		}
+	}
+	stop := f.inProcess()
+	acc := f.newAccount(t, "before the drop")
+	f.waitCustomer(t, acc, "account not in the ERP")
+	f.waitCRM(t, "no customer number written back", `SELECT erp_customer_no IS NOT NULL FROM accounts WHERE id = $1`, acc)
+
+	f.exec("crm", `ALTER TABLE accounts DROP COLUMN country`)
+	f.exec("crm", `UPDATE accounts SET email = 'crm@held.example', name = 'held' WHERE id = $1`, acc)
+	waitFor(t, 30*time.Second, func() (bool, string) {
+		h := f.holds(t)
+		return len(h) == 1, fmt.Sprintf("customer not held: %v", h)
+	})
+	f.exec("erp", `UPDATE customers SET email = 'erp@later.example' WHERE crm_account_id = $1`, acc)
+	f.waitCRM(t, "the ERP's later email did not reach the CRM (waiting for the held capture to record the CRM's write?)",
+		`SELECT email = 'erp@later.example' FROM accounts WHERE id = $1`, acc)
+	assertNoDeadLetters(t, f)
+
+	stop()
+	f.restoreCountry(acc, "restored")
+	f.inProcess()
+	f.waitCustomer(t, f.newAccount(t, "after the fix"), "account after the fix not in the ERP")
+	waitFor(t, 30*time.Second, func() (bool, string) {
+		h := f.holds(t)
+		return len(h) == 0, fmt.Sprintf("the hold was not released: %v", h)
+	})
+	f.waitBothConverged(60 * time.Second)
+	erp := f.conn("erp")
+	var email, name string
+	if err := erp.QueryRow(context.Background(), `SELECT email, name FROM customers WHERE crm_account_id = $1`, acc).Scan(&email, &name); err != nil {
+		t.Fatal(err)
+	}
+	if email != "erp@later.example" || name != "restored" {
+		t.Errorf("ERP after the fix: email %q, name %q; want the ERP's later email and the CRM's name", email, name)
 	}
 	assertNoDeadLetters(t, f)
 }

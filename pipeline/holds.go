@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/duplex-cdc/duplex/capture"
@@ -107,6 +108,40 @@ func (p *producer) handledBefore(c *capture.Chunk, se *transform.SchemaError) bo
 			slog.String("entity", se.Entity), slog.String("commit_lsn", c.Tx.CommitLSN.String()), slog.String("redone_until", until.String()))
 	}
 	return true
+}
+
+// keepVersions keeps the events a held change makes when read leniently
+// (without the missing column), for the version recorder alone: they are
+// not published. A local write to a shared field of a held entity reaches
+// the other system only once the hold is released, but the sink into this
+// same database compares the other system's writes with it now, and waits
+// until this capture records the write's version (sinks/postgres,
+// resolveShared). Recorded as it is read, the write takes part in the
+// last-writer-wins rule at once, on both sides: here against incoming
+// writes, there (read again after the fix, by its commit time) against
+// the other system's recorded version. Not recorded, the other system's
+// write would wait for the fix, up to the flow's max_wait, and then be
+// dead-lettered although nothing is wrong with it. A change that cannot
+// be read even leniently (a value error) is not recorded, as it would not
+// be without the hold.
+func (p *producer) keepVersions(c *capture.Chunk, index int, ch *capture.Change) {
+	if p.cfg.Versions == nil || c.Tx.Applied {
+		return
+	}
+	evs, err := p.cfg.Mapping.NormalizeHeld(p.src.System(), &c.Tx, index, ch)
+	if err != nil {
+		return
+	}
+	p.heldEvents = append(p.heldEvents, evs...)
+}
+
+// versionsToRecord is what the chunk's versions are recorded from: the
+// events published and those of held changes (keepVersions).
+func (p *producer) versionsToRecord(published []transform.Event) []transform.Event {
+	if len(p.heldEvents) == 0 {
+		return published
+	}
+	return append(slices.Clip(published), p.heldEvents...)
 }
 
 // hold starts holding an entity whose table no longer fits the mapping.
