@@ -907,12 +907,14 @@ func (s *soak) dropColumn(ctx context.Context) (time.Time, string, error) {
 func (s *soak) replaceSlot(ctx context.Context) (time.Time, string, error) {
 	crm := s.env.CRM.DSN("crm")
 	slot := s.env.Config.Systems["crm"].Slot
-	// The CRM workload pauses until the backfill is done: the soak's own
-	// changes are the only ones the slot loses. (With the workload going
-	// on, live changes referring to rows lost with the slot reach the flow
-	// before the backfill copies those rows, wait for them in front of the
-	// copy and are dead-lettered; and a shared field written while the
-	// slot was gone keeps to-crm waiting up to max_wait.)
+	// The CRM workload pauses until the backfill is done: besides the
+	// workload's changes duplex had not read yet when it stopped, the
+	// soak's own changes are the only ones the slot loses. (With the
+	// workload going on, live changes referring to rows lost with the slot
+	// reach the flow before the backfill copies those rows, wait for them
+	// in front of the copy and are dead-lettered.) A shared field written
+	// by a lost change keeps an ERP write of it waiting in to-crm until
+	// the backfill copies its row (the copy records its version).
 	s.crm.pause()
 	paused := true
 	defer func() {
