@@ -41,6 +41,9 @@ type TableInfo struct {
 	// IdentityColumns are the columns the replica identity sends for a
 	// delete (primary key or the chosen index); all columns with 'f'.
 	IdentityColumns []string
+	// ForeignKeys are the table's own foreign keys (not those a partition
+	// inherits), by constraint name.
+	ForeignKeys []ForeignKey
 }
 
 // ColumnInfo describes one column.
@@ -63,6 +66,13 @@ type ColumnInfo struct {
 	MaxLen     int
 	NotNull    bool
 	HasDefault bool
+	// Collation is the column's collation as SQL ("public.ci"), when it
+	// is not its type's default; "" otherwise.
+	Collation string
+	// Nondeterministic is set when that collation compares strings that
+	// differ in bytes as equal (pg_collation.collisdeterministic false):
+	// then two distinct texts may be one key.
+	Nondeterministic bool
 }
 
 func isTextType(c *ColumnInfo) bool {
@@ -213,6 +223,25 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 					bad("%s: deletes send only %v, not key column %s; run ALTER TABLE %s REPLICA IDENTITY FULL or USING INDEX on a unique index of %s", where, ti.IdentityColumns, t.KeyColumn, t.QualifiedTable(), t.KeyColumn)
 				}
 			}
+		}
+	}
+	if role == "target" || role == "both" {
+		// The rows of one source transaction are written in one order;
+		// foreign keys of the target that form a cycle must be
+		// deferrable (WriteOrder).
+		writes := only
+		if writes == nil {
+			writes = func(e *Entity) bool {
+				for from := range e.Tables {
+					if from != system && e.Publishes(from) {
+						return true
+					}
+				}
+				return false
+			}
+		}
+		if _, _, err := m.WriteOrder(system, cat, writes); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if r := cat.Role; r != nil {

@@ -84,6 +84,13 @@ func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (stri
 		val := fmt.Sprintf("u.v%d::%s", i, ct)
 		if c.Column == t.KeyColumn {
 			keyExpr = "t." + id + " = " + val
+			if !s.exactColumn(t, c.Column) {
+				// The key's text may change within one value (citext
+				// 'Ann@x.com' for 'ann@x.com'): the row takes the new one.
+				set = append(set, id+" = "+val)
+				cmpT = append(cmpT, "t."+id+"::text")
+				cmpU = append(cmpU, "("+val+")::text")
+			}
 			continue
 		}
 		set = append(set, id+" = "+val)
@@ -112,10 +119,17 @@ func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string,
 		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
 		alias = append(alias, fmt.Sprintf("v%d", i))
 		sel = append(sel, fmt.Sprintf("u.v%d::%s", i, ct))
-		if c.Column != t.KeyColumn {
+		switch {
+		case c.Column != t.KeyColumn:
 			set = append(set, id+" = EXCLUDED."+id)
 			cmpT = append(cmpT, s.comparable(t, c.Column, "t."+id))
 			cmpE = append(cmpE, s.comparable(t, c.Column, "EXCLUDED."+id))
+		case !s.exactColumn(t, c.Column):
+			// The key's text may change within one value (citext
+			// 'Ann@x.com' for 'ann@x.com'): the row takes the new one.
+			set = append(set, id+" = EXCLUDED."+id)
+			cmpT = append(cmpT, "t."+id+"::text")
+			cmpE = append(cmpE, "EXCLUDED."+id+"::text")
 		}
 	}
 	q := fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM unnest(%s) AS u(%s) ON CONFLICT (%s) ",

@@ -42,6 +42,11 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 		if err := s.checkGuards(ctx, tx, e, t, rows); err != nil {
 			return err
 		}
+		if cols := keyColumns(t); !s.exactKeys(t, cols) {
+			if err := s.checkHolders(ctx, tx, e, t, cols, rows); err != nil {
+				return err
+			}
+		}
 		cols := rows[0].row.Values
 		args := make([]any, len(cols))
 		for ci := range cols {
