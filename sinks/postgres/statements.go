@@ -88,8 +88,8 @@ func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (stri
 				// The key's text may change within one value (citext
 				// 'Ann@x.com' for 'ann@x.com'): the row takes the new one.
 				set = append(set, id+" = "+val)
-				cmpT = append(cmpT, "t."+id+"::text")
-				cmpU = append(cmpU, "("+val+")::text")
+				cmpT = append(cmpT, "t."+id+`::text COLLATE "C"`)
+				cmpU = append(cmpU, "("+val+`)::text COLLATE "C"`)
 			}
 			continue
 		}
@@ -128,8 +128,8 @@ func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string,
 			// The key's text may change within one value (citext
 			// 'Ann@x.com' for 'ann@x.com'): the row takes the new one.
 			set = append(set, id+" = EXCLUDED."+id)
-			cmpT = append(cmpT, "t."+id+"::text")
-			cmpE = append(cmpE, "EXCLUDED."+id+"::text")
+			cmpT = append(cmpT, "t."+id+`::text COLLATE "C"`)
+			cmpE = append(cmpE, "EXCLUDED."+id+`::text COLLATE "C"`)
 		}
 	}
 	q := fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM unnest(%s) AS u(%s) ON CONFLICT (%s) ",

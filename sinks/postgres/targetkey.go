@@ -150,11 +150,17 @@ func (s *Sink) checkHolders(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 		unnest = append(unnest, fmt.Sprintf("$%d::text[]", ci+1))
 		alias = append(alias, fmt.Sprintf("k%d", ci))
 		on = append(on, fmt.Sprintf("t.%s = u.k%d::%s", id, ci, ct))
-		stored = append(stored, "t."+id+"::text")
-		incoming = append(incoming, fmt.Sprintf("(u.k%d::%s)::text", ci, ct))
+		// Compared byte by byte (COLLATE "C"): a nondeterministic
+		// collation would call them equal.
+		stored = append(stored, "t."+id+`::text COLLATE "C"`)
+		incoming = append(incoming, fmt.Sprintf(`(u.k%d::%s)::text COLLATE "C"`, ci, ct))
+	}
+	var show []string
+	for _, c := range cols {
+		show = append(show, "t."+pgx.Identifier{c}.Sanitize()+"::text")
 	}
 	q := fmt.Sprintf("SELECT u.i, ARRAY[%s] FROM unnest(%s) WITH ORDINALITY AS u(%s, i) JOIN %s AS t ON %s WHERE (%s, NULL) IS DISTINCT FROM (%s, NULL)",
-		strings.Join(stored, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "), quoteTable(t), strings.Join(on, " AND "),
+		strings.Join(show, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "), quoteTable(t), strings.Join(on, " AND "),
 		strings.Join(stored, ", "), strings.Join(incoming, ", "))
 	r, err := tx.Query(ctx, q, args...)
 	if err != nil {
