@@ -158,7 +158,7 @@ func TestSink_TwoSourceKeysOneTargetKey(t *testing.T) {
 				return
 			}
 			if ae.Tx != 1 || ae.Event != 0 {
-				t.Errorf("error names tx %d event %d, want the later change (1, 0): %v", ae.Tx, ae.Event, err)
+				t.Fatalf("error names tx %d event %d, want the later change (1, 0): %v", ae.Tx, ae.Event, err)
 			}
 			if msg := err.Error(); !strings.Contains(msg, tc.a) || !strings.Contains(msg, tc.b) {
 				t.Errorf("error does not name both source keys %q and %q: %v", tc.a, tc.b, err)
