@@ -157,7 +157,8 @@ func cycleError(system string, e *Entity, path []orderStep) error {
 			continue
 		}
 		steps = append(steps, fmt.Sprintf("%s (entity %s, foreign key %s, not DEFERRABLE)", t, p.from.Name, p.fk.Name))
-		fixes = append(fixes, fmt.Sprintf("ALTER TABLE %s ALTER CONSTRAINT %s DEFERRABLE", t, quoteIdent(p.fk.Name)))
+		tm := p.from.Tables[system]
+		fixes = append(fixes, fmt.Sprintf("ALTER TABLE %s.%s ALTER CONSTRAINT %s DEFERRABLE", quoteIdent(tm.Schema()), quoteIdent(tm.Name()), quoteIdent(p.fk.Name)))
 	}
 	msg := fmt.Sprintf("%s: the tables refer to each other in a cycle, %s -> back to %s, so no order of writes satisfies them", system, strings.Join(steps, " -> "), e.Tables[system].QualifiedTable())
 	if len(fixes) > 0 {
