@@ -163,7 +163,7 @@ type producer struct {
 	lastPub capture.LSN
 	txPrev  capture.LSN
 	once    sync.Once
-	err    error
+	err     error
 
 	// held are the entities whose changes are held back; redo those read
 	// again (leniently, marked Redo) after their fix, until the position
@@ -179,10 +179,10 @@ type producer struct {
 // pending is a published chunk awaiting its JetStream acknowledgement, or
 // a drain marker.
 type pending struct {
-	fut     jetstream.PubAckFuture
-	msgID   string
-	size    int
-	refs    []eventRef // what it carries, to dead-letter if refused
+	fut   jetstream.PubAckFuture
+	msgID string
+	size  int
+	refs  []eventRef // what it carries, to dead-letter if refused
 	// hdr is the message's transaction without its events, published in
 	// its place when the server refuses it for good (chunk numbering and
 	// the PrevLSN chain stay whole; see publishStripped).
