@@ -96,7 +96,10 @@ type Applier struct {
 	// (left out when its chunks come again) and waits per event.
 	excluded map[string]bool
 	waits    map[string]int
-	large    largeStore
+	// waitSince is when each event of a large transaction that waits
+	// quickly (ApplyError.RetryAfter) first waited.
+	waitSince map[string]time.Time
+	large     largeStore
 	// nextDelivery is the consumer sequence the next delivery must carry
 	// (0: not known), set when a session finds its consumer.
 	nextDelivery uint64
@@ -137,7 +140,7 @@ func NewApplier(js jetstream.JetStream, cfg ApplierConfig) (*Applier, error) {
 		cfg.Stats = &FlowStats{}
 	}
 	return &Applier{js: js, cfg: cfg, log: cfg.Logger.With(slog.String("flow", cfg.Flow)),
-		excluded: map[string]bool{}, waits: map[string]int{}}, nil
+		excluded: map[string]bool{}, waits: map[string]int{}, waitSince: map[string]time.Time{}}, nil
 }
 
 // Stats returns the flow's statistics.
