@@ -95,9 +95,9 @@ func TestSchemaCases_Apply(t *testing.T) {
 			// conflict: that change is a dead letter, the rest applies.
 			name:    "a real unique conflict is a dead letter",
 			crmDDL:  codesDDL,
-			erpDDL:  codesDDL + `; INSERT INTO items VALUES (9, 'LOCAL')`,
+			erpDDL:  codesDDL,
 			mapping: codesMapping,
-			before:  []stmt{onCRM(`INSERT INTO items VALUES (1, 'A'), (2, 'B')`)},
+			before:  []stmt{onERP(`INSERT INTO items VALUES (9, 'LOCAL')`), onCRM(`INSERT INTO items VALUES (1, 'A'), (2, 'B')`)},
 			changes: []stmt{
 				onCRM(`UPDATE items SET code = 'tmp' WHERE id = 1; UPDATE items SET code = 'A' WHERE id = 2; UPDATE items SET code = 'B' WHERE id = 1; INSERT INTO items VALUES (3, 'LOCAL'), (4, 'D')`),
 			},
@@ -107,9 +107,9 @@ func TestSchemaCases_Apply(t *testing.T) {
 		{
 			// Case 7: the ERP's foreign key, not the mapping, orders the
 			// writes: parents first, deletes children first.
-			name:   "foreign key the mapping does not declare",
-			crmDDL: `CREATE TABLE parent (id int PRIMARY KEY, child_id int); CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent)`,
-			erpDDL: `CREATE TABLE parent (id int PRIMARY KEY, child_id int); CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent)`,
+			name:    "foreign key the mapping does not declare",
+			crmDDL:  `CREATE TABLE parent (id int PRIMARY KEY, child_id int); CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent)`,
+			erpDDL:  `CREATE TABLE parent (id int PRIMARY KEY, child_id int); CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent)`,
 			mapping: fkMapping,
 			before:  []stmt{onCRM(`INSERT INTO parent VALUES (1, NULL); INSERT INTO child VALUES (10, 1)`)},
 			changes: []stmt{
@@ -141,7 +141,7 @@ func TestSchemaCases_Apply(t *testing.T) {
 // one's chunk (see the note in sinks/postgres/doc.go).
 func TestSchemaCases_ApplyDeferredCycle(t *testing.T) {
 	c := schemaCase{
-		name:   "deferrable foreign key cycle",
+		name: "deferrable foreign key cycle",
 		crmDDL: `CREATE TABLE parent (id int PRIMARY KEY, child_id int); CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
 			ALTER TABLE parent ADD FOREIGN KEY (child_id) REFERENCES child DEFERRABLE INITIALLY DEFERRED`,
 		erpDDL: `CREATE TABLE parent (id int PRIMARY KEY, child_id int); CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent DEFERRABLE);

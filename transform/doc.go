@@ -15,7 +15,8 @@
 //
 // Files: mapping.go (the YAML model and Validate), lookup.go (which
 // tables and fields a system publishes or carries), catalog.go (Check
-// against a catalog), event.go (Tx, Event, positions), normalize.go
+// against a catalog), order.go (the order rows are written in, from refs
+// and a catalog's foreign keys; cycles), event.go (Tx, Event, positions), normalize.go
 // (captured change to events), canonical.go (column value to canonical
 // value and back, comparison), denormalize.go (event to columns),
 // money.go (ISO 4217 scales, exact conversions), native.go (types carried
