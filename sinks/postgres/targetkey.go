@@ -184,8 +184,8 @@ func (s *Sink) checkHolders(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 			continue
 		}
 		return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
-			Err: fmt.Errorf("entity %s: source key %s lands on the %s row of key %s, which column %s holds as the same value; two source keys cannot share one target row (the row of %s is kept)",
-				e.Name, p.srcKey, t.QualifiedTable(), held, strings.Join(cols, ", "), held)}
+			Err: fmt.Errorf("entity %s: two source keys land on one target row: %s and %s (held by %s) are one value of key column %s, which cannot hold both rows; the %s of %s is refused, the row of %s is kept",
+				e.Name, p.srcKey, held, t.QualifiedTable(), strings.Join(cols, ", "), p.row.Op, p.srcKey, held)}
 	}
 	return nil
 }
