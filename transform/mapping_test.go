@@ -416,13 +416,13 @@ func TestLoad(t *testing.T) {
 			for _, e := range m.Entities {
 				names = append(names, e.Name)
 			}
-			if want := []string{"customer", "order", "order_line", "invoice"}; !slices.Equal(names, want) {
+			if want := []string{"customer", "order", "order_line", "invoice", "ledger_entry"}; !slices.Equal(names, want) {
 				t.Errorf("entities = %v, want %v", names, want)
 			}
-			if got, want := m.Tables("erp"), []string{"public.customers", "public.sales_orders", "public.sales_order_lines", "public.invoices"}; !slices.Equal(got, want) {
+			if got, want := m.Tables("erp"), []string{"public.customers", "public.sales_orders", "public.sales_order_lines", "public.invoices", "public.ledger_entries"}; !slices.Equal(got, want) {
 				t.Errorf("Tables(erp) = %v, want %v", got, want)
 			}
-			if got, want := m.Tables("crm"), []string{"public.accounts", "public.orders", "public.order_lines", "public.invoices"}; !slices.Equal(got, want) {
+			if got, want := m.Tables("crm"), []string{"public.accounts", "public.orders", "public.order_lines", "public.invoices", "public.ledger_entries"}; !slices.Equal(got, want) {
 				t.Errorf("Tables(crm) = %v, want %v", got, want)
 			}
 			if e := m.Source("crm", "public.orders"); e == nil || e.Name != "order" {

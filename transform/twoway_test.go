@@ -110,7 +110,7 @@ func TestMapping_SourceTables(t *testing.T) {
 		want   []string
 	}{
 		{"crm", []string{"public.accounts", "public.orders", "public.order_lines"}},
-		{"erp", []string{"public.customers", "public.sales_orders", "public.invoices"}},
+		{"erp", []string{"public.customers", "public.sales_orders", "public.invoices", "public.ledger_entries"}},
 		{"sap", nil},
 	}
 	for _, tt := range tests {
