@@ -30,7 +30,9 @@
 // Files: sink.go (Sink, Config, Apply, Close), session.go (connect,
 // origin, catalog), apply.go (begin, write, finish), parts.go (large
 // transactions); fold.go (last change per key), upsert.go and delete.go
-// (writing rows), statements.go (SQL generation), lookup.go (references),
+// (writing rows), statements.go (SQL generation), keys.go (matching rows
+// by every key column: ON CONFLICT (a, b), joins on unnest of one text
+// array per key column), lookup.go (references),
 // sharedfields.go (shared-field versions), unique.go (moved unique
 // values), isolate.go (row by row under savepoints), order.go (entity
 // order), errors.go (classification).
