@@ -123,6 +123,33 @@ func TestSchemaCases_CompositeKeys(t *testing.T) {
 			verify: true,
 		},
 		{
+			// Born in the ERP, keyed there by its primary key and in the
+			// CRM by a unique pair next to a surrogate key.
+			name:   "ERP-owned key of two columns into a CRM with a surrogate key",
+			erpDDL: `CREATE TABLE gl (co text NOT NULL, no int NOT NULL, amount numeric(12,2) NOT NULL, PRIMARY KEY (co, no))`,
+			crmDDL: `CREATE TABLE gl (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), erp_co text NOT NULL, erp_no bigint NOT NULL, amount numeric(12,2) NOT NULL, UNIQUE (erp_co, erp_no))`,
+			mapping: `
+  - name: gl_entry
+    key: [co, no]
+    fields:
+      - {name: co,     type: text,    owner: erp}
+      - {name: no,     type: integer, owner: erp}
+      - {name: amount, type: decimal, owner: erp}
+    systems:
+      erp: {table: public.gl, key_columns: [co, no], columns: {co: {column: co}, no: {column: no}, amount: {column: amount}}}
+      crm: {table: public.gl, key_columns: [erp_co, erp_no], columns: {co: {column: erp_co}, no: {column: erp_no}, amount: {column: amount}}}
+`,
+			before: []stmt{onERP(`INSERT INTO gl VALUES ('EU01', 1, 10.00), ('EU01', 2, 20.00), ('US01', 1, 30.00)`)},
+			changes: []stmt{
+				onERP(`UPDATE gl SET amount = 11.00 WHERE co = 'EU01' AND no = 1`),
+				onERP(`UPDATE gl SET co = 'US01', no = 2 WHERE co = 'EU01' AND no = 2`),
+				onERP(`DELETE FROM gl WHERE co = 'US01' AND no = 1`),
+				onERP(`INSERT INTO gl VALUES ('US01', 1, 40.00)`),
+			},
+			want:   []want{wantCRM(`SELECT erp_co, erp_no, amount FROM gl ORDER BY 1, 2`, "EU01|1|11.00", "US01|1|40.00", "US01|2|20.00")},
+			verify: true,
+		},
+		{
 			name:    "composite key without a unique index on its columns is refused",
 			crmDDL:  docsDDL,
 			erpDDL:  `CREATE TABLE erp_docs (id bigserial PRIMARY KEY, co text NOT NULL, no bigint NOT NULL UNIQUE, note text); CREATE TABLE erp_doc_payments (payment_no int PRIMARY KEY, doc_id bigint, amount numeric(12,2))`,
