@@ -3,10 +3,13 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/internal/cli"
 	"github.com/duplex-cdc/duplex/internal/config"
@@ -150,6 +153,25 @@ func TestSchemaCases_CompositeKeys(t *testing.T) {
 			verify: true,
 		},
 		{
+			// A field both systems may write: its versions are kept by
+			// the key's text (edits on both sides: see
+			// TestSchemaCases_CompositeKeySharedField).
+			name:    "shared field of a composite-key entity",
+			crmDDL:  notesCRM,
+			erpDDL:  notesERP,
+			mapping: notesMapping,
+			before:  []stmt{onCRM(`INSERT INTO notes VALUES ('A, B', 1, 'orig'), ('A, B', 2, 'orig')`)},
+			changes: []stmt{
+				onCRM(`UPDATE notes SET body = 'crm' WHERE co = 'A, B' AND no = 2`),
+				onCRM(`INSERT INTO notes VALUES ('C', 1, 'new')`),
+			},
+			want: []want{
+				wantCRM(`SELECT co, no, body FROM notes ORDER BY 1, 2`, "A, B|1|orig", "A, B|2|crm", "C|1|new"),
+				wantERP(`SELECT co, no, body FROM erp_notes ORDER BY 1, 2`, "A, B|1|orig", "A, B|2|crm", "C|1|new"),
+			},
+			verify: true,
+		},
+		{
 			name:    "composite key without a unique index on its columns is refused",
 			crmDDL:  docsDDL,
 			erpDDL:  `CREATE TABLE erp_docs (id bigserial PRIMARY KEY, co text NOT NULL, no bigint NOT NULL UNIQUE, note text); CREATE TABLE erp_doc_payments (payment_no int PRIMARY KEY, doc_id bigint, amount numeric(12,2))`,
@@ -252,5 +274,62 @@ func TestSchemaCases_CompositeKeyDeadLetterRetry(t *testing.T) {
 	}
 	if rep := f.waitConverged(30 * time.Second); !rep.Equal() {
 		t.Errorf("ERP differs:\n%s", rep)
+	}
+}
+
+// A note keyed by (co, no), its body written by both systems.
+const (
+	notesCRM = `CREATE TABLE notes (co text NOT NULL, no int NOT NULL, body text, PRIMARY KEY (co, no));
+		ALTER TABLE notes REPLICA IDENTITY FULL`
+	notesERP = `CREATE TABLE erp_notes (co text NOT NULL, no int NOT NULL, body text, PRIMARY KEY (no, co));
+		ALTER TABLE erp_notes REPLICA IDENTITY FULL`
+	notesMapping = `
+  - name: note
+    key: [co, no]
+    fields:
+      - {name: co,   type: text,    owner: crm}
+      - {name: no,   type: integer, owner: crm}
+      - {name: body, type: text,    owner: both}
+    systems:
+      crm: {table: public.notes, key_columns: [co, no], columns: {co: {column: co}, no: {column: no}, body: {column: body}}}
+      erp: {table: public.erp_notes, key_columns: [co, no], columns: {co: {column: co}, no: {column: no}, body: {column: body}}}
+`
+)
+
+// TestSchemaCases_CompositeKeySharedField: a field of a composite-key
+// entity edited in both systems while duplex streams converges to the
+// last write, row by row: the shared-field versions and the rows read to
+// resolve them are found by every key column.
+func TestSchemaCases_CompositeKeySharedField(t *testing.T) {
+	f := newFixture(t, fixtureOptions{mapping: "version: 1\nsystems: [crm, erp]\nentities:\n" + notesMapping})
+	f.exec("crm", notesCRM)
+	f.exec("erp", notesERP)
+	f.inProcess()
+	f.exec("crm", `INSERT INTO notes VALUES ('A, B', 1, 'orig'), ('A, B', 2, 'orig'), ('A', 1, 'orig')`)
+	ctx := context.Background()
+	crm, erp := f.conn("crm"), f.conn("erp")
+	both := func(rows ...string) {
+		t.Helper()
+		for _, c := range []struct {
+			name string
+			conn *pgx.Conn
+			q    string
+		}{{"crm", crm, `SELECT co, no, body FROM notes ORDER BY 1, 2`}, {"erp", erp, `SELECT co, no, body FROM erp_notes ORDER BY 1, 2`}} {
+			waitFor(t, 30*time.Second, func() (bool, string) {
+				got, err := textRows(ctx, c.conn, c.q)
+				return err == nil && slices.Equal(got, rows), fmt.Sprintf("%s: %q (%v), want %q", c.name, got, err, rows)
+			})
+		}
+	}
+	both("A|1|orig", "A, B|1|orig", "A, B|2|orig")
+	f.exec("erp", `UPDATE erp_notes SET body = 'erp' WHERE co = 'A, B' AND no = 1`)
+	both("A|1|orig", "A, B|1|erp", "A, B|2|orig")
+	f.exec("crm", `UPDATE notes SET body = 'crm' WHERE co = 'A, B' AND no = 2`)
+	f.exec("erp", `UPDATE erp_notes SET body = 'erp 2' WHERE co = 'A' AND no = 1`)
+	both("A|1|erp 2", "A, B|1|erp", "A, B|2|crm")
+	f.exec("crm", `UPDATE notes SET body = 'crm again' WHERE co = 'A, B' AND no = 1`)
+	both("A|1|erp 2", "A, B|1|crm again", "A, B|2|crm")
+	if dls := deadLetterErrors(t, f); len(dls) > 0 {
+		t.Errorf("dead letters: %q", dls)
 	}
 }
