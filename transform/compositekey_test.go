@@ -130,6 +130,8 @@ func TestParse_compositeKey(t *testing.T) {
 			wantErr: `entity doc: key "number" is not one of its fields`},
 		{name: "reference by one field to a key of two", from: "fields: [company, doc_no]", to: "fields: [doc_no]",
 			wantErr: "entity payment: crm column for doc_no refers to doc by 1 field(s) doc_no, but doc is matched on 2: [company, doc_no]"},
+		{name: "reference mapped for a field not among its fields", from: "fields: [company, doc_no]", to: "fields: [company, payment_no]",
+			wantErr: "entity payment: crm column for doc_no: ref fields [company, payment_no] do not include doc_no, the field it is mapped for"},
 		{name: "reference by a field the entity lacks", from: "fields: [company, doc_no]", to: "fields: [firm, doc_no]",
 			wantErr: "entity payment: crm column for doc_no: reference field firm is not a field of payment"},
 	}

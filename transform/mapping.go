@@ -343,7 +343,9 @@ func (m *Mapping) Validate() error {
 						bad("entity %s: %s column for %s matches %s.%s, which is not a field with a %s column", e.Name, sys, fname, c.Ref.Entity, mf, sys)
 					}
 				}
-				if rfs := c.Ref.FieldsFor(fname); len(rfs) != len(mfs) {
+				if rfs := c.Ref.FieldsFor(fname); !slices.Contains(rfs, fname) {
+					bad("entity %s: %s column for %s: ref fields %s do not include %s, the field it is mapped for", e.Name, sys, fname, Names(rfs), fname)
+				} else if len(rfs) != len(mfs) {
 					bad("entity %s: %s column for %s refers to %s by %d field(s) %s, but %s is matched on %d: %s (name them with ref fields: [...])", e.Name, sys, fname, c.Ref.Entity, len(rfs), Names(rfs), c.Ref.Entity, len(mfs), Names(mfs))
 				}
 			}
