@@ -242,10 +242,10 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
 		sys := cfg.Systems[name]
-		keys := map[string]string{}
+		keys := map[string][]string{}
 		for _, e := range m.Entities {
 			if e.Publishes(name) {
-				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumn
+				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumns()
 			}
 		}
 		var flows []string

@@ -1,7 +1,7 @@
 // Package pgcatalog reads what duplex needs to know of a PostgreSQL
 // database's tables from pg_catalog: columns with their base types,
-// precision, scale and collation, single-column unique indexes, foreign
-// keys, and replica identity.
+// precision, scale and collation, unique indexes (single columns and
+// column sets), foreign keys, and replica identity.
 // It returns a transform.Catalog; deciding what fits is transform's job.
 package pgcatalog
 
@@ -98,6 +98,33 @@ WHERE n.nspname || '.' || c.relname = ANY($1)`, tables)
 	}
 	if err := idx.Err(); err != nil {
 		return nil, fmt.Errorf("read catalog indexes: %w", err)
+	}
+	// Unique indexes of several columns, for composite keys: only plain
+	// columns and no predicate, as ON CONFLICT (a, b) infers them.
+	uk, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, array_agg(a.attname::text ORDER BY a.attname::text COLLATE "C")
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey[0:i.indnkeyatts-1])
+WHERE n.nspname || '.' || c.relname = ANY($1) AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+GROUP BY 1, i.indexrelid`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog unique indexes: %w", err)
+	}
+	for uk.Next() {
+		var tbl string
+		var cols []string
+		if err := uk.Scan(&tbl, &cols); err != nil {
+			uk.Close()
+			return nil, fmt.Errorf("read catalog unique indexes: %w", err)
+		}
+		if ti := cat.Tables[tbl]; ti != nil {
+			ti.UniqueKeys = append(ti.UniqueKeys, cols)
+		}
+	}
+	if err := uk.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog unique indexes: %w", err)
 	}
 	if err := readForeignKeys(ctx, q, tables, cat); err != nil {
 		return nil, err

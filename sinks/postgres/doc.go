@@ -46,7 +46,9 @@
 // (large transactions); fold.go (last change per key), targetkey.go (keys
 // as the target compares them), mode.go (per transaction and source-order
 // writes after a unique violation), upsert.go and delete.go (writing
-// rows), statements.go (SQL generation), lookup.go (references),
+// rows), statements.go (SQL generation), keys.go (matching rows by every
+// key column: ON CONFLICT (a, b), joins on unnest of one text array per
+// key column), lookup.go (references),
 // sharedfields.go (shared-field versions), unique.go (moved unique
 // values), isolate.go (row by row under savepoints), order.go (write order
 // and deferred foreign keys), errors.go (classification).
