@@ -15,7 +15,8 @@ import (
 
 // holdStore keeps a source's held entities in its database
 // (duplex.held, through pgstate), where they survive restarts next to the
-// slot they hold back.
+// slot they hold back, and how far released holds were read again
+// (duplex.held_released).
 type holdStore struct {
 	system, dsn string
 	mapping     *transform.Mapping
