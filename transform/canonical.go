@@ -45,6 +45,9 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 		}
 		return t, nil
 	}
+	if inf := timeInfinity(v); inf != "" && (conv == ConvTimestamp || conv == ConvDate) {
+		return inf, nil
+	}
 	if sp, ok := v.(capture.Special); ok {
 		return fail(fmt.Errorf("%s cannot be carried exactly as %s", string(sp), f.Type))
 	}
@@ -121,13 +124,13 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 		if !ok {
 			return fail(fmt.Errorf("want a timestamp, have %T", v))
 		}
-		return t.UTC().Format(time.RFC3339Nano), nil
+		return CanonicalTimestamp(t), nil
 	case ConvDate:
 		t, ok := v.(time.Time)
 		if !ok {
 			return fail(fmt.Errorf("want a date, have %T", v))
 		}
-		return t.Format(time.DateOnly), nil
+		return CanonicalDate(t), nil
 	case ConvBoolean:
 		b, ok := v.(bool)
 		if !ok {
@@ -193,7 +196,7 @@ func describe(v any) string {
 	case decimal.Decimal:
 		return x.String()
 	case time.Time:
-		return x.Format(time.RFC3339Nano)
+		return CanonicalTimestamp(x)
 	case capture.Special:
 		return string(x)
 	case Money:
@@ -266,9 +269,9 @@ func (f *Field) Equal(a, b any) bool {
 	case TypeTimestamp:
 		sa, _ := a.(string)
 		sb, _ := b.(string)
-		ta, err1 := time.Parse(time.RFC3339Nano, sa)
-		tb, err2 := time.Parse(time.RFC3339Nano, sb)
-		return err1 == nil && err2 == nil && ta.Equal(tb)
+		ta, ia, err1 := ParseCanonicalTime(sa, false)
+		tb, ib, err2 := ParseCanonicalTime(sb, false)
+		return err1 == nil && err2 == nil && ia == ib && ta.Equal(tb)
 	}
 	return a == b
 }

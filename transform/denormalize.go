@@ -231,14 +231,33 @@ func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue,
 		if !ok {
 			return fail(fmt.Errorf("want a timestamp string, have %T", v))
 		}
-		ts, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return fail(errors.New("not an RFC 3339 timestamp"))
-		}
-		if c.info != nil && c.info.Type == "timestamp" {
-			out.Text = ts.UTC().Format("2006-01-02 15:04:05.999999999")
-		} else {
+		ts, inf, err := ParseCanonicalTime(s, false)
+		switch {
+		case err != nil:
+			return fail(err)
+		case inf != 0:
+			out.Text = pgInfinity(inf)
+		case c.info != nil && c.info.Type == "timestamp":
+			out.Text = pgDateTimeText(ts, false, false)
+		case ts.Year() >= 1 && ts.Year() <= 9999:
 			out.Text = ts.UTC().Format(time.RFC3339Nano)
+		default:
+			out.Text = pgDateTimeText(ts, false, true)
+		}
+		return out, nil
+	case ConvDate:
+		s, ok := v.(string)
+		if !ok {
+			return fail(fmt.Errorf("want a date string, have %T", v))
+		}
+		d, inf, err := ParseCanonicalTime(s, true)
+		switch {
+		case err != nil:
+			return fail(err)
+		case inf != 0:
+			out.Text = pgInfinity(inf)
+		default:
+			out.Text = pgDateTimeText(d, true, false)
 		}
 		return out, nil
 	case ConvEnum:

@@ -666,6 +666,10 @@ func TestField_Equal(t *testing.T) {
 		{name: "decimal differs", f: decimalF, a: "2.500", b: "2.501", want: false},
 		{name: "timestamp same instant", f: ts, a: "2024-03-01T09:00:00Z", b: "2024-03-01T10:00:00+01:00", want: true},
 		{name: "timestamp differs", f: ts, a: "2024-03-01T09:00:00Z", b: "2024-03-01T09:00:00.000001Z", want: false},
+		{name: "timestamp expanded year", f: ts, a: "+294276-12-31T23:59:59.999999Z", b: "+294276-12-31T23:59:59.999999Z", want: true},
+		{name: "timestamp BC differs", f: ts, a: "-4712-01-01T00:00:00Z", b: "-4711-01-01T00:00:00Z", want: false},
+		{name: "timestamp infinity", f: ts, a: "infinity", b: "infinity", want: true},
+		{name: "timestamp infinities differ", f: ts, a: "infinity", b: "-infinity", want: false},
 		{name: "text exact", f: text, a: "a", b: "a", want: true},
 		{name: "text case differs", f: text, a: "a", b: "A", want: false},
 	}
