@@ -97,6 +97,14 @@ func (a *App) DeadLetterCounts(ctx context.Context) (map[string]uint64, error) {
 // Preflight checks the mapping against the catalogs of every configured
 // system and returns every mismatch at once.
 func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) error {
+	_, err := PreflightReport(ctx, cfg, m)
+	return err
+}
+
+// PreflightReport is Preflight that also returns the warnings: what fits
+// but will refuse some events (transform.Mapping.CheckReport), such as a
+// target NOT NULL column that only inserts need.
+func PreflightReport(ctx context.Context, cfg *config.Config, m *transform.Mapping) (warnings []string, err error) {
 	var errs []error
 	for _, name := range sortedSystems(cfg) {
 		sys := cfg.Systems[name]
@@ -132,19 +140,26 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 			errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 		}
 		cat, err := pgcatalog.Read(ctx, conn, m.Tables(name))
+		if err == nil && role != "source" {
+			if derr := pgsink.CheckDefaults(ctx, conn, m, name, cat); derr != nil {
+				errs = append(errs, derr)
+			}
+		}
 		_ = conn.Close(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 			continue
 		}
-		if err := m.Check(name, cat, role); err != nil {
+		warns, err := m.CheckReport(name, cat, role)
+		if err != nil {
 			errs = append(errs, err)
 		}
+		warnings = append(warnings, warns...)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
+		return warnings, fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
 	}
-	return nil
+	return warnings, nil
 }
 
 func sortedSystems(cfg *config.Config) []string {
@@ -168,8 +183,12 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := Preflight(ctx, cfg, m); err != nil {
+	warnings, err := PreflightReport(ctx, cfg, m)
+	if err != nil {
 		return nil, err
+	}
+	for _, w := range warnings {
+		opts.Logger.Warn("mapping check", slog.String("warning", w))
 	}
 	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
 		slots: slotWatch{last: map[string]pgcapture.SlotLag{}, warns: map[string]time.Time{}}, started: time.Now(), runners: map[string]*flowRunner{}}

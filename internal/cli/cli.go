@@ -176,7 +176,11 @@ func checkCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := app.Preflight(cmd.Context(), cfg, m); err != nil {
+			warnings, err := app.PreflightReport(cmd.Context(), cfg, m)
+			for _, w := range warnings {
+				fmt.Fprintln(g.stdout, "warning: "+w)
+			}
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(g.stdout, "configuration and mapping fit both databases")

@@ -53,6 +53,9 @@ func (s *Sink) connect(ctx context.Context) error {
 	if err := s.cfg.Mapping.CheckTarget(s.cfg.System, s.cfg.Source, cat); err != nil {
 		return fail("mapping does not fit the database", err)
 	}
+	if err := CheckDefaults(ctx, conn, s.cfg.Mapping, s.cfg.System, cat); err != nil {
+		return fail("mapping does not fit the database", err)
+	}
 	s.conn, s.catalog, s.stmts = conn, cat, map[string]string{}
 	s.log.Info("sink session started", slog.String("origin", s.cfg.Origin))
 	return nil

@@ -68,6 +68,16 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			return fmt.Sprintf("upsert %d rows into %s (entity %s)", n, t.QualifiedTable(), e.Name)
 		}
 		if err := s.execRows(ctx, tx, sql, rows, args, what); err != nil {
+			if col, ok := notNullViolation(err); ok && s.staleNotNull(t, col, cols) {
+				// The table changed since the catalog was read (a NOT NULL
+				// column added, a DEFAULT dropped): read it again and
+				// retry, so rows that exist are updated (canInsert).
+				s.log.Info("target column is NOT NULL without a default since the catalog was read; reading it again",
+					slog.String("table", t.QualifiedTable()), slog.String("column", col))
+				var ae *pipeline.ApplyError
+				errors.As(err, &ae)
+				return &pipeline.ApplyError{Kind: pipeline.Transient, Tx: -1, Event: -1, RetryAfter: time.Millisecond, Err: ae.Err}
+			}
 			if isUniqueViolation(err) && !s.release[e.Name] && s.movable(e, t, cols) {
 				// A value the source assigns moved between rows: retry with
 				// stale holders cleared first.
@@ -183,15 +193,9 @@ func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 	}
 	for _, p := range rows {
 		if p.row.Key == missing[0] {
-			var need []string
-			for name, ci := range s.catalog.Tables[t.QualifiedTable()].Columns {
-				if ci.NotNull && !ci.HasDefault && !slices.ContainsFunc(p.row.Values, func(c transform.ColValue) bool { return c.Column == name }) {
-					need = append(need, name)
-				}
-			}
-			slices.Sort(need)
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
-				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the event lacks %v to create one", e.Name, p.row.Key, t.QualifiedTable(), need)}
+				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the event lacks %v to create one (NOT NULL without a default; give a value with default: in the mapping's %s table, or a DEFAULT in the table)",
+					e.Name, p.row.Key, t.QualifiedTable(), s.lacking(t, p.row.Values), s.cfg.System)}
 		}
 	}
 	return nil
@@ -205,4 +209,34 @@ func ensureKey(r *transform.Row, t *transform.TableMap) {
 	}
 	r.Values = append(r.Values, transform.ColValue{Column: t.KeyColumn, Text: r.Key})
 	slices.SortFunc(r.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
+}
+
+// staleNotNull says whether a NOT NULL violation on column col of an
+// insert that writes no value to col (neither the event nor a default: of
+// the mapping) means the catalog is out of date: it shows the column as
+// absent, nullable or with a default. The session is
+// then marked for a new catalog (Apply reconnects). A second violation
+// with the column described as it was at the last re-read is not stale
+// (a DEFAULT that yields NULL, a trigger): that one is the data's.
+func (s *Sink) staleNotNull(t *transform.TableMap, col string, cols []transform.ColValue) bool {
+	if t.Default[col] != nil || slices.ContainsFunc(cols, func(c transform.ColValue) bool { return c.Column == col }) {
+		return false // the NULL came from the event or the mapping
+	}
+	var now transform.ColumnInfo
+	if ci := s.catalog.Tables[t.QualifiedTable()].Columns[col]; ci != nil {
+		now = *ci
+	}
+	if now.NotNull && !now.HasDefault {
+		return false
+	}
+	k := t.QualifiedTable() + "." + col
+	if prev, ok := s.reread[k]; ok && prev == now {
+		return false
+	}
+	if s.reread == nil {
+		s.reread = map[string]transform.ColumnInfo{}
+	}
+	s.reread[k] = now
+	s.stale = true
+	return true
 }
