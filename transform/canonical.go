@@ -29,8 +29,11 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 	if !ok {
 		return skip, nil
 	}
-	if _, ok := v.(capture.Unchanged); ok {
-		return skip, nil
+	if u, ok := v.(capture.Unchanged); ok {
+		if !u.Known {
+			return skip, nil
+		}
+		v = u.Value // the value it holds (normalize marks it unchanged)
 	}
 	fail := func(err error) (any, error) {
 		return nil, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: describe(v), Err: err}
@@ -149,8 +152,11 @@ func (m *Mapping) currencyOf(c *ColumnMap, row capture.Row) (string, error) {
 	if !ok || v == nil {
 		return "", fmt.Errorf("currency column %s is empty", c.CurrencyColumn)
 	}
-	if _, ok := v.(capture.Unchanged); ok {
-		return "", fmt.Errorf("currency column %s was not sent", c.CurrencyColumn)
+	if u, ok := v.(capture.Unchanged); ok {
+		if !u.Known || u.Value == nil {
+			return "", fmt.Errorf("currency column %s was not sent", c.CurrencyColumn)
+		}
+		v = u.Value
 	}
 	s, err := asText(v)
 	if err != nil {

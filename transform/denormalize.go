@@ -22,6 +22,10 @@ type ColValue struct {
 	// sink must look up the column value in the target (Ref.Column of the
 	// referenced row).
 	Ref *Ref
+	// InsertOnly: the value of a field the change left unchanged
+	// (Event.Unchanged), written only when the row is created, never
+	// over an existing row.
+	InsertOnly bool
 }
 
 // Row is a canonical event made ready for one system: the table, the key
@@ -36,6 +40,10 @@ type Row struct {
 	// be written (the currency next to an amount, owned by another
 	// system); a row that holds something else is an error, not a write.
 	Guards []ColValue
+	// Unknown lists the fields the change left unchanged whose value is
+	// not known (Event.Unchanged without a value): the row is updated if
+	// it exists, but cannot be created from this event.
+	Unknown []string
 }
 
 // fieldOfColumn returns the field a column of the table stores, if any.
@@ -54,7 +62,13 @@ func (r *Row) Signature() string {
 	var b strings.Builder
 	for _, v := range r.Values {
 		b.WriteString(v.Column)
+		if v.InsertOnly {
+			b.WriteByte('+')
+		}
 		b.WriteByte(',')
+	}
+	if len(r.Unknown) > 0 {
+		b.WriteByte('?')
 	}
 	return b.String()
 }
@@ -103,12 +117,21 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 			continue
 		}
 		v, ok := ev.Data[f.Name]
+		unchanged := slices.Contains(ev.Unchanged, f.Name)
 		if !ok {
+			if unchanged {
+				r.Unknown = append(r.Unknown, f.Name)
+			}
 			continue
 		}
 		cv, err := targetText(e, f, c, v, ev.Key)
 		if err != nil {
 			return nil, err
+		}
+		if unchanged {
+			cv.InsertOnly = true
+			r.Values = append(r.Values, cv)
+			continue
 		}
 		r.Values = append(r.Values, cv)
 		if c.CurrencyColumn != "" && v != nil {

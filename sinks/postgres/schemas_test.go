@@ -221,3 +221,73 @@ func TestSink_IdentityColumnFillsItself(t *testing.T) {
 		t.Errorf("row = %s, want (1,a)", got)
 	}
 }
+
+// toastUpdate is an update of item id's note that left body unchanged:
+// with body's value when the capture found it, else without (unknown).
+func toastUpdate(id, note string, body *string) transform.Event {
+	ev := item(id, map[string]any{"note": note})
+	ev.Unchanged = []string{"body"}
+	if body != nil {
+		ev.Data["body"] = *body
+	}
+	return ev
+}
+
+// TestSink_UnchangedToastValueForAMissingRow: an update that left body
+// unchanged creates a row the target lacks with body's value (never
+// NULL), leaves an existing row's body as it is, and, when body's value is
+// unknown, updates an existing row but refuses to create a missing one,
+// naming the field.
+func TestSink_UnchangedToastValueForAMissingRow(t *testing.T) {
+	s, conn := newItemTarget(t, `CREATE TABLE items (id int PRIMARY KEY, note text, body text)`, itemMapping(t, ""))
+	mustApply(t, s, tx(0x100, item("1", map[string]any{"note": "a", "body": "target's body"})))
+	big := strings.Repeat("x", 10000)
+	mustApply(t, s, tx(0x200, toastUpdate("1", "b", &big), toastUpdate("2", "b", &big)))
+	if got := itemRow(t, conn, "note, left(body, 20)", "1"); got != "(b,\"target's body\")" {
+		t.Errorf("existing row = %s, want its body kept", got)
+	}
+	if got := itemRow(t, conn, "note, length(body)", "2"); got != "(b,10000)" {
+		t.Errorf("created row = %s, want (b,10000)", got)
+	}
+
+	mustApply(t, s, tx(0x300, toastUpdate("1", "c", nil)))
+	if got := itemRow(t, conn, "note, left(body, 20)", "1"); got != "(c,\"target's body\")" {
+		t.Errorf("existing row after an update with body unknown = %s, want (c,\"target's body\")", got)
+	}
+	_, err := s.Apply(context.Background(), []*transform.Tx{tx(0x400, toastUpdate("1", "d", nil), toastUpdate("3", "d", nil))})
+	if ae := applyError(t, err, pipeline.Permanent); ae != nil {
+		if ae.Tx != 0 || ae.Event != 1 {
+			t.Errorf("error names tx %d event %d, want 0, 1 (the update of 3)", ae.Tx, ae.Event)
+		}
+		for _, want := range []string{"entity item key 3", "[body] unchanged", "not created"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+	}
+	if got := itemRow(t, conn, "note", "3"); got != "no row" {
+		t.Errorf("row 3 = %s, want none (never a NULL body)", got)
+	}
+}
+
+// TestSink_UnchangedToastValueFolded: an insert and a later update that
+// left body unchanged, folded in one batch, create the row with the
+// inserted body; the update's unchanged value never overrides a value a
+// change of the batch wrote.
+func TestSink_UnchangedToastValueFolded(t *testing.T) {
+	s, conn := newItemTarget(t, `CREATE TABLE items (id int PRIMARY KEY, note text, body text NOT NULL)`, itemMapping(t, ""))
+	newer := "read later"
+	mustApply(t, s,
+		tx(0x100, item("1", map[string]any{"note": "a", "body": "inserted"}), item("2", map[string]any{"note": "a", "body": "inserted"})),
+		tx(0x200, toastUpdate("1", "b", nil), toastUpdate("2", "b", &newer)))
+	for _, id := range []string{"1", "2"} {
+		if got := itemRow(t, conn, "note, body", id); got != "(b,inserted)" {
+			t.Errorf("row %s = %s, want (b,inserted)", id, got)
+		}
+	}
+	// Folded the other way round: a write after the unchanged value wins.
+	mustApply(t, s, tx(0x300, toastUpdate("4", "a", &newer)), tx(0x400, item("4", map[string]any{"note": "b", "body": "written"})))
+	if got := itemRow(t, conn, "note, body", "4"); got != "(b,written)" {
+		t.Errorf("row 4 = %s, want (b,written)", got)
+	}
+}

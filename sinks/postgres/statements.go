@@ -94,13 +94,22 @@ func quoteLiteral(s string) string {
 	return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
 }
 
-// writeSQL returns the statement that writes rows with these columns:
-// an upsert when they can create the row, else an update of existing rows.
-func (s *Sink) writeSQL(e *transform.Entity, t *transform.TableMap, sig string, cols []transform.ColValue) (string, error) {
+// insertable says whether rows of this shape can be created: they know
+// every value (no Unknown unchanged field) and give every NOT NULL column
+// one (canInsert).
+func (s *Sink) insertable(t *transform.TableMap, r *transform.Row) bool {
+	return len(r.Unknown) == 0 && s.canInsert(t, r.Values)
+}
+
+// writeSQL returns the statement that writes rows of this shape (r is
+// one of them; sig their signature): an upsert when they can create the
+// row, else an update of existing rows.
+func (s *Sink) writeSQL(e *transform.Entity, t *transform.TableMap, sig string, r *transform.Row) (string, error) {
+	cols := r.Values
 	if q, ok := s.stmts[e.Name+"|"+sig]; ok {
 		return q, nil
 	}
-	if !s.canInsert(t, cols) {
+	if !s.insertable(t, r) {
 		q, err := s.updateSQL(t, cols)
 		if err != nil {
 			return "", err
@@ -129,6 +138,9 @@ func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (stri
 			keyExpr = "t." + id + " = " + val
 			continue
 		}
+		if c.InsertOnly {
+			continue // an unchanged value: a row that exists keeps its own
+		}
 		set = append(set, id+" = "+val)
 		cmpT = append(cmpT, s.comparable(t, c.Column, "t."+id))
 		cmpU = append(cmpU, s.comparable(t, c.Column, "("+val+")"))
@@ -155,7 +167,7 @@ func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string,
 		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
 		alias = append(alias, fmt.Sprintf("v%d", i))
 		sel = append(sel, fmt.Sprintf("u.v%d::%s", i, ct))
-		if c.Column != t.KeyColumn {
+		if c.Column != t.KeyColumn && !c.InsertOnly {
 			set = append(set, id+" = EXCLUDED."+id)
 			cmpT = append(cmpT, s.comparable(t, c.Column, "t."+id))
 			cmpE = append(cmpE, s.comparable(t, c.Column, "EXCLUDED."+id))

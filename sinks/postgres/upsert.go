@@ -60,7 +60,7 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 				return err
 			}
 		}
-		sql, err := s.writeSQL(e, t, sig, cols)
+		sql, err := s.writeSQL(e, t, sig, rows[0].row)
 		if err != nil {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
 		}
@@ -92,7 +92,7 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			}
 			return err
 		}
-		if !s.canInsert(t, cols) {
+		if !s.insertable(t, rows[0].row) {
 			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
 				return err
 			}
@@ -165,9 +165,15 @@ func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 // the row was deleted here, or never made it; there is nothing to update.
 // Rows that the event's source owns should exist: a missing one cannot be
 // created without the columns the event lacks, and that is an error.
+//
+// Rows with a field the change left unchanged and whose value is unknown
+// (an unchanged TOASTed value the capture could not find) are never
+// created, whoever owns the key: the row would hold NULL where the source
+// holds a value. Their event is refused with the reason (a dead letter).
 func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
 	kf := e.Field(e.Key)
-	if kf.Owner != rows[0].source && kf.Owner != transform.OwnerBoth {
+	unknown := len(rows[0].row.Unknown) > 0
+	if !unknown && kf.Owner != rows[0].source && kf.Owner != transform.OwnerBoth {
 		return nil
 	}
 	kt, err := s.castType(t, t.KeyColumn)
@@ -192,6 +198,11 @@ func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 		return nil
 	}
 	for _, p := range rows {
+		if p.row.Key == missing[0] && len(p.row.Unknown) > 0 {
+			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the change left %v unchanged (unchanged TOAST) without their values: neither the old row (REPLICA IDENTITY FULL) nor the source row, read again by key, gave them (deleted since?), so the row is not created with them NULL",
+					e.Name, p.row.Key, t.QualifiedTable(), p.row.Unknown)}
+		}
 		if p.row.Key == missing[0] {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
 				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the event lacks %v to create one (NOT NULL without a default; give a value with default: in the mapping's %s table, or a DEFAULT in the table)",
