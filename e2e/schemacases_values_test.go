@@ -148,7 +148,7 @@ func TestSchemaCases_Values(t *testing.T) {
 			erpDDL:  datesDDL,
 			mapping: datesMapping,
 			before:  []stmt{onCRM(datesRows(1))},
-			changes: []stmt{onCRM(datesRows(100)), onCRM(`UPDATE dates SET d = '4713-01-01 BC', nd = '5874897-12-31' WHERE id = 1`)},
+			changes: []stmt{onCRM(datesRows(101)), onCRM(`UPDATE dates SET d = '4713-01-01 BC', nd = '5874897-12-31' WHERE id = 1`)},
 			want: []want{wantERP(`SELECT id, d, ts, tz AT TIME ZONE 'UTC', nd, nts, ntz AT TIME ZONE 'UTC' FROM dates ORDER BY id`,
 				"1|4713-01-01 BC|4713-01-01 00:00:00 BC|4713-01-01 00:00:00 BC|5874897-12-31|4713-01-01 00:00:00 BC|4713-01-01 00:00:00 BC",
 				"2|0001-01-01 BC|0001-01-01 00:00:00 BC|0001-12-31 23:59:59.999999 BC|0001-01-01 BC|0001-01-01 00:00:00 BC|0001-12-31 23:59:59.999999 BC",

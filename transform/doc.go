@@ -19,5 +19,13 @@
 // (captured change to events), canonical.go (column value to canonical
 // value and back, comparison), denormalize.go (event to columns),
 // money.go (ISO 4217 scales, exact conversions), native.go (types carried
-// as PostgreSQL's text form), errors.go.
+// as PostgreSQL's text form), timevalue.go (dates and timestamps over
+// PostgreSQL's whole range, infinities included), errors.go.
+//
+// A target table may give columns the mapping does not carry a value for
+// the rows duplex inserts (TableMap.Default, `default:` in YAML); Check
+// reports a NOT NULL column without any as a warning (CheckReport), since
+// only inserts need it. An update that left a TOASTed value unchanged
+// lists the field in Event.Unchanged, with the value when the capture
+// found it: Denormalize makes it an InsertOnly column, or Unknown.
 package transform
