@@ -291,3 +291,17 @@ func TestSink_UnchangedToastValueFolded(t *testing.T) {
 		t.Errorf("row 4 = %s, want (b,written)", got)
 	}
 }
+
+// TestSink_UnchangedToastValueUnknownForARowBornHere: an entity whose key
+// the target owns lives and dies in the target; an update from the other
+// side that finds no row (deleted here) is skipped, unknown unchanged
+// values or not: no row with NULLs, and no dead letter.
+func TestSink_UnchangedToastValueUnknownForARowBornHere(t *testing.T) {
+	m := itemMapping(t, "")
+	m.Entity("item").Field("id").Owner = "erp"
+	s, conn := newItemTarget(t, `CREATE TABLE items (id int PRIMARY KEY, note text, body text)`, m)
+	mustApply(t, s, tx(0x100, toastUpdate("1", "b", nil)))
+	if got := itemRow(t, conn, "note", "1"); got != "no row" {
+		t.Errorf("row 1 = %s, want none", got)
+	}
+}

@@ -165,15 +165,14 @@ func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 // the row was deleted here, or never made it; there is nothing to update.
 // Rows that the event's source owns should exist: a missing one cannot be
 // created without the columns the event lacks, and that is an error.
-//
 // Rows with a field the change left unchanged and whose value is unknown
-// (an unchanged TOASTed value the capture could not find) are never
-// created, whoever owns the key: the row would hold NULL where the source
-// holds a value. Their event is refused with the reason (a dead letter).
+// (an unchanged TOASTed value the capture could not find) are not created
+// either: the row would hold NULL where the source holds a value, so the
+// event is refused with the reason (a dead letter), or skipped like any
+// update of a row born here.
 func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
 	kf := e.Field(e.Key)
-	unknown := len(rows[0].row.Unknown) > 0
-	if !unknown && kf.Owner != rows[0].source && kf.Owner != transform.OwnerBoth {
+	if kf.Owner != rows[0].source && kf.Owner != transform.OwnerBoth {
 		return nil
 	}
 	kt, err := s.castType(t, t.KeyColumn)
