@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/transform"
 )
 
 // TestNotNullColumnAddedWhileStreaming: the ERP adds a NOT NULL column the
@@ -50,6 +53,20 @@ func TestNotNullColumnAddedWhileStreaming(t *testing.T) {
 		dls := deadLetterErrors(t, f)
 		return len(dls) == 1 && strings.Contains(dls[0], "entity acct key 3: no row in public.accts to update, and the event lacks [region]"), strings.Join(dls, "\n")
 	})
+
+	// duplex check: a warning, not a refusal.
+	cfg := f.config()
+	m, err := transform.Load(cfg.MappingPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	warnings, err := app.PreflightReport(t.Context(), cfg, m)
+	if err != nil {
+		t.Errorf("check refuses: %v", err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "erp table public.accts (entity acct): column region is NOT NULL without a default and not mapped") {
+		t.Errorf("check warnings = %q, want one about region", warnings)
+	}
 
 	stop()
 	f.inProcess() // fails the test if duplex refuses to start
