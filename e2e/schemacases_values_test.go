@@ -5,11 +5,11 @@ import (
 	"testing"
 )
 
-// skipHidden is an ERP trigger that drops the insert of a row whose status
+// skipHiddenDocs is an ERP trigger that drops the insert of a row whose status
 // is 'hidden': the target then lacks a row the source has, as when its
 // insert was dead-lettered or the target was restored from an older
 // backup. ENABLE ALWAYS: it fires under any session_replication_role.
-const skipHidden = `
+const skipHiddenDocs = `
 CREATE FUNCTION skip_hidden() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
 	IF NEW.status = 'hidden' THEN RETURN NULL; END IF;
@@ -18,8 +18,8 @@ END $$;
 CREATE TRIGGER skip_hidden BEFORE INSERT ON docs FOR EACH ROW EXECUTE FUNCTION skip_hidden();
 ALTER TABLE docs ENABLE ALWAYS TRIGGER skip_hidden;`
 
-// docsMapping copies docs(id, status, body) from the CRM to the ERP.
-const docsMapping = `
+// toastDocsMapping copies docs(id, status, body) from the CRM to the ERP.
+const toastDocsMapping = `
   - name: doc
     key: id
     fields:
@@ -69,8 +69,8 @@ func TestSchemaCases_Values(t *testing.T) {
 			// the body the capture read back from the CRM by key.
 			name:    "unchanged TOAST value, target lacks the row",
 			crmDDL:  docs,
-			erpDDL:  docs + skipHidden,
-			mapping: docsMapping,
+			erpDDL:  docs + skipHiddenDocs,
+			mapping: toastDocsMapping,
 			before:  []stmt{onCRM(`INSERT INTO docs SELECT i, 'hidden', ` + big + ` FROM generate_series(1, 2) i`)},
 			changes: []stmt{onCRM(`UPDATE docs SET status = 'shown'`)},
 			want:    []want{wantDocs},
@@ -81,8 +81,8 @@ func TestSchemaCases_Values(t *testing.T) {
 			// the old row.
 			name:    "unchanged TOAST value, target lacks the row, REPLICA IDENTITY FULL",
 			crmDDL:  docs + `ALTER TABLE docs REPLICA IDENTITY FULL;`,
-			erpDDL:  docs + skipHidden,
-			mapping: docsMapping,
+			erpDDL:  docs + skipHiddenDocs,
+			mapping: toastDocsMapping,
 			before:  []stmt{onCRM(`INSERT INTO docs SELECT i, 'hidden', ` + big + ` FROM generate_series(1, 2) i`)},
 			changes: []stmt{onCRM(`UPDATE docs SET status = 'shown'`)},
 			want:    []want{wantDocs},
@@ -93,8 +93,8 @@ func TestSchemaCases_Values(t *testing.T) {
 			// batch by the sink; the insert alone never reaches the ERP.
 			name:    "unchanged TOAST value, insert skipped by the target and update together",
 			crmDDL:  docs,
-			erpDDL:  docs + skipHidden,
-			mapping: docsMapping,
+			erpDDL:  docs + skipHiddenDocs,
+			mapping: toastDocsMapping,
 			changes: []stmt{
 				onCRM(`INSERT INTO docs SELECT i, 'hidden', ` + big + ` FROM generate_series(1, 2) i`),
 				onCRM(`UPDATE docs SET status = 'shown' WHERE id = 1`),

@@ -50,7 +50,7 @@ func TestTimeValues_WholePostgreSQLRange(t *testing.T) {
 			if c.conv == ConvDate {
 				typ = TypeDate
 			}
-			e := &Entity{Name: "e", Key: "id"}
+			e := &Entity{Name: "e", Key: Names{"id"}}
 			f := &Field{Name: "at", Type: typ}
 			col := &ColumnMap{Column: "at", info: &ColumnInfo{Name: "at", Type: c.colType}}
 			var m Mapping

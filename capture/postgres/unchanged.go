@@ -9,7 +9,7 @@ package postgres
 //  1. from the old row, when the change carries it (REPLICA IDENTITY FULL
 //     logs the whole old row, out-of-line values included);
 //  2. otherwise from the source: the row read again by its replica
-//     identity key (the mapping's key column under FULL), with one query
+//     identity key (the mapping's key columns under FULL), with one query
 //     per table per chunk, after the transaction committed;
 //  3. otherwise (no key, the row gone, the read refused) the value stays
 //     unknown, and the sink refuses to create a row from the change (a
@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -73,16 +74,17 @@ func fillFromOld(ch *capture.Change) bool {
 
 // keyColumns returns the indexes of the columns a row of rel is read back
 // by: the replica identity's (pgoutput flags them), or under REPLICA
-// IDENTITY FULL (every column flagged) the mapping's key column. Nil when
-// there is none.
+// IDENTITY FULL (every column flagged) the mapping's key columns. Nil
+// when there is none.
 func (ss *session) keyColumns(rel *pglogrepl.RelationMessage) []int {
 	var out []int
 	if rel.ReplicaIdentity == 'f' {
-		key := ss.src.cfg.Keys[rel.Namespace+"."+rel.RelationName]
-		for i, c := range rel.Columns {
-			if c.Name == key {
-				out = append(out, i)
+		for _, key := range ss.src.cfg.Keys[rel.Namespace+"."+rel.RelationName] {
+			i := slices.IndexFunc(rel.Columns, func(c *pglogrepl.RelationMessageColumn) bool { return c.Name == key })
+			if i < 0 {
+				return nil
 			}
+			out = append(out, i)
 		}
 		return out
 	}

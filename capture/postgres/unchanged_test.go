@@ -35,7 +35,7 @@ func TestUnchanged_ValuesFoundForUpdates(t *testing.T) {
 		t.Fatal(err)
 	}
 	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "bf", Publication: "bf", Tables: []string{"public.bykey", "public.fullt"},
-		Keys: map[string]string{"public.bykey": "id", "public.fullt": "id"}, Snapshot: SnapshotNever})
+		Keys: map[string][]string{"public.bykey": {"id"}, "public.fullt": {"id"}}, Snapshot: SnapshotNever})
 	if err != nil {
 		t.Fatal(err)
 	}
