@@ -77,7 +77,7 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 		return r, nil
 	}
 	kf := e.Field(e.Key)
-	key, err := targetText(e, kf, t.Columns[e.Key], ev.Key, ev.Key)
+	key, err := m.targetText(e, kf, t.Columns[e.Key], ev.Key, ev.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +106,7 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 		if !ok {
 			continue
 		}
-		cv, err := targetText(e, f, c, v, ev.Key)
+		cv, err := m.targetText(e, f, c, v, ev.Key)
 		if err != nil {
 			return nil, err
 		}
@@ -146,7 +146,7 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 }
 
 // targetText converts a canonical value to the text of a target column.
-func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue, error) {
+func (m *Mapping) targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue, error) {
 	out := ColValue{Column: c.Column, Ref: c.Ref}
 	if v == nil {
 		out.Null = true
@@ -178,7 +178,7 @@ func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue,
 			return fail(fmt.Errorf("amount %q is %w", mv.Amount, err))
 		}
 		if conv == ConvMoneyMinor {
-			n, err := toMinorUnits(amount, mv.Currency, c.Rounding)
+			n, err := m.toMinorUnits(amount, mv.Currency, c.Rounding)
 			if err != nil {
 				return fail(err)
 			}
