@@ -44,6 +44,12 @@ const (
 // Owners of a field. OwnerBoth means either system may write it.
 const OwnerBoth = "both"
 
+// Values of Entity.Enforce and Entity.Sequence.
+const (
+	EnforceOwner   = "owner"
+	SequenceFollow = "follow"
+)
+
 // Mapping is the declarative mapping file: canonical entities and how each
 // system stores them.
 type Mapping struct {
@@ -68,6 +74,20 @@ type Entity struct {
 	Fields   []*Field             `yaml:"fields"`
 	Tables   map[string]*TableMap `yaml:"systems"`
 	Truncate string               `yaml:"truncate"` // "refuse" (default) or "propagate"
+	// Enforce says what duplex does when a system edits a field of the
+	// entity that another system owns (an ownership violation). Empty:
+	// the edit is counted and logged, and the two systems stay different
+	// until the owner writes the field again. EnforceOwner: the owner's
+	// current value is also written back to the system that edited it.
+	Enforce string `yaml:"enforce"`
+	// Sequence, for an entity with an integer key, says what duplex does
+	// with the sequence that generates the key column in a system that
+	// does not own the key. Empty: nothing (check warns that such a
+	// system should not generate keys). SequenceFollow: after writing
+	// rows there, duplex moves that sequence past the highest key it
+	// wrote, so the system's own inserts do not collide with replicated
+	// keys (they are refused all the same; see OwnershipError).
+	Sequence string `yaml:"sequence"`
 
 	fieldByName map[string]*Field
 }
@@ -232,6 +252,20 @@ func (m *Mapping) Validate() error {
 		default:
 			bad("entity %s: truncate %q: want refuse or propagate", e.Name, e.Truncate)
 		}
+		switch e.Enforce {
+		case "", EnforceOwner:
+		default:
+			bad("entity %s: enforce %q: want owner (or leave it out)", e.Name, e.Enforce)
+		}
+		switch e.Sequence {
+		case "":
+		case SequenceFollow:
+			if kf := e.fieldByName[e.Key]; kf != nil && kf.Type != TypeInteger {
+				bad("entity %s: sequence: follow needs an integer key; key %s is %s", e.Name, e.Key, kf.Type)
+			}
+		default:
+			bad("entity %s: sequence %q: want follow (or leave it out)", e.Name, e.Sequence)
+		}
 		for sys, t := range e.Tables {
 			if !slices.Contains(m.Systems, sys) {
 				bad("entity %s: system %s is not listed under systems", e.Name, sys)
@@ -338,10 +372,15 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 }
 
 // Publishes says whether a system's changes to an entity go on the bus:
-// when it owns (alone or with another system) at least one of its fields.
+// when it owns (alone or with another system) at least one of its fields,
+// or when the entity enforces ownership (enforce: owner), so that its
+// edits of fields other systems own are seen.
 func (e *Entity) Publishes(system string) bool {
 	if e.Tables[system] == nil {
 		return false
+	}
+	if e.Enforce == EnforceOwner {
+		return true
 	}
 	for _, f := range e.Fields {
 		if (f.Owner == system || f.Owner == OwnerBoth) && e.Tables[system].Columns[f.Name] != nil {
@@ -349,6 +388,34 @@ func (e *Entity) Publishes(system string) bool {
 		}
 	}
 	return false
+}
+
+// KeyOwner returns the system that owns the entity's key ("both" when
+// either may create rows).
+func (e *Entity) KeyOwner() string {
+	if kf := e.Field(e.Key); kf != nil {
+		return kf.Owner
+	}
+	return ""
+}
+
+// OwnedElsewhere lists the fields a system maps to a column of its own
+// but that another system owns alone (not the key, not constants): an
+// edit of one of them in that system is an ownership violation.
+func (e *Entity) OwnedElsewhere(system string) []string {
+	t := e.Tables[system]
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for _, f := range e.Fields {
+		c := t.Columns[f.Name]
+		if f.Name == e.Key || f.Owner == system || f.Owner == OwnerBoth || c == nil || c.Column == "" || c.converter(f) == ConvConstant {
+			continue
+		}
+		out = append(out, f.Name)
+	}
+	return out
 }
 
 // SharedFields lists the fields owned by both systems that a system maps.
