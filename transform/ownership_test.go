@@ -45,7 +45,7 @@ func TestNormalize_InsertByNonOwnerOfTheKey(t *testing.T) {
 		}
 	}
 	for name, mod := range map[string]func(*capture.TxInfo){
-		"snapshot copy": func(t *capture.TxInfo) { t.Snapshot = true },
+		"snapshot copy":  func(t *capture.TxInfo) { t.Snapshot = true },
 		"duplex's apply": func(t *capture.TxInfo) { t.Applied = true },
 	} {
 		tx := *testTx
