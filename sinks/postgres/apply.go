@@ -72,6 +72,7 @@ func (s *Sink) begin(ctx context.Context) (pgx.Tx, transform.Position, error) {
 // transaction) and returns the last transaction it wrote, nil if none.
 func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applied transform.LSN, seen *transform.LSN, res *pipeline.ApplyResult) (*transform.Tx, error) {
 	batches := map[string]*entityBatch{}
+	reread := map[string][]string{} // entity -> keys whose owned fields the source edited
 	var last *transform.Tx
 	for ti, t := range txs {
 		redo := false
@@ -110,6 +111,10 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 			if err != nil {
 				return nil, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei, Err: fmt.Errorf("event %s: %w", ev.ID, err)}
 			}
+			if len(ev.Violated) > 0 && s.violation(ev, row, reread) {
+				res.Applied++ // it only reports an edit in its source
+				continue
+			}
 			b := batches[ev.Entity]
 			if b == nil {
 				b = &entityBatch{rows: map[string]*pendingRow{}}
@@ -121,6 +126,9 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 	}
 	if last == nil && len(batches) == 0 {
 		return nil, nil
+	}
+	if err := s.reassert(ctx, tx, reread); err != nil {
+		return nil, err
 	}
 	// Truncates first, children before parents; then upserts, parents
 	// before children; then deletes, children before parents.
@@ -149,6 +157,13 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 		if err := s.recordVersions(ctx, tx, e, b); err != nil {
 			return nil, err
 		}
+		if err := s.followSequence(ctx, tx, e, b); err != nil {
+			return nil, err
+		}
+	}
+	refs, err := s.referencedByDeletes(ctx, tx, batches)
+	if err != nil {
+		return nil, err
 	}
 	for i := len(s.order) - 1; i >= 0; i-- {
 		e := s.order[i]
@@ -157,6 +172,9 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 				return nil, err
 			}
 		}
+	}
+	if err := s.checkForeignKeys(ctx, tx, batches, refs); err != nil {
+		return nil, err
 	}
 	return last, nil
 }
