@@ -10,6 +10,13 @@
 // would lose a digit is an error naming entity, key, field and value, never
 // a rounding unless the mapping names a rounding mode.
 //
+// Ownership: rows of an entity are created and keyed only in the system
+// that owns its key field; Normalize refuses a local insert (or key change)
+// elsewhere with an *OwnershipError, and reports on the event
+// (Event.Violated) the fields another system owns that a local update
+// changed. Entity.Enforce (enforce: owner) and Entity.Sequence (sequence:
+// follow) say what the sinks do about them.
+//
 // The package does not talk to databases: Check compares a mapping with a
 // Catalog that the caller read from the live database.
 //

@@ -1,6 +1,9 @@
 // Package app wires duplex together from a configuration: it checks the
 // mapping against both databases, starts or connects to NATS, and runs one
 // capture per source system and one applier per flow until stopped.
+// Preflight refuses what does not fit; Warnings (warnings.go) reads what
+// fits but an operator should know (generated keys in a system that does
+// not own them, triggers on target tables), for duplex check and the log.
 package app
 
 import (
