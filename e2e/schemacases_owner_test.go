@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/duplex-cdc/duplex/internal/app"
 )
 
 // Issue 11, cases 11 and 12 in the schema suite: triggers on targets
@@ -168,10 +170,33 @@ entities:
 	f.exec("crm", ddl)
 	f.exec("erp", ddl)
 	f.exec("crm", `INSERT INTO t (note) VALUES ('crm one'), ('crm two')`)
+	f.exec("erp", `CREATE FUNCTION nothing() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+		CREATE TRIGGER t_after AFTER UPDATE ON t FOR EACH ROW EXECUTE FUNCTION nothing()`)
+	ctx := context.Background()
+	// duplex check's warnings: the erp generates keys of an entity the
+	// crm owns; a trigger on an erp target table does not fire on
+	// replicated rows.
+	ws, err := app.Warnings(ctx, f.config(), f.mapping)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(ws, "\n")
+	for _, sub := range []string{
+		"erp table public.t (entity t): key column id is generated (default nextval('t_id_seq'::regclass)), but crm owns the key",
+		"ALTER TABLE public.t ALTER COLUMN id DROP DEFAULT",
+		"sequence: follow keeps public.t_id_seq past the keys duplex writes",
+		"erp table public.t: trigger t_after does not fire on the rows duplex applies",
+	} {
+		if !strings.Contains(all, sub) {
+			t.Errorf("warnings lack %q:\n%s", sub, all)
+		}
+	}
+	if strings.Contains(all, "crm table public.t (entity t): key column") {
+		t.Errorf("a warning about the crm's own key column:\n%s", all)
+	}
 	if _, err := startSchemaCase(f); err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	crm, erp := f.conn("crm"), f.conn("erp")
 	waitFor(t, 60*time.Second, func() (bool, string) {
 		got, _ := textRows(ctx, erp, `SELECT id, note FROM t ORDER BY id`)

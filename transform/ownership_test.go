@@ -153,3 +153,41 @@ func TestNormalize_ViolationOnlyEvent(t *testing.T) {
 		t.Errorf("an update that changed nothing: %+v, %v; want no event", evs, err)
 	}
 }
+
+// enforce: owner needs the non-owner's old rows (REPLICA IDENTITY FULL);
+// Check refuses without, naming the table and the fix.
+func TestCheck_EnforceOwnerNeedsFullReplicaIdentity(t *testing.T) {
+	m := loadExample(t)
+	m.Entity("order").Enforce = transform.EnforceOwner
+	cat := erpCatalog()
+	cat.Tables["public.sales_orders"].ReplicaIdentity = 'd'
+	err := m.Check("erp", cat, "both")
+	if err == nil || !strings.Contains(err.Error(), "erp table public.sales_orders (entity order): enforce: owner needs the old row") ||
+		!strings.Contains(err.Error(), "ALTER TABLE public.sales_orders REPLICA IDENTITY FULL") {
+		t.Errorf("Check = %v, want the refusal naming public.sales_orders", err)
+	}
+	cat.Tables["public.sales_orders"].ReplicaIdentity = 'f'
+	if err := m.Check("erp", cat, "both"); err != nil && strings.Contains(err.Error(), "enforce") {
+		t.Errorf("Check with FULL: %v", err)
+	}
+}
+
+func TestMapping_Validate_EnforceAndSequence(t *testing.T) {
+	for name, mod := range map[string]func(*transform.Entity){
+		"unknown enforce":      func(e *transform.Entity) { e.Enforce = "always" },
+		"unknown sequence":     func(e *transform.Entity) { e.Sequence = "lead" },
+		"follow on a uuid key": func(e *transform.Entity) { e.Sequence = transform.SequenceFollow },
+	} {
+		m := loadExample(t)
+		mod(m.Entity("customer"))
+		if err := m.Validate(); err == nil {
+			t.Errorf("%s: Validate accepted it", name)
+		}
+	}
+	m := loadExample(t)
+	m.Entity("invoice").Sequence = transform.SequenceFollow
+	m.Entity("invoice").Enforce = transform.EnforceOwner
+	if err := m.Validate(); err != nil {
+		t.Errorf("follow on an integer key, enforce owner: %v", err)
+	}
+}
