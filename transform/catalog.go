@@ -256,6 +256,9 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		if shared := e.SharedFields(system); len(shared) > 0 && (role == "source" || role == "both") && e.Publishes(system) && ti.ReplicaIdentity != 'f' {
 			bad("%s: shared field(s) %v need the old row of every update to tell which fields a write changed; run ALTER TABLE %s REPLICA IDENTITY FULL", where, shared, t.QualifiedTable())
 		}
+		if others := e.OwnedElsewhere(system); len(others) > 0 && e.Enforce == EnforceOwner && (role == "source" || role == "both") && ti.ReplicaIdentity != 'f' {
+			bad("%s: enforce: owner needs the old row of every update to tell an edit of %v (owned by another system) made here; run ALTER TABLE %s REPLICA IDENTITY FULL", where, others, t.QualifiedTable())
+		}
 		if shared := e.SharedFields(system); len(shared) > 0 && (role == "target" || role == "both") && cat.Role != nil && !cat.Role.TrackCommitTimestamp {
 			bad("%s: shared field(s) %v are resolved by commit time; set track_commit_timestamp = on (needs a restart)", where, shared)
 		}

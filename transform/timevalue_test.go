@@ -61,7 +61,7 @@ func TestTimeValues_WholePostgreSQLRange(t *testing.T) {
 			if !f.Equal(got, c.canonical) {
 				t.Errorf("Equal(%q, itself) is false", c.canonical)
 			}
-			cv, err := targetText(e, f, col, got, "1")
+			cv, err := m.targetText(e, f, col, got, "1")
 			if err != nil || cv.Text != c.pg {
 				t.Errorf("targetText(%q) = %q, %v; want %q", got, cv.Text, err, c.pg)
 			}

@@ -1,6 +1,9 @@
 // Package app wires duplex together from a configuration: it checks the
 // mapping against both databases, starts or connects to NATS, and runs one
 // capture per source system and one applier per flow until stopped.
+// Preflight refuses what does not fit; Warnings (warnings.go) reads what
+// fits but an operator should know (generated keys in a system that does
+// not own them, triggers on target tables), for duplex check and the log.
 package app
 
 import (
@@ -147,6 +150,11 @@ func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (c
 		if err := pgstate.Verify(ctx, conn); err != nil {
 			errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 		}
+		if isTarget {
+			if err := canApplyAsReplica(ctx, conn); err != nil {
+				errs = append(errs, fmt.Errorf("system %s: %w", name, err))
+			}
+		}
 		cat, err := pgcatalog.Read(ctx, conn, m.Tables(name))
 		if err == nil && role != "source" {
 			if derr := pgsink.CheckDefaults(ctx, conn, m, name, cat); derr != nil {
@@ -222,7 +230,14 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		return nil, err
 	}
 	for _, w := range warnings {
-		opts.Logger.Warn("mapping check", slog.String("warning", w))
+		opts.Logger.Warn(w)
+	}
+	if ws, err := Warnings(ctx, cfg, m); err != nil {
+		opts.Logger.Warn("could not read the databases for warnings", slog.Any("error", err))
+	} else {
+		for _, w := range ws {
+			opts.Logger.Warn(w)
+		}
 	}
 	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
 		slots: slotWatch{last: map[string]pgcapture.SlotLag{}, warns: map[string]time.Time{}}, started: time.Now(), runners: map[string]*flowRunner{}}
@@ -343,7 +358,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	}
 	for _, f := range cfg.Flows {
-		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log})
+		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log, Slot: captureSlot(cfg, f.To)})
 		if err != nil {
 			return errors.Join(err, stop())
 		}
@@ -577,4 +592,33 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 	}
 	b.js = js
 	return b, nil
+}
+
+// captureSlot is the slot of system's capture when system is a source
+// ("" otherwise): a sink into it re-reads rows through it (enforce: owner).
+func captureSlot(cfg *config.Config, system string) string {
+	if slices.Contains(cfg.Sources(), system) {
+		return cfg.Systems[system].Slot
+	}
+	return ""
+}
+
+// canApplyAsReplica checks that the role may set session_replication_role,
+// which the sink applies with (sinks/postgres): superuser, or on
+// PostgreSQL 15 and later a role granted SET on the parameter.
+func canApplyAsReplica(ctx context.Context, conn *pgx.Conn) error {
+	var user string
+	if err := conn.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil {
+		return err
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+		return fmt.Errorf("role %s cannot set session_replication_role, which duplex applies with so that the target's ordinary triggers do not fire on replicated rows "+
+			"(as PostgreSQL's apply worker): make it superuser or, on PostgreSQL 15 and later, GRANT SET ON PARAMETER session_replication_role TO %s (%w)", user, user, err)
+	}
+	return nil
 }

@@ -177,11 +177,18 @@ func checkCmd(g *globals) *cobra.Command {
 				return err
 			}
 			warnings, err := app.PreflightReport(cmd.Context(), cfg, m)
-			for _, w := range warnings {
-				fmt.Fprintln(g.stdout, "warning: "+w)
+			if err != nil {
+				for _, w := range warnings {
+					fmt.Fprintln(g.stdout, "warning: "+w)
+				}
+				return err
 			}
+			more, err := app.Warnings(cmd.Context(), cfg, m)
 			if err != nil {
 				return err
+			}
+			for _, w := range append(warnings, more...) {
+				fmt.Fprintln(g.stdout, "warning: "+w)
 			}
 			fmt.Fprintln(g.stdout, "configuration and mapping fit both databases")
 			return nil

@@ -130,7 +130,7 @@ func (s *Sink) fold(b *entityBatch, k string, c change) error {
 		t := row.Table
 		return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei,
 			Err: fmt.Errorf("entity %s: two source keys land on one target row: %s and %s are one value of key column %s of %s, which cannot hold both rows; the %s of %s is refused, the row of %s is kept",
-				row.Entity.Name, prev.srcKey, ev.Key, t.KeyColumn, t.QualifiedTable(), row.Op, ev.Key, prev.srcKey)}
+				row.Entity.Name, prev.srcKey, ev.Key, strings.Join(t.KeyColumns(), ", "), t.QualifiedTable(), row.Op, ev.Key, prev.srcKey)}
 	}
 	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete, source: ev.Source, redo: ev.Redo, srcKey: ev.Key}
 	if prev != nil {

@@ -200,12 +200,16 @@ func (s *Sink) exactKeys(t *transform.TableMap, cols []string) bool {
 	return true
 }
 
-// keyTexts returns a row's key as one text per key column.
+// keyTexts returns a row's key as one text per key column (cols, in the
+// table's KeyColumns order).
 func keyTexts(r *transform.Row, cols []string) []string {
+	if len(cols) > 1 && len(r.KeyParts) == len(cols) {
+		return r.KeyParts
+	}
 	return []string{r.Key}
 }
 
 // keyColumns are the target table's key columns.
 func keyColumns(t *transform.TableMap) []string {
-	return []string{t.KeyColumn}
+	return t.KeyColumns()
 }
