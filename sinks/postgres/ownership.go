@@ -84,6 +84,12 @@ func (s *Sink) reassert(ctx context.Context, tx pgx.Tx, reread map[string][]stri
 			lits[i] = "(" + strings.Join(parts, ", ") + ")"
 		}
 		filter := fmt.Sprintf("(%s) IN (%s)", strings.Join(cols, ", "), strings.Join(lits, ", "))
+		if len(kcs) == 1 {
+			for i := range lits {
+				lits[i] = strings.TrimSuffix(strings.TrimPrefix(lits[i], "("), ")")
+			}
+			filter = fmt.Sprintf("%s IN (%s)", cols[0], strings.Join(lits, ", "))
+		}
 		id, err := pgstate.RequestBackfill(ctx, tx, s.cfg.Slot, t.QualifiedTable(), quoteTable(t), filter, 500)
 		if err != nil {
 			return classify(fmt.Errorf("sink %s: enforce ownership of %s: %w", s.cfg.System, name, err), -1, -1)
