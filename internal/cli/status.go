@@ -33,7 +33,10 @@ func statusCmd(g *globals) *cobra.Command {
 				}
 			}()
 			for {
-				st, live := t.running(ctx)
+				st, live, err := t.running(ctx)
+				if err != nil {
+					return err
+				}
 				if !live {
 					if bus == nil {
 						if bus, err = app.OpenBus(ctx, cfg, t.dataDir, nil, true); err != nil {
