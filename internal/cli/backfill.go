@@ -121,14 +121,14 @@ func backfillLine(b *pgcapture.Backfill) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "backfill %d of %s", b.ID, b.Table)
 	if b.Filter != "" {
-		fmt.Fprintf(&sb, " where %s", b.Filter)
+		fmt.Fprintf(&sb, " where %s", clean(b.Filter))
 	}
 	fmt.Fprintf(&sb, ": %s, %s rows", b.Status, strconv.FormatInt(b.Rows, 10))
 	if b.Estimate > 0 {
 		fmt.Fprintf(&sb, " of about %d", b.Estimate)
 	}
 	if b.Error != "" {
-		fmt.Fprintf(&sb, ": %s", b.Error)
+		fmt.Fprintf(&sb, ": %s", clean(b.Error))
 	}
 	return sb.String()
 }

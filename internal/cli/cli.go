@@ -52,7 +52,7 @@ func MainIO(args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &ee):
 		return ee.code
 	default:
-		fmt.Fprintln(stderr, "duplex:", err)
+		fmt.Fprintln(stderr, "duplex:", cleanLines(err.Error()))
 		return 1
 	}
 }
