@@ -91,6 +91,8 @@ type fixture struct {
 	// logTo receives their log too.
 	tweak func(*config.Config)
 	logTo io.Writer
+	// dsn, when set, replaces env's CRM_DSN or ERP_DSN (another role).
+	dsn map[string]string
 }
 
 type fixtureOptions struct {
@@ -228,6 +230,9 @@ func (f *fixture) diagnose() {
 }
 
 func (f *fixture) env(k string) string {
+	if v, ok := f.dsn[k]; ok {
+		return v
+	}
 	switch k {
 	case "CRM_DSN":
 		return f.crm.DSN(f.crmDB)
