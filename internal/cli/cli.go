@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -153,6 +154,12 @@ func runCmd(g *globals) *cobra.Command {
 						log.Error("status listener stopped", slog.Any("error", err))
 					}
 				})
+				if host, _, err := net.SplitHostPort(srv.Addr()); err == nil && !cfg.HTTP.TLS() {
+					if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+						log.Warn("the listener is reachable beyond this machine without TLS: its token and the status travel in clear; set http.tls_cert and http.tls_key",
+							slog.String("listen", srv.Addr()))
+					}
+				}
 				// The token itself is never logged: where it is, and how a
 				// browser signs in with it.
 				log.Info("serving metrics, health and status", slog.String("listen", srv.URL()), slog.String("token", tok.Source),
