@@ -520,7 +520,8 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
 		b.Close()
-		return nil, fmt.Errorf("connect to nats: %w", err)
+		// nats.go quotes a URL it cannot parse, user part included.
+		return nil, fmt.Errorf("connect to nats %s: %w", redact.URL(url), redact.Error(err, url, cfg.NATS.Password, cfg.NATS.Token))
 	}
 	b.nc = nc
 	// An asynchronous publish whose acknowledgement never comes (the

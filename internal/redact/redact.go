@@ -81,3 +81,34 @@ func DSN(dsn string) string {
 	}
 	return out
 }
+
+// Error returns err with every occurrence of the given secrets (URLs,
+// passwords, tokens; empty ones are skipped) replaced by "xxxxx", for an
+// error from a library that may quote what it was given. It keeps err's
+// chain for errors.Is and errors.As when nothing is replaced.
+func Error(err error, secrets ...string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	out := msg
+	for _, s := range secrets {
+		if s != "" {
+			out = strings.ReplaceAll(out, s, "xxxxx")
+		}
+	}
+	if out == msg {
+		return err
+	}
+	return redacted{msg: out, err: err}
+}
+
+// redacted is an error whose text has secrets removed; Unwrap keeps the
+// cause for errors.Is and errors.As (whose own text may hold them).
+type redacted struct {
+	msg string
+	err error
+}
+
+func (r redacted) Error() string { return r.msg }
+func (r redacted) Unwrap() error { return r.err }

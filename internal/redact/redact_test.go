@@ -1,6 +1,7 @@
 package redact
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -48,5 +49,19 @@ func TestDSN(t *testing.T) {
 				t.Errorf("DSN(%q) = %q shows the password", c.in, got)
 			}
 		})
+	}
+}
+
+func TestError(t *testing.T) {
+	cause := errors.New(`parse "nats://duplex:s3cret@h:4222": invalid port`)
+	err := Error(cause, "nats://duplex:s3cret@h:4222", "s3cret", "")
+	if strings.Contains(err.Error(), "s3cret") || !errors.Is(err, cause) {
+		t.Errorf("Error = %q (is cause %v), want the secret out and the cause kept", err, errors.Is(err, cause))
+	}
+	if plain := errors.New("nothing secret"); Error(plain, "s3cret") != plain {
+		t.Error("an error without secrets was replaced")
+	}
+	if Error(nil, "x") != nil {
+		t.Error("Error(nil) != nil")
 	}
 }
