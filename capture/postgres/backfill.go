@@ -104,7 +104,7 @@ func BackfillByID(ctx context.Context, conn *pgx.Conn, id int64) (*Backfill, err
 // backfillRun is the backfill a replication session is performing.
 type backfillRun struct {
 	job   Backfill
-	key   string // key column
+	key   []string // key columns
 	nonce string
 	chunk int
 	first string // queries of the first and the next chunks
@@ -182,13 +182,8 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
 	key := s.cfg.Keys[job.Table]
-	if key == "" || !slices.Contains(s.cfg.Tables, job.Table) {
+	if len(key) == 0 || !slices.Contains(s.cfg.Tables, job.Table) {
 		return ss.failBackfill(ctx, job, fmt.Errorf("table %s is not mapped for %s", job.Table, s.cfg.System))
-	}
-	var keyType string
-	if err := q.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2`,
-		quoteQualified(job.Table), key).Scan(&keyType); err != nil {
-		return ss.failBackfill(ctx, job, fmt.Errorf("key column %s: %w", key, err))
 	}
 	// The recorded condition is read again as if it came from the
 	// command line: a row of duplex.backfills written by other means
@@ -197,16 +192,17 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 	if err != nil {
 		return ss.failBackfill(ctx, job, err)
 	}
-	nonce := make([]byte, 4)
-	_, _ = rand.Read(nonce)
-	qk := pgx.Identifier{key}.Sanitize()
 	cond := ""
 	if filter != "" {
 		cond = " AND (" + filter + ")"
 	}
-	b := &backfillRun{job: *job, key: key, nonce: hex.EncodeToString(nonce),
-		first: fmt.Sprintf("SELECT * FROM %s WHERE true%s ORDER BY %s LIMIT %d", quoteQualified(job.Table), cond, qk, job.ChunkRows),
-		next:  fmt.Sprintf("SELECT * FROM %s WHERE %s > $1::%s%s ORDER BY %s LIMIT %d", quoteQualified(job.Table), qk, keyType, cond, qk, job.ChunkRows)}
+	first, next, err := keysetQueries(ctx, q, job.Table, key, cond, job.ChunkRows)
+	if err != nil {
+		return ss.failBackfill(ctx, job, fmt.Errorf("key columns %v: %w", key, err))
+	}
+	nonce := make([]byte, 4)
+	_, _ = rand.Read(nonce)
+	b := &backfillRun{job: *job, key: key, nonce: hex.EncodeToString(nonce), first: first, next: next}
 	if job.LastKey != nil {
 		b.lastKey = *job.LastKey
 	}
@@ -257,7 +253,10 @@ func (ss *session) readBackfillChunk(ctx context.Context) error {
 	if b.lastKey == "" && b.job.LastKey == nil {
 		r, err = tx.Query(ctx, b.first, pgx.QueryResultFormats{pgx.TextFormatCode})
 	} else {
-		r, err = tx.Query(ctx, b.next, pgx.QueryResultFormats{pgx.TextFormatCode}, b.lastKey)
+		var args []any
+		if args, err = keyArgs(b.lastKey, len(b.key)); err == nil {
+			r, err = tx.Query(ctx, b.next, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+		}
 	}
 	if err != nil {
 		_ = tx.Rollback(ctx)
@@ -310,19 +309,37 @@ func (ss *session) backfillSaw(ch *capture.Change) {
 	if b == nil || b.phase != bfWindow || ch.Schema+"."+ch.Table != b.job.Table {
 		if b != nil && b.phase == bfWindow && ch.Op == capture.Truncate && slices.Contains(ch.Tables, b.job.Table) {
 			for _, r := range b.rows {
-				b.changed[keyText(r.New[b.key])] = true
+				b.changed[b.keyText(r.New)] = true
 			}
 		}
 		return
 	}
 	for _, row := range []capture.Row{ch.New, ch.Old} {
-		if v, ok := row[b.key]; ok {
-			b.changed[keyText(v)] = true
+		if k, ok := b.keyOf(row); ok {
+			b.changed[k] = true
 		}
 	}
 }
 
-func keyText(v any) string { return fmt.Sprint(v) }
+// keyOf is the text of a row's key (every key column's value, joined by
+// capture.JoinKey); ok is false when the row lacks a key column (an
+// update's old row that pgoutput did not send).
+func (b *backfillRun) keyOf(row capture.Row) (string, bool) {
+	parts := make([]string, len(b.key))
+	for i, k := range b.key {
+		v, ok := row[k]
+		if !ok {
+			return "", false
+		}
+		parts[i] = fmt.Sprint(v)
+	}
+	return capture.JoinKey(parts), true
+}
+
+func (b *backfillRun) keyText(row capture.Row) string {
+	k, _ := b.keyOf(row)
+	return k
+}
 
 // backfillEmit hands on the chunk at the high watermark's position (the
 // commit of the watermark's transaction), without the rows changed between
@@ -332,7 +349,7 @@ func (ss *session) backfillEmit(ctx context.Context, end capture.LSN) error {
 	b.emit = false
 	kept := b.rows[:0]
 	for _, r := range b.rows {
-		if !b.changed[keyText(r.New[b.key])] {
+		if !b.changed[b.keyText(r.New)] {
 			kept = append(kept, r)
 		}
 	}
