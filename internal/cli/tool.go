@@ -62,7 +62,8 @@ func (t *tool) httpClient() (*http.Client, error) {
 	if t.client != nil {
 		return t.client, nil
 	}
-	c := &http.Client{Timeout: 10 * time.Second}
+	// Longer than the listener's own bounds (ops: a response within 30 s).
+	c := &http.Client{Timeout: 35 * time.Second}
 	if t.cfg != nil && t.cfg.HTTP.TLS() {
 		pool, err := x509.SystemCertPool()
 		if err != nil {

@@ -48,8 +48,9 @@ const (
 	writeTimeout      = 30 * time.Second
 	idleTimeout       = 60 * time.Second
 	// handlerTimeout bounds the work of one request (status reads
-	// JetStream and the slots).
-	handlerTimeout = 10 * time.Second
+	// JetStream and the slots; a replay waits for the flow to hand over,
+	// at most its lease TTL), within writeTimeout.
+	handlerTimeout = 25 * time.Second
 )
 
 // Config is the listener's address, bearer token and TLS.
