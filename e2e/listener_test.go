@@ -57,7 +57,9 @@ func httpDo(t *testing.T, method, url, body string, header map[string]string) (i
 // match.
 func TestListener_APINeedsTokenAndSameOrigin(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
-	f.exec("erp", `ALTER TABLE customers ADD CONSTRAINT no_poison CHECK (name NOT LIKE 'POISON%')`)
+	// The constraint's name, quoted in the error, would clear a terminal
+	// and reverse the text after it.
+	f.exec("erp", "ALTER TABLE customers ADD CONSTRAINT \"no_poison\x1b[2J\u202e\" CHECK (name NOT LIKE 'POISON%')")
 	c := f.startChild()
 	defer c.stop(t)
 	waitFor(t, 60*time.Second, func() (bool, string) {
@@ -138,6 +140,18 @@ func TestListener_APINeedsTokenAndSameOrigin(t *testing.T) {
 	code, out = f.duplexCLI("status", "--listen", c.listen, "--data-dir", t.TempDir())
 	if code == 0 || !strings.Contains(out, "refused") || !strings.Contains(out, "--data-dir") {
 		t.Errorf("duplex status without the token exited %d, want a refusal that says how to give it:\n%s", code, out)
+	}
+
+	// The command line prints the error with its control characters
+	// escaped.
+	for _, args := range [][]string{{"dlq", "list"}, {"dlq", "list", "--json"}} {
+		code, out := f.duplexCLI(args...)
+		if code != 0 || !strings.Contains(out, poison.String()) || strings.ContainsAny(out, "\x1b\u202e") {
+			t.Errorf("duplex %s exited %d with a raw control character or without the dead letter:\n%q", strings.Join(args, " "), code, out)
+		}
+		if want := `no_poison\x1b[2J\u202e`; args[len(args)-1] == "list" && !strings.Contains(out, want) {
+			t.Errorf("duplex dlq list does not show the constraint as %s:\n%s", want, out)
+		}
 	}
 }
 
