@@ -54,7 +54,8 @@ func httpDo(t *testing.T, method, url, body string, header map[string]string) (i
 // letters as references (flow, entity, key, error class), never the
 // event or the error text with its values; duplex status finds the
 // generated token in the data directory, and says so when it does not
-// match.
+// match; duplex dlq list prints the error of a constraint whose name holds
+// ESC and U+202E with both escaped.
 func TestListener_APINeedsTokenAndSameOrigin(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
 	// The constraint's name, quoted in the error, would clear a terminal
