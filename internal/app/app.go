@@ -24,6 +24,7 @@ import (
 	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
+	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
 	"github.com/duplex-cdc/duplex/transform"
@@ -68,6 +69,10 @@ type App struct {
 
 	// leases: which instance runs each flow and capture (lease.go).
 	leases *leases
+
+	// probes: the readiness checks of the databases (ready.go).
+	probesMu sync.Mutex
+	probes   map[string]*dbProbe
 }
 
 // Retention returns what the retention of DUPLEX last saw.
@@ -312,8 +317,9 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 // JetStream returns the connection's JetStream context.
 func (a *App) JetStream() jetstream.JetStream { return a.js }
 
-// NATSURL is the URL duplex is connected to.
-func (a *App) NATSURL() string { return a.nc.ConnectedUrl() }
+// NATSURL is the URL duplex is connected to, as scheme://host:port: no
+// user, password or token (redact.URL).
+func (a *App) NATSURL() string { return redact.URL(a.nc.ConnectedUrl()) }
 
 // Run runs every capture and flow until ctx ends, then stops them cleanly.
 func (a *App) Run(ctx context.Context) error {
@@ -488,6 +494,11 @@ func (a *App) Close() {
 	for _, s := range a.sinks {
 		s.Close(context.Background())
 	}
+	a.probesMu.Lock()
+	for _, p := range a.probes {
+		p.close(context.Background())
+	}
+	a.probesMu.Unlock()
 	(&Bus{nats: a.nats, nc: a.nc}).Close()
 }
 
@@ -533,7 +544,7 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 				log.Warn("NATS disconnected", slog.Any("error", err))
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", slog.String("url", c.ConnectedUrlRedacted())) })}
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", slog.String("url", redact.URL(c.ConnectedUrl()))) })}
 	switch {
 	case cfg.NATS.Creds != "":
 		nopts = append(nopts, nats.UserCredentials(cfg.NATS.Creds))
@@ -572,12 +583,13 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 		}
 		b.nats = n
 		url = n.URL()
-		log.Info("embedded NATS started", slog.String("url", url), slog.String("store", n.StoreDir()))
+		log.Info("embedded NATS started", slog.String("url", redact.URL(url)), slog.String("store", n.StoreDir()))
 	}
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
 		b.Close()
-		return nil, fmt.Errorf("connect to nats: %w", err)
+		// nats.go quotes a URL it cannot parse, user part included.
+		return nil, fmt.Errorf("connect to nats %s: %w", redact.URL(url), redact.Error(err, url, cfg.NATS.Password, cfg.NATS.Token))
 	}
 	b.nc = nc
 	// An asynchronous publish whose acknowledgement never comes (the
