@@ -193,7 +193,7 @@ func checkCmd(g *globals) *cobra.Command {
 			warnings, err := app.PreflightReport(cmd.Context(), cfg, m)
 			if err != nil {
 				for _, w := range warnings {
-					fmt.Fprintln(g.stdout, "warning: "+w)
+					fmt.Fprintln(g.stdout, "warning: "+clean(w)) // names from the catalogs
 				}
 				return err
 			}
@@ -202,7 +202,7 @@ func checkCmd(g *globals) *cobra.Command {
 				return err
 			}
 			for _, w := range append(warnings, more...) {
-				fmt.Fprintln(g.stdout, "warning: "+w)
+				fmt.Fprintln(g.stdout, "warning: "+clean(w)) // names from the catalogs
 			}
 			fmt.Fprintln(g.stdout, "configuration and mapping fit both databases")
 			return nil
