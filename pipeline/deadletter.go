@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -235,7 +236,11 @@ func NewerChanges(ctx context.Context, js jetstream.JetStream, dl *DeadLetter) (
 				default:
 					deleted = false // re-created later
 					for f := range ev.Data {
-						fields[f] = true
+						// A field the newer change left unchanged is no
+						// newer write of it.
+						if !slices.Contains(ev.Unchanged, f) {
+							fields[f] = true
+						}
 					}
 				}
 			}
@@ -307,8 +312,11 @@ func (p *producer) deadLetter(ctx context.Context, c *capture.Chunk, index int, 
 	dl := &DeadLetter{Flow: "capture-" + system, Stage: "capture", Source: system, Error: cause.Error(), FailedAt: time.Now().UTC(), Change: ch,
 		Position: transform.Position{LSN: c.Tx.CommitLSN, CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Index: index}}
 	var fe *transform.FieldError
+	var oe *transform.OwnershipError
 	if errors.As(cause, &fe) {
 		dl.Entity, dl.Key = fe.Entity, fe.Key
+	} else if errors.As(cause, &oe) {
+		dl.Entity, dl.Key = oe.Entity, oe.Key
 	} else if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
 		dl.Entity = e.Name
 	}

@@ -56,6 +56,13 @@ type Event struct {
 	Key     string         `json:"key"`
 	Pos     Position       `json:"pos"`
 	Data    map[string]any `json:"data,omitempty"`
+	// Unchanged lists fields an update left as they were and the source
+	// did not send (unchanged TOASTed values). Such a field's value in
+	// Data, when there, is what the source holds: written only to create
+	// a row the target lacks, never over an existing row. Without a value
+	// in Data it is unknown, and the target does not create the row from
+	// this event (it is dead-lettered with the reason instead).
+	Unchanged []string `json:"unchanged,omitempty"`
 	// Redo marks a change of an entity that was held (its source table
 	// did not fit the mapping) and is published late, after the fix: it
 	// is applied even though the flow has applied later positions.
@@ -64,6 +71,13 @@ type Event struct {
 	// version of shared fields whose value is still the one recorded: the
 	// write they come from, rather than the time of the copy.
 	Versions map[string]FieldVersion `json:"versions,omitempty"`
+	// Violated lists the fields another system owns (alone) that this
+	// local write changed in the source: an ownership violation, counted
+	// and logged by the capture. Data does not carry them. When Data
+	// carries nothing but the key, the event exists only to report them:
+	// the flow into the owner writes nothing for it, and with enforce:
+	// owner has the owner's current value re-read and written back.
+	Violated []string `json:"violated,omitempty"`
 	// DataRef, when set, says Data did not fit in one message: it is
 	// stored as JSON in an object of JetStream's object store and the
 	// message carries the event without it. A flow reads the object back

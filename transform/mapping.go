@@ -44,6 +44,12 @@ const (
 // Owners of a field. OwnerBoth means either system may write it.
 const OwnerBoth = "both"
 
+// Values of Entity.Enforce and Entity.Sequence.
+const (
+	EnforceOwner   = "owner"
+	SequenceFollow = "follow"
+)
+
 // Mapping is the declarative mapping file: canonical entities and how each
 // system stores them.
 type Mapping struct {
@@ -52,6 +58,12 @@ type Mapping struct {
 	// ties between writes of shared fields that carry the same commit time.
 	Systems  []string  `yaml:"systems"`
 	Entities []*Entity `yaml:"entities"`
+	// Currencies adds currency codes to ISO 4217, or overrides the
+	// number of decimals ISO 4217 gives one: code -> decimals, 0 to 9
+	// (currencies: {XCG: 2, CNH: 2}). For a code the pinned list lacks
+	// (a newer one, an offshore or in-house code) or a system that keeps
+	// a currency with other decimals than ISO's.
+	Currencies map[string]int32 `yaml:"currencies"`
 }
 
 // Entity is one canonical business entity.
@@ -64,6 +76,20 @@ type Entity struct {
 	Fields   []*Field             `yaml:"fields"`
 	Tables   map[string]*TableMap `yaml:"systems"`
 	Truncate string               `yaml:"truncate"` // "refuse" (default) or "propagate"
+	// Enforce says what duplex does when a system edits a field of the
+	// entity that another system owns (an ownership violation). Empty:
+	// the edit is counted and logged, and the two systems stay different
+	// until the owner writes the field again. EnforceOwner: the owner's
+	// current value is also written back to the system that edited it.
+	Enforce string `yaml:"enforce"`
+	// Sequence, for an entity with an integer key, says what duplex does
+	// with the sequence that generates the key column in a system that
+	// does not own the key. Empty: nothing (check warns that such a
+	// system should not generate keys). SequenceFollow: after writing
+	// rows there, duplex moves that sequence past the highest key it
+	// wrote, so the system's own inserts do not collide with replicated
+	// keys (they are refused all the same; see OwnershipError).
+	Sequence string `yaml:"sequence"`
 
 	fieldByName map[string]*Field
 }
@@ -87,6 +113,10 @@ type TableMap struct {
 	KeyColumn     string                `yaml:"key_column"`
 	KeyColumnList Names                 `yaml:"key_columns"`
 	Columns       map[string]*ColumnMap `yaml:"columns"`
+	// Default gives target columns a value for the rows duplex inserts
+	// and whose event does not write them (a NOT NULL column the mapping
+	// does not carry), by column name. Never used for a row that exists.
+	Default map[string]*ColumnDefault `yaml:"default"`
 
 	schema, name string
 	keyColumns   []string
@@ -113,6 +143,51 @@ type ColumnMap struct {
 	Ref *Ref `yaml:"ref"`
 
 	info *ColumnInfo // bound by Check
+}
+
+// ColumnDefault is the value of a target column in a row duplex inserts
+// when the event does not write that column: a constant (cast to the
+// column's type), or an SQL expression evaluated in the target database by
+// the insert, once per row, like a column DEFAULT (now(), a sequence's
+// nextval, a function of the database). In YAML a plain scalar is a
+// constant: `region: EU`, `region: {value: EU}`, `created_by: {sql: current_user}`.
+type ColumnDefault struct {
+	Value *string `yaml:"value"`
+	SQL   string  `yaml:"sql"`
+}
+
+// UnmarshalYAML reads a scalar as a constant, or a mapping with value or sql.
+func (d *ColumnDefault) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		if n.Tag == "!!null" {
+			return fmt.Errorf("line %d: a default needs a value (value: or sql:)", n.Line)
+		}
+		v := n.Value
+		d.Value = &v
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: a default is a constant or {value: ...} or {sql: ...}", n.Line)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "value":
+			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+				return fmt.Errorf("line %d: default value must be a scalar", v.Line)
+			}
+			s := v.Value
+			d.Value = &s
+		case "sql":
+			if v.Kind != yaml.ScalarNode {
+				return fmt.Errorf("line %d: default sql must be a string", v.Line)
+			}
+			d.SQL = v.Value
+		default:
+			return fmt.Errorf("line %d: field %s not found in a default (want value or sql)", k.Line, k.Value)
+		}
+	}
+	return nil
 }
 
 // Ref points at another entity's row.
@@ -252,6 +327,14 @@ func (m *Mapping) Validate() error {
 	if len(m.Systems) < 2 {
 		bad("systems: name at least two systems, in tie-break order")
 	}
+	for code, d := range m.Currencies {
+		if len(code) != 3 || strings.ToUpper(code) != code || strings.IndexFunc(code, func(r rune) bool { return r < 'A' || r > 'Z' }) >= 0 {
+			bad("currencies: %q is not a currency code (three upper-case letters)", code)
+		}
+		if d < 0 || d > 9 {
+			bad("currencies: %s has %d decimals; want 0 to 9", code, d)
+		}
+	}
 	seen := map[string]bool{}
 	for _, e := range m.Entities {
 		if e.Name == "" {
@@ -302,6 +385,22 @@ func (m *Mapping) Validate() error {
 		case "", "refuse", "propagate":
 		default:
 			bad("entity %s: truncate %q: want refuse or propagate", e.Name, e.Truncate)
+		}
+		switch e.Enforce {
+		case "", EnforceOwner:
+		default:
+			bad("entity %s: enforce %q: want owner (or leave it out)", e.Name, e.Enforce)
+		}
+		switch e.Sequence {
+		case "":
+		case SequenceFollow:
+			if len(e.Key) != 1 {
+				bad("entity %s: sequence: follow needs a key of one integer field; the key is %s", e.Name, e.Key)
+			} else if kf := e.fieldByName[e.Key[0]]; kf != nil && kf.Type != TypeInteger {
+				bad("entity %s: sequence: follow needs an integer key; key %s is %s", e.Name, e.Key[0], kf.Type)
+			}
+		default:
+			bad("entity %s: sequence %q: want follow (or leave it out)", e.Name, e.Sequence)
 		}
 		for sys, t := range e.Tables {
 			if !slices.Contains(m.Systems, sys) {
@@ -419,7 +518,7 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 				bad("%s: field %s: money needs exactly one of currency_column or currency", where, fname)
 			}
 			if c.Currency != "" {
-				if _, err := CurrencyScale(c.Currency); err != nil {
+				if _, err := m.CurrencyScale(c.Currency); err != nil {
 					bad("%s: field %s: %w", where, fname, err)
 				}
 			}
@@ -446,14 +545,34 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 			bad("%s: field %s: ref needs entity and column", where, fname)
 		}
 	}
+	for col, d := range t.Default {
+		switch {
+		case col == "":
+			bad("%s: default for a column without a name", where)
+		case d == nil || (d.Value == nil) == (strings.TrimSpace(d.SQL) == ""):
+			bad("%s: default for column %s needs exactly one of value or sql", where, col)
+		case col == t.KeyColumn:
+			bad("%s: default for key column %s: every row's key comes from its event", where, col)
+		}
+		for fname, c := range t.Columns {
+			if c != nil && c.Column == col && c.Value != nil {
+				bad("%s: default for column %s, which field %s writes with a constant", where, col, fname)
+			}
+		}
+	}
 	_ = m
 }
 
 // Publishes says whether a system's changes to an entity go on the bus:
-// when it owns (alone or with another system) at least one of its fields.
+// when it owns (alone or with another system) at least one of its fields,
+// or when the entity enforces ownership (enforce: owner), so that its
+// edits of fields other systems own are seen.
 func (e *Entity) Publishes(system string) bool {
 	if e.Tables[system] == nil {
 		return false
+	}
+	if e.Enforce == EnforceOwner {
+		return true
 	}
 	for _, f := range e.Fields {
 		if (f.Owner == system || f.Owner == OwnerBoth) && e.Tables[system].Columns[f.Name] != nil {
@@ -461,6 +580,25 @@ func (e *Entity) Publishes(system string) bool {
 		}
 	}
 	return false
+}
+
+// OwnedElsewhere lists the fields a system maps to a column of its own
+// but that another system owns alone (not the key, not constants): an
+// edit of one of them in that system is an ownership violation.
+func (e *Entity) OwnedElsewhere(system string) []string {
+	t := e.Tables[system]
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for _, f := range e.Fields {
+		c := t.Columns[f.Name]
+		if e.IsKey(f.Name) || f.Owner == system || f.Owner == OwnerBoth || c == nil || c.Column == "" || c.converter(f) == ConvConstant {
+			continue
+		}
+		out = append(out, f.Name)
+	}
+	return out
 }
 
 // SharedFields lists the fields owned by both systems that a system maps.

@@ -12,7 +12,12 @@
 // writes each entity with one statement per column set (unnest of text
 // arrays, cast to the column types read from the catalog), records the new
 // applied position, and commits. Only mapped columns are written, and a
-// row whose values are already equal is not touched. The position lives in
+// row whose values are already equal is not touched. Rows that cannot be
+// created (a NOT NULL column without a value, an unchanged TOASTed value
+// the event does not know) are updated if they exist and otherwise refused
+// with the reason; a row that is created gets the mapping's default:
+// values and the event's unchanged values, which never overwrite an
+// existing row. The position lives in
 // the target database so that a backup of it carries the position too. A
 // source transaction too large to hold whole is applied chunk by chunk in
 // one target transaction (PartSink).
@@ -33,7 +38,18 @@
 // PostgreSQL records the origin's progress atomically with the commit and a
 // capture of this database can recognise (and skip) what duplex wrote.
 // Only one session can hold an origin, which also keeps a second applier of
-// the same flow out.
+// the same flow out. The session also sets session_replication_role =
+// replica, as PostgreSQL's apply worker does, so that the target's ordinary
+// triggers and rules do not fire on replicated rows; since foreign keys are
+// triggers as well, the sink checks them itself at the end of each target
+// transaction and performs their ON DELETE actions (fkcheck.go).
+//
+// Ownership at the target (ownership.go): an event reporting that its
+// source edited a field this system owns (Event.Violated) writes nothing;
+// with enforce: owner the sink records a re-read of those rows for this
+// database's capture (a backfill in duplex.backfills, in the apply
+// transaction), which sends the owner's values back. With sequence:
+// follow it moves the key column's sequence past the keys it writes.
 //
 // The package does not own duplex's own tables (duplex.applied,
 // duplex.field_versions and the rest belong to internal/pgstate, which it
@@ -51,5 +67,7 @@
 // key column), lookup.go (references),
 // sharedfields.go (shared-field versions), unique.go (moved unique
 // values), isolate.go (row by row under savepoints), order.go (write order
-// and deferred foreign keys), errors.go (classification).
+// and deferred foreign keys), errors.go (classification), fkcheck.go
+// (foreign keys checked by the sink), ownership.go (enforce: owner,
+// sequence: follow).
 package postgres
