@@ -1,0 +1,99 @@
+package e2e
+
+import (
+	"testing"
+
+	"github.com/duplex-cdc/duplex/internal/config"
+)
+
+// quotedMapping maps a CRM table "Sales Dept"."Order" to an ERP table
+// "ERP ""Books"""."user": schemas and tables with upper case, spaces,
+// double quotes and reserved words, and columns named "Order No",
+// "select", "Amount ""EUR""", "from", "Group" and "user". Names in the
+// mapping are written as they are, unquoted (schema.table split at the
+// first dot).
+const quotedMapping = `
+  - name: sale
+    key: order_no
+    fields:
+      - {name: order_no, type: integer, owner: crm}
+      - {name: label,    type: text,    owner: crm}
+      - {name: amount,   type: decimal, owner: crm}
+      - {name: booked_by, type: text,   owner: erp}
+    systems:
+      crm:
+        table: 'Sales Dept.Order'
+        key_column: Order No
+        columns:
+          order_no:  {column: Order No}
+          label:     {column: select}
+          amount:    {column: 'Amount "EUR"'}
+          booked_by: {column: user}
+      erp:
+        table: 'ERP "Books".user'
+        key_column: from
+        columns:
+          order_no:  {column: from}
+          label:     {column: Group}
+          amount:    {column: 'Amount "EUR"'}
+          booked_by: {column: Booked By}
+`
+
+const quotedCRM = `
+CREATE SCHEMA "Sales Dept";
+CREATE TABLE "Sales Dept"."Order" ("Order No" int PRIMARY KEY, "select" text, "Amount ""EUR""" numeric(12,2), "user" text);
+ALTER TABLE "Sales Dept"."Order" REPLICA IDENTITY FULL;
+`
+
+const quotedERP = `
+CREATE SCHEMA "ERP ""Books""";
+CREATE TABLE "ERP ""Books"""."user" ("from" int PRIMARY KEY, "Group" text, "Amount ""EUR""" numeric(12,2), "Booked By" text);
+`
+
+// TestSchemaCases_QuotedNames (issue 11, case 2): every identifier duplex
+// sends to the server is quoted, in SQL and in the replication protocol:
+// schemas, tables and columns with upper case, spaces, double quotes and
+// reserved words replicate both ways, through the snapshot and while
+// streaming, with publications named "DuplexPub" and "Erp Pub"; verify
+// compares them. A slot name PostgreSQL cannot take is refused at check.
+func TestSchemaCases_QuotedNames(t *testing.T) {
+	pubs := func(c *config.Config) {
+		c.Systems["crm"].Publication = "DuplexPub"
+		c.Systems["erp"].Publication = `Erp "Pub"`
+	}
+	runSchemaCases(t, []schemaCase{
+		{
+			name:    "quoted names both ways",
+			crmDDL:  quotedCRM,
+			erpDDL:  quotedERP,
+			mapping: quotedMapping,
+			config:  pubs,
+			before: []stmt{
+				onCRM(`INSERT INTO "Sales Dept"."Order" VALUES (1, 'one', 1.10, NULL), (2, 'two', 2.20, NULL)`),
+				onERP(`INSERT INTO "ERP ""Books"""."user" VALUES (2, 'two', 2.20, 'erp clerk')`),
+			},
+			changes: []stmt{
+				onCRM(`INSERT INTO "Sales Dept"."Order" VALUES (3, 'three', 3.30, NULL)`),
+				onCRM(`UPDATE "Sales Dept"."Order" SET "Amount ""EUR""" = 2.22 WHERE "Order No" = 2`),
+				onCRM(`DELETE FROM "Sales Dept"."Order" WHERE "Order No" = 1`),
+				onERP(`UPDATE "ERP ""Books"""."user" SET "Booked By" = 'clerk 2' WHERE "from" = 2`),
+			},
+			want: []want{
+				wantERP(`SELECT "from", "Group", "Amount ""EUR""", "Booked By" FROM "ERP ""Books"""."user" ORDER BY 1`, "2|two|2.22|clerk 2", "3|three|3.30|NULL"),
+				wantCRM(`SELECT "Order No", "select", "Amount ""EUR""", "user" FROM "Sales Dept"."Order" ORDER BY 1`, "2|two|2.22|clerk 2", "3|three|3.30|NULL"),
+			},
+			verify: true,
+		},
+		{
+			name:    "slot name that cannot be quoted",
+			crmDDL:  quotedCRM,
+			erpDDL:  quotedERP,
+			mapping: quotedMapping,
+			config: func(c *config.Config) {
+				pubs(c)
+				c.Systems["crm"].Slot = "Duplex Slot"
+			},
+			refusal: `systems.crm: slot "Duplex Slot"`,
+		},
+	})
+}
