@@ -162,6 +162,16 @@ func runSchemaCase(t *testing.T, c schemaCase, streaming bool) {
 		run("changes", c.changes)
 	}
 	stage, err := startSchemaCase(f)
+	if err == nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				for _, ev := range streamEvents(t, f.js()) {
+					b, _ := json.Marshal(ev.Data)
+					t.Logf("event on the stream: %s %s %s key %s at %s: %s", ev.Source, ev.Entity, ev.Op, ev.Key, ev.Pos.LSN, b)
+				}
+			}
+		})
+	}
 	if c.refusal != "" {
 		switch {
 		case err == nil:

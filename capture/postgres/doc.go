@@ -14,6 +14,11 @@
 // caller confirmed durable (Confirm), so a crash anywhere makes the slot
 // send again whatever was not yet safe downstream.
 //
+// Every identifier it sends is quoted, in SQL and in the replication
+// commands and options (slot, publication_names): a publication named
+// DuplexPub is "DuplexPub". Slot names must follow PostgreSQL's rule
+// ([a-z0-9_], at most 63 characters); Config.Validate refuses others.
+//
 // Retrying a lost session is the caller's job (pipeline), which starts a new
 // Stream with backoff; this package does not reconnect by itself. Its own
 // bookkeeping (snapshots, backfills) lives in duplex's schema, owned by

@@ -188,6 +188,23 @@ func (s *Source) replicationConfig() (*pgconn.Config, error) {
 	return cfg, nil
 }
 
+// quoteIdent quotes one identifier for SQL and for replication commands
+// (CREATE_REPLICATION_SLOT, START_REPLICATION), whose grammar takes
+// quoted identifiers too: "Duplex""Pub".
+func quoteIdent(name string) string { return pgx.Identifier{name}.Sanitize() }
+
+// quoteLiteral quotes a string constant, doubling the single quotes in it.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// publicationNamesOption is the value of pgoutput's publication_names
+// option for one publication. pgoutput splits the option as a list of
+// identifiers (SplitIdentifierString in pgoutput.c), folding unquoted
+// names to lower case, so the name is quoted as an identifier first and
+// then as a string constant: '"DuplexPub"'.
+func publicationNamesOption(pub string) string { return quoteLiteral(quoteIdent(pub)) }
+
+// quoteQualified quotes "schema.table" (split at the first dot, as the
+// mapping splits it) as "schema"."table".
 func quoteQualified(t string) string {
 	if i := strings.IndexByte(t, '.'); i >= 0 {
 		return pgx.Identifier{t[:i], t[i+1:]}.Sanitize()

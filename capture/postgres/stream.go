@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/duplex-cdc/duplex/capture"
@@ -60,8 +59,8 @@ func (s *Source) Stream(ctx context.Context, h capture.Handler) error {
 		return fmt.Errorf("capture %s: connect for replication: %w", s.cfg.System, redact(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", strings.ReplaceAll(s.cfg.Publication, "'", "''")), "messages 'true'"}
-	if err := pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+	args := []string{"proto_version '1'", "publication_names " + publicationNamesOption(s.cfg.Publication), "messages 'true'"}
+	if err := pglogrepl.StartReplication(ctx, conn, quoteIdent(s.cfg.Slot), 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
 		return fmt.Errorf("capture %s: start replication on slot %s: %w", s.cfg.System, s.cfg.Slot, err)
 	}
 	s.log.Info("replication started", slog.String("confirmed", s.Durable().String()))
