@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/transform"
 )
 
@@ -95,10 +96,21 @@ type Applier struct {
 	// (left out when its chunks come again) and waits per event.
 	excluded map[string]bool
 	waits    map[string]int
-	large    largeStore
+	// waitSince is when each event of a large transaction that waits
+	// quickly (ApplyError.RetryAfter) first waited.
+	waitSince map[string]time.Time
+	large     largeStore
 	// nextDelivery is the consumer sequence the next delivery must carry
 	// (0: not known), set when a session finds its consumer.
 	nextDelivery uint64
+	// The order to apply in (reorder.go): what is applied, and since when
+	// (orderSince) the flow waits for which transaction (orderWait).
+	chain       chain
+	orderWait   capture.LSN
+	orderSince  time.Time
+	orderWarned time.Time
+	orderKept   time.Time
+	orderFull   bool
 }
 
 // NewApplier returns an Applier.
@@ -128,7 +140,7 @@ func NewApplier(js jetstream.JetStream, cfg ApplierConfig) (*Applier, error) {
 		cfg.Stats = &FlowStats{}
 	}
 	return &Applier{js: js, cfg: cfg, log: cfg.Logger.With(slog.String("flow", cfg.Flow)),
-		excluded: map[string]bool{}, waits: map[string]int{}}, nil
+		excluded: map[string]bool{}, waits: map[string]int{}, waitSince: map[string]time.Time{}}, nil
 }
 
 // Stats returns the flow's statistics.
@@ -163,6 +175,10 @@ func (a *Applier) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.readApplied(ctx); err != nil {
+		return err
+	}
+	a.orderFull = false
 	pull, err := a.openPuller(cons)
 	if err != nil {
 		return err
@@ -177,6 +193,17 @@ func (a *Applier) session(ctx context.Context) error {
 		}
 	}()
 	for ctx.Err() == nil {
+		if a.orderFull {
+			// Too much waits for a transaction stored after its
+			// successors: fetch nothing more until it comes (or MaxWait).
+			if !sleep(ctx, time.Second) {
+				return nil
+			}
+			if err := a.applyReady(ctx, asm); err != nil {
+				return err
+			}
+			continue
+		}
 		msgs, err := a.fetch(ctx, pull)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -190,6 +217,12 @@ func (a *Applier) session(ctx context.Context) error {
 				if err := a.deadLetterRaw(ctx, m, err); err != nil {
 					return err
 				}
+				asm.skip(m)
+				continue
+			}
+			if late, err := a.lateAfterGap(ctx, &tx); err != nil {
+				return err
+			} else if late {
 				asm.skip(m)
 				continue
 			}
@@ -207,8 +240,12 @@ func (a *Applier) session(ctx context.Context) error {
 				if err := a.applyReady(ctx, asm); err != nil {
 					return err
 				}
-				if large, err = a.beginLarge(ctx, parts, asm); err != nil {
-					return err
+				// Only when nothing before it waits for a transaction
+				// stored after it (reorder.go): it is then held whole.
+				if len(asm.queue) == 1 && a.chain.follows(asm.queue[0].tx, a.chain.applied) {
+					if large, err = a.beginLarge(ctx, parts, asm); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -233,19 +270,32 @@ func (a *Applier) session(ctx context.Context) error {
 	return nil
 }
 
-// applyReady applies the complete transactions at the head of the
-// assembler's queue and acknowledges what they came in.
+// applyReady applies the transactions of the assembler's queue that may be
+// applied now (assembler.take), acknowledges what they came in, and
+// checks whether the flow waits for a transaction stored after its
+// successors (checkOrder).
 func (a *Applier) applyReady(ctx context.Context, asm *assembler) error {
-	ready, ack := asm.take()
-	if len(ready) > 0 {
-		if err := a.applyAll(ctx, ready, asm.held); err != nil {
+	for {
+		ready, ack := asm.take(&a.chain)
+		if len(ready) > 0 {
+			if err := a.applyAll(ctx, ready, asm.held); err != nil {
+				return err
+			}
+		}
+		if ack != nil {
+			if err := a.ack(ctx, ack); err != nil {
+				return err
+			}
+		}
+		gaveUp, full, err := a.checkOrder(ctx, asm)
+		if err != nil {
 			return err
 		}
+		a.orderFull = full
+		if !gaveUp {
+			return nil
+		}
 	}
-	if ack != nil {
-		return a.ack(ctx, ack)
-	}
-	return nil
 }
 
 // applyAll applies ready transactions, retrying and dead-lettering by the
@@ -384,6 +434,7 @@ func (a *Applier) apply(ctx context.Context, txs []*transform.Tx, held []jetstre
 
 func (a *Applier) recordApplied(txs []*transform.Tx, res ApplyResult, took time.Duration) {
 	now := time.Now()
+	a.noteApplied(txs)
 	last := txs[len(txs)-1]
 	a.cfg.Stats.update(func(s *FlowCounts) {
 		s.Applied += int64(res.Applied)

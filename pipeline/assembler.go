@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/transform"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -75,15 +76,55 @@ func (a *assembler) add(m jetstream.Msg, tx *transform.Tx) {
 	}
 }
 
-// take returns the complete transactions at the head of the queue and the
-// message to acknowledge after they are applied.
-func (a *assembler) take() ([]*readyTx, jetstream.Msg) {
-	n := 0
-	for n < len(a.queue) && a.queue[n].complete() {
-		n++
+// take returns the transactions that may be applied now, in the order to
+// apply them, and the message to acknowledge after they are applied.
+//
+// A transaction may be applied when it is complete and follows (see
+// chain.follows) what was applied or is taken before it. Normally that is
+// the head of the queue in stream order. When a publish failed while
+// later ones were stored (a NATS cluster leader change), a transaction
+// comes after its successors: those wait in the queue, unacknowledged,
+// and the late one is taken first, then them. A streamed transaction is
+// never taken ahead of an earlier waiting one with a lower commit LSN (it
+// would make the sink skip that one as already applied), nor a snapshot
+// chunk ahead of anything earlier waiting.
+func (a *assembler) take(c *chain) ([]*readyTx, jetstream.Msg) {
+	var ready []*readyTx
+	taken := make([]bool, len(a.queue))
+	hi := c.applied
+	for progress := true; progress; {
+		progress = false
+		waiting := false
+		bound := capture.LSN(^uint64(0)) // lowest commit LSN of an earlier streamed one left
+		for i, r := range a.queue {
+			if taken[i] {
+				continue
+			}
+			ok := r.complete() && c.follows(r.tx, hi)
+			if ok && r.tx.Snapshot {
+				ok = !waiting
+			} else if ok {
+				ok = r.tx.CommitLSN < bound
+			}
+			if !ok {
+				waiting = true
+				if !r.tx.Snapshot {
+					bound = min(bound, r.tx.CommitLSN)
+				}
+				continue
+			}
+			taken[i], progress = true, true
+			ready = append(ready, r)
+			hi = max(hi, r.tx.CommitLSN)
+		}
 	}
-	ready := a.queue[:n]
-	a.queue = append([]*readyTx(nil), a.queue[n:]...)
+	rest := a.queue[:0:0]
+	for i, r := range a.queue {
+		if !taken[i] {
+			rest = append(rest, r)
+		}
+	}
+	a.queue = rest
 	for _, r := range ready {
 		if len(r.chunks) > 1 {
 			all := &transform.Tx{}

@@ -67,7 +67,7 @@ func TestAssembler_Take(t *testing.T) {
 			for _, m := range tt.msgs {
 				a.add(&fakeMsg{seq: m.seq}, m.tx)
 			}
-			ready, ack := a.take()
+			ready, ack := a.take(&chain{})
 			var got []string
 			for _, r := range ready {
 				got = append(got, ids(r))
@@ -92,11 +92,11 @@ func TestAssembler_Take(t *testing.T) {
 func TestAssembler_CompletesLater(t *testing.T) {
 	a := &assembler{}
 	a.add(&fakeMsg{seq: 1}, chunk(10, 0, false, "a"))
-	if r, ack := a.take(); len(r) != 0 || ack != nil {
+	if r, ack := a.take(&chain{}); len(r) != 0 || ack != nil {
 		t.Fatalf("take = %d ready, ack %v; want none", len(r), ack)
 	}
 	a.add(&fakeMsg{seq: 2}, chunk(10, 1, true, "b"))
-	r, ack := a.take()
+	r, ack := a.take(&chain{})
 	if len(r) != 1 || ids(r[0]) != "0/A:ab" || ack.(*fakeMsg).seq != 2 {
 		t.Fatalf("take = %v ack %v", r, ack)
 	}

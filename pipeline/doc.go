@@ -33,7 +33,9 @@
 // (DUPLEX, DUPLEX_DLQ), retention.go and retention_large.go (what may be
 // removed from DUPLEX and DUPLEX_LARGE), lease.go (one active instance per
 // flow and capture), consumer.go (a flow's durable consumer, fetch, ack,
-// rewind), assembler.go (whole source transactions from chunks),
+// rewind), assembler.go (whole source transactions from chunks, taken in
+// the order their capture published them), reorder.go (waiting for a
+// transaction JetStream stored after its successors, prev_lsn),
 // applier.go (the flow's session loop and apply), largetx.go (transactions
 // applied in parts), retry.go (backoff, isolating a failing event),
 // deadletter.go and dlqretry.go (dead letters and their retry rules),

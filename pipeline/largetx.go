@@ -134,6 +134,7 @@ func (a *Applier) applyParts(ctx context.Context, l *largeTx) (bool, error) {
 			slog.Int("events", l.res.Applied), slog.Int("skipped", l.res.Skipped))
 		clear(a.excluded)
 		clear(a.waits)
+		clear(a.waitSince)
 		return true, nil
 	}
 }
@@ -147,8 +148,26 @@ func (a *Applier) partFailed(ctx context.Context, part *transform.Tx, err error)
 	kind := KindOf(err)
 	a.countError(kind)
 	blame := ae != nil && ae.Tx == 0 && ae.Event >= 0 && ae.Event < len(part.Events)
+	// A wait for something expected within moments (RetryAfter: a shared
+	// field waiting for the capture of the target) is bounded by time
+	// (MaxWait), as in apply; a wait for a referenced row by attempts.
+	quick := kind == Waiting && blame && ae.RetryAfter > 0
+	if quick {
+		id := part.Events[ae.Event].ID
+		if a.waitSince[id].IsZero() {
+			a.waitSince[id] = time.Now()
+		}
+		since := a.waitSince[id]
+		if waited := time.Since(since); waited >= a.cfg.MaxWait {
+			err = fmt.Errorf("gave up after waiting %s (max_wait %s): %w", waited.Round(time.Millisecond), a.cfg.MaxWait, err)
+		} else {
+			a.cfg.Stats.update(func(s *FlowCounts) { s.State = "waiting"; s.WaitingSince = since; s.LastError = err.Error() })
+			a.waits[id]++
+			return fmt.Errorf("flow %s: large transaction %s, chunk %d: %w", a.cfg.Flow, part.CommitLSN, part.Chunk, err)
+		}
+	}
 	switch {
-	case kind == Permanent && blame, kind == Waiting && blame && a.waits[part.Events[ae.Event].ID]+1 >= a.cfg.MaxWaitAttempts:
+	case kind == Permanent && blame, quick, kind == Waiting && blame && ae.RetryAfter <= 0 && a.waits[part.Events[ae.Event].ID]+1 >= a.cfg.MaxWaitAttempts:
 		ev := part.Events[ae.Event]
 		if err := a.deadLetter(ctx, part, ae.Event, err, a.waits[ev.ID]+1); err != nil {
 			return err

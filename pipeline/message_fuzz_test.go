@@ -50,6 +50,6 @@ func FuzzDecodeTx(f *testing.F) {
 		a := &assembler{}
 		a.add(&fakeMsg{seq: 1}, &tx)
 		a.add(&fakeMsg{seq: 2}, &back)
-		a.take()
+		a.take(&chain{})
 	})
 }

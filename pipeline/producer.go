@@ -157,8 +157,13 @@ type producer struct {
 	// published), so a flow sees every index up to the last one.
 	curLSN capture.LSN
 	curIdx int
-	once   sync.Once
-	err    error
+	// lastPub is the commit LSN of the last transaction this session put
+	// on the bus, txPrev the one before the current transaction: each of
+	// its messages carries it (transform.Tx.PrevLSN).
+	lastPub capture.LSN
+	txPrev  capture.LSN
+	once    sync.Once
+	err     error
 
 	// held are the entities whose changes are held back; redo those read
 	// again (leniently, marked Redo) after their fix, until the position
@@ -174,10 +179,14 @@ type producer struct {
 // pending is a published chunk awaiting its JetStream acknowledgement, or
 // a drain marker.
 type pending struct {
-	fut     jetstream.PubAckFuture
-	msgID   string
-	size    int
-	refs    []eventRef // what it carries, to dead-letter if refused
+	fut   jetstream.PubAckFuture
+	msgID string
+	size  int
+	refs  []eventRef // what it carries, to dead-letter if refused
+	// hdr is the message's transaction without its events, published in
+	// its place when the server refuses it for good (chunk numbering and
+	// the PrevLSN chain stay whole; see publishStripped).
+	hdr     *transform.Tx
 	last    bool
 	endLSN  capture.LSN
 	drained chan struct{}
@@ -284,6 +293,10 @@ func (p *producer) track(ctx context.Context) {
 					p.fail(err)
 					return
 				}
+				if err := p.publishStripped(ctx, e.hdr); err != nil {
+					p.fail(err)
+					return
+				}
 			}
 		}
 		p.cfg.Stats.update(func(s *SourceCounts) { s.InFlight = len(p.pending) })
@@ -304,9 +317,15 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	system := p.src.System()
 	if c.Tx.CommitLSN != p.curLSN || c.Index == 0 {
 		p.curLSN, p.curIdx = c.Tx.CommitLSN, 0
+		if !c.Tx.Snapshot {
+			p.txPrev = p.lastPub
+		}
 	}
 	tx := &transform.Tx{Version: transform.SchemaVersion, Source: system, CommitLSN: c.Tx.CommitLSN, EndLSN: c.Tx.EndLSN,
 		CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Last: c.Last, Snapshot: c.Tx.Snapshot, Events: make([]transform.Event, 0, len(c.Changes))}
+	if !c.Tx.Snapshot {
+		tx.PrevLSN = p.txPrev
+	}
 	from := make([]int, 0, len(c.Changes)) // the change each event comes from
 	for i := range c.Changes {
 		ch := &c.Changes[i]
@@ -369,6 +388,9 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		}
 		if !c.Tx.Snapshot {
 			p.curIdx += len(msgs)
+			if len(msgs) > 0 {
+				p.lastPub = c.Tx.CommitLSN
+			}
 		}
 	}
 	if c.Last {
@@ -389,18 +411,51 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.msgID), jetstream.WithStallWait(30*time.Second))
 		switch {
 		case err != nil && permanentPublish(err):
-			// Refused before it was sent: dead-letter what it carried.
+			// Refused before it was sent: dead-letter what it carried and
+			// publish the transaction without it.
 			if err := p.refused(ctx, m.tx, &PublishRefused{MsgID: e.msgID, Size: len(m.data), Err: err}); err != nil {
+				return err
+			}
+			if err := p.publishStripped(ctx, m.tx); err != nil {
 				return err
 			}
 		case err != nil:
 			return fmt.Errorf("publish %s: %w", e.msgID, err)
 		default:
 			e.fut, e.refs = fut, summarize(m.tx)
+			if !m.tx.Snapshot {
+				hdr := *m.tx
+				hdr.Events = nil
+				e.hdr = &hdr
+			}
 		}
 		if err := p.queue(ctx, e); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// publishStripped publishes, in place of a message of a streamed
+// transaction the server refused for good (its events were dead-lettered),
+// the same message without events and with the same message id: the flow
+// still sees every chunk of the transaction and the transaction itself,
+// which its successor names as PrevLSN. Snapshot chunks (nil, or Snapshot)
+// stand alone and are not replaced.
+func (p *producer) publishStripped(ctx context.Context, tx *transform.Tx) error {
+	if tx == nil || tx.Snapshot {
+		return nil
+	}
+	hdr := *tx
+	hdr.Events = nil
+	data, err := encodeTx(&hdr)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", hdr.MsgID(), err)
+	}
+	msg := nats.NewMsg(p.subject)
+	msg.Data = data
+	if _, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(hdr.MsgID())); err != nil {
+		return fmt.Errorf("publish %s without its refused events: %w", hdr.MsgID(), err)
 	}
 	return nil
 }

@@ -110,8 +110,17 @@ type Tx struct {
 	// Part numbers the messages of a snapshot (or backfill) chunk too
 	// large for one message: each stands alone like the chunk, with the
 	// chunk's number and its own part, from 0.
-	Part   int     `json:"part,omitempty"`
-	Events []Event `json:"events"`
+	Part int `json:"part,omitempty"`
+	// PrevLSN is the commit LSN of the transaction the same capture session
+	// published before this one (0 for its first, and for snapshot and
+	// backfill chunks). JetStream stores messages in the order it accepts
+	// them, not in LSN order: when a publish fails while later ones
+	// succeed (a NATS cluster leader change), the transaction published
+	// again comes after its successors. A flow applies a transaction only
+	// once its predecessor is applied, so the late one is not skipped as
+	// already applied (Applier, reorder.go).
+	PrevLSN capture.LSN `json:"prev_lsn,omitempty"`
+	Events  []Event     `json:"events"`
 }
 
 // MsgID is the JetStream message id of the chunk: "<source>:<commit LSN>:<chunk>",

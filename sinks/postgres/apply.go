@@ -176,3 +176,19 @@ func (s *Sink) finish(ctx context.Context, tx pgx.Tx, last *transform.Tx) error 
 	}
 	return nil
 }
+
+// AppliedLSN implements pipeline.PositionSink: the commit LSN of the last
+// source transaction this flow recorded as applied (0 when none).
+func (s *Sink) AppliedLSN(ctx context.Context) (transform.LSN, error) {
+	if s.conn == nil || s.conn.IsClosed() {
+		s.conn = nil
+		if err := s.connect(ctx); err != nil {
+			return 0, classify(err, -1, -1)
+		}
+	}
+	pos, err := Position(ctx, s.conn, s.cfg.Flow)
+	if err != nil {
+		return 0, fmt.Errorf("sink %s: %w", s.cfg.System, err)
+	}
+	return pos.LSN, nil
+}
