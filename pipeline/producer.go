@@ -72,6 +72,9 @@ type SourceCounts struct {
 	Stopped bool
 	// Held maps each held entity to the reason.
 	Held map[string]string
+	// Unmapped counts changes of tables no entity maps ("schema.table"),
+	// captured and not replicated (unmapped.go).
+	Unmapped map[string]int64
 }
 
 // Clone returns a copy that shares no map with c.
@@ -80,6 +83,7 @@ func (c SourceCounts) Clone() SourceCounts {
 	maps.Copy(m, c.ByEntityOp)
 	c.ByEntityOp = m
 	c.Held = maps.Clone(c.Held)
+	c.Unmapped = maps.Clone(c.Unmapped)
 	return c
 }
 
@@ -173,6 +177,9 @@ type producer struct {
 	redoUntil capture.LSN
 	released  atomic.Bool
 
+	// unmappedSeen are the unmapped tables logged in this session.
+	unmappedSeen map[string]bool
+
 	large largeStore
 }
 
@@ -205,6 +212,7 @@ func (p *producer) fail(err error) {
 // entities and reading again leniently those of fixed ones.
 func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, ch *capture.Change) ([]transform.Event, error) {
 	system := p.src.System()
+	p.reportUnmapped(ch)
 	if len(p.held) > 0 || len(p.redo) > 0 {
 		if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
 			if h, ok := p.held[e.Name]; ok && c.Tx.CommitLSN >= h.Since && !c.Tx.Snapshot {

@@ -20,6 +20,9 @@ type session struct {
 	h         capture.Handler
 	dec       *Decoder
 	relations map[uint32]*pglogrepl.RelationMessage
+	// leaves names the partitions ("schema.table") whose relations were
+	// renamed to their mapped table (partition.go), by relation OID.
+	leaves map[uint32]string
 
 	inTx     bool
 	skipping bool
@@ -64,7 +67,7 @@ func (s *Source) Stream(ctx context.Context, h capture.Handler) error {
 		return fmt.Errorf("capture %s: start replication on slot %s: %w", s.cfg.System, s.cfg.Slot, err)
 	}
 	s.log.Info("replication started", slog.String("confirmed", s.Durable().String()))
-	ss := &session{src: s, conn: conn, h: h, dec: NewDecoder(), relations: map[uint32]*pglogrepl.RelationMessage{}}
+	ss := &session{src: s, conn: conn, h: h, dec: NewDecoder(), relations: map[uint32]*pglogrepl.RelationMessage{}, leaves: map[uint32]string{}}
 	defer func() {
 		if ss.q != nil {
 			_ = ss.q.Close(context.WithoutCancel(ctx))
