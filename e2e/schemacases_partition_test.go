@@ -119,6 +119,16 @@ func TestSchemaCases_PartitionedTables(t *testing.T) {
 			},
 		},
 		{
+			// Shared fields need the old row: PostgreSQL sends a
+			// partition's changes with the partition's own replica
+			// identity, which the table's does not set.
+			name:    "shared field, a partition without REPLICA IDENTITY FULL",
+			crmDDL:  partitionedCRM + `ALTER TABLE orders REPLICA IDENTITY FULL; ALTER TABLE orders_1 REPLICA IDENTITY FULL;`,
+			erpDDL:  partitionedERP,
+			mapping: strings.Replace(partitionedMapping(""), "{name: region, type: text,    owner: crm}", "{name: region, type: text,    owner: both}", 1),
+			refusal: "crm table part.orders (entity order): shared field(s) [region] need the old row of every update, and partition(s) [part.orders_2] do not send it",
+		},
+		{
 			name:    "truncate of one partition, refused by default",
 			crmDDL:  partitionedCRM,
 			erpDDL:  partitionedERP,

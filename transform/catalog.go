@@ -41,6 +41,24 @@ type TableInfo struct {
 	// IdentityColumns are the columns the replica identity sends for a
 	// delete (primary key or the chosen index); all columns with 'f'.
 	IdentityColumns []string
+	// PartitionIdentity maps each leaf partition ("schema.table") of a
+	// partitioned table to its own relreplident: PostgreSQL sends a
+	// partition's changes with the partition's replica identity, which
+	// is set per partition and not inherited.
+	PartitionIdentity map[string]byte
+}
+
+// partitionsWithout lists, sorted, the partitions whose replica identity
+// is not one of ok.
+func (ti *TableInfo) partitionsWithout(ok ...byte) []string {
+	var out []string
+	for p, ident := range ti.PartitionIdentity {
+		if !slices.Contains(ok, ident) {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // ColumnInfo describes one column.
@@ -198,6 +216,8 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		}
 		if shared := e.SharedFields(system); len(shared) > 0 && (role == "source" || role == "both") && e.Publishes(system) && ti.ReplicaIdentity != 'f' {
 			bad("%s: shared field(s) %v need the old row of every update to tell which fields a write changed; run ALTER TABLE %s REPLICA IDENTITY FULL", where, shared, t.QualifiedTable())
+		} else if parts := ti.partitionsWithout('f'); len(shared) > 0 && (role == "source" || role == "both") && e.Publishes(system) && len(parts) > 0 {
+			bad("%s: shared field(s) %v need the old row of every update, and partition(s) %v do not send it: run ALTER TABLE … REPLICA IDENTITY FULL on each (a partition has its own replica identity)", where, shared, parts)
 		}
 		if shared := e.SharedFields(system); len(shared) > 0 && (role == "target" || role == "both") && cat.Role != nil && !cat.Role.TrackCommitTimestamp {
 			bad("%s: shared field(s) %v are resolved by commit time; set track_commit_timestamp = on (needs a restart)", where, shared)
@@ -206,6 +226,8 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 			switch {
 			case ti.ReplicaIdentity == 'n':
 				bad("%s: REPLICA IDENTITY NOTHING cannot key deletes; run ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key) or FULL", where, t.QualifiedTable())
+			case len(ti.partitionsWithout('d', 'f', 'i')) > 0:
+				bad("%s: partition(s) %v have REPLICA IDENTITY NOTHING, which cannot key deletes; run ALTER TABLE … REPLICA IDENTITY DEFAULT or FULL on each", where, ti.partitionsWithout('d', 'f', 'i'))
 			case ti.ReplicaIdentity != 'f' && !slices.Contains(ti.IdentityColumns, t.KeyColumn):
 				if len(ti.IdentityColumns) == 0 {
 					bad("%s: no primary key or replica identity index, so deletes cannot be keyed; add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", where, t.QualifiedTable())

@@ -215,6 +215,24 @@ func TestMapping_Check(t *testing.T) {
 			wantMsgs:  []string{"erp table public.customers (entity customer): shared field(s) [email] need the old row", "REPLICA IDENTITY FULL"},
 		},
 		{
+			name: "shared field on a partitioned table with a partition without REPLICA IDENTITY FULL", system: "crm", role: "source", catalog: crmCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.accounts"].PartitionIdentity = map[string]byte{"public.accounts_2": 'd', "public.accounts_1": 'f', "public.accounts_3": 'n'}
+			},
+			wantErr:   true,
+			wantCount: 2,
+			wantMsgs: []string{
+				"crm table public.accounts (entity customer): shared field(s) [email] need the old row of every update, and partition(s) [public.accounts_2 public.accounts_3] do not send it",
+				"crm table public.accounts (entity customer): partition(s) [public.accounts_3] have REPLICA IDENTITY NOTHING, which cannot key deletes",
+			},
+		},
+		{
+			name: "partitions with REPLICA IDENTITY FULL", system: "crm", role: "source", catalog: crmCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.accounts"].PartitionIdentity = map[string]byte{"public.accounts_1": 'f', "public.accounts_2": 'f'}
+			},
+		},
+		{
 			name: "shared field without REPLICA IDENTITY FULL, target only", system: "crm", role: "target", catalog: crmCatalog,
 			change: func(c *transform.Catalog) { c.Tables["public.accounts"].ReplicaIdentity = 'd' },
 		},

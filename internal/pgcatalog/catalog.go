@@ -1,6 +1,7 @@
 // Package pgcatalog reads what duplex needs to know of a PostgreSQL
 // database's tables from pg_catalog: columns with their base types,
-// precision and scale, single-column unique indexes, and replica identity.
+// precision and scale, single-column unique indexes, and replica identity
+// (of each partition too).
 // It returns a transform.Catalog; deciding what fits is transform's job.
 package pgcatalog
 
@@ -93,6 +94,35 @@ WHERE n.nspname || '.' || c.relname = ANY($1)`, tables)
 	}
 	if err := idx.Err(); err != nil {
 		return nil, fmt.Errorf("read catalog indexes: %w", err)
+	}
+	// A partition's changes carry its own replica identity.
+	parts, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, ln.nspname || '.' || l.relname, l.relreplident
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL pg_partition_tree(c.oid) pt
+JOIN pg_class l ON l.oid = pt.relid
+JOIN pg_namespace ln ON ln.oid = l.relnamespace
+WHERE c.relkind = 'p' AND pt.isleaf AND n.nspname || '.' || c.relname = ANY($1)`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog partitions: %w", err)
+	}
+	for parts.Next() {
+		var tbl, leaf string
+		var ident byte
+		if err := parts.Scan(&tbl, &leaf, &ident); err != nil {
+			parts.Close()
+			return nil, fmt.Errorf("read catalog partitions: %w", err)
+		}
+		if ti := cat.Tables[tbl]; ti != nil {
+			if ti.PartitionIdentity == nil {
+				ti.PartitionIdentity = map[string]byte{}
+			}
+			ti.PartitionIdentity[leaf] = ident
+		}
+	}
+	if err := parts.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog partitions: %w", err)
 	}
 	role, err := q.Query(ctx, `
 SELECT current_user, r.rolsuper OR r.rolreplication,
