@@ -14,6 +14,12 @@
 // caller confirmed durable (Confirm), so a crash anywhere makes the slot
 // send again whatever was not yet safe downstream.
 //
+// A mapped table may be partitioned: the changes pgoutput sends under a
+// partition's name are handed on under the mapped table's (Change.Partition
+// names the partition), whether or not the publication publishes via the
+// partition root; a relation is resolved against the catalog when its
+// Relation message arrives, so new partitions need no restart.
+//
 // Every identifier it sends is quoted, in SQL and in the replication
 // commands and options (slot, publication_names): a publication named
 // DuplexPub is "DuplexPub". Slot names must follow PostgreSQL's rule
@@ -27,7 +33,9 @@
 // Files: source.go (Config, Source, confirmed position), setup.go
 // (publication and slot), stream.go (the replication session: keepalives,
 // status updates, flush position), pgoutput.go (decoding pgoutput messages
-// into chunks), decode.go (values by type OID), snapshot.go (initial copy
+// into chunks), partition.go (changes of partitions routed to their mapped
+// partitioned table, truncates of some partitions told from truncates of
+// all), decode.go (values by type OID), snapshot.go (initial copy
 // in the slot's exported snapshot), backfill.go (DBLog watermark
 // backfills), slot.go (slot positions for status and lag), slotcheck.go
 // (the slot checked against duplex's record of it at every start; the
