@@ -212,7 +212,6 @@ func (p *producer) fail(err error) {
 // entities and reading again leniently those of fixed ones.
 func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, ch *capture.Change) ([]transform.Event, error) {
 	system := p.src.System()
-	p.reportUnmapped(ch)
 	if len(p.held) > 0 || len(p.redo) > 0 {
 		if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
 			if h, ok := p.held[e.Name]; ok && c.Tx.CommitLSN >= h.Since && !c.Tx.Snapshot {
@@ -224,6 +223,10 @@ func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, c
 		}
 	}
 	evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, index, ch)
+	if len(evs) == 0 && err == nil {
+		// Nothing to publish: perhaps a table no entity maps.
+		p.reportUnmapped(ch)
+	}
 	var se *transform.SchemaError
 	if errors.As(err, &se) && p.cfg.Holds != nil && !c.Tx.Snapshot {
 		if err := p.hold(ctx, c, se); err != nil {
