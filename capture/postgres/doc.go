@@ -36,7 +36,8 @@
 // into chunks), partition.go (changes of partitions routed to their mapped
 // partitioned table, truncates of some partitions told from truncates of
 // all), decode.go (values by type OID), snapshot.go (initial copy
-// in the slot's exported snapshot), backfill.go (DBLog watermark
+// in the slot's exported snapshot, in pages by the key's columns: WHERE
+// (a, b) > ($1, $2) ORDER BY a, b), backfill.go (DBLog watermark
 // backfills), slot.go (slot positions for status and lag), slotcheck.go
 // (the slot checked against duplex's record of it at every start; the
 // position recorded before it is reported flushed; ResetSlot for resync).

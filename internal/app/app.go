@@ -97,6 +97,13 @@ func (a *App) DeadLetterCounts(ctx context.Context) (map[string]uint64, error) {
 // Preflight checks the mapping against the catalogs of every configured
 // system and returns every mismatch at once.
 func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) error {
+	_, err := preflight(ctx, cfg, m)
+	return err
+}
+
+// preflight is Preflight, returning the catalogs it read by system.
+func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (map[string]*transform.Catalog, error) {
+	cats := map[string]*transform.Catalog{}
 	var errs []error
 	for _, name := range sortedSystems(cfg) {
 		sys := cfg.Systems[name]
@@ -140,11 +147,37 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 		if err := m.Check(name, cat, role); err != nil {
 			errs = append(errs, err)
 		}
+		cats[name] = cat
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
+		return nil, fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
 	}
-	return nil
+	return cats, nil
+}
+
+// snapshotOrder lists the tables a source publishes in the order its
+// initial snapshot copies them: the write order of the first flow's
+// target (transform.Mapping.WriteOrder: mapping refs and the target's
+// foreign keys, parents first), so that a snapshot chunk of child rows
+// never reaches the target before the parents it refers to.
+func snapshotOrder(cfg *config.Config, m *transform.Mapping, source string, cats map[string]*transform.Catalog) []string {
+	for _, f := range cfg.Flows {
+		if f.From != source {
+			continue
+		}
+		order, _, err := m.WriteOrder(f.To, cats[f.To], func(e *transform.Entity) bool { return e.Publishes(source) })
+		if err != nil {
+			break // refused by preflight already
+		}
+		var out []string
+		for _, e := range order {
+			if e.Publishes(source) {
+				out = append(out, e.Tables[source].QualifiedTable())
+			}
+		}
+		return out
+	}
+	return m.SourceTables(source)
 }
 
 func sortedSystems(cfg *config.Config) []string {
@@ -168,7 +201,8 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := Preflight(ctx, cfg, m); err != nil {
+	cats, err := preflight(ctx, cfg, m)
+	if err != nil {
 		return nil, err
 	}
 	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
@@ -208,10 +242,10 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
 		sys := cfg.Systems[name]
-		keys := map[string]string{}
+		keys := map[string][]string{}
 		for _, e := range m.Entities {
 			if e.Publishes(name) {
-				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumn
+				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumns()
 			}
 		}
 		var flows []string
@@ -221,7 +255,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			}
 		}
 		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication, Flows: flows,
-			Tables: m.SourceTables(name), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
+			Tables: snapshotOrder(cfg, m, name, cats), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
 		if err == nil {
 			err = src.Ensure(ctx)
 		}

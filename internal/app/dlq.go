@@ -38,9 +38,9 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 	if dl.Event != nil && e == nil {
 		return out, fmt.Errorf("dead letter %d: entity %s is not in the mapping", seq, dl.Entity)
 	}
-	key := ""
+	var key []string
 	if e != nil {
-		key = e.Key
+		key = e.KeyFields()
 	}
 	tx, out, err := pipeline.PlanRetry(ctx, js, sd, key)
 	if err != nil {

@@ -53,7 +53,12 @@ func (s *Sink) connect(ctx context.Context) error {
 	if err := s.cfg.Mapping.CheckTarget(s.cfg.System, s.cfg.Source, cat); err != nil {
 		return fail("mapping does not fit the database", err)
 	}
+	order, deferred, err := s.writeOrder(cat)
+	if err != nil {
+		return fail("write order", err)
+	}
 	s.conn, s.catalog, s.stmts = conn, cat, map[string]string{}
+	s.order, s.deferred = order, deferred
 	s.log.Info("sink session started", slog.String("origin", s.cfg.Origin))
 	return nil
 }

@@ -63,7 +63,10 @@ type Sink struct {
 	conn    *pgx.Conn
 	catalog *transform.Catalog
 	order   []*transform.Entity // parents before children
-	stmts   map[string]string
+	// deferred: deferrable foreign keys of a cycle, set DEFERRED in each
+	// apply transaction (order.go).
+	deferred []transform.ForeignKey
+	stmts    map[string]string
 	// release: entities whose source-assigned unique values were seen to
 	// move (a unique violation); from then on stale holders are cleared
 	// before each write (releaseUnique).
@@ -71,7 +74,10 @@ type Sink struct {
 	// isolate: write row by row under savepoints, to name the event a
 	// set-based statement failed on (only after such a failure).
 	isolate bool
-	shared  map[string]map[string]string // entity -> column -> shared field
+	// mode: how write applies a batch (mode.go); set but while a batch
+	// is applied again after a unique violation.
+	mode   writeMode
+	shared map[string]map[string]string // entity -> column -> shared field
 }
 
 // New returns a Sink. It connects lazily, on the first Apply.
@@ -83,9 +89,9 @@ func New(cfg Config) (*Sink, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Sink{cfg: cfg, log: cfg.Logger.With(slog.String("sink", cfg.System), slog.String("flow", cfg.Flow)), stmts: map[string]string{}}
-	order, err := entityOrder(cfg.Mapping, cfg.System)
+	order, _, err := s.writeOrder(nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sink %s: %w", cfg.System, err)
 	}
 	s.order = order
 	s.shared = map[string]map[string]string{}
