@@ -71,8 +71,12 @@ func (s *Sink) foldEntity(ctx context.Context, tx pgx.Tx, e *transform.Entity, c
 		}
 		if _, ok := index[c.row.Key]; !ok {
 			index[c.row.Key] = len(keys)
+			parts, err := keyTexts(c.row, cols)
+			if err != nil {
+				return nil, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: c.ti, Event: c.ei, Err: fmt.Errorf("sink %s: %s: %w", s.cfg.System, t.QualifiedTable(), err)}
+			}
 			texts = append(texts, c.row.Key)
-			keys = append(keys, keyTexts(c.row, cols))
+			keys = append(keys, parts)
 		}
 	}
 	same, err := s.sameKeys(ctx, tx, t, cols, keys)
@@ -130,13 +134,15 @@ func (s *Sink) fold(b *entityBatch, k string, c change) error {
 		t := row.Table
 		return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei,
 			Err: fmt.Errorf("entity %s: two source keys land on one target row: %s and %s are one value of key column %s of %s, which cannot hold both rows; the %s of %s is refused, the row of %s is kept",
-				row.Entity.Name, prev.srcKey, ev.Key, t.KeyColumn, t.QualifiedTable(), row.Op, ev.Key, prev.srcKey)}
+				row.Entity.Name, prev.srcKey, ev.Key, strings.Join(t.KeyColumns(), ", "), t.QualifiedTable(), row.Op, ev.Key, prev.srcKey)}
 	}
 	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete, source: ev.Source, redo: ev.Redo, srcKey: ev.Key}
 	if prev != nil {
 		p.released = prev.released
 		if prev.deleted && prev.srcKey != ev.Key {
-			p.released = append(slices.Clip(p.released), strings.Join(keyTexts(prev.row, keyColumns(row.Table)), ", "))
+			if parts, err := keyTexts(prev.row, keyColumns(row.Table)); err == nil {
+				p.released = append(slices.Clip(p.released), strings.Join(parts, ", "))
+			}
 		}
 	}
 	shared := s.sharedColumns(row.Entity)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -143,7 +144,11 @@ func (s *Sink) checkHolders(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 		}
 		arr := make([]string, len(rows))
 		for ri, p := range rows {
-			arr[ri] = keyTexts(p.row, cols)[ci]
+			parts, err := keyTexts(p.row, cols)
+			if err != nil {
+				return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev, Err: fmt.Errorf("sink %s: %s: %w", s.cfg.System, t.QualifiedTable(), err)}
+			}
+			arr[ri] = parts[ci]
 		}
 		args[ci] = arr
 		id := pgx.Identifier{c}.Sanitize()
@@ -200,12 +205,13 @@ func (s *Sink) exactKeys(t *transform.TableMap, cols []string) bool {
 	return true
 }
 
-// keyTexts returns a row's key as one text per key column.
-func keyTexts(r *transform.Row, cols []string) []string {
-	return []string{r.Key}
+// keyTexts returns a row's key as one text per key column: the parts
+// capture.JoinKey joined (see transform.Row).
+func keyTexts(r *transform.Row, cols []string) ([]string, error) {
+	return capture.SplitKey(r.Key, len(cols))
 }
 
-// keyColumns are the target table's key columns.
+// keyColumns are the target table's key columns, in the key's order.
 func keyColumns(t *transform.TableMap) []string {
-	return []string{t.KeyColumn}
+	return t.KeyColumns()
 }
