@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"fmt"
+	"io/fs"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/duplex-cdc/duplex/examples"
 	"github.com/duplex-cdc/duplex/internal/config"
 )
 
@@ -196,4 +198,140 @@ func leavesPublished(unmapped bool) func(t *testing.T, f *fixture) {
 			return u["part.notes"] == 1, fmt.Sprintf("changes of unmapped tables counted: %v", u)
 		})
 	}
+}
+
+// partitionedInvoicesMapping is the example's mapping with the invoice
+// entity keyed by (invoice_no, issued_at), the key of an ERP invoices table
+// partitioned by issued_at (PostgreSQL's unique indexes of a partitioned
+// table contain the partition key, so invoice_no alone cannot be its
+// key), and without the entities that refer to invoices by invoice_no
+// alone (ledger_entry).
+func partitionedInvoicesMapping(t *testing.T) string {
+	t.Helper()
+	b, err := fs.ReadFile(examples.OrderToCash, "order-to-cash/mapping.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const invoice = `invoice
+    key: [invoice_no, issued_at]
+    fields:
+      - {name: invoice_no,  type: integer,   owner: erp}
+      - {name: issued_at,   type: timestamp, owner: erp}
+      - {name: customer_no, type: integer,   owner: erp}
+      - {name: order_no,    type: integer,   owner: erp}
+      - {name: currency,    type: currency,  owner: erp}
+      - {name: amount,      type: money,     owner: erp}
+      - {name: paid_amount, type: money,     owner: erp}
+      - {name: status,      type: text,      owner: erp}
+      - {name: due_date,    type: date,      owner: erp}
+    systems:
+      erp:
+        table: public.invoices
+        key_columns: [invoice_no, issued_at]
+        columns:
+          invoice_no:  {column: invoice_no}
+          issued_at:   {column: issued_at}
+          customer_no: {column: customer_no}
+          order_no:    {column: order_no}
+          currency:    {column: currency}
+          amount:      {column: amount, currency_column: currency}
+          paid_amount: {column: paid_amount, currency_column: currency}
+          status:      {column: status}
+          due_date:    {column: due_date}
+      crm:
+        table: public.invoices
+        key_columns: [erp_invoice_no, erp_issued_at]
+        columns:
+          invoice_no:  {column: erp_invoice_no}
+          issued_at:   {column: erp_issued_at}
+          customer_no: {column: account_id, ref: {entity: customer, match: customer_no, column: id}}
+          order_no:    {column: order_id, ref: {entity: order, match: order_no, column: id}}
+          currency:    {column: currency}
+          amount:      {column: amount, currency_column: currency}
+          paid_amount: {column: paid_amount, currency_column: currency}
+          status:      {column: status}
+          due_date:    {column: due_date}
+`
+	blocks := strings.Split(string(b), "\n  - name: ")
+	out := []string{blocks[0]}
+	found := false
+	for _, blk := range blocks[1:] {
+		name, _, _ := strings.Cut(blk, "\n")
+		switch {
+		case name == "invoice":
+			out, found = append(out, invoice), true
+		case strings.Contains(blk, "entity: invoice"):
+			// refers to an invoice by invoice_no alone
+		default:
+			out = append(out, blk)
+		}
+	}
+	if !found {
+		t.Fatal("the example mapping has no invoice entity")
+	}
+	return strings.Join(out, "\n  - name: ")
+}
+
+// TestSchemaCases_PartitionedERPInvoices (issue 11): the ERP's invoices
+// table partitioned by issued_at, a source of flow to-crm with the
+// example's other entities: invoices of every partition reach the CRM, a
+// partition created while streaming needs no restart, an invoice whose
+// issued_at moves it to another partition ends as one CRM invoice, and
+// verify agrees.
+func TestSchemaCases_PartitionedERPInvoices(t *testing.T) {
+	const acc, ord = "6f1c2c1e-6a39-4c59-9d1b-2d7b6c1f0a11", "6f1c2c1e-6a39-4c59-9d1b-2d7b6c1f0a12"
+	runSchemaCases(t, []schemaCase{{
+		name: "invoices partitioned by issued_at",
+		// The example's invoices table replaced by a partitioned one; no
+		// foreign key can point at it by invoice_no alone.
+		erpDDL: `
+ALTER TABLE payments DROP CONSTRAINT payments_invoice_no_fkey;
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_invoice_no_fkey;
+DROP TABLE invoices;
+CREATE TABLE invoices (
+    invoice_no  bigserial,
+    order_no    bigint NOT NULL REFERENCES sales_orders,
+    customer_no bigint NOT NULL REFERENCES customers,
+    currency    char(3) NOT NULL,
+    amount      numeric(19,4) NOT NULL,
+    paid_amount numeric(19,4) NOT NULL DEFAULT 0,
+    status      text NOT NULL,
+    issued_at   timestamptz NOT NULL,
+    due_date    date NOT NULL,
+    PRIMARY KEY (invoice_no, issued_at)
+) PARTITION BY RANGE (issued_at);
+CREATE TABLE invoices_2024 PARTITION OF invoices FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE invoices_2025 PARTITION OF invoices FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+`,
+		crmDDL: `
+ALTER TABLE invoices ADD COLUMN erp_issued_at timestamptz NOT NULL;
+ALTER TABLE invoices ADD UNIQUE (erp_invoice_no, erp_issued_at);
+`,
+		mapping: partitionedInvoicesMapping(t),
+		// A customer and an order both systems already have.
+		before: []stmt{
+			onCRM(`INSERT INTO accounts (id, name, currency, erp_customer_no, open_balance, payment_terms) VALUES ('` + acc + `', 'Acme', 'EUR', 1, 0, 'NET30')`),
+			onCRM(`INSERT INTO orders (id, account_id, currency, total, status, ordered_at, erp_order_no, erp_status) VALUES ('` + ord + `', '` + acc + `', 'EUR', 300, 'won', '2024-02-01', 1, 'open')`),
+			onERP(`INSERT INTO customers (customer_no, crm_account_id, name, currency) VALUES (1, '` + acc + `', 'Acme', 'EUR')`),
+			onERP(`INSERT INTO sales_orders (order_no, crm_order_id, customer_no, currency, total, status, ordered_at) VALUES (1, '` + ord + `', 1, 'EUR', 300, 'confirmed', '2024-02-01')`),
+			onERP(`INSERT INTO invoices (invoice_no, order_no, customer_no, currency, amount, status, issued_at, due_date) VALUES
+				(1, 1, 1, 'EUR', 100, 'open', '2024-03-01', '2024-04-01'), (2, 1, 1, 'EUR', 100, 'open', '2025-02-01', '2025-03-01')`),
+		},
+		changes: []stmt{
+			onERP(`INSERT INTO invoices (invoice_no, order_no, customer_no, currency, amount, status, issued_at, due_date) VALUES (3, 1, 1, 'EUR', 50, 'open', '2025-06-01', '2025-07-01')`),
+			// A partition created while streaming, and an invoice in it.
+			onERP(`CREATE TABLE invoices_2026 PARTITION OF invoices FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')`),
+			onERP(`INSERT INTO invoices (invoice_no, order_no, customer_no, currency, amount, status, issued_at, due_date) VALUES (4, 1, 1, 'EUR', 50, 'open', '2026-02-01', '2026-03-01')`),
+			onERP(`UPDATE invoices SET paid_amount = 40, status = 'part_paid' WHERE invoice_no = 2`),
+			// Moves invoice 1 from invoices_2024 to invoices_2025.
+			onERP(`UPDATE invoices SET issued_at = '2025-03-01', due_date = '2025-04-01' WHERE invoice_no = 1`),
+		},
+		want: []want{wantCRM(`SELECT i.erp_invoice_no, to_char(i.erp_issued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), i.amount, i.paid_amount, i.status, i.due_date, a.name, o.erp_order_no
+			FROM invoices i JOIN accounts a ON a.id = i.account_id JOIN orders o ON o.id = i.order_id ORDER BY 1`,
+			"1|2025-03-01|100.00|0.00|open|2025-04-01|Acme|1",
+			"2|2025-02-01|100.00|40.00|part_paid|2025-03-01|Acme|1",
+			"3|2025-06-01|50.00|0.00|open|2025-07-01|Acme|1",
+			"4|2026-02-01|50.00|0.00|open|2026-03-01|Acme|1")},
+		verify: true,
+	}})
 }
