@@ -208,10 +208,7 @@ func leavesPublished(unmapped bool) func(t *testing.T, f *fixture) {
 // alone (ledger_entry).
 func partitionedInvoicesMapping(t *testing.T) string {
 	t.Helper()
-	b, err := fs.ReadFile(examples.OrderToCash, "order-to-cash/mapping.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := exampleMapping(t)
 	const invoice = `invoice
     key: [invoice_no, issued_at]
     fields:
@@ -272,19 +269,10 @@ func partitionedInvoicesMapping(t *testing.T) string {
 	return strings.Join(out, "\n  - name: ")
 }
 
-// TestSchemaCases_PartitionedERPInvoices (issue 11): the ERP's invoices
-// table partitioned by issued_at, a source of flow to-crm with the
-// example's other entities: invoices of every partition reach the CRM, a
-// partition created while streaming needs no restart, an invoice whose
-// issued_at moves it to another partition ends as one CRM invoice, and
-// verify agrees.
-func TestSchemaCases_PartitionedERPInvoices(t *testing.T) {
-	const acc, ord = "6f1c2c1e-6a39-4c59-9d1b-2d7b6c1f0a11", "6f1c2c1e-6a39-4c59-9d1b-2d7b6c1f0a12"
-	runSchemaCases(t, []schemaCase{{
-		name: "invoices partitioned by issued_at",
-		// The example's invoices table replaced by a partitioned one; no
-		// foreign key can point at it by invoice_no alone.
-		erpDDL: `
+// partitionedInvoicesERP replaces the example's ERP invoices table by one
+// partitioned by issued_at; no foreign key can point at it by invoice_no
+// alone.
+const partitionedInvoicesERP = `
 ALTER TABLE payments DROP CONSTRAINT payments_invoice_no_fkey;
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_invoice_no_fkey;
 DROP TABLE invoices;
@@ -302,7 +290,19 @@ CREATE TABLE invoices (
 ) PARTITION BY RANGE (issued_at);
 CREATE TABLE invoices_2024 PARTITION OF invoices FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
 CREATE TABLE invoices_2025 PARTITION OF invoices FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
-`,
+`
+
+// TestSchemaCases_PartitionedERPInvoices (issue 11): the ERP's invoices
+// table partitioned by issued_at, a source of flow to-crm with the
+// example's other entities: invoices of every partition reach the CRM, a
+// partition created while streaming needs no restart, an invoice whose
+// issued_at moves it to another partition ends as one CRM invoice, and
+// verify agrees.
+func TestSchemaCases_PartitionedERPInvoices(t *testing.T) {
+	const acc, ord = "6f1c2c1e-6a39-4c59-9d1b-2d7b6c1f0a11", "6f1c2c1e-6a39-4c59-9d1b-2d7b6c1f0a12"
+	runSchemaCases(t, []schemaCase{{
+		name:   "invoices partitioned by issued_at",
+		erpDDL: partitionedInvoicesERP,
 		crmDDL: `
 ALTER TABLE invoices ADD COLUMN erp_issued_at timestamptz NOT NULL;
 ALTER TABLE invoices ADD UNIQUE (erp_invoice_no, erp_issued_at);
@@ -333,5 +333,21 @@ ALTER TABLE invoices ADD UNIQUE (erp_invoice_no, erp_issued_at);
 			"3|2025-06-01|50.00|0.00|open|2025-07-01|Acme|1",
 			"4|2026-02-01|50.00|0.00|open|2026-03-01|Acme|1")},
 		verify: true,
+	}, {
+		// The example's mapping keys invoices by invoice_no alone, which
+		// no unique index of this table can hold.
+		name:    "invoices keyed by invoice_no alone",
+		erpDDL:  partitionedInvoicesERP,
+		mapping: string(exampleMapping(t)),
+		refusal: "erp table public.invoices (entity invoice): the key (invoice_no) has no unique index, and cannot have one: the table is partitioned by (issued_at), and a unique index of a partitioned table must contain the partition key; make the key (invoice_no, issued_at)",
 	}})
+}
+
+func exampleMapping(t *testing.T) []byte {
+	t.Helper()
+	b, err := fs.ReadFile(examples.OrderToCash, "order-to-cash/mapping.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

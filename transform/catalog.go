@@ -49,11 +49,27 @@ type TableInfo struct {
 	// ForeignKeys are the table's own foreign keys (not those a partition
 	// inherits), by constraint name.
 	ForeignKeys []ForeignKey
+	// PartitionKey are the columns of a partitioned table's partition key
+	// (pg_partitioned_table.partattrs; expressions left out); empty for
+	// other tables.
+	PartitionKey []string
 	// PartitionIdentity maps each leaf partition ("schema.table") of a
 	// partitioned table to its own relreplident: PostgreSQL sends a
 	// partition's changes with the partition's replica identity, which
 	// is set per partition and not inherited.
 	PartitionIdentity map[string]byte
+}
+
+// missingFrom returns the elements of want that have is missing, in
+// want's order.
+func missingFrom(want, have []string) []string {
+	var out []string
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // partitionsWithout lists, sorted, the partitions whose replica identity
@@ -188,6 +204,11 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		}
 		switch {
 		case missingKey:
+		case len(ti.PartitionKey) > 0 && !containsAll(kcs, ti.PartitionKey) && (len(kcs) == 1 && !ti.UniqueColumns[kcs[0]] || len(kcs) > 1 && !ti.HasUniqueKey(kcs)):
+			// PostgreSQL: "unique constraint on partitioned table must
+			// include all partitioning columns".
+			bad("%s: the key (%s) has no unique index, and cannot have one: the table is partitioned by (%s), and a unique index of a partitioned table must contain the partition key; make the key (%s) (key: [...] and key_columns), or partition by the key",
+				where, strings.Join(kcs, ", "), strings.Join(ti.PartitionKey, ", "), strings.Join(append(slices.Clone(kcs), missingFrom(ti.PartitionKey, kcs)...), ", "))
 		case len(kcs) == 1 && !ti.UniqueColumns[kcs[0]]:
 			bad("%s: key column %s has no unique index (create one: CREATE UNIQUE INDEX ON %s (%s))", where, kcs[0], t.QualifiedTable(), kcs[0])
 		case len(kcs) > 1 && !ti.HasUniqueKey(kcs):

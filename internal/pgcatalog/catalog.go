@@ -129,6 +129,34 @@ GROUP BY 1, i.indexrelid`, tables)
 	if err := readForeignKeys(ctx, q, tables, cat); err != nil {
 		return nil, err
 	}
+	// The partition key of partitioned tables (columns; an expression
+	// has attnum 0 and is left out).
+	pk, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, array_agg(a.attname::text ORDER BY k.i)
+FROM pg_partitioned_table p
+JOIN pg_class c ON c.oid = p.partrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL unnest(p.partattrs::int2[]) WITH ORDINALITY AS k(attnum, i)
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE n.nspname || '.' || c.relname = ANY($1)
+GROUP BY 1`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog partition keys: %w", err)
+	}
+	for pk.Next() {
+		var tbl string
+		var cols []string
+		if err := pk.Scan(&tbl, &cols); err != nil {
+			pk.Close()
+			return nil, fmt.Errorf("read catalog partition keys: %w", err)
+		}
+		if ti := cat.Tables[tbl]; ti != nil {
+			ti.PartitionKey = cols
+		}
+	}
+	if err := pk.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog partition keys: %w", err)
+	}
 	// A partition's changes carry its own replica identity.
 	parts, err := q.Query(ctx, `
 SELECT n.nspname || '.' || c.relname, ln.nspname || '.' || l.relname, l.relreplident
