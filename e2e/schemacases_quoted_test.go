@@ -1,8 +1,15 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/duplex-cdc/duplex/internal/cli"
 
 	"github.com/duplex-cdc/duplex/internal/config"
 )
@@ -82,6 +89,7 @@ func TestSchemaCases_QuotedNames(t *testing.T) {
 			},
 			want:   []want{wantERP(`SELECT "from", "Group", "Amount ""EUR""", "Booked By" FROM "ERP ""Books"""."user" ORDER BY 1`, "2|two|2.22|NULL", "3|three|3.30|NULL")},
 			verify: true,
+			after:  backfillQuoted,
 		},
 		{
 			// No delete here: a row the CRM deletes while the ERP's
@@ -118,5 +126,25 @@ func TestSchemaCases_QuotedNames(t *testing.T) {
 			},
 			refusal: `systems.crm: slot "Duplex Slot"`,
 		},
+	})
+}
+
+// backfillQuoted damages the ERP's copy and has `duplex backfill` re-read
+// the quoted CRM table (keyset pages on "Order No"), which repairs it.
+func backfillQuoted(t *testing.T, f *fixture) {
+	f.exec("erp", `UPDATE "ERP ""Books"""."user" SET "Group" = 'stale'`)
+	t.Setenv("CRM_DSN", f.env("CRM_DSN"))
+	t.Setenv("ERP_DSN", f.env("ERP_DSN"))
+	var stdout, stderr bytes.Buffer
+	if code := cli.MainIO([]string{"backfill", "--config", f.cfgPath, "--flow", "to-erp", "--table", "Sales Dept.Order", "--chunk", "1"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("duplex backfill exited %d:\n%s%s", code, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "done: 2 rows re-read") {
+		t.Errorf("backfill output does not report 2 rows re-read:\n%s", stdout.String())
+	}
+	erp := f.conn("erp")
+	waitFor(t, 30*time.Second, func() (bool, string) {
+		got, err := textRows(context.Background(), erp, `SELECT "from", "Group" FROM "ERP ""Books"""."user" ORDER BY 1`)
+		return err == nil && slices.Equal(got, []string{"2|two", "3|three"}), fmt.Sprintf("after the backfill: %q (%v)", got, err)
 	})
 }
