@@ -56,7 +56,7 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 		}
 		if f.Type == TypeCurrency {
 			s = strings.ToUpper(strings.TrimSpace(s))
-			if _, err := CurrencyScale(s); err != nil {
+			if _, err := m.CurrencyScale(s); err != nil {
 				return fail(err)
 			}
 		}
@@ -104,14 +104,14 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 				}
 				n = d.IntPart()
 			}
-			amount, err = fromMinorUnits(n, cur)
+			amount, err = m.fromMinorUnits(n, cur)
 		} else {
 			amount, err = asDecimal(v)
 		}
 		if err != nil {
 			return fail(err)
 		}
-		money, err := NewMoney(amount, cur)
+		money, err := m.NewMoney(amount, cur)
 		if err != nil {
 			return fail(err)
 		}

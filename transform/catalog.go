@@ -275,6 +275,9 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		} else if parts := ti.partitionsWithout('f'); len(shared) > 0 && (role == "source" || role == "both") && e.Publishes(system) && len(parts) > 0 {
 			bad("%s: shared field(s) %v need the old row of every update, and partition(s) %v do not send it: run ALTER TABLE … REPLICA IDENTITY FULL on each (a partition has its own replica identity)", where, shared, parts)
 		}
+		if others := e.OwnedElsewhere(system); len(others) > 0 && e.Enforce == EnforceOwner && (role == "source" || role == "both") && ti.ReplicaIdentity != 'f' {
+			bad("%s: enforce: owner needs the old row of every update to tell an edit of %v (owned by another system) made here; run ALTER TABLE %s REPLICA IDENTITY FULL", where, others, t.QualifiedTable())
+		}
 		if shared := e.SharedFields(system); len(shared) > 0 && (role == "target" || role == "both") && cat.Role != nil && !cat.Role.TrackCommitTimestamp {
 			bad("%s: shared field(s) %v are resolved by commit time; set track_commit_timestamp = on (needs a restart)", where, shared)
 		}

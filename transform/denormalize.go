@@ -88,7 +88,7 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 	}
 	r.KeyParts = make([]string, len(parts))
 	for i, kf := range e.Key {
-		kv, err := targetText(e, e.Field(kf), t.Columns[kf], parts[i], ev.Key)
+		kv, err := m.targetText(e, e.Field(kf), t.Columns[kf], parts[i], ev.Key)
 		if err != nil {
 			return nil, err
 		}
@@ -125,7 +125,7 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 		if !ok {
 			continue
 		}
-		cv, err := targetText(e, f, c, v, ev.Key)
+		cv, err := m.targetText(e, f, c, v, ev.Key)
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +203,7 @@ func refValue(e *Entity, c *ColumnMap, field string, ev *Event) (v any, ok bool,
 }
 
 // targetText converts a canonical value to the text of a target column.
-func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue, error) {
+func (m *Mapping) targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue, error) {
 	out := ColValue{Column: c.Column, Ref: c.Ref}
 	if v == nil {
 		out.Null = true
@@ -235,7 +235,7 @@ func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue,
 			return fail(fmt.Errorf("amount %q is %w", mv.Amount, err))
 		}
 		if conv == ConvMoneyMinor {
-			n, err := toMinorUnits(amount, mv.Currency, c.Rounding)
+			n, err := m.toMinorUnits(amount, mv.Currency, c.Rounding)
 			if err != nil {
 				return fail(err)
 			}

@@ -44,6 +44,12 @@ const (
 // Owners of a field. OwnerBoth means either system may write it.
 const OwnerBoth = "both"
 
+// Values of Entity.Enforce and Entity.Sequence.
+const (
+	EnforceOwner   = "owner"
+	SequenceFollow = "follow"
+)
+
 // Mapping is the declarative mapping file: canonical entities and how each
 // system stores them.
 type Mapping struct {
@@ -52,6 +58,12 @@ type Mapping struct {
 	// ties between writes of shared fields that carry the same commit time.
 	Systems  []string  `yaml:"systems"`
 	Entities []*Entity `yaml:"entities"`
+	// Currencies adds currency codes to ISO 4217, or overrides the
+	// number of decimals ISO 4217 gives one: code -> decimals, 0 to 9
+	// (currencies: {XCG: 2, CNH: 2}). For a code the pinned list lacks
+	// (a newer one, an offshore or in-house code) or a system that keeps
+	// a currency with other decimals than ISO's.
+	Currencies map[string]int32 `yaml:"currencies"`
 }
 
 // Entity is one canonical business entity.
@@ -64,6 +76,20 @@ type Entity struct {
 	Fields   []*Field             `yaml:"fields"`
 	Tables   map[string]*TableMap `yaml:"systems"`
 	Truncate string               `yaml:"truncate"` // "refuse" (default) or "propagate"
+	// Enforce says what duplex does when a system edits a field of the
+	// entity that another system owns (an ownership violation). Empty:
+	// the edit is counted and logged, and the two systems stay different
+	// until the owner writes the field again. EnforceOwner: the owner's
+	// current value is also written back to the system that edited it.
+	Enforce string `yaml:"enforce"`
+	// Sequence, for an entity with an integer key, says what duplex does
+	// with the sequence that generates the key column in a system that
+	// does not own the key. Empty: nothing (check warns that such a
+	// system should not generate keys). SequenceFollow: after writing
+	// rows there, duplex moves that sequence past the highest key it
+	// wrote, so the system's own inserts do not collide with replicated
+	// keys (they are refused all the same; see OwnershipError).
+	Sequence string `yaml:"sequence"`
 
 	fieldByName map[string]*Field
 }
@@ -252,6 +278,14 @@ func (m *Mapping) Validate() error {
 	if len(m.Systems) < 2 {
 		bad("systems: name at least two systems, in tie-break order")
 	}
+	for code, d := range m.Currencies {
+		if len(code) != 3 || strings.ToUpper(code) != code || strings.IndexFunc(code, func(r rune) bool { return r < 'A' || r > 'Z' }) >= 0 {
+			bad("currencies: %q is not a currency code (three upper-case letters)", code)
+		}
+		if d < 0 || d > 9 {
+			bad("currencies: %s has %d decimals; want 0 to 9", code, d)
+		}
+	}
 	seen := map[string]bool{}
 	for _, e := range m.Entities {
 		if e.Name == "" {
@@ -302,6 +336,22 @@ func (m *Mapping) Validate() error {
 		case "", "refuse", "propagate":
 		default:
 			bad("entity %s: truncate %q: want refuse or propagate", e.Name, e.Truncate)
+		}
+		switch e.Enforce {
+		case "", EnforceOwner:
+		default:
+			bad("entity %s: enforce %q: want owner (or leave it out)", e.Name, e.Enforce)
+		}
+		switch e.Sequence {
+		case "":
+		case SequenceFollow:
+			if len(e.Key) != 1 {
+				bad("entity %s: sequence: follow needs a key of one integer field; the key is %s", e.Name, e.Key)
+			} else if kf := e.fieldByName[e.Key[0]]; kf != nil && kf.Type != TypeInteger {
+				bad("entity %s: sequence: follow needs an integer key; key %s is %s", e.Name, e.Key[0], kf.Type)
+			}
+		default:
+			bad("entity %s: sequence %q: want follow (or leave it out)", e.Name, e.Sequence)
 		}
 		for sys, t := range e.Tables {
 			if !slices.Contains(m.Systems, sys) {
@@ -419,7 +469,7 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 				bad("%s: field %s: money needs exactly one of currency_column or currency", where, fname)
 			}
 			if c.Currency != "" {
-				if _, err := CurrencyScale(c.Currency); err != nil {
+				if _, err := m.CurrencyScale(c.Currency); err != nil {
 					bad("%s: field %s: %w", where, fname, err)
 				}
 			}
@@ -450,10 +500,15 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 }
 
 // Publishes says whether a system's changes to an entity go on the bus:
-// when it owns (alone or with another system) at least one of its fields.
+// when it owns (alone or with another system) at least one of its fields,
+// or when the entity enforces ownership (enforce: owner), so that its
+// edits of fields other systems own are seen.
 func (e *Entity) Publishes(system string) bool {
 	if e.Tables[system] == nil {
 		return false
+	}
+	if e.Enforce == EnforceOwner {
+		return true
 	}
 	for _, f := range e.Fields {
 		if (f.Owner == system || f.Owner == OwnerBoth) && e.Tables[system].Columns[f.Name] != nil {
@@ -461,6 +516,25 @@ func (e *Entity) Publishes(system string) bool {
 		}
 	}
 	return false
+}
+
+// OwnedElsewhere lists the fields a system maps to a column of its own
+// but that another system owns alone (not the key, not constants): an
+// edit of one of them in that system is an ownership violation.
+func (e *Entity) OwnedElsewhere(system string) []string {
+	t := e.Tables[system]
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for _, f := range e.Fields {
+		c := t.Columns[f.Name]
+		if e.IsKey(f.Name) || f.Owner == system || f.Owner == OwnerBoth || c == nil || c.Column == "" || c.converter(f) == ConvConstant {
+			continue
+		}
+		out = append(out, f.Name)
+	}
+	return out
 }
 
 // SharedFields lists the fields owned by both systems that a system maps.

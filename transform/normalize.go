@@ -80,6 +80,12 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 		if err != nil {
 			return nil, err
 		}
+		local := !tx.Applied && !tx.Snapshot
+		if ch.Op == capture.Insert && local && !ownsKey {
+			// A row made here is not an edit of the owner's row that
+			// happens to have the same key: refused, with the reason.
+			return nil, &OwnershipError{System: system, Table: ch.QualifiedTable(), Entity: e.Name, Key: key, Owner: kown, Op: "insert"}
+		}
 		var out []Event
 		if ch.Op == capture.Update && ch.Old != nil {
 			if hasKey(ch.Old) {
@@ -90,7 +96,16 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 				if oldKey != key && ownsKey {
 					out = append(out, mk(OpDelete, oldKey, 0))
 				}
+				if oldKey != key && !ownsKey && local {
+					// Moving the row onto another key would make it an
+					// edit of the owner's row of that key.
+					return nil, &OwnershipError{System: system, Table: ch.QualifiedTable(), Entity: e.Name, Key: oldKey + " -> " + key, Owner: kown, Op: "key change"}
+				}
 			}
+		}
+		var violated []string
+		if ch.Op == capture.Update && ch.Old != nil && local {
+			violated = m.violated(system, e, t, ch, key)
 		}
 		ev := mk(OpUpsert, key, 1)
 		ev.Data = make(map[string]any, len(t.Columns))
@@ -136,7 +151,8 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 				news = true
 			}
 		}
-		if !news && !ownsKey {
+		ev.Violated = violated
+		if !news && !ownsKey && len(violated) == 0 {
 			return out, nil
 		}
 		return append(out, ev), nil
@@ -169,6 +185,45 @@ func (m *Mapping) keyOf(system string, e *Entity, ch *capture.Change, row captur
 		parts[i] = ks
 	}
 	return capture.JoinKey(parts), nil
+}
+
+// violated lists the fields another system owns alone that a local
+// update of system changed: their canonical values differ between the old
+// row (complete with REPLICA IDENTITY FULL) and the new one. A column the
+// old row does not carry, or that is unchanged TOAST, is not compared.
+func (m *Mapping) violated(system string, e *Entity, t *TableMap, ch *capture.Change, key string) []string {
+	var out []string
+	for _, name := range e.OwnedElsewhere(system) {
+		f, c := e.Field(name), t.Columns[name]
+		ov, okOld := ch.Old[c.Column]
+		nv, okNew := ch.New[c.Column]
+		if !okOld || !okNew {
+			continue
+		}
+		if _, u := nv.(capture.Unchanged); u {
+			continue
+		}
+		if _, u := ov.(capture.Unchanged); u {
+			continue
+		}
+		a, errA := m.canonical(e, f, c, ch.Old, key)
+		b, errB := m.canonical(e, f, c, ch.New, key)
+		if errA != nil || errB != nil {
+			// A value the converter refuses: compare what the
+			// columns hold.
+			if fmt.Sprint(ov) != fmt.Sprint(nv) {
+				out = append(out, name)
+			}
+			continue
+		}
+		if a == skip || b == skip {
+			continue
+		}
+		if !f.Equal(a, b) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func (m *Mapping) normalizeTruncate(system string, tx *capture.TxInfo, index int, ch *capture.Change) ([]Event, error) {

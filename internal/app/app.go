@@ -1,6 +1,9 @@
 // Package app wires duplex together from a configuration: it checks the
 // mapping against both databases, starts or connects to NATS, and runs one
 // capture per source system and one applier per flow until stopped.
+// Preflight refuses what does not fit; Warnings (warnings.go) reads what
+// fits but an operator should know (generated keys in a system that does
+// not own them, triggers on target tables), for duplex check and the log.
 package app
 
 import (
@@ -21,6 +24,7 @@ import (
 	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
+	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
 	"github.com/duplex-cdc/duplex/transform"
@@ -65,6 +69,10 @@ type App struct {
 
 	// leases: which instance runs each flow and capture (lease.go).
 	leases *leases
+
+	// probes: the readiness checks of the databases (ready.go).
+	probesMu sync.Mutex
+	probes   map[string]*dbProbe
 }
 
 // Retention returns what the retention of DUPLEX last saw.
@@ -138,6 +146,11 @@ func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (m
 		if err := pgstate.Verify(ctx, conn); err != nil {
 			errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 		}
+		if isTarget {
+			if err := canApplyAsReplica(ctx, conn); err != nil {
+				errs = append(errs, fmt.Errorf("system %s: %w", name, err))
+			}
+		}
 		cat, err := pgcatalog.Read(ctx, conn, m.Tables(name))
 		_ = conn.Close(ctx)
 		if err != nil {
@@ -204,6 +217,13 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	cats, err := preflight(ctx, cfg, m)
 	if err != nil {
 		return nil, err
+	}
+	if ws, err := Warnings(ctx, cfg, m); err != nil {
+		opts.Logger.Warn("could not read the databases for warnings", slog.Any("error", err))
+	} else {
+		for _, w := range ws {
+			opts.Logger.Warn(w)
+		}
 	}
 	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
 		slots: slotWatch{last: map[string]pgcapture.SlotLag{}, warns: map[string]time.Time{}}, started: time.Now(), runners: map[string]*flowRunner{}}
@@ -278,8 +298,9 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 // JetStream returns the connection's JetStream context.
 func (a *App) JetStream() jetstream.JetStream { return a.js }
 
-// NATSURL is the URL duplex is connected to.
-func (a *App) NATSURL() string { return a.nc.ConnectedUrl() }
+// NATSURL is the URL duplex is connected to, as scheme://host:port: no
+// user, password or token (redact.URL).
+func (a *App) NATSURL() string { return redact.URL(a.nc.ConnectedUrl()) }
 
 // Run runs every capture and flow until ctx ends, then stops them cleanly.
 func (a *App) Run(ctx context.Context) error {
@@ -324,7 +345,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	}
 	for _, f := range cfg.Flows {
-		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log})
+		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log, Slot: captureSlot(cfg, f.To)})
 		if err != nil {
 			return errors.Join(err, stop())
 		}
@@ -454,6 +475,11 @@ func (a *App) Close() {
 	for _, s := range a.sinks {
 		s.Close(context.Background())
 	}
+	a.probesMu.Lock()
+	for _, p := range a.probes {
+		p.close(context.Background())
+	}
+	a.probesMu.Unlock()
 	(&Bus{nats: a.nats, nc: a.nc}).Close()
 }
 
@@ -499,7 +525,7 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 				log.Warn("NATS disconnected", slog.Any("error", err))
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", slog.String("url", c.ConnectedUrlRedacted())) })}
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", slog.String("url", redact.URL(c.ConnectedUrl()))) })}
 	switch {
 	case cfg.NATS.Creds != "":
 		nopts = append(nopts, nats.UserCredentials(cfg.NATS.Creds))
@@ -538,12 +564,13 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 		}
 		b.nats = n
 		url = n.URL()
-		log.Info("embedded NATS started", slog.String("url", url), slog.String("store", n.StoreDir()))
+		log.Info("embedded NATS started", slog.String("url", redact.URL(url)), slog.String("store", n.StoreDir()))
 	}
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
 		b.Close()
-		return nil, fmt.Errorf("connect to nats: %w", err)
+		// nats.go quotes a URL it cannot parse, user part included.
+		return nil, fmt.Errorf("connect to nats %s: %w", redact.URL(url), redact.Error(err, url, cfg.NATS.Password, cfg.NATS.Token))
 	}
 	b.nc = nc
 	// An asynchronous publish whose acknowledgement never comes (the
@@ -558,4 +585,33 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 	}
 	b.js = js
 	return b, nil
+}
+
+// captureSlot is the slot of system's capture when system is a source
+// ("" otherwise): a sink into it re-reads rows through it (enforce: owner).
+func captureSlot(cfg *config.Config, system string) string {
+	if slices.Contains(cfg.Sources(), system) {
+		return cfg.Systems[system].Slot
+	}
+	return ""
+}
+
+// canApplyAsReplica checks that the role may set session_replication_role,
+// which the sink applies with (sinks/postgres): superuser, or on
+// PostgreSQL 15 and later a role granted SET on the parameter.
+func canApplyAsReplica(ctx context.Context, conn *pgx.Conn) error {
+	var user string
+	if err := conn.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil {
+		return err
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+		return fmt.Errorf("role %s cannot set session_replication_role, which duplex applies with so that the target's ordinary triggers do not fire on replicated rows "+
+			"(as PostgreSQL's apply worker): make it superuser or, on PostgreSQL 15 and later, GRANT SET ON PARAMETER session_replication_role TO %s (%w)", user, user, err)
+	}
+	return nil
 }

@@ -28,8 +28,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/demo"
 	"github.com/duplex-cdc/duplex/internal/harness"
+	"github.com/duplex-cdc/duplex/internal/ops"
 	"github.com/duplex-cdc/duplex/internal/workload"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
@@ -484,6 +486,7 @@ var soakHTTP = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport
 // proc is a duplex process.
 type proc struct {
 	name, listen, logPath string
+	dataDir               string // where it keeps its listener's token
 	cmd                   *exec.Cmd
 	lf                    *os.File
 	done                  chan struct{} // closed when it exited
@@ -509,11 +512,12 @@ func (s *soak) spawn(name string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &proc{name: name, listen: fmt.Sprintf("127.0.0.1:%d", port), logPath: filepath.Join(s.o.LogDir, name+".log"), done: make(chan struct{})}
+	p := &proc{name: name, listen: fmt.Sprintf("127.0.0.1:%d", port), logPath: filepath.Join(s.o.LogDir, name+".log"), dataDir: filepath.Join(s.env.Dir, name),
+		done: make(chan struct{})}
 	if p.lf, err = os.Create(p.logPath); err != nil {
 		return nil, err
 	}
-	p.cmd = exec.Command(s.o.Exe, "run", "--config", s.cfgPath, "--data-dir", filepath.Join(s.env.Dir, name), "--log-level", "info", "--listen", p.listen)
+	p.cmd = exec.Command(s.o.Exe, "run", "--config", s.cfgPath, "--data-dir", p.dataDir, "--log-level", "info", "--listen", p.listen)
 	p.cmd.Env = s.childEnv()
 	p.cmd.Stdout, p.cmd.Stderr = p.lf, p.lf
 	if err := p.cmd.Start(); err != nil {
@@ -554,7 +558,16 @@ func (s *soak) drop(p *proc) {
 }
 
 func (p *proc) status() (*app.Status, bool) {
-	resp, err := soakHTTP.Get("http://" + p.listen + "/api/status")
+	tok, err := ops.ResolveToken(config.HTTP{}, p.dataDir, false)
+	if err != nil || tok.Value == "" {
+		return nil, false // not written yet
+	}
+	req, err := http.NewRequest(http.MethodGet, "http://"+p.listen+"/api/status", nil)
+	if err != nil {
+		return nil, false
+	}
+	req.Header.Set("Authorization", "Bearer "+tok.Value)
+	resp, err := soakHTTP.Do(req)
 	if err != nil {
 		return nil, false
 	}

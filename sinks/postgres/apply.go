@@ -88,12 +88,16 @@ func (s *Sink) begin(ctx context.Context) (pgx.Tx, transform.Position, error) {
 // transaction) and returns the last transaction it wrote, nil if none. How
 // it writes them depends on s.mode (mode.go).
 func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applied transform.LSN, seen *transform.LSN, res *pipeline.ApplyResult) (*transform.Tx, error) {
-	changes, last, err := s.collect(txs, applied, seen, res)
+	reread := map[string][]string{} // entity -> keys whose owned fields the source edited
+	changes, last, err := s.collect(txs, applied, seen, res, reread)
 	if err != nil {
 		return nil, err
 	}
-	if last == nil && len(changes) == 0 {
+	if last == nil && len(changes) == 0 && len(reread) == 0 {
 		return nil, nil
+	}
+	if err := s.reassert(ctx, tx, reread); err != nil {
+		return nil, err
 	}
 	switch s.mode {
 	case perTx:
@@ -122,7 +126,10 @@ type change struct {
 
 // collect returns the changes of txs not yet applied, in source order,
 // and the last transaction among them.
-func (s *Sink) collect(txs []*transform.Tx, applied transform.LSN, seen *transform.LSN, res *pipeline.ApplyResult) ([]change, *transform.Tx, error) {
+// An event that only reports an edit its source made to fields another
+// system owns (Event.Violated) is not written; reread collects the keys
+// whose owner's values must be read again (enforce: owner).
+func (s *Sink) collect(txs []*transform.Tx, applied transform.LSN, seen *transform.LSN, res *pipeline.ApplyResult, reread map[string][]string) ([]change, *transform.Tx, error) {
 	var changes []change
 	var last *transform.Tx
 	for ti, t := range txs {
@@ -161,6 +168,10 @@ func (s *Sink) collect(txs []*transform.Tx, applied transform.LSN, seen *transfo
 			row, err := s.cfg.Mapping.Denormalize(ev, s.cfg.System)
 			if err != nil {
 				return nil, nil, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei, Err: fmt.Errorf("event %s: %w", ev.ID, err)}
+			}
+			if len(ev.Violated) > 0 && s.violation(ev, row, reread) {
+				res.Applied++ // it only reports an edit in its source
+				continue
 			}
 			changes = append(changes, change{row: row, ti: ti, ei: ei, ev: ev})
 			res.Applied++
@@ -211,6 +222,13 @@ func (s *Sink) writeSet(ctx context.Context, tx pgx.Tx, changes []change, confli
 		if err := s.recordVersions(ctx, tx, e, b); err != nil {
 			return err
 		}
+		if err := s.followSequence(ctx, tx, e, b); err != nil {
+			return err
+		}
+	}
+	refs, err := s.referencedByDeletes(ctx, tx, batches)
+	if err != nil {
+		return err
 	}
 	for i := len(s.order) - 1; i >= 0; i-- {
 		e := s.order[i]
@@ -219,6 +237,9 @@ func (s *Sink) writeSet(ctx context.Context, tx pgx.Tx, changes []change, confli
 				return err
 			}
 		}
+	}
+	if err := s.checkForeignKeys(ctx, tx, batches, refs); err != nil {
+		return err
 	}
 	return nil
 }

@@ -33,7 +33,18 @@
 // PostgreSQL records the origin's progress atomically with the commit and a
 // capture of this database can recognise (and skip) what duplex wrote.
 // Only one session can hold an origin, which also keeps a second applier of
-// the same flow out.
+// the same flow out. The session also sets session_replication_role =
+// replica, as PostgreSQL's apply worker does, so that the target's ordinary
+// triggers and rules do not fire on replicated rows; since foreign keys are
+// triggers as well, the sink checks them itself at the end of each target
+// transaction and performs their ON DELETE actions (fkcheck.go).
+//
+// Ownership at the target (ownership.go): an event reporting that its
+// source edited a field this system owns (Event.Violated) writes nothing;
+// with enforce: owner the sink records a re-read of those rows for this
+// database's capture (a backfill in duplex.backfills, in the apply
+// transaction), which sends the owner's values back. With sequence:
+// follow it moves the key column's sequence past the keys it writes.
 //
 // The package does not own duplex's own tables (duplex.applied,
 // duplex.field_versions and the rest belong to internal/pgstate, which it
@@ -51,5 +62,7 @@
 // key column), lookup.go (references),
 // sharedfields.go (shared-field versions), unique.go (moved unique
 // values), isolate.go (row by row under savepoints), order.go (write order
-// and deferred foreign keys), errors.go (classification).
+// and deferred foreign keys), errors.go (classification), fkcheck.go
+// (foreign keys checked by the sink), ownership.go (enforce: owner,
+// sequence: follow).
 package postgres

@@ -71,12 +71,8 @@ func (s *Sink) foldEntity(ctx context.Context, tx pgx.Tx, e *transform.Entity, c
 		}
 		if _, ok := index[c.row.Key]; !ok {
 			index[c.row.Key] = len(keys)
-			parts, err := keyTexts(c.row, cols)
-			if err != nil {
-				return nil, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: c.ti, Event: c.ei, Err: fmt.Errorf("sink %s: %s: %w", s.cfg.System, t.QualifiedTable(), err)}
-			}
 			texts = append(texts, c.row.Key)
-			keys = append(keys, parts)
+			keys = append(keys, keyTexts(c.row, cols))
 		}
 	}
 	same, err := s.sameKeys(ctx, tx, t, cols, keys)
@@ -140,9 +136,7 @@ func (s *Sink) fold(b *entityBatch, k string, c change) error {
 	if prev != nil {
 		p.released = prev.released
 		if prev.deleted && prev.srcKey != ev.Key {
-			if parts, err := keyTexts(prev.row, keyColumns(row.Table)); err == nil {
-				p.released = append(slices.Clip(p.released), strings.Join(parts, ", "))
-			}
+			p.released = append(slices.Clip(p.released), strings.Join(keyTexts(prev.row, keyColumns(row.Table)), ", "))
 		}
 	}
 	shared := s.sharedColumns(row.Entity)

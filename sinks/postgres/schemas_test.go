@@ -203,13 +203,15 @@ func TestSink_KeyTextChangeWithinOneTargetValue(t *testing.T) {
 
 // SQLSTATE 21000 (a statement affecting one row twice) is permanent: when
 // the target makes two keys one behind duplex's back (a trigger that
-// lower-cases them), the transaction goes to dead letters instead of being
+// lower-cases them, ENABLE ALWAYS so that it fires under duplex's
+// session_replication_role = replica), the transaction goes to dead letters instead of being
 // retried forever, and it is not applied row by row (the later row would
 // overwrite the earlier one without a word).
 func TestSink_CardinalityViolationIsPermanent(t *testing.T) {
 	s, conn, _ := newSchemaTarget(t, `CREATE TABLE items (email text PRIMARY KEY, note text);
 		CREATE FUNCTION lower_email() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.email := lower(NEW.email); RETURN NEW; END$$;
-		CREATE TRIGGER lower_email BEFORE INSERT OR UPDATE ON items FOR EACH ROW EXECUTE FUNCTION lower_email()`,
+		CREATE TRIGGER lower_email BEFORE INSERT OR UPDATE ON items FOR EACH ROW EXECUTE FUNCTION lower_email();
+		ALTER TABLE items ENABLE ALWAYS TRIGGER lower_email`,
 		oneEntity([2]string{"email", "text"}, [2]string{"note", "text"}))
 	_, err := s.Apply(context.Background(), []*transform.Tx{tx(100,
 		upsert("item", "A@x", map[string]any{"email": "A@x", "note": "1"}), upsert("item", "a@x", map[string]any{"email": "a@x", "note": "2"}))})

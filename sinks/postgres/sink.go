@@ -36,6 +36,10 @@ type Config struct {
 	Origin  string
 	Mapping *transform.Mapping
 	Logger  *slog.Logger
+	// Slot is the replication slot of this database's own capture (it is
+	// also a source), "" when it is none: rows whose owned fields the
+	// other system edited are re-read through it (enforce: owner).
+	Slot string
 }
 
 // Validate checks the configuration.
@@ -78,6 +82,13 @@ type Sink struct {
 	// is applied again after a unique violation.
 	mode   writeMode
 	shared map[string]map[string]string // entity -> column -> shared field
+	// sequences: entity -> the sequence of its key column here (""
+	// when none), for sequence: follow.
+	sequences map[string]string
+	// fks: the foreign keys of and into the mapped tables, read at
+	// connect; checked by duplex since it applies with
+	// session_replication_role = replica (fkcheck.go).
+	fks []foreignKey
 }
 
 // New returns a Sink. It connects lazily, on the first Apply.

@@ -13,7 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -144,11 +143,7 @@ func (s *Sink) checkHolders(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 		}
 		arr := make([]string, len(rows))
 		for ri, p := range rows {
-			parts, err := keyTexts(p.row, cols)
-			if err != nil {
-				return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev, Err: fmt.Errorf("sink %s: %s: %w", s.cfg.System, t.QualifiedTable(), err)}
-			}
-			arr[ri] = parts[ci]
+			arr[ri] = keyTexts(p.row, cols)[ci]
 		}
 		args[ci] = arr
 		id := pgx.Identifier{c}.Sanitize()
@@ -205,13 +200,16 @@ func (s *Sink) exactKeys(t *transform.TableMap, cols []string) bool {
 	return true
 }
 
-// keyTexts returns a row's key as one text per key column: the parts
-// capture.JoinKey joined (see transform.Row).
-func keyTexts(r *transform.Row, cols []string) ([]string, error) {
-	return capture.SplitKey(r.Key, len(cols))
+// keyTexts returns a row's key as one text per key column (cols, in the
+// table's KeyColumns order).
+func keyTexts(r *transform.Row, cols []string) []string {
+	if len(cols) > 1 && len(r.KeyParts) == len(cols) {
+		return r.KeyParts
+	}
+	return []string{r.Key}
 }
 
-// keyColumns are the target table's key columns, in the key's order.
+// keyColumns are the target table's key columns.
 func keyColumns(t *transform.TableMap) []string {
 	return t.KeyColumns()
 }
