@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,8 +35,9 @@ import (
 // An event too large for a message by itself travels through the object
 // store bucket DUPLEX_LARGE: its Data is stored as JSON in an object named
 // <source>:<commit LSN>:c<capture chunk>:e<event index in the chunk>[:redo]
-// (a capture again overwrites it, nothing is duplicated) and the event
-// carries a DataRef instead. A flow reads the object back before applying.
+// (a capture again finds it there with the same content and reuses it,
+// nothing is duplicated; it never needs to purge, which its identity may
+// not) and the event carries a DataRef instead. A flow reads the object back before applying.
 // Objects are kept as long as the stream keeps messages (the bucket's max
 // age is the stream's max_age, unlimited when it is), so a replay still
 // finds them. An event larger than max_change_bytes (encoded) is
@@ -256,8 +258,20 @@ func (p *producer) storeLarge(ctx context.Context, c *capture.Chunk, redo bool, 
 		return fmt.Errorf("encode event %s: %w", ev.ID, err)
 	}
 	name := LargeObjectName(p.src.System(), c.Tx.CommitLSN, c.Index, i, redo)
-	if _, err := obs.PutBytes(ctx, name, data); err != nil {
-		return fmt.Errorf("store large event %s (%d bytes) as %s: %w", ev.ID, len(data), name, err)
+	h := sha256.New()
+	h.Write(data)
+	info, err := obs.GetInfo(ctx, name)
+	switch {
+	case err == nil && !info.Deleted && info.Size == uint64(len(data)) && info.Digest == jetstream.GetObjectDigestValue(h):
+		// Stored by an earlier capture of the same transaction: putting
+		// it again would leave the old chunks for a purge the capture's
+		// identity may not make.
+	case err != nil && !errors.Is(err, jetstream.ErrObjectNotFound):
+		return fmt.Errorf("store large event %s as %s: %w", ev.ID, name, err)
+	default:
+		if _, err := obs.PutBytes(ctx, name, data); err != nil {
+			return fmt.Errorf("store large event %s (%d bytes) as %s: %w", ev.ID, len(data), name, err)
+		}
 	}
 	ev.Data = nil
 	ev.DataRef = &transform.DataRef{Bucket: LargeBucket, Object: name, Size: int64(len(data))}
