@@ -55,17 +55,15 @@ func CheckName(kind, name string) error {
 const objStream = "OBJ_" + LargeBucket
 
 // readLarge are the API calls that read an object of DUPLEX_LARGE: the
-// bucket's stream info, the object's meta message (direct or through the
-// stream leader), and an ordered consumer of its chunks (created, reset
-// and deleted by the client, with flow control replies).
+// bucket's stream info, the object's meta message (a direct get of the
+// last message on its subject, or through the stream leader where direct
+// gets are off), and an ordered consumer of its chunks, which the client
+// creates, deletes when done, and answers flow control for.
 var readLarge = []string{
 	"$JS.API.STREAM.INFO." + objStream,
-	"$JS.API.DIRECT.GET." + objStream,
 	"$JS.API.DIRECT.GET." + objStream + ".>",
 	"$JS.API.STREAM.MSG.GET." + objStream,
-	"$JS.API.CONSUMER.CREATE." + objStream,
 	"$JS.API.CONSUMER.CREATE." + objStream + ".>",
-	"$JS.API.CONSUMER.INFO." + objStream + ".*",
 	"$JS.API.CONSUMER.DELETE." + objStream + ".*",
 	"$JS.FC." + objStream + ".>",
 }
@@ -86,7 +84,7 @@ func CapturePermissions(source string) Permissions {
 		"$O." + LargeBucket + ".C.>",
 		"$O." + LargeBucket + ".M.>",
 	}
-	pub = append(pub, readLarge[:4]...) // stream info and meta reads, no consumer
+	pub = append(pub, readLarge[:3]...) // stream info and meta reads, no consumer
 	return Permissions{Publish: pub, Subscribe: []string{InboxPrefix(CaptureIdentity(source)) + ".>"}}
 }
 

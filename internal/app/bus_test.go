@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +54,7 @@ func (l *logBuffer) String() string {
 // call fails (its answer never comes).
 func refused(t *testing.T, logs *logBuffer, subject, what string, call func(ctx context.Context) error) {
 	t.Helper()
+	provoked[subject] = true
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := call(ctx); err == nil {
@@ -69,6 +71,13 @@ func refused(t *testing.T, logs *logBuffer, subject, what string, call func(ctx 
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// provoked are the subjects refused on purpose; violation finds the
+// refusals in a log.
+var (
+	provoked  = map[string]bool{}
+	violation = regexp.MustCompile(`Permissions Violation for \w+ to \\"([^\\]+)\\"`)
+)
 
 // request sends a JetStream API request on nc's connection (a raw
 // request, the way any NATS client can).
@@ -264,6 +273,14 @@ func TestOpenBus_EmbeddedAuthentication(t *testing.T) {
 	}
 	if err := oobs.Delete(ctx, "crm:0/1:c0:e0"); err != nil {
 		t.Errorf("operator deletes a large change: %v", err)
+	}
+
+	// Nothing duplex does was refused: every violation is one provoked
+	// above.
+	for _, m := range violation.FindAllStringSubmatch(logs.String(), -1) {
+		if !provoked[m[1]] {
+			t.Errorf("the server refused %s, which the test did not provoke", m[0])
+		}
 	}
 
 	// The next start keeps the identities.
