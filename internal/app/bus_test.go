@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -329,4 +330,59 @@ func TestOpenBus_SeedReadableByOthers(t *testing.T) {
 	if !strings.Contains(err.Error(), seed) || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("error = %v, want it to name %s and say chmod 600", err, seed)
 	}
+}
+
+// TestOpenBus_ToolAttaches: a tool (attach) connects to the running
+// duplex's embedded server as the operator of the same data directory; a
+// tool given another data directory is refused, saying why, rather than
+// acting as if no duplex ran.
+func TestOpenBus_ToolAttaches(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := twoWay()
+	cfg.NATS.Embedded.Port = port
+	running, err := OpenBus(ctx, cfg, dir, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer running.Close()
+	if err := pipeline.EnsureStreams(ctx, running.JetStream(), pipeline.StreamConfig{Sources: cfg.Sources()}); err != nil {
+		t.Fatal(err)
+	}
+
+	tool, err := OpenBus(ctx, cfg, dir, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tool.nats != nil {
+		t.Error("the tool started a server of its own while one runs")
+	}
+	if _, err := tool.JetStream().Stream(ctx, pipeline.StreamName); err != nil {
+		t.Errorf("the tool reads the running duplex's stream: %v", err)
+	}
+	tool.Close()
+
+	other := t.TempDir()
+	tool, err = OpenBus(ctx, cfg, other, nil, true)
+	if err == nil {
+		tool.Close()
+		t.Fatal("a tool with another data directory attached")
+	}
+	if !strings.Contains(err.Error(), "refused this tool") || !strings.Contains(err.Error(), "--data-dir") {
+		t.Errorf("error = %v, want the refusal and the remedy", err)
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
