@@ -72,6 +72,27 @@ func (f *fixture) runBothWays(t *testing.T) {
 	}
 }
 
+// noViolations fails the test if duplex's log (or its embedded server's)
+// shows a refusal: every identity must be allowed all it does.
+func noViolations(t *testing.T, log *violations) {
+	t.Helper()
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, line := range log.errs {
+		if strings.Contains(line, "Violation") {
+			t.Errorf("duplex was refused something it needs: %s", line)
+		}
+	}
+}
+
+// Write makes violations an io.Writer of log lines.
+func (v *violations) Write(p []byte) (int, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.errs = append(v.errs, string(p))
+	return len(p), nil
+}
+
 // violations collects the permissions violations a connection is told
 // of.
 type violations struct {
@@ -195,8 +216,11 @@ func forbidden(t *testing.T, url string, tlsOpts []nats.Option, operator, flow, 
 func TestNATSAuth_Embedded(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
 	f.setNATS("nats:\n  embedded:\n    max_payload: 1048576\n")
+	log := &violations{}
+	f.logTo = log
 	f.inProcess()
 	f.runBothWays(t)
+	noViolations(t, log)
 
 	ids, err := natsembed.LoadIdentities(filepath.Join(f.dir, natsembed.IdentityDirName),
 		[]string{pipeline.OperatorIdentity, pipeline.FlowIdentity("to-erp"), pipeline.CaptureIdentity("crm")}, false)
@@ -280,8 +304,11 @@ include ./nats-server.conf
     to-crm: {nkey_seed_file: %s}
 `, port, certs.ca, certs.clientCert, certs.clientKey, seeds["operator"], seeds["capture-crm"], seeds["capture-erp"],
 		filepath.Join(dir, "flow-to-erp.nk"), filepath.Join(dir, "flow-to-crm.nk")))
+	log := &violations{}
+	f.logTo = log
 	f.inProcess()
 	f.runBothWays(t)
+	noViolations(t, log)
 
 	// mTLS: without a client certificate, no connection at all.
 	if nc, err := nats.Connect(srv.URL(), nats.MaxReconnects(0), nats.RootCAs(certs.ca), nats.Nkey(opPub, opKey.Sign)); err == nil {
