@@ -240,7 +240,7 @@ func connect(ctx context.Context, url string, opts []nats.Option, log *slog.Logg
 			// does (see deploy/nats).
 			log.Warn("NATS error", slog.Any("error", err))
 		}))
-	if d, ok := ctx.Deadline(); ok {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) > 0 {
 		opts = append(opts, nats.Timeout(min(time.Until(d), 10*time.Second)))
 	}
 	nc, err := nats.Connect(url, opts...)
