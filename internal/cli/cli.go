@@ -161,7 +161,7 @@ func runCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
-	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
+	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store and the nkeys of duplex's identities on it (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
 	c.Flags().StringVar(&listen, "listen", envOr("DUPLEX_LISTEN", ops.DefaultListen), "address of /metrics, /healthz, /readyz, /api/status and the status page (off to disable)")
 	return c
 }
