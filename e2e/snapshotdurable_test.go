@@ -64,10 +64,10 @@ INSERT INTO accounts (id, name, currency, credit_limit)
 	// only after the snapshot handed everything on, when it drains.
 	limit(accounts/100 - 1)
 
-	keys := map[string]string{}
+	keys := map[string][]string{}
 	for _, e := range m.Entities {
 		if e.Publishes("crm") {
-			keys[e.Tables["crm"].QualifiedTable()] = e.Tables["crm"].KeyColumn
+			keys[e.Tables["crm"].QualifiedTable()] = e.Tables["crm"].KeyColumns()
 		}
 	}
 	src, err := pgcapture.New(pgcapture.Config{System: "crm", DSN: cl.DSN("crm"), Slot: "snapdur", Publication: "snapdur",

@@ -307,8 +307,11 @@ func (p *producer) deadLetter(ctx context.Context, c *capture.Chunk, index int, 
 	dl := &DeadLetter{Flow: "capture-" + system, Stage: "capture", Source: system, Error: cause.Error(), FailedAt: time.Now().UTC(), Change: ch,
 		Position: transform.Position{LSN: c.Tx.CommitLSN, CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Index: index}}
 	var fe *transform.FieldError
+	var oe *transform.OwnershipError
 	if errors.As(cause, &fe) {
 		dl.Entity, dl.Key = fe.Entity, fe.Key
+	} else if errors.As(cause, &oe) {
+		dl.Entity, dl.Key = oe.Entity, oe.Key
 	} else if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
 		dl.Entity = e.Name
 	}

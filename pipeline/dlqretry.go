@@ -36,14 +36,14 @@ func (o RetryOutcome) String() string {
 // respect to newer events of the same entity and key on the stream (read
 // with NewerChanges): a newer delete (or truncate) supersedes the whole
 // event; of an upsert, the fields a newer event wrote are left to it and
-// only the rest (with the key field keyField) is written. It returns the
+// only the rest (with the key fields keyFields) is written. It returns the
 // transaction to apply, marked Redo (it is older than what the target
 // applied), or nil when nothing is left to write; the outcome lists the
 // fields written and superseded, sorted.
 //
 // Errors: a dead letter that holds a captured change rather than an event
 // (stage capture) cannot be retried; reading the stream can fail.
-func PlanRetry(ctx context.Context, js jetstream.JetStream, sd *StoredDeadLetter, keyField string) (*transform.Tx, RetryOutcome, error) {
+func PlanRetry(ctx context.Context, js jetstream.JetStream, sd *StoredDeadLetter, keyFields []string) (*transform.Tx, RetryOutcome, error) {
 	out := RetryOutcome{Seq: sd.Seq}
 	dl := &sd.DeadLetter
 	if dl.Event == nil {
@@ -66,7 +66,7 @@ func PlanRetry(ctx context.Context, js jetstream.JetStream, sd *StoredDeadLetter
 		data := map[string]any{}
 		for k, v := range ev.Data {
 			switch {
-			case k == keyField:
+			case slices.Contains(keyFields, k):
 				data[k] = v
 			case newer[k]:
 				out.Superseded = append(out.Superseded, k)

@@ -26,7 +26,8 @@
 // sink; it knows nothing of PostgreSQL.
 //
 // Files, in the order a change travels: source.go (what a source must
-// offer), producer.go (normalize, publish, confirm), message.go (the
+// offer), producer.go (normalize, publish, confirm; ownership violations
+// counted and logged, refused inserts dead-lettered), message.go (the
 // message body), largechange.go (messages cut by bytes within the
 // server's max payload, events too large for a message in the
 // DUPLEX_LARGE object store), holds.go (entities held back), streams.go

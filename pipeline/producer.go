@@ -72,6 +72,11 @@ type SourceCounts struct {
 	Stopped bool
 	// Held maps each held entity to the reason.
 	Held map[string]string
+	// OwnershipViolations counts local changes of this source to what
+	// another system owns, by "entity/kind": kind "insert" (a row made,
+	// or re-keyed, where the entity's key is owned elsewhere: refused and
+	// dead-lettered) or "field" (a field another system owns edited).
+	OwnershipViolations map[string]int64
 }
 
 // Clone returns a copy that shares no map with c.
@@ -80,6 +85,7 @@ func (c SourceCounts) Clone() SourceCounts {
 	maps.Copy(m, c.ByEntityOp)
 	c.ByEntityOp = m
 	c.Held = maps.Clone(c.Held)
+	c.OwnershipViolations = maps.Clone(c.OwnershipViolations)
 	return c
 }
 
@@ -330,12 +336,24 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	for i := range c.Changes {
 		ch := &c.Changes[i]
 		evs, err := p.normalize(ctx, c, c.First+i, ch)
+		var oe *transform.OwnershipError
+		if errors.As(err, &oe) && oe.Op == "insert" && i > 0 && p.rowMoved(&c.Changes[i-1], ch) {
+			// A row moving between partitions arrives as a DELETE and an
+			// INSERT of the same key: not a new row.
+			moved := *ch
+			moved.Op = capture.Update
+			evs, err = p.normalize(ctx, c, c.First+i, &moved)
+		}
+		if errors.As(err, &oe) {
+			p.countViolation(oe.Entity, "insert", 1)
+		}
 		if err != nil {
 			if err := p.deadLetter(ctx, c, c.First+i, ch, err); err != nil {
 				return err
 			}
 			continue
 		}
+		p.reportViolations(c, evs)
 		tx.Events = append(tx.Events, evs...)
 		for range evs {
 			from = append(from, i)
@@ -491,5 +509,76 @@ func (p *producer) Drain(ctx context.Context) error {
 		return fmt.Errorf("drain %s: %w", p.src.System(), ctx.Err())
 	case <-p.failed:
 		return p.err
+	}
+}
+
+// rowMoved says whether ins, an INSERT the capture refused as a new row,
+// directly follows a DELETE of the same entity and key in its
+// transaction: an UPDATE of a partitioned table's partition key, which
+// pgoutput sends as a DELETE from one partition and an INSERT into another.
+func (p *producer) rowMoved(del, ins *capture.Change) bool {
+	if del.Op != capture.Delete {
+		return false
+	}
+	m, system := p.cfg.Mapping, p.src.System()
+	e := m.Source(system, ins.QualifiedTable())
+	if e == nil || m.Source(system, del.QualifiedTable()) != e {
+		return false
+	}
+	kc := e.Tables[system].KeyColumn
+	a, okA := del.Old[kc]
+	b, okB := ins.New[kc]
+	return okA && okB && a != nil && fmt.Sprint(a) == fmt.Sprint(b)
+}
+
+func (p *producer) countViolation(entity, kind string, n int64) {
+	p.cfg.Stats.update(func(s *SourceCounts) {
+		if s.OwnershipViolations == nil {
+			s.OwnershipViolations = map[string]int64{}
+		}
+		s.OwnershipViolations[entity+"/"+kind] += n
+	})
+}
+
+// reportViolations counts and logs the edits of fields another system
+// owns that a chunk's events report (Event.Violated): one log line per
+// entity and chunk, naming the fields, their owners and up to five keys.
+func (p *producer) reportViolations(c *capture.Chunk, evs []transform.Event) {
+	type seen struct {
+		n      int64
+		keys   []string
+		fields map[string]string // field -> owner
+	}
+	var by map[string]*seen
+	for _, ev := range evs {
+		if len(ev.Violated) == 0 {
+			continue
+		}
+		if by == nil {
+			by = map[string]*seen{}
+		}
+		s := by[ev.Entity]
+		if s == nil {
+			s = &seen{fields: map[string]string{}}
+			by[ev.Entity] = s
+		}
+		s.n++
+		if len(s.keys) < 5 {
+			s.keys = append(s.keys, ev.Key)
+		}
+		e := p.cfg.Mapping.Entity(ev.Entity)
+		for _, f := range ev.Violated {
+			s.fields[f] = e.Field(f).Owner
+		}
+	}
+	for entity, s := range by {
+		p.countViolation(entity, "field", s.n)
+		action := "counted only: the systems stay different until the owner writes the field again (enforce: owner would write the owner's value back)"
+		if p.cfg.Mapping.Entity(entity).Enforce == transform.EnforceOwner {
+			action = "the owner's value is re-read and written back (enforce: owner)"
+		}
+		p.log.Warn("ownership violation: fields another system owns were edited here",
+			slog.String("entity", entity), slog.Int64("rows", s.n), slog.Any("keys", s.keys), slog.Any("fields_and_owners", s.fields),
+			slog.String("lsn", c.Tx.CommitLSN.String()), slog.String("action", action))
 	}
 }

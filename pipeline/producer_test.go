@@ -23,13 +23,19 @@ import (
 // fakeSource hands out the chunks it was given, once per session, and
 // records what was confirmed.
 type fakeSource struct {
+	sys    string // "crm" when empty
 	chunks []*capture.Chunk
 	mu     sync.Mutex
 	conf   []capture.LSN
 	done   chan struct{}
 }
 
-func (s *fakeSource) System() string { return "crm" }
+func (s *fakeSource) System() string {
+	if s.sys != "" {
+		return s.sys
+	}
+	return "crm"
+}
 
 func (s *fakeSource) Stream(ctx context.Context, h capture.Handler) error {
 	for _, c := range s.chunks {

@@ -56,7 +56,7 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 		}
 		if f.Type == TypeCurrency {
 			s = strings.ToUpper(strings.TrimSpace(s))
-			if _, err := CurrencyScale(s); err != nil {
+			if _, err := m.CurrencyScale(s); err != nil {
 				return fail(err)
 			}
 		}
@@ -104,14 +104,14 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 				}
 				n = d.IntPart()
 			}
-			amount, err = fromMinorUnits(n, cur)
+			amount, err = m.fromMinorUnits(n, cur)
 		} else {
 			amount, err = asDecimal(v)
 		}
 		if err != nil {
 			return fail(err)
 		}
-		money, err := NewMoney(amount, cur)
+		money, err := m.NewMoney(amount, cur)
 		if err != nil {
 			return fail(err)
 		}
@@ -219,11 +219,15 @@ func (m *Mapping) CanonicalRow(system string, e *Entity, row capture.Row, fields
 	if t == nil {
 		return "", nil, fmt.Errorf("entity %s has no %s table", e.Name, system)
 	}
-	k, err := m.canonical(e, e.Field(e.Key), t.Columns[e.Key], row, "")
-	if err != nil {
-		return "", nil, err
+	parts := make([]string, len(e.Key))
+	for i, kf := range e.Key {
+		k, err := m.canonical(e, e.Field(kf), t.Columns[kf], row, "")
+		if err != nil {
+			return "", nil, err
+		}
+		parts[i], _ = k.(string)
 	}
-	key, _ := k.(string)
+	key := capture.JoinKey(parts)
 	data := map[string]any{}
 	for _, f := range e.Fields {
 		c := t.Columns[f.Name]

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 )
 
 // Catalog is what Check needs to know of one database: its tables, as read
@@ -36,11 +37,18 @@ type TableInfo struct {
 	// UniqueColumns holds the columns that alone carry a unique index or
 	// the primary key.
 	UniqueColumns map[string]bool
+	// UniqueKeys holds the column sets of the table's unique indexes
+	// without expressions or predicate (the primary key among them), each
+	// sorted: the indexes an ON CONFLICT (a, b) can infer.
+	UniqueKeys [][]string
 	// ReplicaIdentity is pg_class.relreplident: 'd', 'f', 'i' or 'n'.
 	ReplicaIdentity byte
 	// IdentityColumns are the columns the replica identity sends for a
 	// delete (primary key or the chosen index); all columns with 'f'.
 	IdentityColumns []string
+	// ForeignKeys are the table's own foreign keys (not those a partition
+	// inherits), by constraint name.
+	ForeignKeys []ForeignKey
 }
 
 // ColumnInfo describes one column.
@@ -63,6 +71,13 @@ type ColumnInfo struct {
 	MaxLen     int
 	NotNull    bool
 	HasDefault bool
+	// Collation is the column's collation as SQL ("public.ci"), when it
+	// is not its type's default; "" otherwise.
+	Collation string
+	// Nondeterministic is set when that collation compares strings that
+	// differ in bytes as equal (pg_collation.collisdeterministic false):
+	// then two distinct texts may be one key.
+	Nondeterministic bool
 }
 
 func isTextType(c *ColumnInfo) bool {
@@ -145,10 +160,30 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 			bad("%s: table does not exist", where)
 			continue
 		}
-		if ti.Columns[t.KeyColumn] == nil {
-			bad("%s: key column %s does not exist", where, t.KeyColumn)
-		} else if !ti.UniqueColumns[t.KeyColumn] {
-			bad("%s: key column %s has no unique index (create one: CREATE UNIQUE INDEX ON %s (%s))", where, t.KeyColumn, t.QualifiedTable(), t.KeyColumn)
+		kcs := t.KeyColumns()
+		missingKey := false
+		for _, kc := range kcs {
+			if ti.Columns[kc] == nil {
+				bad("%s: key column %s does not exist", where, kc)
+				missingKey = true
+			}
+		}
+		switch {
+		case missingKey:
+		case len(kcs) == 1 && !ti.UniqueColumns[kcs[0]]:
+			bad("%s: key column %s has no unique index (create one: CREATE UNIQUE INDEX ON %s (%s))", where, kcs[0], t.QualifiedTable(), kcs[0])
+		case len(kcs) > 1 && !ti.HasUniqueKey(kcs):
+			bad("%s: key columns (%s) have no unique index on exactly these columns (create one: CREATE UNIQUE INDEX ON %s (%s))", where, strings.Join(kcs, ", "), t.QualifiedTable(), strings.Join(kcs, ", "))
+		}
+		if len(kcs) > 1 && !missingKey {
+			// A unique index lets rows share a key with a NULL part, and
+			// a NULL part cannot be compared (row comparison, ON
+			// CONFLICT): every part of a composite key must be set.
+			for _, kc := range kcs {
+				if !ti.Columns[kc].NotNull {
+					bad("%s: key column %s can be NULL; every column of a composite key must be NOT NULL (ALTER TABLE %s ALTER COLUMN %s SET NOT NULL)", where, kc, t.QualifiedTable(), kc)
+				}
+			}
 		}
 		mapped := map[string]bool{}
 		for _, fname := range sortedKeys(t.Columns) {
@@ -188,7 +223,7 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		// Rows born in another system (it owns the key) are created here
 		// by duplex, so every NOT NULL column without a default must be
 		// mapped.
-		if kf := e.Field(e.Key); (role == "target" || role == "both") && kf.Owner != system && kf.Owner != OwnerBoth {
+		if ko := e.KeyOwner(); (role == "target" || role == "both") && ko != system && ko != OwnerBoth {
 			for _, name := range sortedKeys(ti.Columns) {
 				ci := ti.Columns[name]
 				if ci.NotNull && !ci.HasDefault && !mapped[name] {
@@ -199,6 +234,9 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		if shared := e.SharedFields(system); len(shared) > 0 && (role == "source" || role == "both") && e.Publishes(system) && ti.ReplicaIdentity != 'f' {
 			bad("%s: shared field(s) %v need the old row of every update to tell which fields a write changed; run ALTER TABLE %s REPLICA IDENTITY FULL", where, shared, t.QualifiedTable())
 		}
+		if others := e.OwnedElsewhere(system); len(others) > 0 && e.Enforce == EnforceOwner && (role == "source" || role == "both") && ti.ReplicaIdentity != 'f' {
+			bad("%s: enforce: owner needs the old row of every update to tell an edit of %v (owned by another system) made here; run ALTER TABLE %s REPLICA IDENTITY FULL", where, others, t.QualifiedTable())
+		}
 		if shared := e.SharedFields(system); len(shared) > 0 && (role == "target" || role == "both") && cat.Role != nil && !cat.Role.TrackCommitTimestamp {
 			bad("%s: shared field(s) %v are resolved by commit time; set track_commit_timestamp = on (needs a restart)", where, shared)
 		}
@@ -206,13 +244,36 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 			switch {
 			case ti.ReplicaIdentity == 'n':
 				bad("%s: REPLICA IDENTITY NOTHING cannot key deletes; run ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key) or FULL", where, t.QualifiedTable())
-			case ti.ReplicaIdentity != 'f' && !slices.Contains(ti.IdentityColumns, t.KeyColumn):
+			case ti.ReplicaIdentity != 'f' && !containsAll(ti.IdentityColumns, kcs):
 				if len(ti.IdentityColumns) == 0 {
 					bad("%s: no primary key or replica identity index, so deletes cannot be keyed; add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", where, t.QualifiedTable())
 				} else {
-					bad("%s: deletes send only %v, not key column %s; run ALTER TABLE %s REPLICA IDENTITY FULL or USING INDEX on a unique index of %s", where, ti.IdentityColumns, t.KeyColumn, t.QualifiedTable(), t.KeyColumn)
+					what := "key column " + kcs[0]
+					if len(kcs) > 1 {
+						what = "all of key columns (" + strings.Join(kcs, ", ") + ")"
+					}
+					bad("%s: deletes send only %v, not %s; run ALTER TABLE %s REPLICA IDENTITY FULL or USING INDEX on a unique index of %s", where, ti.IdentityColumns, what, t.QualifiedTable(), strings.Join(kcs, ", "))
 				}
 			}
+		}
+	}
+	if role == "target" || role == "both" {
+		// The rows of one source transaction are written in one order;
+		// foreign keys of the target that form a cycle must be
+		// deferrable (WriteOrder).
+		writes := only
+		if writes == nil {
+			writes = func(e *Entity) bool {
+				for from := range e.Tables {
+					if from != system && e.Publishes(from) {
+						return true
+					}
+				}
+				return false
+			}
+		}
+		if _, _, err := m.WriteOrder(system, cat, writes); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if r := cat.Role; r != nil {
@@ -224,6 +285,28 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// HasUniqueKey says whether a unique index (or the primary key) has
+// exactly these columns, in any order: what PostgreSQL's ON CONFLICT
+// (a, b) infers its arbiter index from.
+func (ti *TableInfo) HasUniqueKey(cols []string) bool {
+	want := slices.Sorted(slices.Values(cols))
+	for _, k := range ti.UniqueKeys {
+		if slices.Equal(k, want) {
+			return true
+		}
+	}
+	return len(cols) == 1 && ti.UniqueColumns[cols[0]]
+}
+
+func containsAll(have, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
 }
 
 func sortedKeys[V any](m map[string]V) []string {

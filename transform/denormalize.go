@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+
+	"github.com/duplex-cdc/duplex/capture"
 )
 
 // ColValue is the value for one target column, as PostgreSQL text.
@@ -25,13 +27,17 @@ type ColValue struct {
 }
 
 // Row is a canonical event made ready for one system: the table, the key
-// column's value, and the columns to write, sorted by column name.
+// columns' values, and the columns to write, sorted by column name.
 type Row struct {
 	Entity *Entity
 	Table  *TableMap
 	Op     Op
-	Key    string
-	Values []ColValue
+	// Key is the text of the key columns' values, joined by
+	// capture.JoinKey (one key column: its value); KeyParts holds them,
+	// in the order of Table.KeyColumns().
+	Key      string
+	KeyParts []string
+	Values   []ColValue
 	// Guards are values the target row must already hold for Values to
 	// be written (the currency next to an amount, owned by another
 	// system); a row that holds something else is an error, not a write.
@@ -76,12 +82,19 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 	if ev.Op == OpTruncate {
 		return r, nil
 	}
-	kf := e.Field(e.Key)
-	key, err := targetText(e, kf, t.Columns[e.Key], ev.Key, ev.Key)
+	parts, err := capture.SplitKey(ev.Key, len(e.Key))
 	if err != nil {
-		return nil, err
+		return nil, &EventError{ID: ev.ID, Reason: fmt.Sprintf("entity %s: %v", e.Name, err)}
 	}
-	r.Key = key.Text
+	r.KeyParts = make([]string, len(parts))
+	for i, kf := range e.Key {
+		kv, err := m.targetText(e, e.Field(kf), t.Columns[kf], parts[i], ev.Key)
+		if err != nil {
+			return nil, err
+		}
+		r.KeyParts[i] = kv.Text
+	}
+	r.Key = capture.JoinKey(r.KeyParts)
 	if ev.Op == OpDelete {
 		return r, nil
 	}
@@ -103,10 +116,16 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 			continue
 		}
 		v, ok := ev.Data[f.Name]
+		if c.Ref != nil && len(c.Ref.Fields) > 0 {
+			v, ok, err = refValue(e, c, f.Name, ev)
+			if err != nil {
+				return nil, err
+			}
+		}
 		if !ok {
 			continue
 		}
-		cv, err := targetText(e, f, c, v, ev.Key)
+		cv, err := m.targetText(e, f, c, v, ev.Key)
 		if err != nil {
 			return nil, err
 		}
@@ -145,8 +164,46 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 	return r, nil
 }
 
+// refValue is the canonical value of a reference made of several fields
+// (ref fields: [company, entry_no]): the referenced key's text, joined by
+// capture.JoinKey from the event's values of those fields; nil when one of
+// them is NULL. ok is false when the event carries none of them (the
+// reference is not written); an event carrying only some is an error, as
+// the reference cannot be found by half a key.
+func refValue(e *Entity, c *ColumnMap, field string, ev *Event) (v any, ok bool, err error) {
+	fields := c.Ref.FieldsFor(field)
+	parts := make([]string, 0, len(fields))
+	var missing []string
+	null := false
+	for _, rf := range fields {
+		x, has := ev.Data[rf]
+		switch {
+		case !has:
+			missing = append(missing, rf)
+		case x == nil:
+			null = true
+		default:
+			s, isStr := x.(string)
+			if !isStr {
+				return nil, false, &FieldError{Entity: e.Name, Key: ev.Key, Field: rf, Value: describe(x), Err: fmt.Errorf("reference part must be a key string, have %T", x)}
+			}
+			parts = append(parts, s)
+		}
+	}
+	switch {
+	case len(missing) == len(fields):
+		return nil, false, nil
+	case len(missing) > 0:
+		return nil, false, &FieldError{Entity: e.Name, Key: ev.Key, Field: field, Value: "",
+			Err: fmt.Errorf("the reference to %s is made of fields %s, and the event lacks %s", c.Ref.Entity, Names(fields), Names(missing))}
+	case null:
+		return nil, true, nil
+	}
+	return capture.JoinKey(parts), true, nil
+}
+
 // targetText converts a canonical value to the text of a target column.
-func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue, error) {
+func (m *Mapping) targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue, error) {
 	out := ColValue{Column: c.Column, Ref: c.Ref}
 	if v == nil {
 		out.Null = true
@@ -178,7 +235,7 @@ func targetText(e *Entity, f *Field, c *ColumnMap, v any, key string) (ColValue,
 			return fail(fmt.Errorf("amount %q is %w", mv.Amount, err))
 		}
 		if conv == ConvMoneyMinor {
-			n, err := toMinorUnits(amount, mv.Currency, c.Rounding)
+			n, err := m.toMinorUnits(amount, mv.Currency, c.Rounding)
 			if err != nil {
 				return fail(err)
 			}

@@ -46,3 +46,34 @@ func (e *SchemaError) Error() string {
 	return fmt.Sprintf("%s table %s has no column %s any more (dropped or renamed?), mapped to field %s of entity %s; fix the mapping or the table, then restart duplex",
 		e.System, e.Table, e.Column, e.Field, e.Entity)
 }
+
+// OwnershipError is a local change by a system that does not own what it
+// changed, refused at capture (the change is dead-lettered there, never
+// published): a row inserted (Op "insert"), or a key changed (Op
+// "key change"), by a system other than the owner of the entity's key.
+// Rows of an entity are created, and keyed, only in the system that owns
+// its key (DESIGN.md, field ownership): the non-owner's row would
+// otherwise overwrite the owner's row of the same key, or create a row the
+// owner never made.
+type OwnershipError struct {
+	System, Table, Entity, Key string
+	// Owner is the system that owns the entity's key.
+	Owner string
+	Op    string
+}
+
+func (e *OwnershipError) Error() string {
+	return fmt.Sprintf("ownership violation: %s %s a row of %s (entity %s, key %s), but %s owns the entity's key: rows of %s are created and keyed in %s only; "+
+		"the change is not replicated (it would overwrite %s's row of that key or make a row %s never created); delete or fix the row in %s, create it in %s",
+		e.System, verbOf(e.Op), e.Table, e.Entity, e.Key, e.Owner, e.Entity, e.Owner, e.Owner, e.Owner, e.System, e.Owner)
+}
+
+func verbOf(op string) string {
+	if op == "insert" {
+		return "inserted"
+	}
+	return "changed the key of"
+}
+
+// Permanent marks the error as one that retrying cannot fix.
+func (e *OwnershipError) Permanent() bool { return true }

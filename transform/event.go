@@ -64,6 +64,13 @@ type Event struct {
 	// version of shared fields whose value is still the one recorded: the
 	// write they come from, rather than the time of the copy.
 	Versions map[string]FieldVersion `json:"versions,omitempty"`
+	// Violated lists the fields another system owns (alone) that this
+	// local write changed in the source: an ownership violation, counted
+	// and logged by the capture. Data does not carry them. When Data
+	// carries nothing but the key, the event exists only to report them:
+	// the flow into the owner writes nothing for it, and with enforce:
+	// owner has the owner's current value re-read and written back.
+	Violated []string `json:"violated,omitempty"`
 	// DataRef, when set, says Data did not fit in one message: it is
 	// stored as JSON in an object of JetStream's object store and the
 	// message carries the event without it. A flow reads the object back

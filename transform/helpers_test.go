@@ -3,6 +3,7 @@ package transform_test
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -169,7 +170,27 @@ func erpCatalog() *transform.Catalog {
 			col("currency", "character(3)", "notnull"),
 			col("received_at", "timestamp with time zone", "notnull"),
 		),
+		"public.ledger_entries": compositeTable([]string{"company", "entry_no"},
+			col("company", "text", "notnull"),
+			col("entry_no", "bigint", "notnull"),
+			col("customer_no", "bigint", "notnull"),
+			col("invoice_no", "bigint", "notnull"),
+			col("kind", "text", "notnull"),
+			col("currency", "character(3)", "notnull"),
+			col("amount", "numeric(19,4)", "notnull"),
+			col("posted_at", "timestamp with time zone", "notnull"),
+		),
 	}}
+}
+
+// compositeTable builds a TableInfo whose primary key is the columns pk
+// (REPLICA IDENTITY DEFAULT).
+func compositeTable(pk []string, cols ...*transform.ColumnInfo) *transform.TableInfo {
+	t := table(pk[0], nil, cols...)
+	t.UniqueColumns = map[string]bool{}
+	t.UniqueKeys = [][]string{slices.Sorted(slices.Values(pk))}
+	t.IdentityColumns = pk
+	return t
 }
 
 // crmCatalog describes examples/order-to-cash/crm.sql (the mapped tables
@@ -230,6 +251,21 @@ func crmCatalog() *transform.Catalog {
 			col("status", "text", "notnull"),
 			col("due_date", "date", "notnull"),
 		),
+		"public.ledger_entries": func() *transform.TableInfo {
+			t := table("id", nil,
+				col("id", "uuid", "notnull", "default"),
+				col("erp_company", "text", "notnull"),
+				col("erp_entry_no", "bigint", "notnull"),
+				col("account_id", "uuid", "notnull"),
+				col("invoice_id", "uuid", "notnull"),
+				col("kind", "text", "notnull"),
+				col("currency", "character(3)", "notnull"),
+				col("amount", "numeric(18,2)", "notnull"),
+				col("posted_at", "timestamp with time zone", "notnull"),
+			)
+			t.UniqueKeys = [][]string{{"id"}, {"erp_company", "erp_entry_no"}}
+			return t
+		}(),
 	}}
 }
 

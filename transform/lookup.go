@@ -37,7 +37,7 @@ func (m *Mapping) Tables(system string) []string {
 
 // carries says whether a flow out of system carries field f.
 func carries(e *Entity, f *Field, system string) bool {
-	return f.Name == e.Key || f.Owner == system || f.Owner == OwnerBoth
+	return e.IsKey(f.Name) || f.Owner == system || f.Owner == OwnerBoth
 }
 
 // Carried lists the fields a flow from system carries for an entity and

@@ -44,6 +44,12 @@ const (
 // Owners of a field. OwnerBoth means either system may write it.
 const OwnerBoth = "both"
 
+// Values of Entity.Enforce and Entity.Sequence.
+const (
+	EnforceOwner   = "owner"
+	SequenceFollow = "follow"
+)
+
 // Mapping is the declarative mapping file: canonical entities and how each
 // system stores them.
 type Mapping struct {
@@ -52,16 +58,38 @@ type Mapping struct {
 	// ties between writes of shared fields that carry the same commit time.
 	Systems  []string  `yaml:"systems"`
 	Entities []*Entity `yaml:"entities"`
+	// Currencies adds currency codes to ISO 4217, or overrides the
+	// number of decimals ISO 4217 gives one: code -> decimals, 0 to 9
+	// (currencies: {XCG: 2, CNH: 2}). For a code the pinned list lacks
+	// (a newer one, an offshore or in-house code) or a system that keeps
+	// a currency with other decimals than ISO's.
+	Currencies map[string]int32 `yaml:"currencies"`
 }
 
 // Entity is one canonical business entity.
 type Entity struct {
 	Name string `yaml:"name"`
-	// Key names the field that is the entity's canonical key.
-	Key      string               `yaml:"key"`
+	// Key names the fields that are the entity's canonical key, in key
+	// order: one name (key: account_id) or a list for a composite key
+	// (key: [company, doc_no]). Every key field has the same owner.
+	Key      Names                `yaml:"key"`
 	Fields   []*Field             `yaml:"fields"`
 	Tables   map[string]*TableMap `yaml:"systems"`
 	Truncate string               `yaml:"truncate"` // "refuse" (default) or "propagate"
+	// Enforce says what duplex does when a system edits a field of the
+	// entity that another system owns (an ownership violation). Empty:
+	// the edit is counted and logged, and the two systems stay different
+	// until the owner writes the field again. EnforceOwner: the owner's
+	// current value is also written back to the system that edited it.
+	Enforce string `yaml:"enforce"`
+	// Sequence, for an entity with an integer key, says what duplex does
+	// with the sequence that generates the key column in a system that
+	// does not own the key. Empty: nothing (check warns that such a
+	// system should not generate keys). SequenceFollow: after writing
+	// rows there, duplex moves that sequence past the highest key it
+	// wrote, so the system's own inserts do not collide with replicated
+	// keys (they are refused all the same; see OwnershipError).
+	Sequence string `yaml:"sequence"`
 
 	fieldByName map[string]*Field
 }
@@ -77,11 +105,17 @@ type Field struct {
 
 // TableMap says how one system stores an entity.
 type TableMap struct {
-	Table     string                `yaml:"table"`
-	KeyColumn string                `yaml:"key_column"`
-	Columns   map[string]*ColumnMap `yaml:"columns"`
+	Table string `yaml:"table"`
+	// KeyColumn is the column of a key of one field; KeyColumnList the
+	// columns of a key of one or more fields (key_columns: [company,
+	// doc_no]), in the order of the entity's key. A table names exactly
+	// one of them; KeyColumns returns the columns either way.
+	KeyColumn     string                `yaml:"key_column"`
+	KeyColumnList Names                 `yaml:"key_columns"`
+	Columns       map[string]*ColumnMap `yaml:"columns"`
 
 	schema, name string
+	keyColumns   []string
 }
 
 // ColumnMap maps a canonical field to a column of a system's table.
@@ -112,19 +146,86 @@ type Ref struct {
 	Entity string `yaml:"entity"`
 	// Column of the referenced row whose value this column holds.
 	Column string `yaml:"column"`
-	// Match names the canonical field of the referenced entity that the
-	// canonical value is (default: its key). A CRM invoice finds its
-	// account by the customer's customer_no: match customer_no.
-	Match string `yaml:"match"`
+	// Match names the canonical fields of the referenced entity that the
+	// canonical value is (default: its key, one field or several). A CRM
+	// invoice finds its account by the customer's customer_no: match
+	// customer_no.
+	Match Names `yaml:"match"`
+	// Fields names the fields of the referencing entity whose values, in
+	// the order of Match (or of the referenced key), find the referenced
+	// row: a reference to an entity with a composite key is made of
+	// several fields (fields: [company, entry_no]). Default: the field
+	// the reference is mapped for.
+	Fields Names `yaml:"fields"`
 }
 
-// MatchField is the referenced entity's field a reference matches on.
-func (r *Ref) MatchField(target *Entity) string {
-	if r.Match != "" {
+// MatchFields are the referenced entity's fields a reference matches on,
+// in order.
+func (r *Ref) MatchFields(target *Entity) []string {
+	if len(r.Match) > 0 {
 		return r.Match
 	}
 	return target.Key
 }
+
+// FieldsFor are the referencing entity's fields whose values make the
+// reference mapped for field, in the order of MatchFields.
+func (r *Ref) FieldsFor(field string) []string {
+	if len(r.Fields) > 0 {
+		return r.Fields
+	}
+	return []string{field}
+}
+
+// Names is a list of names that YAML may also give as one name:
+// key: id, or key: [company, doc_no].
+type Names []string
+
+// UnmarshalYAML accepts a scalar (one name) or a sequence of names.
+func (n *Names) UnmarshalYAML(v *yaml.Node) error {
+	if v.Kind == yaml.ScalarNode {
+		var s string
+		if err := v.Decode(&s); err != nil {
+			return err
+		}
+		*n = Names{s}
+		return nil
+	}
+	var l []string
+	if err := v.Decode(&l); err != nil {
+		return fmt.Errorf("line %d: want a name or a list of names: %w", v.Line, err)
+	}
+	*n = l
+	return nil
+}
+
+// String is the name, or the names as [a, b].
+func (n Names) String() string {
+	if len(n) == 1 {
+		return n[0]
+	}
+	return "[" + strings.Join(n, ", ") + "]"
+}
+
+// KeyFields returns the fields of the entity's canonical key, in key
+// order (one for a simple key).
+func (e *Entity) KeyFields() []string { return e.Key }
+
+// IsKey says whether a field is (part of) the entity's key.
+func (e *Entity) IsKey(field string) bool { return slices.Contains(e.Key, field) }
+
+// KeyOwner is the owner of the key fields (all key fields have one): the
+// system in which the entity lives and dies, or OwnerBoth.
+func (e *Entity) KeyOwner() string {
+	if len(e.Key) == 0 || e.Field(e.Key[0]) == nil {
+		return ""
+	}
+	return e.Field(e.Key[0]).Owner
+}
+
+// KeyColumns returns the table's key columns in the order of the entity's
+// key fields.
+func (t *TableMap) KeyColumns() []string { return t.keyColumns }
 
 // Load reads and validates a mapping file.
 func Load(path string) (*Mapping, error) {
@@ -177,6 +278,14 @@ func (m *Mapping) Validate() error {
 	if len(m.Systems) < 2 {
 		bad("systems: name at least two systems, in tie-break order")
 	}
+	for code, d := range m.Currencies {
+		if len(code) != 3 || strings.ToUpper(code) != code || strings.IndexFunc(code, func(r rune) bool { return r < 'A' || r > 'Z' }) >= 0 {
+			bad("currencies: %q is not a currency code (three upper-case letters)", code)
+		}
+		if d < 0 || d > 9 {
+			bad("currencies: %s has %d decimals; want 0 to 9", code, d)
+		}
+	}
 	seen := map[string]bool{}
 	for _, e := range m.Entities {
 		if e.Name == "" {
@@ -210,13 +319,39 @@ func (m *Mapping) Validate() error {
 				bad("entity %s: field %s has owner %q; want one of %s or both", e.Name, f.Name, f.Owner, strings.Join(m.Systems, ", "))
 			}
 		}
-		if e.fieldByName[e.Key] == nil {
-			bad("entity %s: key %q is not one of its fields", e.Name, e.Key)
+		if len(e.Key) == 0 {
+			bad("entity %s: no key", e.Name)
+		}
+		for i, k := range e.Key {
+			switch {
+			case e.fieldByName[k] == nil:
+				bad("entity %s: key %q is not one of its fields", e.Name, k)
+			case slices.Index(e.Key, k) != i:
+				bad("entity %s: key %s names field %s twice", e.Name, e.Key, k)
+			case e.fieldByName[k].Owner != e.fieldByName[e.Key[0]].Owner:
+				bad("entity %s: key fields %s have different owners (%s: %s, %s: %s); the fields of a key are owned by the one system the entity lives in", e.Name, e.Key, e.Key[0], e.fieldByName[e.Key[0]].Owner, k, e.fieldByName[k].Owner)
+			}
 		}
 		switch e.Truncate {
 		case "", "refuse", "propagate":
 		default:
 			bad("entity %s: truncate %q: want refuse or propagate", e.Name, e.Truncate)
+		}
+		switch e.Enforce {
+		case "", EnforceOwner:
+		default:
+			bad("entity %s: enforce %q: want owner (or leave it out)", e.Name, e.Enforce)
+		}
+		switch e.Sequence {
+		case "":
+		case SequenceFollow:
+			if len(e.Key) != 1 {
+				bad("entity %s: sequence: follow needs a key of one integer field; the key is %s", e.Name, e.Key)
+			} else if kf := e.fieldByName[e.Key[0]]; kf != nil && kf.Type != TypeInteger {
+				bad("entity %s: sequence: follow needs an integer key; key %s is %s", e.Name, e.Key[0], kf.Type)
+			}
+		default:
+			bad("entity %s: sequence %q: want follow (or leave it out)", e.Name, e.Sequence)
 		}
 		for sys, t := range e.Tables {
 			if !slices.Contains(m.Systems, sys) {
@@ -234,16 +369,34 @@ func (m *Mapping) Validate() error {
 				// A reference is resolved by the sink, in the target: the
 				// system that writes the field (its owner, or either for a
 				// shared field) captures the column's value as it is.
-				if f := e.Field(fname); f != nil && (f.Owner == sys || f.Owner == OwnerBoth) {
-					bad("entity %s: %s table %s maps field %s (owner %s) through a reference; references are resolved on the target side only, so a reference column cannot be in a system that writes the field", e.Name, sys, t.QualifiedTable(), fname, f.Owner)
+				for _, rf := range c.Ref.FieldsFor(fname) {
+					if f := e.Field(rf); f == nil {
+						bad("entity %s: %s column for %s: reference field %s is not a field of %s", e.Name, sys, fname, rf, e.Name)
+					} else if f.Owner == sys || f.Owner == OwnerBoth {
+						bad("entity %s: %s table %s maps field %s (owner %s) through a reference; references are resolved on the target side only, so a reference column cannot be in a system that writes the field", e.Name, sys, t.QualifiedTable(), rf, f.Owner)
+					}
+				}
+				if e.IsKey(fname) {
+					bad("entity %s: %s column for key field %s is a reference; a key is stored as it is", e.Name, sys, fname)
 				}
 				target := m.Entity(c.Ref.Entity)
 				if target == nil {
 					bad("entity %s: %s column for %s refers to unknown entity %s", e.Name, sys, fname, c.Ref.Entity)
+					continue
 				} else if target.Tables[sys] == nil {
 					bad("entity %s: %s column for %s refers to entity %s, which has no %s table", e.Name, sys, fname, c.Ref.Entity, sys)
-				} else if mf := c.Ref.MatchField(target); target.Field(mf) == nil || target.Tables[sys].Columns[mf] == nil || target.Tables[sys].Columns[mf].Column == "" {
-					bad("entity %s: %s column for %s matches %s.%s, which is not a field with a %s column", e.Name, sys, fname, c.Ref.Entity, mf, sys)
+					continue
+				}
+				mfs := c.Ref.MatchFields(target)
+				for _, mf := range mfs {
+					if target.Field(mf) == nil || target.Tables[sys].Columns[mf] == nil || target.Tables[sys].Columns[mf].Column == "" {
+						bad("entity %s: %s column for %s matches %s.%s, which is not a field with a %s column", e.Name, sys, fname, c.Ref.Entity, mf, sys)
+					}
+				}
+				if rfs := c.Ref.FieldsFor(fname); !slices.Contains(rfs, fname) {
+					bad("entity %s: %s column for %s: ref fields %s do not include %s, the field it is mapped for", e.Name, sys, fname, Names(rfs), fname)
+				} else if len(rfs) != len(mfs) {
+					bad("entity %s: %s column for %s refers to %s by %d field(s) %s, but %s is matched on %d: %s (name them with ref fields: [...])", e.Name, sys, fname, c.Ref.Entity, len(rfs), Names(rfs), c.Ref.Entity, len(mfs), Names(mfs))
 				}
 			}
 		}
@@ -261,14 +414,37 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 	if i := strings.IndexByte(t.Table, '.'); i >= 0 {
 		t.schema, t.name = t.Table[:i], t.Table[i+1:]
 	}
-	if t.KeyColumn == "" {
-		bad("%s: no key_column", where)
+	switch {
+	case t.KeyColumn != "" && len(t.KeyColumnList) > 0:
+		bad("%s: both key_column and key_columns; name the key's columns once", where)
+	case t.KeyColumn != "" && len(e.Key) > 1:
+		bad("%s: key_column %s names one column, but key %s has %d fields; use key_columns: [...]", where, t.KeyColumn, e.Key, len(e.Key))
+	case t.KeyColumn != "":
+		t.keyColumns = []string{t.KeyColumn}
+	case len(t.KeyColumnList) == 0:
+		bad("%s: no key_column (or key_columns)", where)
+	case len(t.KeyColumnList) != len(e.Key):
+		bad("%s: key_columns %s has %d columns, but key %s has %d fields", where, t.KeyColumnList, len(t.KeyColumnList), e.Key, len(e.Key))
+	default:
+		t.keyColumns = t.KeyColumnList
 	}
-	kc := t.Columns[e.Key]
-	if kc == nil {
-		bad("%s: key field %s has no column", where, e.Key)
-	} else if kc.Column != t.KeyColumn {
-		bad("%s: key field %s maps to column %s, but key_column is %s", where, e.Key, kc.Column, t.KeyColumn)
+	for i, k := range e.Key {
+		if i >= len(t.keyColumns) {
+			break
+		}
+		kc := t.Columns[k]
+		if kc == nil {
+			bad("%s: key field %s has no column", where, k)
+		} else if kc.Column != t.keyColumns[i] {
+			if len(t.keyColumns) == 1 {
+				bad("%s: key field %s maps to column %s, but key_column is %s", where, k, kc.Column, t.keyColumns[i])
+			} else {
+				bad("%s: key field %s maps to column %s, but key_columns names %s in its place", where, k, kc.Column, t.keyColumns[i])
+			}
+		}
+		if slices.Index(t.keyColumns, t.keyColumns[i]) != i {
+			bad("%s: key column %s is named twice", where, t.keyColumns[i])
+		}
 	}
 	for fname, c := range t.Columns {
 		f := e.fieldByName[fname]
@@ -293,7 +469,7 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 				bad("%s: field %s: money needs exactly one of currency_column or currency", where, fname)
 			}
 			if c.Currency != "" {
-				if _, err := CurrencyScale(c.Currency); err != nil {
+				if _, err := m.CurrencyScale(c.Currency); err != nil {
 					bad("%s: field %s: %w", where, fname, err)
 				}
 			}
@@ -324,10 +500,15 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 }
 
 // Publishes says whether a system's changes to an entity go on the bus:
-// when it owns (alone or with another system) at least one of its fields.
+// when it owns (alone or with another system) at least one of its fields,
+// or when the entity enforces ownership (enforce: owner), so that its
+// edits of fields other systems own are seen.
 func (e *Entity) Publishes(system string) bool {
 	if e.Tables[system] == nil {
 		return false
+	}
+	if e.Enforce == EnforceOwner {
+		return true
 	}
 	for _, f := range e.Fields {
 		if (f.Owner == system || f.Owner == OwnerBoth) && e.Tables[system].Columns[f.Name] != nil {
@@ -335,6 +516,25 @@ func (e *Entity) Publishes(system string) bool {
 		}
 	}
 	return false
+}
+
+// OwnedElsewhere lists the fields a system maps to a column of its own
+// but that another system owns alone (not the key, not constants): an
+// edit of one of them in that system is an ownership violation.
+func (e *Entity) OwnedElsewhere(system string) []string {
+	t := e.Tables[system]
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for _, f := range e.Fields {
+		c := t.Columns[f.Name]
+		if e.IsKey(f.Name) || f.Owner == system || f.Owner == OwnerBoth || c == nil || c.Column == "" || c.converter(f) == ConvConstant {
+			continue
+		}
+		out = append(out, f.Name)
+	}
+	return out
 }
 
 // SharedFields lists the fields owned by both systems that a system maps.
@@ -394,7 +594,10 @@ func convertible(typ, conv string) bool {
 // MappedColumns returns the table's columns the mapping reads or writes
 // (key, fields, currency columns), sorted.
 func (t *TableMap) MappedColumns() []string {
-	set := map[string]bool{t.KeyColumn: true}
+	set := map[string]bool{}
+	for _, k := range t.keyColumns {
+		set[k] = true
+	}
 	for _, c := range t.Columns {
 		if c.Column != "" && c.Value == nil {
 			set[c.Column] = true

@@ -337,8 +337,9 @@ entities:
       - {name: id, type: uuid, owner: crm}
 `,
 			wantErr:   true,
-			wantCount: 8,
+			wantCount: 9,
 			wantMsgs: []string{
+				"entity customer: erp column for key field id is a reference; a key is stored as it is",
 				`entity customer: field level has unknown type "string"`,
 				`entity customer: field limit has owner "sap"`,
 				"entity customer, system crm: field limit: money needs exactly one of currency_column or currency",
@@ -415,13 +416,13 @@ func TestLoad(t *testing.T) {
 			for _, e := range m.Entities {
 				names = append(names, e.Name)
 			}
-			if want := []string{"customer", "order", "order_line", "invoice"}; !slices.Equal(names, want) {
+			if want := []string{"customer", "order", "order_line", "invoice", "ledger_entry"}; !slices.Equal(names, want) {
 				t.Errorf("entities = %v, want %v", names, want)
 			}
-			if got, want := m.Tables("erp"), []string{"public.customers", "public.sales_orders", "public.sales_order_lines", "public.invoices"}; !slices.Equal(got, want) {
+			if got, want := m.Tables("erp"), []string{"public.customers", "public.sales_orders", "public.sales_order_lines", "public.invoices", "public.ledger_entries"}; !slices.Equal(got, want) {
 				t.Errorf("Tables(erp) = %v, want %v", got, want)
 			}
-			if got, want := m.Tables("crm"), []string{"public.accounts", "public.orders", "public.order_lines", "public.invoices"}; !slices.Equal(got, want) {
+			if got, want := m.Tables("crm"), []string{"public.accounts", "public.orders", "public.order_lines", "public.invoices", "public.ledger_entries"}; !slices.Equal(got, want) {
 				t.Errorf("Tables(crm) = %v, want %v", got, want)
 			}
 			if e := m.Source("crm", "public.orders"); e == nil || e.Name != "order" {
@@ -437,10 +438,10 @@ func TestLoad(t *testing.T) {
 				t.Error("Entity(shipment) is not nil")
 			}
 			inv := m.Entity("invoice")
-			if inv == nil || inv.Key != "invoice_no" {
+			if inv == nil || !slices.Equal(inv.KeyFields(), []string{"invoice_no"}) {
 				t.Fatalf("Entity(invoice) = %+v, want an entity keyed by invoice_no", inv)
 			}
-			if r := inv.Tables["crm"].Columns["customer_no"].Ref; r == nil || r.Entity != "customer" || r.Match != "customer_no" || r.Column != "id" {
+			if r := inv.Tables["crm"].Columns["customer_no"].Ref; r == nil || r.Entity != "customer" || !slices.Equal(r.Match, transform.Names{"customer_no"}) || r.Column != "id" {
 				t.Errorf("crm invoices customer_no ref = %+v, want {customer customer_no id}", r)
 			}
 			if f := m.Entity("customer").Field("email"); f == nil || f.Owner != transform.OwnerBoth {

@@ -23,6 +23,11 @@ func TestCurrencyScale(t *testing.T) {
 		{name: "UYW", code: "UYW", want: 4},
 		{name: "ISK", code: "ISK", want: 0},
 		{name: "KRW", code: "KRW", want: 0},
+		{name: "XCG, in force since 2025-03-31", code: "XCG", want: 2},
+		{name: "ANG, which XCG replaces, still read", code: "ANG", want: 2},
+		{name: "IQD", code: "IQD", want: 3},
+		{name: "a fund: BOV", code: "BOV", want: 2},
+		{name: "gold has no minor unit", code: "XAU", wantErr: true},
 		{name: "lower case", code: "eur", want: 2},
 		{name: "padded", code: " bhd ", want: 3},
 		{name: "unknown", code: "XXZ", wantErr: true},
@@ -258,5 +263,67 @@ func TestColumnMap_fixedCurrency(t *testing.T) {
 	}
 	if got, want := data["minor_none"], (transform.Money{Amount: "1500", Currency: "JPY"}); got != want {
 		t.Errorf("CanonicalRow minor_none = %v, want %v", got, want)
+	}
+}
+
+// TestMapping_Currencies: a mapping adds a code ISO 4217 lacks and
+// overrides the decimals of one it has; money through both is exact and
+// an amount with more decimals than the override allows is still refused.
+func TestMapping_Currencies(t *testing.T) {
+	m := loadExample(t)
+	m.Currencies = map[string]int32{"CNH": 2, "JPY": 2}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for code, want := range map[string]int32{"CNH": 2, "cnh": 2, "JPY": 2, "EUR": 2, "BHD": 3, "XCG": 2} {
+		if got, err := m.CurrencyScale(code); err != nil || got != want {
+			t.Errorf("CurrencyScale(%s) = %d, %v; want %d", code, got, err, want)
+		}
+	}
+	if _, err := transform.CurrencyScale("CNH"); err == nil {
+		t.Error("the package's CurrencyScale knows CNH; only the mapping adds it")
+	}
+	if got, err := m.NewMoney(dec("12.5"), "jpy"); err != nil || got != (transform.Money{Amount: "12.50", Currency: "JPY"}) {
+		t.Errorf("NewMoney(12.5 JPY) with JPY at 2 decimals = %+v, %v", got, err)
+	}
+	m = boundERP(t)
+	m.Currencies = map[string]int32{"CNH": 2}
+	row, err := m.Denormalize(&transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: acctID, Data: map[string]any{
+		"account_id": acctID, "currency": "CNH", "credit_limit": transform.Money{Amount: "10.25", Currency: "CNH"},
+	}}, "erp")
+	if err != nil {
+		t.Fatalf("Denormalize of a CNH amount into minor units: %v", err)
+	}
+	found := false
+	for _, v := range row.Values {
+		if v.Column == "credit_limit_minor" {
+			found = v.Text == "1025"
+		}
+	}
+	if !found {
+		t.Errorf("credit_limit_minor of 10.25 CNH: %+v, want 1025", row.Values)
+	}
+	_, err = m.Denormalize(&transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: acctID, Data: map[string]any{
+		"account_id": acctID, "currency": "CNH", "credit_limit": transform.Money{Amount: "10.255", Currency: "CNH"},
+	}}, "erp")
+	if err == nil {
+		t.Error("10.255 CNH (2 decimals by the mapping) into minor units was accepted")
+	}
+}
+
+func TestMapping_Currencies_Validate(t *testing.T) {
+	for name, cur := range map[string]map[string]int32{
+		"lower case code": {"xcg": 2},
+		"four letters":    {"XCGG": 2},
+		"negative":        {"XCG": -1},
+		"too many":        {"XCG": 10},
+	} {
+		t.Run(name, func(t *testing.T) {
+			m := loadExample(t)
+			m.Currencies = cur
+			if err := m.Validate(); err == nil || !strings.Contains(err.Error(), "currencies") {
+				t.Errorf("Validate() = %v, want a currencies error", err)
+			}
+		})
 	}
 }

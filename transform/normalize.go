@@ -40,8 +40,8 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 		return nil, nil
 	}
 	t := e.Tables[system]
-	kf := e.Field(e.Key)
-	ownsKey := kf.Owner == system || kf.Owner == OwnerBoth
+	kown := e.KeyOwner()
+	ownsKey := kown == system || kown == OwnerBoth
 	pos := func(i int) Position {
 		return Position{LSN: tx.CommitLSN, CommitTime: tx.CommitTime.UTC(), Xid: tx.Xid, Index: EventIndex(index, i)}
 	}
@@ -50,22 +50,18 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 		return Event{Version: SchemaVersion, ID: EventID(system, tx.CommitLSN, p.Index), Source: system, Entity: e.Name, Op: op, Key: key, Pos: p}
 	}
 	keyOf := func(row capture.Row, which string) (string, error) {
-		v, ok := row[t.KeyColumn]
-		if !ok || v == nil {
-			return "", fmt.Errorf("%s %s on %s carries no value for key column %s (check REPLICA IDENTITY)", system, ch.Op, ch.QualifiedTable(), t.KeyColumn)
+		return m.keyOf(system, e, ch, row, which)
+	}
+	// hasKey says whether the old row carries the key: pgoutput sends the
+	// old key only when a key column changed (or with REPLICA IDENTITY
+	// FULL).
+	hasKey := func(row capture.Row) bool {
+		for _, kc := range t.KeyColumns() {
+			if v, ok := row[kc]; !ok || v == nil {
+				return false
+			}
 		}
-		if _, ok := v.(capture.Unchanged); ok {
-			return "", fmt.Errorf("%s %s on %s: key column %s of the %s row is unchanged TOAST", system, ch.Op, ch.QualifiedTable(), t.KeyColumn, which)
-		}
-		s, err := m.canonical(e, e.Field(e.Key), t.Columns[e.Key], row, "")
-		if err != nil {
-			return "", err
-		}
-		ks, ok := s.(string)
-		if !ok {
-			return "", fmt.Errorf("%s %s on %s: key column %s holds %v", system, ch.Op, ch.QualifiedTable(), t.KeyColumn, v)
-		}
-		return ks, nil
+		return true
 	}
 	switch ch.Op {
 	case capture.Delete:
@@ -83,9 +79,15 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 		if err != nil {
 			return nil, err
 		}
+		local := !tx.Applied && !tx.Snapshot
+		if ch.Op == capture.Insert && local && !ownsKey {
+			// A row made here is not an edit of the owner's row that
+			// happens to have the same key: refused, with the reason.
+			return nil, &OwnershipError{System: system, Table: ch.QualifiedTable(), Entity: e.Name, Key: key, Owner: kown, Op: "insert"}
+		}
 		var out []Event
 		if ch.Op == capture.Update && ch.Old != nil {
-			if _, has := ch.Old[t.KeyColumn]; has {
+			if hasKey(ch.Old) {
 				oldKey, err := keyOf(ch.Old, "old")
 				if err != nil {
 					return nil, err
@@ -93,7 +95,16 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 				if oldKey != key && ownsKey {
 					out = append(out, mk(OpDelete, oldKey, 0))
 				}
+				if oldKey != key && !ownsKey && local {
+					// Moving the row onto another key would make it an
+					// edit of the owner's row of that key.
+					return nil, &OwnershipError{System: system, Table: ch.QualifiedTable(), Entity: e.Name, Key: oldKey + " -> " + key, Owner: kown, Op: "key change"}
+				}
 			}
+		}
+		var violated []string
+		if ch.Op == capture.Update && ch.Old != nil && local {
+			violated = m.violated(system, e, t, ch, key)
 		}
 		ev := mk(OpUpsert, key, 1)
 		ev.Data = make(map[string]any, len(t.Columns))
@@ -103,7 +114,7 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 			if c == nil || !carries(e, f, system) {
 				continue
 			}
-			if tx.Applied && f.Name != e.Key && f.Owner != system {
+			if tx.Applied && !e.IsKey(f.Name) && f.Owner != system {
 				// Of a row duplex inserted, only what this system
 				// generated itself (a sequence, a default) is news.
 				continue
@@ -135,16 +146,83 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 				}
 			}
 			ev.Data[f.Name] = v
-			if f.Name != e.Key {
+			if !e.IsKey(f.Name) {
 				news = true
 			}
 		}
-		if !news && !ownsKey {
+		ev.Violated = violated
+		if !news && !ownsKey && len(violated) == 0 {
 			return out, nil
 		}
 		return append(out, ev), nil
 	}
 	return nil, fmt.Errorf("%s %s on %s: unexpected operation", system, ch.Op, ch.QualifiedTable())
+}
+
+// keyOf returns the canonical key of a captured row: the canonical value
+// of each key field, joined by capture.JoinKey (one field: its value).
+func (m *Mapping) keyOf(system string, e *Entity, ch *capture.Change, row capture.Row, which string) (string, error) {
+	t := e.Tables[system]
+	parts := make([]string, len(e.Key))
+	for i, kf := range e.Key {
+		kc := t.Columns[kf].Column
+		v, ok := row[kc]
+		if !ok || v == nil {
+			return "", fmt.Errorf("%s %s on %s carries no value for key column %s (check REPLICA IDENTITY)", system, ch.Op, ch.QualifiedTable(), kc)
+		}
+		if _, ok := v.(capture.Unchanged); ok {
+			return "", fmt.Errorf("%s %s on %s: key column %s of the %s row is unchanged TOAST", system, ch.Op, ch.QualifiedTable(), kc, which)
+		}
+		s, err := m.canonical(e, e.Field(kf), t.Columns[kf], row, "")
+		if err != nil {
+			return "", err
+		}
+		ks, ok := s.(string)
+		if !ok {
+			return "", fmt.Errorf("%s %s on %s: key column %s holds %v", system, ch.Op, ch.QualifiedTable(), kc, v)
+		}
+		parts[i] = ks
+	}
+	return capture.JoinKey(parts), nil
+}
+
+// violated lists the fields another system owns alone that a local
+// update of system changed: their canonical values differ between the old
+// row (complete with REPLICA IDENTITY FULL) and the new one. A column the
+// old row does not carry, or that is unchanged TOAST, is not compared.
+func (m *Mapping) violated(system string, e *Entity, t *TableMap, ch *capture.Change, key string) []string {
+	var out []string
+	for _, name := range e.OwnedElsewhere(system) {
+		f, c := e.Field(name), t.Columns[name]
+		ov, okOld := ch.Old[c.Column]
+		nv, okNew := ch.New[c.Column]
+		if !okOld || !okNew {
+			continue
+		}
+		if _, u := nv.(capture.Unchanged); u {
+			continue
+		}
+		if _, u := ov.(capture.Unchanged); u {
+			continue
+		}
+		a, errA := m.canonical(e, f, c, ch.Old, key)
+		b, errB := m.canonical(e, f, c, ch.New, key)
+		if errA != nil || errB != nil {
+			// A value the converter refuses: compare what the
+			// columns hold.
+			if fmt.Sprint(ov) != fmt.Sprint(nv) {
+				out = append(out, name)
+			}
+			continue
+		}
+		if a == skip || b == skip {
+			continue
+		}
+		if !f.Equal(a, b) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func (m *Mapping) normalizeTruncate(system string, tx *capture.TxInfo, index int, ch *capture.Change) ([]Event, error) {

@@ -110,7 +110,7 @@ func TestMapping_SourceTables(t *testing.T) {
 		want   []string
 	}{
 		{"crm", []string{"public.accounts", "public.orders", "public.order_lines"}},
-		{"erp", []string{"public.customers", "public.sales_orders", "public.invoices"}},
+		{"erp", []string{"public.customers", "public.sales_orders", "public.invoices", "public.ledger_entries"}},
 		{"sap", nil},
 	}
 	for _, tt := range tests {
@@ -122,15 +122,18 @@ func TestMapping_SourceTables(t *testing.T) {
 	}
 }
 
-func TestRef_MatchField(t *testing.T) {
+func TestRef_MatchFields(t *testing.T) {
 	m := loadExample(t)
 	cust := m.Entity("customer")
-	if got := (&transform.Ref{Entity: "customer", Column: "customer_no"}).MatchField(cust); got != "account_id" {
-		t.Errorf("MatchField without match = %q, want the key account_id", got)
+	if got := (&transform.Ref{Entity: "customer", Column: "customer_no"}).MatchFields(cust); !slices.Equal(got, []string{"account_id"}) {
+		t.Errorf("MatchFields without match = %q, want the key account_id", got)
 	}
 	r := m.Entity("invoice").Tables["crm"].Columns["customer_no"].Ref
-	if got := r.MatchField(cust); got != "customer_no" {
-		t.Errorf("crm invoices account_id MatchField = %q, want customer_no", got)
+	if got := r.MatchFields(cust); !slices.Equal(got, []string{"customer_no"}) {
+		t.Errorf("crm invoices account_id MatchFields = %q, want customer_no", got)
+	}
+	if got := r.FieldsFor("customer_no"); !slices.Equal(got, []string{"customer_no"}) {
+		t.Errorf("FieldsFor without fields = %q, want the field itself", got)
 	}
 }
 
@@ -145,7 +148,7 @@ func TestMapping_Validate_refMatch(t *testing.T) {
 		{
 			name: "match field the customer does not have",
 			change: func(m *transform.Mapping) {
-				m.Entity("invoice").Tables["crm"].Columns["customer_no"].Ref.Match = "erp_no"
+				m.Entity("invoice").Tables["crm"].Columns["customer_no"].Ref.Match = transform.Names{"erp_no"}
 			},
 			wantMsg: "entity invoice: crm column for customer_no matches customer.erp_no, which is not a field with a crm column",
 		},
@@ -291,8 +294,8 @@ func TestMapping_Denormalize_invoiceIntoCRM(t *testing.T) {
 				}
 			}
 			wantRefs := map[string]transform.Ref{
-				"account_id": {Entity: "customer", Match: "customer_no", Column: "id"},
-				"order_id":   {Entity: "order", Match: "order_no", Column: "id"},
+				"account_id": {Entity: "customer", Match: transform.Names{"customer_no"}, Column: "id"},
+				"order_id":   {Entity: "order", Match: transform.Names{"order_no"}, Column: "id"},
 			}
 			if !reflect.DeepEqual(refs, wantRefs) {
 				t.Errorf("refs = %+v, want %+v", refs, wantRefs)

@@ -61,7 +61,7 @@ func BackfillByID(ctx context.Context, conn *pgx.Conn, id int64) (*Backfill, err
 // backfillRun is the backfill a replication session is performing.
 type backfillRun struct {
 	job   Backfill
-	key   string // key column
+	key   []string // key columns
 	nonce string
 	chunk int
 	first string // queries of the first and the next chunks
@@ -139,24 +139,20 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
 	key := s.cfg.Keys[job.Table]
-	if key == "" || !slices.Contains(s.cfg.Tables, job.Table) {
+	if len(key) == 0 || !slices.Contains(s.cfg.Tables, job.Table) {
 		return ss.failBackfill(ctx, job, fmt.Errorf("table %s is not mapped for %s", job.Table, s.cfg.System))
 	}
-	var keyType string
-	if err := q.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2`,
-		quoteQualified(job.Table), key).Scan(&keyType); err != nil {
-		return ss.failBackfill(ctx, job, fmt.Errorf("key column %s: %w", key, err))
-	}
-	nonce := make([]byte, 4)
-	_, _ = rand.Read(nonce)
-	qk := pgx.Identifier{key}.Sanitize()
 	cond := ""
 	if job.Filter != "" {
 		cond = " AND (" + job.Filter + ")"
 	}
-	b := &backfillRun{job: *job, key: key, nonce: hex.EncodeToString(nonce),
-		first: fmt.Sprintf("SELECT * FROM %s WHERE true%s ORDER BY %s LIMIT %d", quoteQualified(job.Table), cond, qk, job.ChunkRows),
-		next:  fmt.Sprintf("SELECT * FROM %s WHERE %s > $1::%s%s ORDER BY %s LIMIT %d", quoteQualified(job.Table), qk, keyType, cond, qk, job.ChunkRows)}
+	first, next, err := keysetQueries(ctx, q, job.Table, key, cond, job.ChunkRows)
+	if err != nil {
+		return ss.failBackfill(ctx, job, fmt.Errorf("key columns %v: %w", key, err))
+	}
+	nonce := make([]byte, 4)
+	_, _ = rand.Read(nonce)
+	b := &backfillRun{job: *job, key: key, nonce: hex.EncodeToString(nonce), first: first, next: next}
 	if job.LastKey != nil {
 		b.lastKey = *job.LastKey
 	}
@@ -201,7 +197,10 @@ func (ss *session) readBackfillChunk(ctx context.Context) error {
 	if b.lastKey == "" && b.job.LastKey == nil {
 		r, err = q.Query(ctx, b.first, pgx.QueryResultFormats{pgx.TextFormatCode})
 	} else {
-		r, err = q.Query(ctx, b.next, pgx.QueryResultFormats{pgx.TextFormatCode}, b.lastKey)
+		var args []any
+		if args, err = keyArgs(b.lastKey, len(b.key)); err == nil {
+			r, err = q.Query(ctx, b.next, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+		}
 	}
 	if err != nil {
 		return ss.failBackfill(ctx, &b.job, fmt.Errorf("read chunk: %w", err))
@@ -249,19 +248,37 @@ func (ss *session) backfillSaw(ch *capture.Change) {
 	if b == nil || b.phase != bfWindow || ch.Schema+"."+ch.Table != b.job.Table {
 		if b != nil && b.phase == bfWindow && ch.Op == capture.Truncate && slices.Contains(ch.Tables, b.job.Table) {
 			for _, r := range b.rows {
-				b.changed[keyText(r.New[b.key])] = true
+				b.changed[b.keyText(r.New)] = true
 			}
 		}
 		return
 	}
 	for _, row := range []capture.Row{ch.New, ch.Old} {
-		if v, ok := row[b.key]; ok {
-			b.changed[keyText(v)] = true
+		if k, ok := b.keyOf(row); ok {
+			b.changed[k] = true
 		}
 	}
 }
 
-func keyText(v any) string { return fmt.Sprint(v) }
+// keyOf is the text of a row's key (every key column's value, joined by
+// capture.JoinKey); ok is false when the row lacks a key column (an
+// update's old row that pgoutput did not send).
+func (b *backfillRun) keyOf(row capture.Row) (string, bool) {
+	parts := make([]string, len(b.key))
+	for i, k := range b.key {
+		v, ok := row[k]
+		if !ok {
+			return "", false
+		}
+		parts[i] = fmt.Sprint(v)
+	}
+	return capture.JoinKey(parts), true
+}
+
+func (b *backfillRun) keyText(row capture.Row) string {
+	k, _ := b.keyOf(row)
+	return k
+}
 
 // backfillEmit hands on the chunk at the high watermark's position (the
 // commit of the watermark's transaction), without the rows changed between
@@ -271,7 +288,7 @@ func (ss *session) backfillEmit(ctx context.Context, end capture.LSN) error {
 	b.emit = false
 	kept := b.rows[:0]
 	for _, r := range b.rows {
-		if !b.changed[keyText(r.New[b.key])] {
+		if !b.changed[b.keyText(r.New)] {
 			kept = append(kept, r)
 		}
 	}

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,16 +46,24 @@ type backfillSetup struct {
 
 func newBackfillSetup(t *testing.T, fill string) *backfillSetup {
 	t.Helper()
+	return newBackfillSetupWith(t, `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL); `+fill, []string{"id"}, SnapshotNever)
+}
+
+// newBackfillSetupWith is newBackfillSetup with the table items made by ddl,
+// keyed by key, and the snapshot mode (SnapshotInitial copies in chunks of
+// 4 rows).
+func newBackfillSetupWith(t *testing.T, ddl string, key []string, snapshot string) *backfillSetup {
+	t.Helper()
 	ctx := context.Background()
 	cl := harness.NewCluster(t, harness.ClusterOptions{})
 	if err := cl.CreateDatabase(ctx, "src"); err != nil {
 		t.Fatal(err)
 	}
-	if err := cl.Exec(ctx, "src", `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL); `+fill); err != nil {
+	if err := cl.Exec(ctx, "src", ddl); err != nil {
 		t.Fatal(err)
 	}
 	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "bf", Publication: "bf", Tables: []string{"public.items"},
-		Keys: map[string]string{"public.items": "id"}, Snapshot: SnapshotNever})
+		Keys: map[string][]string{"public.items": key}, Snapshot: snapshot, SnapshotChunk: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,4 +216,85 @@ func waitSlot(t *testing.T, conn *pgx.Conn) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatal("the replication session did not start")
+}
+
+// TestSnapshotAndBackfill_CompositeKey: a table keyed by (company,
+// entry_no) is copied by the initial snapshot and by a backfill in pages
+// of 4 rows ordered by both columns (pages end inside a company), each row
+// exactly once; a row changed between a backfill chunk's watermarks is
+// left out of the chunk by its whole key, and rows sharing one part of its
+// key are not.
+func TestSnapshotAndBackfill_CompositeKey(t *testing.T) {
+	ctx := context.Background()
+	b := newBackfillSetupWith(t, `CREATE TABLE items (company text NOT NULL, entry_no int NOT NULL, v text NOT NULL, PRIMARY KEY (company, entry_no));
+		INSERT INTO items SELECT c, g, 'orig' FROM unnest(ARRAY['ACME', 'Beta, "Ltd"', 'Z']) c, generate_series(1, 6) g`,
+		[]string{"company", "entry_no"}, SnapshotInitial)
+	if err := b.src.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	live, err := pgx.Connect(ctx, b.cl.DSN("src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close(ctx)
+	b.src.afterBackfillRead = func(_ int64, chunk int) {
+		if chunk == 1 {
+			if _, err := live.Exec(ctx, `UPDATE items SET v = 'live' WHERE company = 'Beta, "Ltd"' AND entry_no = 2`); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	b.stream(t)
+	if n := b.run(t, "", 4); n != 18 {
+		t.Errorf("backfill read %d rows, want 18", n)
+	}
+	type key struct {
+		company string
+		no      int64
+	}
+	snap, fill := map[key]int{}, map[key]string{}
+	var snapOrder []key
+	backfill := false
+	for _, c := range b.rec.all() {
+		for _, ch := range c.Changes {
+			k := key{ch.New["company"].(string), ch.New["entry_no"].(int64)}
+			switch {
+			case !c.Tx.Snapshot:
+				backfill = true // the live change: backfill chunks follow
+				if k != (key{`Beta, "Ltd"`, 2}) || ch.New["v"] != "live" {
+					t.Errorf("unexpected live change %v", ch.New)
+				}
+			case !backfill && c.Tx.CommitLSN == b.rec.all()[0].Tx.CommitLSN:
+				snap[k]++
+				snapOrder = append(snapOrder, k)
+			default:
+				if _, dup := fill[k]; dup {
+					t.Errorf("row %v backfilled twice", k)
+				}
+				fill[k] = ch.New["v"].(string)
+			}
+		}
+	}
+	if len(snap) != 18 {
+		t.Errorf("the snapshot copied %d distinct rows, want 18", len(snap))
+	}
+	for k, n := range snap {
+		if n != 1 {
+			t.Errorf("the snapshot copied %v %d times", k, n)
+		}
+	}
+	if !slices.IsSortedFunc(snapOrder, func(a, b key) int {
+		if a.company != b.company {
+			return strings.Compare(a.company, b.company)
+		}
+		return int(a.no - b.no)
+	}) {
+		t.Errorf("the snapshot is not in key order: %v", snapOrder)
+	}
+	if _, ok := fill[key{`Beta, "Ltd"`, 2}]; ok {
+		t.Error("the row changed between the watermarks was backfilled anyway")
+	}
+	if len(fill) != 17 {
+		t.Errorf("backfilled %d rows, want the 17 not changed live: %v", len(fill), fill)
+	}
 }

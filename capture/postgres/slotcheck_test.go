@@ -81,7 +81,7 @@ func newSlotSetup(t *testing.T, settings map[string]string) *slotSetup {
 		t.Fatal(err)
 	}
 	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "sc", Publication: "sc", Tables: []string{"public.items"},
-		Keys: map[string]string{"public.items": "id"}, Snapshot: SnapshotNever, Flows: []string{"to-erp"}})
+		Keys: map[string][]string{"public.items": {"id"}}, Snapshot: SnapshotNever, Flows: []string{"to-erp"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -104,19 +106,18 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 	started := time.Now()
 	for _, table := range s.cfg.Tables {
 		key := s.cfg.Keys[table]
-		if key == "" {
+		if len(key) == 0 {
 			return fmt.Errorf("capture %s: snapshot of %s: no key column", s.cfg.System, table)
 		}
-		var keyType string
 		var estimate int64
-		if err := tx.QueryRow(ctx, `SELECT format_type(a.atttypid, NULL), greatest(c.reltuples, 0)::bigint FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-			WHERE a.attrelid = $1::regclass AND a.attname = $2`, quoteQualified(table), key).Scan(&keyType, &estimate); err != nil {
-			return fmt.Errorf("capture %s: snapshot of %s: key column %s: %w", s.cfg.System, table, key, err)
+		if err := tx.QueryRow(ctx, `SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::regclass`, quoteQualified(table)).Scan(&estimate); err != nil {
+			return fmt.Errorf("capture %s: snapshot of %s: %w", s.cfg.System, table, err)
+		}
+		first, next, err := keysetQueries(ctx, tx, table, key, "", s.cfg.SnapshotChunk)
+		if err != nil {
+			return fmt.Errorf("capture %s: snapshot of %s: %w", s.cfg.System, table, err)
 		}
 		s.setProgress(func(p *SnapshotProgress) { p.Table, p.Rows, p.Estimate = table, 0, estimate })
-		qk := pgx.Identifier{key}.Sanitize()
-		first := fmt.Sprintf("SELECT * FROM %s ORDER BY %s LIMIT %d", quoteQualified(table), qk, s.cfg.SnapshotChunk)
-		next := fmt.Sprintf("SELECT * FROM %s WHERE %s > $1::%s ORDER BY %s LIMIT %d", quoteQualified(table), qk, keyType, qk, s.cfg.SnapshotChunk)
 		var last *string
 		var rows int64
 		tableStart, lastLog := time.Now(), time.Now()
@@ -125,7 +126,10 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 			if last == nil {
 				r, err = tx.Query(ctx, first, pgx.QueryResultFormats{pgx.TextFormatCode})
 			} else {
-				r, err = tx.Query(ctx, next, pgx.QueryResultFormats{pgx.TextFormatCode}, *last)
+				var args []any
+				if args, err = keyArgs(*last, len(key)); err == nil {
+					r, err = tx.Query(ctx, next, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+				}
 			}
 			if err != nil {
 				return fmt.Errorf("capture %s: snapshot of %s: %w", s.cfg.System, table, err)
@@ -183,13 +187,14 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 }
 
 // readChunk decodes a page of rows as insert changes and returns the text
-// of the last key.
-func (s *Source) readChunk(r pgx.Rows, table, key string) ([]capture.Change, string, error) {
+// of the last row's key (its key columns' text joined by capture.JoinKey).
+func (s *Source) readChunk(r pgx.Rows, table string, key []string) ([]capture.Change, string, error) {
 	defer r.Close()
 	dec := NewDecoder()
 	schema, name := splitTable(table)
 	var out []capture.Change
 	var lastKey string
+	parts := make([]string, len(key))
 	for r.Next() {
 		fds := r.FieldDescriptions()
 		raw := r.RawValues()
@@ -204,16 +209,74 @@ func (s *Source) readChunk(r pgx.Rows, table, key string) ([]capture.Change, str
 				return nil, "", fmt.Errorf("capture %s: snapshot of %s column %s: %w", s.cfg.System, table, fd.Name, err)
 			}
 			row[fd.Name] = v
-			if fd.Name == key {
-				lastKey = string(raw[i])
+			if k := slices.Index(key, fd.Name); k >= 0 {
+				parts[k] = string(raw[i])
 			}
 		}
+		lastKey = capture.JoinKey(parts)
 		out = append(out, capture.Change{Schema: schema, Table: name, Op: capture.Insert, New: row})
 	}
 	if err := r.Err(); err != nil {
 		return nil, "", fmt.Errorf("capture %s: snapshot of %s: %w", s.cfg.System, table, err)
 	}
 	return out, lastKey, nil
+}
+
+// keysetQueries returns the queries of the first and of the next pages of
+// a table in key order: "ORDER BY a, b LIMIT n", and "WHERE (a, b) >
+// ($1::ta, $2::tb)" (a row comparison, in the order of the key columns'
+// btree operators, as ORDER BY sorts) for the page after a key. cond, when
+// set, is a further filter (SQL).
+func keysetQueries(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, table string, key []string, cond string, limit int) (first, next string, err error) {
+	r, err := q.Query(ctx, `SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attname = ANY($2) AND attnum > 0 AND NOT attisdropped`, quoteQualified(table), key)
+	if err != nil {
+		return "", "", err
+	}
+	types := map[string]string{}
+	for r.Next() {
+		var n, t string
+		if err := r.Scan(&n, &t); err != nil {
+			r.Close()
+			return "", "", err
+		}
+		types[n] = t
+	}
+	if err := r.Err(); err != nil {
+		return "", "", err
+	}
+	var cols, params []string
+	for i, k := range key {
+		if types[k] == "" {
+			return "", "", fmt.Errorf("key column %s does not exist", k)
+		}
+		cols = append(cols, pgx.Identifier{k}.Sanitize())
+		params = append(params, fmt.Sprintf("$%d::%s", i+1, types[k]))
+	}
+	order := strings.Join(cols, ", ")
+	where := fmt.Sprintf("(%s) > (%s)", order, strings.Join(params, ", "))
+	if len(key) == 1 {
+		where = cols[0] + " > " + params[0]
+	}
+	first = fmt.Sprintf("SELECT * FROM %s WHERE true%s ORDER BY %s LIMIT %d", quoteQualified(table), cond, order, limit)
+	next = fmt.Sprintf("SELECT * FROM %s WHERE %s%s ORDER BY %s LIMIT %d", quoteQualified(table), where, cond, order, limit)
+	return first, next, nil
+}
+
+// keyArgs splits the text of a last key (see readChunk) into the query
+// arguments of keysetQueries' next page.
+func keyArgs(last string, n int) ([]any, error) {
+	parts, err := capture.SplitKey(last, n)
+	if err != nil {
+		return nil, err
+	}
+	args := make([]any, n)
+	for i, p := range parts {
+		args[i] = p
+	}
+	return args, nil
 }
 
 func (s *Source) setProgress(f func(p *SnapshotProgress)) {

@@ -37,9 +37,10 @@ type Config struct {
 	// Snapshot is SnapshotInitial (copy the existing rows of every table
 	// when the slot is created) or SnapshotNever.
 	Snapshot string
-	// Keys names the key column of each table, for the snapshot's keyset
-	// pagination ("schema.table" -> column).
-	Keys map[string]string
+	// Keys names the key columns of each table, in key order, for the
+	// keyset pagination of snapshots and backfills ("schema.table" ->
+	// columns; one for a simple key).
+	Keys map[string][]string
 	// SnapshotChunk is the rows per snapshot chunk (default 500).
 	SnapshotChunk int
 	// StatusInterval is how often a standby status update is sent

@@ -64,3 +64,19 @@ CREATE TABLE invoices (
     due_date       date NOT NULL
 );
 CREATE INDEX ON invoices (account_id);
+
+-- The ERP's ledger entries of an account, known by the ERP's key, the pair
+-- (erp_company, erp_entry_no).
+CREATE TABLE ledger_entries (
+    id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    erp_company  text NOT NULL,
+    erp_entry_no bigint NOT NULL,
+    account_id   uuid NOT NULL REFERENCES accounts,
+    invoice_id   uuid NOT NULL REFERENCES invoices,
+    kind         text NOT NULL,
+    currency     char(3) NOT NULL,
+    amount       numeric(18,2) NOT NULL,
+    posted_at    timestamptz NOT NULL,
+    UNIQUE (erp_company, erp_entry_no)
+);
+CREATE INDEX ON ledger_entries (account_id);

@@ -58,3 +58,21 @@ CREATE TABLE payments (
     currency    char(3) NOT NULL,
     received_at timestamptz NOT NULL
 );
+
+-- The general ledger: each company (legal entity) numbers its entries, so
+-- an entry is known by the pair (company, entry_no). Invoicing posts the
+-- receivable, a payment its settlement (a negative amount); a posting
+-- corrected to another company is renumbered there (both key columns
+-- change).
+CREATE TABLE ledger_entries (
+    company     text NOT NULL,
+    entry_no    bigint NOT NULL,
+    customer_no bigint NOT NULL REFERENCES customers,
+    invoice_no  bigint NOT NULL REFERENCES invoices,
+    kind        text NOT NULL,
+    currency    char(3) NOT NULL,
+    amount      numeric(19,4) NOT NULL,
+    posted_at   timestamptz NOT NULL,
+    PRIMARY KEY (company, entry_no)
+);
+CREATE INDEX ON ledger_entries (customer_no);

@@ -1,6 +1,9 @@
 // Package app wires duplex together from a configuration: it checks the
 // mapping against both databases, starts or connects to NATS, and runs one
 // capture per source system and one applier per flow until stopped.
+// Preflight refuses what does not fit; Warnings (warnings.go) reads what
+// fits but an operator should know (generated keys in a system that does
+// not own them, triggers on target tables), for duplex check and the log.
 package app
 
 import (
@@ -100,6 +103,13 @@ func (a *App) DeadLetterCounts(ctx context.Context) (map[string]uint64, error) {
 // Preflight checks the mapping against the catalogs of every configured
 // system and returns every mismatch at once.
 func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) error {
+	_, err := preflight(ctx, cfg, m)
+	return err
+}
+
+// preflight is Preflight, returning the catalogs it read by system.
+func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (map[string]*transform.Catalog, error) {
+	cats := map[string]*transform.Catalog{}
 	var errs []error
 	for _, name := range sortedSystems(cfg) {
 		sys := cfg.Systems[name]
@@ -134,6 +144,11 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 		if err := pgstate.Verify(ctx, conn); err != nil {
 			errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 		}
+		if isTarget {
+			if err := canApplyAsReplica(ctx, conn); err != nil {
+				errs = append(errs, fmt.Errorf("system %s: %w", name, err))
+			}
+		}
 		cat, err := pgcatalog.Read(ctx, conn, m.Tables(name))
 		_ = conn.Close(ctx)
 		if err != nil {
@@ -143,11 +158,37 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 		if err := m.Check(name, cat, role); err != nil {
 			errs = append(errs, err)
 		}
+		cats[name] = cat
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
+		return nil, fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
 	}
-	return nil
+	return cats, nil
+}
+
+// snapshotOrder lists the tables a source publishes in the order its
+// initial snapshot copies them: the write order of the first flow's
+// target (transform.Mapping.WriteOrder: mapping refs and the target's
+// foreign keys, parents first), so that a snapshot chunk of child rows
+// never reaches the target before the parents it refers to.
+func snapshotOrder(cfg *config.Config, m *transform.Mapping, source string, cats map[string]*transform.Catalog) []string {
+	for _, f := range cfg.Flows {
+		if f.From != source {
+			continue
+		}
+		order, _, err := m.WriteOrder(f.To, cats[f.To], func(e *transform.Entity) bool { return e.Publishes(source) })
+		if err != nil {
+			break // refused by preflight already
+		}
+		var out []string
+		for _, e := range order {
+			if e.Publishes(source) {
+				out = append(out, e.Tables[source].QualifiedTable())
+			}
+		}
+		return out
+	}
+	return m.SourceTables(source)
 }
 
 func sortedSystems(cfg *config.Config) []string {
@@ -172,8 +213,16 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := Preflight(ctx, cfg, m); err != nil {
+	cats, err := preflight(ctx, cfg, m)
+	if err != nil {
 		return nil, err
+	}
+	if ws, err := Warnings(ctx, cfg, m); err != nil {
+		opts.Logger.Warn("could not read the databases for warnings", slog.Any("error", err))
+	} else {
+		for _, w := range ws {
+			opts.Logger.Warn(w)
+		}
 	}
 	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
 		slots: slotWatch{last: map[string]pgcapture.SlotLag{}, warns: map[string]time.Time{}}, started: time.Now(), runners: map[string]*flowRunner{}}
@@ -228,10 +277,10 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
 		sys := cfg.Systems[name]
-		keys := map[string]string{}
+		keys := map[string][]string{}
 		for _, e := range m.Entities {
 			if e.Publishes(name) {
-				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumn
+				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumns()
 			}
 		}
 		var flows []string
@@ -241,7 +290,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			}
 		}
 		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication, Flows: flows,
-			Tables: m.SourceTables(name), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
+			Tables: snapshotOrder(cfg, m, name, cats), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
 		if err == nil {
 			err = src.Ensure(ctx)
 		}
@@ -310,7 +359,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	}
 	for _, f := range cfg.Flows {
-		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log})
+		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log, Slot: captureSlot(cfg, f.To)})
 		if err != nil {
 			return errors.Join(err, stop())
 		}
@@ -443,4 +492,33 @@ func (a *App) Close() {
 	if a.bus != nil {
 		a.bus.Close()
 	}
+}
+
+// captureSlot is the slot of system's capture when system is a source
+// ("" otherwise): a sink into it re-reads rows through it (enforce: owner).
+func captureSlot(cfg *config.Config, system string) string {
+	if slices.Contains(cfg.Sources(), system) {
+		return cfg.Systems[system].Slot
+	}
+	return ""
+}
+
+// canApplyAsReplica checks that the role may set session_replication_role,
+// which the sink applies with (sinks/postgres): superuser, or on
+// PostgreSQL 15 and later a role granted SET on the parameter.
+func canApplyAsReplica(ctx context.Context, conn *pgx.Conn) error {
+	var user string
+	if err := conn.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil {
+		return err
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+		return fmt.Errorf("role %s cannot set session_replication_role, which duplex applies with so that the target's ordinary triggers do not fire on replicated rows "+
+			"(as PostgreSQL's apply worker): make it superuser or, on PostgreSQL 15 and later, GRANT SET ON PARAMETER session_replication_role TO %s (%w)", user, user, err)
+	}
+	return nil
 }

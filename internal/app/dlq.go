@@ -38,9 +38,9 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 	if dl.Event != nil && e == nil {
 		return out, fmt.Errorf("dead letter %d: entity %s is not in the mapping", seq, dl.Entity)
 	}
-	key := ""
+	var key []string
 	if e != nil {
-		key = e.Key
+		key = e.KeyFields()
 	}
 	tx, out, err := pipeline.PlanRetry(ctx, js, sd, key)
 	if err != nil {
@@ -49,7 +49,7 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 	if tx == nil {
 		return out, pipeline.DropDeadLetter(ctx, js, seq)
 	}
-	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.ToolOrigin(), Mapping: m, Logger: log})
+	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.ToolOrigin(), Mapping: m, Logger: log, Slot: captureSlot(cfg, f.To)})
 	if err != nil {
 		return out, err
 	}

@@ -72,7 +72,7 @@ func replayHeld(ctx context.Context, cfg *config.Config, bus *Bus, f *config.Flo
 	if err != nil {
 		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
 	}
-	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: m, Logger: log})
+	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: m, Logger: log, Slot: captureSlot(cfg, f.To)})
 	if err != nil {
 		return pipeline.FlowCounts{}, err
 	}

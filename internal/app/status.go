@@ -50,8 +50,11 @@ type SourceStatus struct {
 	LastEvent        *time.Time        `json:"last_event,omitempty"`
 	SecondsSinceLast float64           `json:"seconds_since_last_event"`
 	Held             map[string]string `json:"held,omitempty"`
-	Snapshot         string            `json:"snapshot,omitempty"`
-	LastError        string            `json:"last_error,omitempty"`
+	// OwnershipViolations counts local changes to what another system
+	// owns, by "entity/kind" (insert, field); see pipeline.SourceCounts.
+	OwnershipViolations map[string]int64 `json:"ownership_violations,omitempty"`
+	Snapshot            string           `json:"snapshot,omitempty"`
+	LastError           string           `json:"last_error,omitempty"`
 	// Stopped says the capture stopped on a permanent error (LastError).
 	Stopped bool `json:"stopped,omitempty"`
 	// ActiveInstance is the instance that captures the source (the
@@ -101,6 +104,7 @@ func (a *App) Status(ctx context.Context) Status {
 		if s := a.SrcStat[name]; s != nil {
 			c := s.Snapshot()
 			ss.Events, ss.Transactions, ss.InFlight, ss.Held, ss.LastError, ss.Stopped = c.Events, c.Transactions, c.InFlight, c.Held, c.LastError, c.Stopped
+			ss.OwnershipViolations = c.OwnershipViolations
 			ss.LastEvent = timePtr(c.LastEvent)
 			if !c.LastEvent.IsZero() {
 				ss.SecondsSinceLast = time.Since(c.LastEvent).Seconds()

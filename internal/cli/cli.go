@@ -179,6 +179,13 @@ func checkCmd(g *globals) *cobra.Command {
 			if err := app.Preflight(cmd.Context(), cfg, m); err != nil {
 				return err
 			}
+			warnings, err := app.Warnings(cmd.Context(), cfg, m)
+			if err != nil {
+				return err
+			}
+			for _, w := range warnings {
+				fmt.Fprintln(g.stdout, "warning: "+w)
+			}
 			fmt.Fprintln(g.stdout, "configuration and mapping fit both databases")
 			return nil
 		},

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -129,6 +130,16 @@ func printStatus(w io.Writer, st *app.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.System, slot, s.Slot.Active, humanBytes(s.Slot.BehindBytes), humanBytes(s.Slot.RetainedBytes), held, orDash(s.ActiveInstance))
 	}
 	tw.Flush()
+	for _, s := range st.Sources {
+		if len(s.OwnershipViolations) > 0 {
+			var vs []string
+			for k, n := range s.OwnershipViolations {
+				vs = append(vs, fmt.Sprintf("%s %d", k, n))
+			}
+			slices.Sort(vs)
+			fmt.Fprintf(w, "\n%s: ownership violations (entity/kind count): %s", s.System, strings.Join(vs, ", "))
+		}
+	}
 	for _, s := range st.Sources {
 		if s.Stopped {
 			fmt.Fprintf(w, "\ncapture %s stopped: %s", s.System, s.LastError)

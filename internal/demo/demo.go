@@ -317,7 +317,7 @@ func Run(ctx context.Context, o Options) (bool, error) {
 	report := time.NewTicker(time.Second)
 	defer report.Stop()
 	deadline := time.After(o.Duration)
-	var txs, rows, invoiced, paid, edits int
+	var txs, rows, invoiced, paid, edits, moved int
 	fmt.Fprintf(out, "%6s %8s %8s %8s %6s | %-7s %9s %8s %9s %9s %9s\n", "time", "crm tx", "rows", "invoiced", "paid", "flow", "applied", "pending", "behind", "p50", "p99")
 	printLag := func() {
 		p50, p99, _ := lat.Percentiles()
@@ -335,7 +335,9 @@ traffic:
 		case <-report.C:
 			printLag()
 		case <-erpTick.C:
-			// The ERP's own application: invoices, payments, customer edits.
+			// The ERP's own application: invoices, payments (both
+			// posted to its ledger), customer edits, and now and then a
+			// ledger posting moved to another company (its key changes).
 			n, err := sim.InvoiceOpenOrders(ctx, erp, 20)
 			if err != nil {
 				return false, err
@@ -349,6 +351,12 @@ traffic:
 				return false, err
 			}
 			edits += n
+			if time.Since(start) > 2*time.Second && txs%4 == 0 {
+				if n, err = sim.MoveLedgerEntry(ctx, erp); err != nil {
+					return false, err
+				}
+				moved += n
+			}
 		case <-tick.C:
 			n, err := gen.Step(ctx, crm)
 			if err != nil {
@@ -373,7 +381,7 @@ traffic:
 			break
 		}
 	}
-	fmt.Fprintf(out, "\ntraffic stopped: %d CRM transactions (%d row changes); the ERP invoiced %d orders, took %d payments, edited %d customers; waiting for both flows to catch up …\n", txs, rows, invoiced, paid, edits)
+	fmt.Fprintf(out, "\ntraffic stopped: %d CRM transactions (%d row changes); the ERP invoiced %d orders, took %d payments, edited %d customers, moved %d ledger entries to another company; waiting for both flows to catch up …\n", txs, rows, invoiced, paid, edits, moved)
 	var rep *Both
 	wait := time.Now().Add(60 * time.Second)
 	for {
@@ -406,7 +414,11 @@ traffic:
 	if err := crm.QueryRow(ctx, `SELECT coalesce(string_agg(currency || ' ' || total, ', ' ORDER BY currency), '-') FROM (SELECT currency, sum(open_balance)::text AS total FROM accounts GROUP BY currency) b`).Scan(&balances); err != nil {
 		return false, err
 	}
-	fmt.Fprintf(out, "the CRM shows %d invoices paid and %d open; open balances: %s\n\n", paidCRM, openCRM, balances)
+	var entries, companies int64
+	if err := crm.QueryRow(ctx, `SELECT count(*), count(DISTINCT erp_company) FROM ledger_entries`).Scan(&entries, &companies); err != nil {
+		return false, err
+	}
+	fmt.Fprintf(out, "the CRM shows %d invoices paid and %d open; open balances: %s; %d ERP ledger entries of %d companies (keyed by company and entry number)\n\n", paidCRM, openCRM, balances, entries, companies)
 	fmt.Fprint(out, rep.String())
 	for _, l := range a.Lag(ctx) {
 		if l.DeadLetters > 0 {

@@ -68,6 +68,7 @@ var (
 	dInFlight    = prometheus.NewDesc("duplex_source_transactions_in_flight", "Published chunks awaiting JetStream's acknowledgement.", []string{"source"}, nil)
 	dSrcDL       = prometheus.NewDesc("duplex_source_dead_letters_total", "Changes dead-lettered at capture.", []string{"source"}, nil)
 	dHeld        = prometheus.NewDesc("duplex_source_held_entities", "Entities held because their source table no longer fits the mapping.", []string{"source"}, nil)
+	dOwnership   = prometheus.NewDesc("duplex_source_ownership_violations_total", "Local changes of the source to what another system owns, by entity and kind: insert (a row made or re-keyed where another system owns the key; dead-lettered) or field (a field another system owns edited).", []string{"source", "entity", "kind"}, nil)
 	dSrcRecon    = prometheus.NewDesc("duplex_source_reconnects_total", "Capture sessions restarted after a failure.", []string{"source"}, nil)
 
 	dFlowUp      = prometheus.NewDesc("duplex_flow_up", "1 when the flow is running (not retrying, waiting or stopped).", []string{"flow"}, nil)
@@ -92,7 +93,7 @@ var (
 	allFlowState = []string{"running", "retrying", "waiting", "stopped", "standby"}
 )
 
-var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dSrcRecon,
+var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dOwnership, dSrcRecon,
 	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dSrcFull, dStreamFull, dStreamBytes, dStreamFirst, dBlocked, dFlowActive, dCaptActive, dNATSUp, dNATSRecon}
 
 type appCollector struct{ a *app.App }
@@ -171,6 +172,10 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dSinceLast, time.Since(since).Seconds(), name)
 		gauge(dInFlight, float64(sc.InFlight), name)
 		counter(dSrcDL, float64(sc.DeadLetters), name)
+		for k, v := range sc.OwnershipViolations {
+			entity, kind, _ := strings.Cut(k, "/")
+			counter(dOwnership, float64(v), name, entity, kind)
+		}
 		gauge(dHeld, float64(len(sc.Held)), name)
 		gauge(dCaptActive, b2f(a.CaptureLease(name).Here), name)
 		counter(dSrcRecon, float64(sc.Reconnects), name)

@@ -1,6 +1,7 @@
 // Package pgcatalog reads what duplex needs to know of a PostgreSQL
 // database's tables from pg_catalog: columns with their base types,
-// precision and scale, single-column unique indexes, and replica identity.
+// precision, scale and collation, unique indexes (single columns and
+// column sets), foreign keys, and replica identity.
 // It returns a transform.Catalog; deciding what fits is transform's job.
 package pgcatalog
 
@@ -31,13 +32,17 @@ SELECT n.nspname || '.' || c.relname, c.relreplident, a.attname, a.attnotnull, a
             THEN ((coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) - 4) & 65535) ELSE -1 END,
        CASE WHEN bt.typname IN ('varchar', 'bpchar') AND coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) >= 4
             THEN coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) - 4 ELSE -1 END,
-       CASE WHEN tn.nspname = 'pg_catalog' THEN t.typname ELSE quote_ident(tn.nspname) || '.' || quote_ident(t.typname) END
+       CASE WHEN tn.nspname = 'pg_catalog' THEN t.typname ELSE quote_ident(tn.nspname) || '.' || quote_ident(t.typname) END,
+       CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation THEN quote_ident(con.nspname) || '.' || quote_ident(co.collname) ELSE '' END,
+       NOT coalesce(co.collisdeterministic, true)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_namespace tn ON tn.oid = t.typnamespace
 JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_collation co ON co.oid = a.attcollation
+LEFT JOIN pg_namespace con ON con.oid = co.collnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY($1)
 ORDER BY 1, a.attnum`, tables)
 	if err != nil {
@@ -48,7 +53,7 @@ ORDER BY 1, a.attnum`, tables)
 		var ident byte
 		ci := &transform.ColumnInfo{}
 		var prec, scale, maxLen int32
-		if err := rows.Scan(&tbl, &ident, &ci.Name, &ci.NotNull, &ci.HasDefault, &ci.Type, &ci.IsEnum, &ci.SQLType, &prec, &scale, &maxLen, &ci.CastType); err != nil {
+		if err := rows.Scan(&tbl, &ident, &ci.Name, &ci.NotNull, &ci.HasDefault, &ci.Type, &ci.IsEnum, &ci.SQLType, &prec, &scale, &maxLen, &ci.CastType, &ci.Collation, &ci.Nondeterministic); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("read catalog: %w", err)
 		}
@@ -94,6 +99,36 @@ WHERE n.nspname || '.' || c.relname = ANY($1)`, tables)
 	if err := idx.Err(); err != nil {
 		return nil, fmt.Errorf("read catalog indexes: %w", err)
 	}
+	// Unique indexes of several columns, for composite keys: only plain
+	// columns and no predicate, as ON CONFLICT (a, b) infers them.
+	uk, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, array_agg(a.attname::text ORDER BY a.attname::text COLLATE "C")
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey[0:i.indnkeyatts-1])
+WHERE n.nspname || '.' || c.relname = ANY($1) AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+GROUP BY 1, i.indexrelid`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog unique indexes: %w", err)
+	}
+	for uk.Next() {
+		var tbl string
+		var cols []string
+		if err := uk.Scan(&tbl, &cols); err != nil {
+			uk.Close()
+			return nil, fmt.Errorf("read catalog unique indexes: %w", err)
+		}
+		if ti := cat.Tables[tbl]; ti != nil {
+			ti.UniqueKeys = append(ti.UniqueKeys, cols)
+		}
+	}
+	if err := uk.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog unique indexes: %w", err)
+	}
+	if err := readForeignKeys(ctx, q, tables, cat); err != nil {
+		return nil, err
+	}
 	role, err := q.Query(ctx, `
 SELECT current_user, r.rolsuper OR r.rolreplication,
        r.rolsuper OR (has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE')
@@ -113,4 +148,38 @@ FROM pg_roles r WHERE r.rolname = current_user`)
 	}
 	cat.Role = ri
 	return cat, nil
+}
+
+// readForeignKeys adds the tables' foreign keys: the constraints declared
+// on them, not the copies PostgreSQL makes on partitions (conparentid).
+func readForeignKeys(ctx context.Context, q Querier, tables []string, cat *transform.Catalog) error {
+	rows, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, n.nspname, con.conname, rn.nspname || '.' || rc.relname, con.condeferrable, con.condeferred,
+       ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(num, ord)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num ORDER BY k.ord)
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class rc ON rc.oid = con.confrelid
+JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE con.contype = 'f' AND con.conparentid = 0 AND n.nspname || '.' || c.relname = ANY($1)
+ORDER BY 1, con.conname`, tables)
+	if err != nil {
+		return fmt.Errorf("read catalog foreign keys: %w", err)
+	}
+	for rows.Next() {
+		var tbl string
+		var fk transform.ForeignKey
+		if err := rows.Scan(&tbl, &fk.Schema, &fk.Name, &fk.RefTable, &fk.Deferrable, &fk.InitiallyDeferred, &fk.Columns); err != nil {
+			rows.Close()
+			return fmt.Errorf("read catalog foreign keys: %w", err)
+		}
+		if ti := cat.Tables[tbl]; ti != nil {
+			ti.ForeignKeys = append(ti.ForeignKeys, fk)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read catalog foreign keys: %w", err)
+	}
+	return nil
 }

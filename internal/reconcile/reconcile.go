@@ -7,6 +7,7 @@ package reconcile
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -195,6 +196,7 @@ type cursor struct {
 	system string
 	fields []string
 	key    string
+	parts  []string // the key's parts, for ordering
 	data   map[string]any
 	done   bool
 	err    error
@@ -209,12 +211,13 @@ func (c *cursor) next() {
 	fds := c.rows.FieldDescriptions()
 	raw := c.rows.RawValues()
 	row := capture.Row{}
-	for i, fd := range fds[1:] {
-		if raw[i+1] == nil {
+	nk := len(c.e.KeyFields()) // the sort key columns come first
+	for i, fd := range fds[nk:] {
+		if raw[i+nk] == nil {
 			row[fd.Name] = nil
 			continue
 		}
-		v, err := c.dec.Decode(fd.DataTypeOID, raw[i+1])
+		v, err := c.dec.Decode(fd.DataTypeOID, raw[i+nk])
 		if err != nil {
 			c.done, c.err = true, fmt.Errorf("%s %s: column %s: %w", c.system, c.e.Name, fd.Name, err)
 			return
@@ -226,14 +229,28 @@ func (c *cursor) next() {
 		c.done, c.err = true, fmt.Errorf("%s %s: %w", c.system, c.e.Name, err)
 		return
 	}
-	c.key, c.data = key, data
+	parts, err := capture.SplitKey(key, nk)
+	if err != nil {
+		c.done, c.err = true, fmt.Errorf("%s %s: %w", c.system, c.e.Name, err)
+		return
+	}
+	c.key, c.parts, c.data = key, parts, data
 }
 
-// query selects the key (as text, for ordering) and the columns of the
-// fields, with reference columns replaced by the referenced row's key.
+// before says whether cursor a's row comes before b's in key order.
+func before(a, b *cursor) bool { return capture.ComparePartsC(a.parts, b.parts) < 0 }
+
+// query selects the key columns (as text, for ordering: one sort column
+// per key column) and the columns of the fields, with reference columns
+// replaced by the referenced row's key (or, for a reference made of
+// several fields, by the part of the referenced key the field holds).
 func query(m *transform.Mapping, e *transform.Entity, system string, fields []string) string {
 	t := e.Tables[system]
-	cols := []string{"t." + pgx.Identifier{t.KeyColumn}.Sanitize() + "::text COLLATE \"C\" AS duplex_sort_key"}
+	var cols, order []string
+	for i, kc := range t.KeyColumns() {
+		cols = append(cols, fmt.Sprintf("t.%s::text COLLATE \"C\" AS duplex_sort_key%d", pgx.Identifier{kc}.Sanitize(), i))
+		order = append(order, fmt.Sprint(i+1))
+	}
 	joins := ""
 	seen := map[string]bool{}
 	add := func(expr, name string) {
@@ -253,7 +270,12 @@ func query(m *transform.Mapping, e *transform.Entity, system string, fields []st
 			joins += fmt.Sprintf(" LEFT JOIN %s AS %s ON %s.%s = t.%s", pgx.Identifier{rt.Schema(), rt.Name()}.Sanitize(), alias,
 				alias, pgx.Identifier{c.Ref.Column}.Sanitize(), pgx.Identifier{c.Column}.Sanitize())
 			re := m.Entity(c.Ref.Entity)
-			add(alias+"."+pgx.Identifier{rt.Columns[c.Ref.MatchField(re)].Column}.Sanitize(), c.Column)
+			mfs := c.Ref.MatchFields(re)
+			mf := mfs[0]
+			if j := slices.Index(c.Ref.FieldsFor(f), f); j >= 0 && j < len(mfs) {
+				mf = mfs[j]
+			}
+			add(alias+"."+pgx.Identifier{rt.Columns[mf].Column}.Sanitize(), c.Column)
 		} else {
 			add("t."+pgx.Identifier{c.Column}.Sanitize(), c.Column)
 		}
@@ -261,7 +283,7 @@ func query(m *transform.Mapping, e *transform.Entity, system string, fields []st
 			add("t."+pgx.Identifier{c.CurrencyColumn}.Sanitize(), c.CurrencyColumn)
 		}
 	}
-	return fmt.Sprintf("SELECT %s FROM %s AS t%s ORDER BY 1", strings.Join(cols, ", "), pgx.Identifier{t.Schema(), t.Name()}.Sanitize(), joins)
+	return fmt.Sprintf("SELECT %s FROM %s AS t%s ORDER BY %s", strings.Join(cols, ", "), pgx.Identifier{t.Schema(), t.Name()}.Sanitize(), joins, strings.Join(order, ", "))
 }
 
 func open(ctx context.Context, m *transform.Mapping, e *transform.Entity, s Side, fields []string) (*cursor, error) {
@@ -309,13 +331,13 @@ func compareEntity(ctx context.Context, m *transform.Mapping, e *transform.Entit
 			progress(e.Name, er.SourceRows, er.TargetRows, false)
 		}
 		switch {
-		case !a.done && (b.done || a.key < b.key):
+		case !a.done && (b.done || before(a, b)):
 			er.SourceRows++
 			addTotals(e, er.SourceTotal, er.SourceDay, er.DayField, a.data)
 			er.Missing++
 			note(Diff{Entity: e.Name, Key: a.key, Kind: "missing"})
 			a.next()
-		case !b.done && (a.done || b.key < a.key):
+		case !b.done && (a.done || before(b, a)):
 			er.TargetRows++
 			addTotals(e, er.TargetTotal, er.TargetDay, er.DayField, b.data)
 			er.Extra++

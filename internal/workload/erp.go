@@ -9,8 +9,9 @@ import (
 )
 
 // ERP plays the ERP's own application in the order-to-cash example: it
-// invoices sales orders, takes payments, and edits customers' payment
-// terms and e-mail. Not safe for concurrent use.
+// invoices sales orders, takes payments (each posted to the general ledger,
+// numbered per company), edits customers' payment terms and e-mail, and
+// moves ledger postings to another company. Not safe for concurrent use.
 type ERP struct {
 	rng *rand.Rand
 }
@@ -43,7 +44,11 @@ SELECT order_no, customer_no, currency, total, 'open', now(), current_date + 30 
 			if _, err := tx.Exec(ctx, `UPDATE sales_orders SET fulfilment_status = 'invoiced' WHERE order_no = $1`, o); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, `UPDATE customers c SET open_balance = c.open_balance + s.total FROM sales_orders s WHERE s.order_no = $1 AND c.customer_no = s.customer_no`, o)
+			if _, err := tx.Exec(ctx, `UPDATE customers c SET open_balance = c.open_balance + s.total FROM sales_orders s WHERE s.order_no = $1 AND c.customer_no = s.customer_no`, o); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, postLedger(`
+SELECT customer_no, invoice_no, 'invoice', currency, amount, now() FROM invoices WHERE order_no = $1`), o)
 			return err
 		})
 		if err != nil {
@@ -90,10 +95,16 @@ WHERE i.invoice_no = p.invoice_no`, inv); err != nil {
 			if _, err := tx.Exec(ctx, `UPDATE sales_orders s SET fulfilment_status = 'paid' FROM invoices i WHERE i.invoice_no = $1 AND i.status = 'paid' AND s.order_no = i.order_no`, inv); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, `
+			if _, err := tx.Exec(ctx, `
 UPDATE customers c SET open_balance = c.open_balance - p.amount
 FROM (SELECT customer_no, (SELECT amount FROM payments WHERE invoice_no = $1 ORDER BY payment_no DESC LIMIT 1) AS amount FROM invoices WHERE invoice_no = $1) p
-WHERE c.customer_no = p.customer_no`, inv)
+WHERE c.customer_no = p.customer_no`, inv); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, postLedger(`
+SELECT i.customer_no, i.invoice_no, 'payment', p.currency, -p.amount, p.received_at
+FROM invoices i JOIN LATERAL (SELECT * FROM payments WHERE invoice_no = i.invoice_no ORDER BY payment_no DESC LIMIT 1) p ON true
+WHERE i.invoice_no = $1`), inv)
 			return err
 		})
 		if err != nil {
@@ -117,6 +128,33 @@ func (e *ERP) EditCustomer(ctx context.Context, conn *pgx.Conn) (int, error) {
 	tag, err := conn.Exec(ctx, q, terms)
 	if err != nil {
 		return 0, fmt.Errorf("erp: edit customer: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// postLedger returns the statement that posts the row sel selects
+// (customer_no, invoice_no, kind, currency, amount, posted_at) to the
+// general ledger: in the company that books its currency, numbered after
+// that company's last entry.
+func postLedger(sel string) string {
+	return `
+INSERT INTO ledger_entries (company, entry_no, customer_no, invoice_no, kind, currency, amount, posted_at)
+SELECT c.company, coalesce((SELECT max(entry_no) FROM ledger_entries l WHERE l.company = c.company), 0) + 1, s.*
+FROM (` + sel + `) s
+CROSS JOIN LATERAL (SELECT CASE s.currency WHEN 'USD' THEN 'US01' WHEN 'JPY' THEN 'JP01' WHEN 'BHD' THEN 'BH01' WHEN 'GBP' THEN 'GB01' ELSE 'EU01' END AS company) c`
+}
+
+// MoveLedgerEntry moves a random ledger entry to another company (a
+// posting corrected to the right legal entity), where it is numbered after
+// that company's last entry: both columns of its key change. It returns
+// the rows changed (0 when there is no entry yet).
+func (e *ERP) MoveLedgerEntry(ctx context.Context, conn *pgx.Conn) (int, error) {
+	to := []string{"EU01", "US01", "JP01", "BH01", "GB01"}[e.rng.IntN(5)]
+	tag, err := conn.Exec(ctx, `
+UPDATE ledger_entries l SET company = $1, entry_no = (SELECT coalesce(max(entry_no), 0) + 1 FROM ledger_entries WHERE company = $1)
+WHERE (l.company, l.entry_no) = (SELECT company, entry_no FROM ledger_entries WHERE company <> $1 ORDER BY random() LIMIT 1)`, to)
+	if err != nil {
+		return 0, fmt.Errorf("erp: move ledger entry to %s: %w", to, err)
 	}
 	return int(tag.RowsAffected()), nil
 }

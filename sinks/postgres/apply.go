@@ -22,9 +22,21 @@ func Position(ctx context.Context, q pgstate.Querier, flow string) (transform.Po
 
 func (s *Sink) apply(ctx context.Context, txs []*transform.Tx) (pipeline.ApplyResult, error) {
 	res, err := s.applyOnce(ctx, txs)
-	if unattributed(err) {
+	if uniqueFailure(err) && countEvents(txs) > 1 {
+		// Folded to final images, the batch's rows collide on a unique
+		// index that the source's own order of writes did not (values
+		// swapped between rows, a deleted row's value taken by a new
+		// one): apply each transaction alone, and one whose set-based
+		// write still fails in source order (mode.go).
+		s.mode = perTx
+		defer func() { s.mode = set }()
+		res, err = s.applyOnce(ctx, txs)
+	}
+	if unattributed(err) && !isCardinalityViolation(err) {
 		// A set-based statement failed on some row: apply again, row by
 		// row for the failing kind of statement, to name the event.
+		// (Not for SQLSTATE 21000: one row at a time cannot fail that
+		// way, and would let a later row overwrite an earlier one.)
 		s.isolate = true
 		res, err = s.applyOnce(ctx, txs)
 		s.isolate = false
@@ -59,6 +71,10 @@ func (s *Sink) begin(ctx context.Context) (pgx.Tx, transform.Position, error) {
 	if err != nil {
 		return nil, transform.Position{}, classify(fmt.Errorf("sink %s: begin: %w", s.cfg.System, err), -1, -1)
 	}
+	if err := s.deferConstraints(ctx, tx); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, transform.Position{}, classify(err, -1, -1)
+	}
 	applied, err := Position(ctx, tx, s.cfg.Flow)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
@@ -69,9 +85,52 @@ func (s *Sink) begin(ctx context.Context) (pgx.Tx, transform.Position, error) {
 
 // write writes the changes of txs not yet applied (applied is the flow's
 // recorded position, seen the highest position met so far in this target
-// transaction) and returns the last transaction it wrote, nil if none.
+// transaction) and returns the last transaction it wrote, nil if none. How
+// it writes them depends on s.mode (mode.go).
 func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applied transform.LSN, seen *transform.LSN, res *pipeline.ApplyResult) (*transform.Tx, error) {
-	batches := map[string]*entityBatch{}
+	reread := map[string][]string{} // entity -> keys whose owned fields the source edited
+	changes, last, err := s.collect(txs, applied, seen, res, reread)
+	if err != nil {
+		return nil, err
+	}
+	if last == nil && len(changes) == 0 && len(reread) == 0 {
+		return nil, nil
+	}
+	if err := s.reassert(ctx, tx, reread); err != nil {
+		return nil, err
+	}
+	switch s.mode {
+	case perTx:
+		return last, s.writePerTx(ctx, tx, changes, &res.Conflicts)
+	case inOrder:
+		return last, s.writeInOrder(ctx, tx, changes, &res.Conflicts)
+	}
+	return last, s.writeSet(ctx, tx, changes, &res.Conflicts)
+}
+
+func countEvents(txs []*transform.Tx) int {
+	n := 0
+	for _, t := range txs {
+		n += len(t.Events)
+	}
+	return n
+}
+
+// change is one event of a batch made ready for the target, in source
+// order.
+type change struct {
+	row    *transform.Row
+	ti, ei int // transaction and event in the batch
+	ev     *transform.Event
+}
+
+// collect returns the changes of txs not yet applied, in source order,
+// and the last transaction among them.
+// An event that only reports an edit its source made to fields another
+// system owns (Event.Violated) is not written; reread collects the keys
+// whose owner's values must be read again (enforce: owner).
+func (s *Sink) collect(txs []*transform.Tx, applied transform.LSN, seen *transform.LSN, res *pipeline.ApplyResult, reread map[string][]string) ([]change, *transform.Tx, error) {
+	var changes []change
 	var last *transform.Tx
 	for ti, t := range txs {
 		redo := false
@@ -108,28 +167,42 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 			}
 			row, err := s.cfg.Mapping.Denormalize(ev, s.cfg.System)
 			if err != nil {
-				return nil, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei, Err: fmt.Errorf("event %s: %w", ev.ID, err)}
+				return nil, nil, &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: ti, Event: ei, Err: fmt.Errorf("event %s: %w", ev.ID, err)}
 			}
-			b := batches[ev.Entity]
-			if b == nil {
-				b = &entityBatch{rows: map[string]*pendingRow{}}
-				batches[ev.Entity] = b
+			if len(ev.Violated) > 0 && s.violation(ev, row, reread) {
+				res.Applied++ // it only reports an edit in its source
+				continue
 			}
-			s.fold(b, row, ti, ei, ev)
+			changes = append(changes, change{row: row, ti: ti, ei: ei, ev: ev})
 			res.Applied++
 		}
 	}
-	if last == nil && len(batches) == 0 {
-		return nil, nil
+	return changes, last, nil
+}
+
+// writeSet folds the changes to the last change per target key and
+// writes them with set-based statements: truncates first, children before
+// parents; then upserts, parents before children; then deletes, children
+// before parents.
+func (s *Sink) writeSet(ctx context.Context, tx pgx.Tx, changes []change, conflicts *int) error {
+	byEntity := map[string][]change{}
+	for _, c := range changes {
+		byEntity[c.ev.Entity] = append(byEntity[c.ev.Entity], c)
 	}
-	// Truncates first, children before parents; then upserts, parents
-	// before children; then deletes, children before parents.
+	batches := map[string]*entityBatch{}
+	for name, cs := range byEntity {
+		b, err := s.foldEntity(ctx, tx, s.cfg.Mapping.Entity(name), cs)
+		if err != nil {
+			return err
+		}
+		batches[name] = b
+	}
 	for i := len(s.order) - 1; i >= 0; i-- {
 		e := s.order[i]
 		if b := batches[e.Name]; b != nil && b.truncate {
 			t := e.Tables[s.cfg.System]
 			if _, err := tx.Exec(ctx, "DELETE FROM "+quoteTable(t)); err != nil {
-				return nil, classify(fmt.Errorf("sink %s: truncate %s: %w", s.cfg.System, t.QualifiedTable(), err), -1, -1)
+				return classify(fmt.Errorf("sink %s: truncate %s: %w", s.cfg.System, t.QualifiedTable(), err), -1, -1)
 			}
 		}
 	}
@@ -140,25 +213,35 @@ func (s *Sink) write(ctx context.Context, tx pgx.Tx, txs []*transform.Tx, applie
 		}
 		n, err := s.resolveShared(ctx, tx, e, b)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		res.Conflicts += n
+		*conflicts += n
 		if err := s.upsert(ctx, tx, e, b); err != nil {
-			return nil, err
+			return err
 		}
 		if err := s.recordVersions(ctx, tx, e, b); err != nil {
-			return nil, err
+			return err
 		}
+		if err := s.followSequence(ctx, tx, e, b); err != nil {
+			return err
+		}
+	}
+	refs, err := s.referencedByDeletes(ctx, tx, batches)
+	if err != nil {
+		return err
 	}
 	for i := len(s.order) - 1; i >= 0; i-- {
 		e := s.order[i]
 		if b := batches[e.Name]; b != nil {
 			if err := s.delete(ctx, tx, e, b); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	return last, nil
+	if err := s.checkForeignKeys(ctx, tx, batches, refs); err != nil {
+		return err
+	}
+	return nil
 }
 
 // finish records last as the flow's applied position, sets the replication

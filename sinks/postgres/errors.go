@@ -30,9 +30,26 @@ func isUniqueViolation(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
-// classify maps an error to the pipeline's kinds: integrity and data
-// errors are permanent; connection loss, shutdown, serialization failures,
-// lock timeouts and anything unknown are transient.
+// uniqueFailure says err is a permanent failure on a unique violation
+// (not the transient retry releaseUnique asks for).
+func uniqueFailure(err error) bool {
+	var ae *pipeline.ApplyError
+	return errors.As(err, &ae) && ae.Kind == pipeline.Permanent && isUniqueViolation(err)
+}
+
+// isCardinalityViolation says err is SQLSTATE class 21 (cardinality
+// violation): "ON CONFLICT DO UPDATE command cannot affect row a second
+// time" when two rows of one statement land on one key.
+func isCardinalityViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && strings.HasPrefix(pe.Code, "21")
+}
+
+// classify maps an error to the pipeline's kinds: integrity (class 23),
+// data (22) and cardinality (21: a statement that would affect one row
+// twice; applying it again fails again) errors are permanent; connection
+// loss, shutdown, serialization failures, lock timeouts and anything
+// unknown are transient.
 func classify(err error, ti, ei int) error {
 	var ae *pipeline.ApplyError
 	if errors.As(err, &ae) {
@@ -44,7 +61,7 @@ func classify(err error, ti, ei int) error {
 	switch {
 	case errors.As(err, &pe):
 		switch {
-		case strings.HasPrefix(pe.Code, "23"), strings.HasPrefix(pe.Code, "22"):
+		case strings.HasPrefix(pe.Code, "23"), strings.HasPrefix(pe.Code, "22"), strings.HasPrefix(pe.Code, "21"):
 			kind = pipeline.Permanent
 		}
 	case errors.As(err, &p) && p.Permanent():

@@ -6,9 +6,11 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -37,26 +39,54 @@ func (s *Sink) resolveRefs(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 		if len(want) == 0 {
 			continue
 		}
-		matchCol := rt.Columns[c.Ref.MatchField(re)].Column
-		kt, err := s.castType(rt, matchCol)
-		if err != nil {
-			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
+		// The canonical value is the referenced row's key (or match
+		// fields): one value, or several joined by capture.JoinKey.
+		mfs := c.Ref.MatchFields(re)
+		var conds []string
+		for i, mf := range mfs {
+			mc := rt.Columns[mf].Column
+			kt, err := s.castType(rt, mc)
+			if err != nil {
+				return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
+			}
+			conds = append(conds, fmt.Sprintf("r.%s = u.k%d::%s", pgx.Identifier{mc}.Sanitize(), i, kt))
 		}
-		q := fmt.Sprintf("SELECT u.k, r.%s::text FROM unnest($1::text[]) AS u(k) JOIN %s AS r ON r.%s = u.k::%s",
-			pgx.Identifier{c.Ref.Column}.Sanitize(), quoteTable(rt), pgx.Identifier{matchCol}.Sanitize(), kt)
-		found, err := tx.Query(ctx, q, want)
+		args := make([]any, len(mfs))
+		parts := make([][]string, len(mfs))
+		for _, k := range want {
+			ps, err := capture.SplitKey(k, len(mfs))
+			if err != nil {
+				for _, p := range rows {
+					if v := p.row.Values[ci]; !v.Null && v.Text == k {
+						return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+							Err: fmt.Errorf("entity %s key %s: reference to %s: %w", e.Name, p.row.Key, re.Name, err)}
+					}
+				}
+				return err
+			}
+			for i := range ps {
+				parts[i] = append(parts[i], ps[i])
+			}
+		}
+		for i := range parts {
+			args[i] = parts[i]
+		}
+		un, alias := keyUnnest(len(mfs), 1, "k")
+		q := fmt.Sprintf("SELECT %s, r.%s::text FROM unnest(%s) AS u(%s) JOIN %s AS r ON %s",
+			keySelect(len(mfs), "u", "k"), pgx.Identifier{c.Ref.Column}.Sanitize(), un, alias, quoteTable(rt), strings.Join(conds, " AND "))
+		found, err := tx.Query(ctx, q, args...)
 		if err != nil {
 			return classify(fmt.Errorf("sink %s: resolve %s references: %w", s.cfg.System, re.Name, err), -1, -1)
 		}
 		for found.Next() {
-			var k string
 			var v *string
-			if err := found.Scan(&k, &v); err != nil {
+			dest, key := scanKey(len(mfs))
+			if err := found.Scan(append(dest, &v)...); err != nil {
 				found.Close()
 				return classify(fmt.Errorf("sink %s: resolve %s references: %w", s.cfg.System, re.Name, err), -1, -1)
 			}
 			if v != nil {
-				keys[k] = *v
+				keys[key()] = *v
 			}
 		}
 		if err := found.Err(); err != nil {
@@ -70,7 +100,7 @@ func (s *Sink) resolveRefs(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 			got := keys[v.Text]
 			if got == "" {
 				return &pipeline.ApplyError{Kind: pipeline.Waiting, Tx: p.tx, Event: p.ev,
-					Err: fmt.Errorf("entity %s key %s: referenced %s with %s %s has not arrived in %s yet", e.Name, p.row.Key, re.Name, c.Ref.MatchField(re), v.Text, s.cfg.System)}
+					Err: fmt.Errorf("entity %s key %s: referenced %s with %s %s has not arrived in %s yet", e.Name, p.row.Key, re.Name, transform.Names(mfs), v.Text, s.cfg.System)}
 			}
 			v.Text, v.Ref = got, nil
 		}

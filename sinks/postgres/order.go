@@ -1,45 +1,41 @@
-// Entity order: parents before children, so that references resolve.
+// Write order: parents before children, from the mapping's refs and the
+// target's foreign keys; foreign keys in a cycle deferred.
 
 package postgres
 
 import (
+	"context"
 	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/transform"
 )
 
-// entityOrder sorts the entities stored in system so that an entity comes
-// after every entity it refers to.
-func entityOrder(m *transform.Mapping, system string) ([]*transform.Entity, error) {
-	var out []*transform.Entity
-	state := map[string]int{}
-	var visit func(e *transform.Entity) error
-	visit = func(e *transform.Entity) error {
-		switch state[e.Name] {
-		case 1:
-			return fmt.Errorf("sink %s: entity %s is part of a reference cycle", system, e.Name)
-		case 2:
-			return nil
-		}
-		state[e.Name] = 1
-		t := e.Tables[system]
-		for _, f := range e.Fields {
-			if c := t.Columns[f.Name]; c != nil && c.Ref != nil && c.Ref.Entity != e.Name {
-				if err := visit(m.Entity(c.Ref.Entity)); err != nil {
-					return err
-				}
-			}
-		}
-		state[e.Name] = 2
-		out = append(out, e)
+// writeOrder sorts the entities stored in the sink's system so that an
+// entity comes after every entity it refers to, by a mapping ref or, once
+// the catalog is known (cat not nil), by a foreign key of its target
+// table between entities the flow writes (transform.Mapping.WriteOrder).
+// It also returns the deferrable foreign keys of a cycle, which each apply
+// transaction sets DEFERRED.
+func (s *Sink) writeOrder(cat *transform.Catalog) ([]*transform.Entity, []transform.ForeignKey, error) {
+	return s.cfg.Mapping.WriteOrder(s.cfg.System, cat, func(e *transform.Entity) bool { return e.Publishes(s.cfg.Source) })
+}
+
+// deferConstraints sets the foreign keys of a cycle DEFERRED for the
+// current transaction (SET CONSTRAINTS lasts until its end): PostgreSQL
+// checks them at commit, when both ends of every row are written.
+func (s *Sink) deferConstraints(ctx context.Context, tx pgx.Tx) error {
+	if len(s.deferred) == 0 {
 		return nil
 	}
-	for _, e := range m.Entities {
-		if e.Tables[system] != nil {
-			if err := visit(e); err != nil {
-				return nil, err
-			}
-		}
+	names := make([]string, len(s.deferred))
+	for i, fk := range s.deferred {
+		names[i] = pgx.Identifier{fk.Schema, fk.Name}.Sanitize()
 	}
-	return out, nil
+	if _, err := tx.Exec(ctx, "SET CONSTRAINTS "+strings.Join(names, ", ")+" DEFERRED"); err != nil {
+		return fmt.Errorf("sink %s: defer foreign keys of a cycle: %w", s.cfg.System, err)
+	}
+	return nil
 }

@@ -50,7 +50,18 @@ func (p *partSession) Part(ctx context.Context, chunk *transform.Tx) (pipeline.A
 	var res pipeline.ApplyResult
 	seen := p.applied // chunks of one transaction share its LSN
 	last, err := p.s.write(ctx, p.tx, []*transform.Tx{chunk}, p.applied, &seen, &res)
-	if unattributed(err) {
+	if uniqueFailure(err) && len(chunk.Events) > 1 {
+		// Folded, the chunk's rows collide on a unique index that the
+		// source's order of writes did not: write it again change by
+		// change, in source order (mode.go).
+		if _, rerr := p.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT duplex_part"); rerr == nil {
+			p.s.mode = inOrder
+			res, seen = pipeline.ApplyResult{}, p.applied
+			last, err = p.s.write(ctx, p.tx, []*transform.Tx{chunk}, p.applied, &seen, &res)
+			p.s.mode = set
+		}
+	}
+	if unattributed(err) && !isCardinalityViolation(err) {
 		if _, rerr := p.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT duplex_part"); rerr == nil {
 			p.s.isolate = true
 			res, seen = pipeline.ApplyResult{}, p.applied

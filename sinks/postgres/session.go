@@ -27,6 +27,12 @@ func (s *Sink) connect(ctx context.Context) error {
 	// Nothing may block an apply silently: a lock held elsewhere fails
 	// the batch (retried) instead of hanging the flow.
 	cfg.RuntimeParams["lock_timeout"] = "30s"
+	// Replicated rows are applied as PostgreSQL's own apply worker
+	// applies them: ordinary triggers and rules of the target do not
+	// fire (ENABLE REPLICA and ENABLE ALWAYS ones do); foreign keys are
+	// checked by the sink itself (fkcheck.go). Needs superuser, or on
+	// PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role.
+	cfg.RuntimeParams["session_replication_role"] = "replica"
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("sink %s: connect: %w", s.cfg.System, err)
@@ -53,7 +59,16 @@ func (s *Sink) connect(ctx context.Context) error {
 	if err := s.cfg.Mapping.CheckTarget(s.cfg.System, s.cfg.Source, cat); err != nil {
 		return fail("mapping does not fit the database", err)
 	}
-	s.conn, s.catalog, s.stmts = conn, cat, map[string]string{}
+	order, deferred, err := s.writeOrder(cat)
+	if err != nil {
+		return fail("write order", err)
+	}
+	fks, err := readForeignKeys(ctx, conn, s.cfg.Mapping.Tables(s.cfg.System))
+	if err != nil {
+		return fail("read foreign keys", err)
+	}
+	s.conn, s.catalog, s.stmts, s.fks, s.sequences = conn, cat, map[string]string{}, fks, nil
+	s.order, s.deferred = order, deferred
 	s.log.Info("sink session started", slog.String("origin", s.cfg.Origin))
 	return nil
 }

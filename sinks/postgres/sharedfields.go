@@ -178,10 +178,16 @@ type current struct {
 // them when forUpdate.
 func (s *Sink) readShared(ctx context.Context, tx pgx.Tx, e *transform.Entity, cols, keys []string, forUpdate bool) (map[string]*current, error) {
 	t := e.Tables[s.cfg.System]
-	kt, err := s.castType(t, t.KeyColumn)
+	match, err := s.keyMatch(t, "t", "u", "k")
 	if err != nil {
 		return nil, err
 	}
+	args, err := keyArrays(t, keys)
+	if err != nil {
+		return nil, err
+	}
+	n := len(t.KeyColumns())
+	un, alias := keyUnnest(n, 1, "k")
 	sel := ""
 	for _, c := range cols {
 		// concat() calls the type's output function, like pgoutput;
@@ -193,17 +199,17 @@ func (s *Sink) readShared(ctx context.Context, tx pgx.Tx, e *transform.Entity, c
 	if forUpdate {
 		lock = " FOR UPDATE OF t"
 	}
-	q := fmt.Sprintf(`SELECT u.k, pg_xact_commit_timestamp(t.xmin)%s FROM unnest($1::text[]) AS u(k) JOIN %s AS t ON t.%s = u.k::%s%s`,
-		sel, quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt, lock)
+	q := fmt.Sprintf(`SELECT %s, pg_xact_commit_timestamp(t.xmin)%s FROM unnest(%s) AS u(%s) JOIN %s AS t ON %s%s`,
+		keySelect(n, "u", "k"), sel, un, alias, quoteTable(t), match, lock)
 	have := map[string]*current{}
-	rows, err := tx.Query(ctx, q, keys)
+	rows, err := tx.Query(ctx, q, args...)
 	if err != nil {
 		return nil, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
 	}
 	for rows.Next() {
-		var k string
 		c := &current{values: make([]*string, len(cols)), texts: make([]*string, len(cols))}
-		dest := []any{&k, &c.local}
+		dest, key := scanKey(n)
+		dest = append(dest, &c.local)
 		for i := range cols {
 			dest = append(dest, &c.values[i], &c.texts[i])
 		}
@@ -211,7 +217,7 @@ func (s *Sink) readShared(ctx context.Context, tx pgx.Tx, e *transform.Entity, c
 			rows.Close()
 			return nil, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)
 		}
-		have[k] = c
+		have[key()] = c
 	}
 	if err := rows.Err(); err != nil {
 		return nil, classify(fmt.Errorf("sink %s: read shared fields of %s: %w", s.cfg.System, e.Name, err), -1, -1)

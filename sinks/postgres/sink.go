@@ -36,6 +36,10 @@ type Config struct {
 	Origin  string
 	Mapping *transform.Mapping
 	Logger  *slog.Logger
+	// Slot is the replication slot of this database's own capture (it is
+	// also a source), "" when it is none: rows whose owned fields the
+	// other system edited are re-read through it (enforce: owner).
+	Slot string
 }
 
 // Validate checks the configuration.
@@ -63,7 +67,10 @@ type Sink struct {
 	conn    *pgx.Conn
 	catalog *transform.Catalog
 	order   []*transform.Entity // parents before children
-	stmts   map[string]string
+	// deferred: deferrable foreign keys of a cycle, set DEFERRED in each
+	// apply transaction (order.go).
+	deferred []transform.ForeignKey
+	stmts    map[string]string
 	// release: entities whose source-assigned unique values were seen to
 	// move (a unique violation); from then on stale holders are cleared
 	// before each write (releaseUnique).
@@ -71,7 +78,17 @@ type Sink struct {
 	// isolate: write row by row under savepoints, to name the event a
 	// set-based statement failed on (only after such a failure).
 	isolate bool
-	shared  map[string]map[string]string // entity -> column -> shared field
+	// mode: how write applies a batch (mode.go); set but while a batch
+	// is applied again after a unique violation.
+	mode   writeMode
+	shared map[string]map[string]string // entity -> column -> shared field
+	// sequences: entity -> the sequence of its key column here (""
+	// when none), for sequence: follow.
+	sequences map[string]string
+	// fks: the foreign keys of and into the mapped tables, read at
+	// connect; checked by duplex since it applies with
+	// session_replication_role = replica (fkcheck.go).
+	fks []foreignKey
 }
 
 // New returns a Sink. It connects lazily, on the first Apply.
@@ -83,9 +100,9 @@ func New(cfg Config) (*Sink, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Sink{cfg: cfg, log: cfg.Logger.With(slog.String("sink", cfg.System), slog.String("flow", cfg.Flow)), stmts: map[string]string{}}
-	order, err := entityOrder(cfg.Mapping, cfg.System)
+	order, _, err := s.writeOrder(nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sink %s: %w", cfg.System, err)
 	}
 	s.order = order
 	s.shared = map[string]map[string]string{}

@@ -71,8 +71,7 @@ func (s *Sink) writeSQL(e *transform.Entity, t *transform.TableMap, sig string, 
 // updateSQL updates existing rows from unnest, leaving rows already equal
 // untouched; keys absent from the table are left out.
 func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (string, error) {
-	var unnest, alias, set, cmpT, cmpU []string
-	var keyExpr string
+	var unnest, alias, set, cmpT, cmpU, keyExpr []string
 	for i, c := range cols {
 		ct, err := s.castType(t, c.Column)
 		if err != nil {
@@ -82,8 +81,15 @@ func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (stri
 		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
 		alias = append(alias, fmt.Sprintf("v%d", i))
 		val := fmt.Sprintf("u.v%d::%s", i, ct)
-		if c.Column == t.KeyColumn {
-			keyExpr = "t." + id + " = " + val
+		if isKeyColumn(t, c.Column) {
+			keyExpr = append(keyExpr, "t."+id+" = "+val)
+			if !s.exactColumn(t, c.Column) {
+				// The key's text may change within one value (citext
+				// 'Ann@x.com' for 'ann@x.com'): the row takes the new one.
+				set = append(set, id+" = "+val)
+				cmpT = append(cmpT, "t."+id+`::text COLLATE "C"`)
+				cmpU = append(cmpU, "("+val+`)::text COLLATE "C"`)
+			}
 			continue
 		}
 		set = append(set, id+" = "+val)
@@ -96,7 +102,7 @@ func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (stri
 		return fmt.Sprintf("SELECT 1 FROM unnest(%s) WHERE false", strings.Join(unnest, ", ")), nil
 	}
 	return fmt.Sprintf("UPDATE %s AS t SET %s FROM unnest(%s) AS u(%s) WHERE %s AND (%s, NULL) IS DISTINCT FROM (%s, NULL)",
-		quoteTable(t), strings.Join(set, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "), keyExpr,
+		quoteTable(t), strings.Join(set, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "), strings.Join(keyExpr, " AND "),
 		strings.Join(cmpT, ", "), strings.Join(cmpU, ", ")), nil
 }
 
@@ -112,15 +118,26 @@ func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string,
 		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
 		alias = append(alias, fmt.Sprintf("v%d", i))
 		sel = append(sel, fmt.Sprintf("u.v%d::%s", i, ct))
-		if c.Column != t.KeyColumn {
+		switch {
+		case !isKeyColumn(t, c.Column):
 			set = append(set, id+" = EXCLUDED."+id)
 			cmpT = append(cmpT, s.comparable(t, c.Column, "t."+id))
 			cmpE = append(cmpE, s.comparable(t, c.Column, "EXCLUDED."+id))
+		case !s.exactColumn(t, c.Column):
+			// The key's text may change within one value (citext
+			// 'Ann@x.com' for 'ann@x.com'): the row takes the new one.
+			set = append(set, id+" = EXCLUDED."+id)
+			cmpT = append(cmpT, "t."+id+`::text COLLATE "C"`)
+			cmpE = append(cmpE, "EXCLUDED."+id+`::text COLLATE "C"`)
 		}
+	}
+	var conflict []string
+	for _, kc := range t.KeyColumns() {
+		conflict = append(conflict, pgx.Identifier{kc}.Sanitize())
 	}
 	q := fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM unnest(%s) AS u(%s) ON CONFLICT (%s) ",
 		quoteTable(t), strings.Join(names, ", "), strings.Join(sel, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "),
-		pgx.Identifier{t.KeyColumn}.Sanitize())
+		strings.Join(conflict, ", "))
 	if len(set) == 0 {
 		q += "DO NOTHING"
 	} else {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -22,20 +23,31 @@ import (
 func (s *Sink) releaseUnique(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow, args []any) error {
 	ti := s.catalog.Tables[t.QualifiedTable()]
 	cols := rows[0].row.Values
-	var keys []*string
-	for ci, c := range cols {
-		if c.Column == t.KeyColumn {
-			keys = args[ci].([]*string)
+	// The rows' own key columns, to tell them from other rows.
+	var keyArgs, keyTypes []string
+	var keyVals []any
+	for _, kc := range t.KeyColumns() {
+		for ci, c := range cols {
+			if c.Column == kc {
+				kt, err := s.castType(t, kc)
+				if err != nil {
+					return err
+				}
+				keyArgs = append(keyArgs, fmt.Sprintf("$%d::text[]", len(keyVals)+2))
+				keyTypes = append(keyTypes, fmt.Sprintf("u.k%d::%s", len(keyVals), kt))
+				keyVals = append(keyVals, args[ci])
+			}
 		}
+	}
+	var keyCols, keyAlias []string
+	for i, kc := range t.KeyColumns() {
+		keyCols = append(keyCols, "t."+pgx.Identifier{kc}.Sanitize())
+		keyAlias = append(keyAlias, fmt.Sprintf("k%d", i))
 	}
 	for ci, c := range cols {
 		info := ti.Columns[c.Column]
-		if c.Column == t.KeyColumn || !ti.UniqueColumns[c.Column] || info == nil || info.NotNull || !s.assigned(e, t, c.Column) {
+		if isKeyColumn(t, c.Column) || !ti.UniqueColumns[c.Column] || info == nil || info.NotNull || !s.assigned(e, t, c.Column) {
 			continue
-		}
-		kt, err := s.castType(t, t.KeyColumn)
-		if err != nil {
-			return err
 		}
 		ct, err := s.castType(t, c.Column)
 		if err != nil {
@@ -45,9 +57,10 @@ func (s *Sink) releaseUnique(ctx context.Context, tx pgx.Tx, e *transform.Entity
 		// Every other row holding a value: those outside the batch and
 		// those inside it that take another one (numbers swapped between
 		// rows would otherwise collide within the statement).
-		tag, err := tx.Exec(ctx, fmt.Sprintf(`UPDATE %s AS t SET %s = NULL FROM unnest($1::text[], $2::text[]) AS u(v, k)
-			WHERE u.v IS NOT NULL AND t.%s = u.v::%s AND t.%s IS DISTINCT FROM u.k::%s`,
-			quoteTable(t), id, id, ct, pgx.Identifier{t.KeyColumn}.Sanitize(), kt), args[ci], keys)
+		tag, err := tx.Exec(ctx, fmt.Sprintf(`UPDATE %s AS t SET %s = NULL FROM unnest($1::text[], %s) AS u(v, %s)
+			WHERE u.v IS NOT NULL AND t.%s = u.v::%s AND (%s) IS DISTINCT FROM (%s)`,
+			quoteTable(t), id, strings.Join(keyArgs, ", "), strings.Join(keyAlias, ", "), id, ct,
+			strings.Join(keyCols, ", ")+", NULL", strings.Join(keyTypes, ", ")+", NULL"), append([]any{args[ci]}, keyVals...)...)
 		if err != nil {
 			return classify(fmt.Errorf("sink %s: release values of unique column %s.%s: %w", s.cfg.System, t.QualifiedTable(), c.Column, err), singleTx(rows), -1)
 		}
@@ -64,7 +77,7 @@ func (s *Sink) releaseUnique(ctx context.Context, tx pgx.Tx, e *transform.Entity
 func (s *Sink) movable(e *transform.Entity, t *transform.TableMap, cols []transform.ColValue) bool {
 	ti := s.catalog.Tables[t.QualifiedTable()]
 	for _, c := range cols {
-		if ci := ti.Columns[c.Column]; c.Column != t.KeyColumn && ti.UniqueColumns[c.Column] && ci != nil && !ci.NotNull && s.assigned(e, t, c.Column) {
+		if ci := ti.Columns[c.Column]; !isKeyColumn(t, c.Column) && ti.UniqueColumns[c.Column] && ci != nil && !ci.NotNull && s.assigned(e, t, c.Column) {
 			return true
 		}
 	}
@@ -76,7 +89,7 @@ func (s *Sink) movable(e *transform.Entity, t *transform.TableMap, cols []transf
 func (s *Sink) assigned(e *transform.Entity, t *transform.TableMap, column string) bool {
 	for name, cm := range t.Columns {
 		if cm.Column == column && cm.Ref == nil {
-			if f := e.Field(name); f != nil && f.Owner == s.cfg.Source && name != e.Key {
+			if f := e.Field(name); f != nil && f.Owner == s.cfg.Source && !e.IsKey(name) {
 				return true
 			}
 		}

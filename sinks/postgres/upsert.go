@@ -42,6 +42,11 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 		if err := s.checkGuards(ctx, tx, e, t, rows); err != nil {
 			return err
 		}
+		if cols := keyColumns(t); !s.exactKeys(t, cols) {
+			if err := s.checkHolders(ctx, tx, e, t, cols, rows); err != nil {
+				return err
+			}
+		}
 		cols := rows[0].row.Values
 		args := make([]any, len(cols))
 		for ci := range cols {
@@ -103,10 +108,11 @@ func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 	if len(byCol) == 0 {
 		return nil
 	}
-	kt, err := s.castType(t, t.KeyColumn)
+	match, err := s.keyMatch(t, "t", "u", "k")
 	if err != nil {
 		return err
 	}
+	n := len(t.KeyColumns())
 	for col, ps := range byCol {
 		ct, err := s.castType(t, col)
 		if err != nil {
@@ -121,9 +127,14 @@ func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 				}
 			}
 		}
-		q := fmt.Sprintf("SELECT u.k, t.%s::text FROM unnest($1::text[], $2::text[]) AS u(k, v) JOIN %s AS t ON t.%s = u.k::%s WHERE t.%s IS DISTINCT FROM u.v::%s",
-			pgx.Identifier{col}.Sanitize(), quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt, pgx.Identifier{col}.Sanitize(), ct)
-		r, err := tx.Query(ctx, q, keys, vals)
+		args, err := keyArrays(t, keys)
+		if err != nil {
+			return err
+		}
+		un, alias := keyUnnest(n, 2, "k")
+		q := fmt.Sprintf("SELECT %s, t.%s::text FROM unnest($1::text[], %s) AS u(v, %s) JOIN %s AS t ON %s WHERE t.%s IS DISTINCT FROM u.v::%s",
+			keySelect(n, "u", "k"), pgx.Identifier{col}.Sanitize(), un, alias, quoteTable(t), match, pgx.Identifier{col}.Sanitize(), ct)
+		r, err := tx.Query(ctx, q, append([]any{vals}, args...)...)
 		if err != nil {
 			return classify(fmt.Errorf("sink %s: check %s of %s: %w", s.cfg.System, col, e.Name, err), -1, -1)
 		}
@@ -133,7 +144,10 @@ func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 		}
 		found, err := pgx.CollectRows(r, func(row pgx.CollectableRow) (bad, error) {
 			var b bad
-			return b, row.Scan(&b.k, &b.v)
+			dest, key := scanKey(n)
+			err := row.Scan(append(dest, &b.v)...)
+			b.k = key()
+			return b, err
 		})
 		if err != nil {
 			return classify(fmt.Errorf("sink %s: check %s of %s: %w", s.cfg.System, col, e.Name, err), -1, -1)
@@ -156,11 +170,10 @@ func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 // Rows that the event's source owns should exist: a missing one cannot be
 // created without the columns the event lacks, and that is an error.
 func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
-	kf := e.Field(e.Key)
-	if kf.Owner != rows[0].source && kf.Owner != transform.OwnerBoth {
+	if ko := e.KeyOwner(); ko != rows[0].source && ko != transform.OwnerBoth {
 		return nil
 	}
-	kt, err := s.castType(t, t.KeyColumn)
+	match, err := s.keyMatch(t, "t", "u", "k")
 	if err != nil {
 		return err
 	}
@@ -168,13 +181,23 @@ func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 	for i, p := range rows {
 		keys[i] = p.row.Key
 	}
-	q := fmt.Sprintf("SELECT u.k FROM unnest($1::text[]) AS u(k) WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE t.%s = u.k::%s)",
-		quoteTable(t), pgx.Identifier{t.KeyColumn}.Sanitize(), kt)
-	r, err := tx.Query(ctx, q, keys)
+	args, err := keyArrays(t, keys)
+	if err != nil {
+		return err
+	}
+	n := len(t.KeyColumns())
+	un, alias := keyUnnest(n, 1, "k")
+	q := fmt.Sprintf("SELECT %s FROM unnest(%s) AS u(%s) WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE %s)",
+		keySelect(n, "u", "k"), un, alias, quoteTable(t), match)
+	r, err := tx.Query(ctx, q, args...)
 	if err != nil {
 		return classify(fmt.Errorf("sink %s: check rows of %s: %w", s.cfg.System, e.Name, err), -1, -1)
 	}
-	missing, err := pgx.CollectRows(r, pgx.RowTo[string])
+	missing, err := pgx.CollectRows(r, func(row pgx.CollectableRow) (string, error) {
+		dest, key := scanKey(n)
+		err := row.Scan(dest...)
+		return key(), err
+	})
 	if err != nil {
 		return classify(fmt.Errorf("sink %s: check rows of %s: %w", s.cfg.System, e.Name, err), -1, -1)
 	}
@@ -197,12 +220,22 @@ func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 	return nil
 }
 
+// ensureKey adds the key columns' values to the columns a row writes,
+// where the row does not write them already.
 func ensureKey(r *transform.Row, t *transform.TableMap) {
-	for _, v := range r.Values {
-		if v.Column == t.KeyColumn {
-			return
+	added := false
+	for i, kc := range t.KeyColumns() {
+		if slices.ContainsFunc(r.Values, func(v transform.ColValue) bool { return v.Column == kc }) {
+			continue
 		}
+		txt := r.Key
+		if len(r.KeyParts) > i {
+			txt = r.KeyParts[i]
+		}
+		r.Values = append(r.Values, transform.ColValue{Column: kc, Text: txt})
+		added = true
 	}
-	r.Values = append(r.Values, transform.ColValue{Column: t.KeyColumn, Text: r.Key})
-	slices.SortFunc(r.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
+	if added {
+		slices.SortFunc(r.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
+	}
 }
