@@ -81,7 +81,7 @@ func TestNATSServerConf(t *testing.T) {
 			t.Fatalf("duplex-nats.yaml: no nats.flows.%s", f.Name)
 		}
 		pub := publicKey(t, c.NkeySeed)
-		want[pub], names[pub] = pipeline.FlowPermissions(f.Name, f.From), pipeline.FlowIdentity(f.Name)
+		want[pub], names[pub] = pipeline.FlowPermissions(f.Name), pipeline.FlowIdentity(f.Name)
 	}
 
 	for k, v := range env {

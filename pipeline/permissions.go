@@ -54,18 +54,16 @@ func CheckName(kind, name string) error {
 // objStream is the stream behind the large-change object store.
 const objStream = "OBJ_" + LargeBucket
 
-// readLarge are the API calls that read an object of DUPLEX_LARGE: the
-// bucket's stream info, the object's meta message (a direct get of the
-// last message on its subject, or through the stream leader where direct
-// gets are off), and an ordered consumer of its chunks, which the client
-// creates, deletes when done, and answers flow control for.
+// readLarge are the API calls that read an object of DUPLEX_LARGE without
+// a consumer: the bucket's stream info, and its messages (the object's
+// meta, then its chunks one by one) by direct get, or through the stream
+// leader where direct gets are off. All are reads; none lets the caller
+// make JetStream publish anywhere.
 var readLarge = []string{
 	"$JS.API.STREAM.INFO." + objStream,
+	"$JS.API.DIRECT.GET." + objStream,
 	"$JS.API.DIRECT.GET." + objStream + ".>",
 	"$JS.API.STREAM.MSG.GET." + objStream,
-	"$JS.API.CONSUMER.CREATE." + objStream + ".>",
-	"$JS.API.CONSUMER.DELETE." + objStream + ".*",
-	"$JS.FC." + objStream + ".>",
 }
 
 // CapturePermissions are what a source's capture needs: publish its
@@ -84,23 +82,22 @@ func CapturePermissions(source string) Permissions {
 		"$O." + LargeBucket + ".C.>",
 		"$O." + LargeBucket + ".M.>",
 	}
-	pub = append(pub, readLarge[:3]...) // stream info and meta reads, no consumer
+	pub = append(pub, readLarge...) // an earlier object's meta, to reuse it
 	return Permissions{Publish: pub, Subscribe: []string{InboxPrefix(CaptureIdentity(source)) + ".>"}}
 }
 
-// FlowPermissions are what a flow needs: its durable consumer on DUPLEX
-// named after it and filtered to its source's subjects (create, read,
-// delete to rewind it, fetch, acknowledge), its dead letters
-// (duplex.dlq.<flow>), reading large changes from DUPLEX_LARGE, and its
-// inbox. JetStream refuses a create request whose filter differs from the
-// one in its subject, so the flow cannot point its consumer at another
-// source. It cannot publish transactions, read other consumers, or purge
-// or delete streams.
-func FlowPermissions(flow, source string) Permissions {
+// FlowPermissions are what a flow needs: read and fetch from its durable
+// consumer on DUPLEX (named after it; the operator creates and rewinds it
+// for the flow, ApplierConfig.Manage), acknowledge, publish its dead
+// letters (duplex.dlq.<flow>), read large changes from DUPLEX_LARGE, and
+// its inbox. It may not create or change any consumer: a create request
+// sets the consumer's whole configuration, and a push consumer's deliver
+// subject would make JetStream publish the stream's messages wherever the
+// flow asked. It cannot publish transactions, read other consumers, or
+// purge or delete streams.
+func FlowPermissions(flow string) Permissions {
 	pub := []string{
-		"$JS.API.CONSUMER.CREATE." + StreamName + "." + flow + "." + SourceFilter(source),
 		"$JS.API.CONSUMER.INFO." + StreamName + "." + flow,
-		"$JS.API.CONSUMER.DELETE." + StreamName + "." + flow,
 		"$JS.API.CONSUMER.MSG.NEXT." + StreamName + "." + flow,
 		"$JS.ACK." + StreamName + "." + flow + ".>",
 		DLQSubject(flow),

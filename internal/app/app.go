@@ -376,7 +376,9 @@ func (a *App) Run(ctx context.Context) error {
 				a.opts.OnBatch(name, txs, n, took, t)
 			}
 		}
-		ap, err := pipeline.NewApplier(a.flowJS[f.Name], pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, MaxWait: f.MaxWait,
+		// The flow fetches as its own identity; the operator creates and
+		// rewinds its consumer (pipeline.FlowPermissions).
+		ap, err := pipeline.NewApplier(a.flowJS[f.Name], pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, MaxWait: f.MaxWait, Manage: a.js,
 			LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})
 		if err != nil {
 			return errors.Join(err, stop())

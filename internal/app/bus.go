@@ -312,7 +312,7 @@ func embeddedUsers(cfg *config.Config, ids map[string]*natsembed.Identity) []nat
 		perms[pipeline.CaptureIdentity(s)] = pipeline.CapturePermissions(s)
 	}
 	for _, f := range cfg.Flows {
-		perms[pipeline.FlowIdentity(f.Name)] = pipeline.FlowPermissions(f.Name, f.From)
+		perms[pipeline.FlowIdentity(f.Name)] = pipeline.FlowPermissions(f.Name)
 	}
 	var users []natsembed.User
 	for _, name := range sortedNames(ids) {

@@ -19,7 +19,11 @@ import (
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/pipeline"
+	"github.com/duplex-cdc/duplex/transform"
 )
+
+// bigName is a value larger than one chunk of an object (128 KiB).
+var bigName = strings.Repeat("x", 300<<10)
 
 // twoWay is a configuration of the two flows of the example, with the
 // embedded server (no nats section).
@@ -186,7 +190,7 @@ func TestOpenBus_EmbeddedAuthentication(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := []byte(strings.Repeat("x", 300<<10)) // several chunks
+	big := []byte(`{"name":"` + bigName + `"}`) // several chunks
 	if _, err := obs.PutBytes(ctx, "crm:0/1:c0:e0", big); err != nil {
 		t.Fatalf("capture-crm put a large change: %v", err)
 	}
@@ -208,14 +212,18 @@ func TestOpenBus_EmbeddedAuthentication(t *testing.T) {
 		return err
 	})
 
-	// The flow to the ERP reads its own consumer, and the large change.
+	// The operator creates the flow's consumer; the flow to the ERP
+	// reads and fetches from it, and reads the large change.
+	if _, err := js.CreateConsumer(ctx, pipeline.StreamName, jetstream.ConsumerConfig{Durable: "to-erp", FilterSubject: pipeline.SourceFilter("crm"), AckPolicy: jetstream.AckAllPolicy}); err != nil {
+		t.Fatal(err)
+	}
 	toERP, err := bus.FlowJetStream(ctx, "to-erp")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := toERP.CreateConsumer(ctx, pipeline.StreamName, jetstream.ConsumerConfig{Durable: "to-erp", FilterSubject: pipeline.SourceFilter("crm"), AckPolicy: jetstream.AckAllPolicy})
+	cons, err := toERP.Consumer(ctx, pipeline.StreamName, "to-erp")
 	if err != nil {
-		t.Fatalf("flow-to-erp creates its consumer: %v", err)
+		t.Fatalf("flow-to-erp reads its consumer: %v", err)
 	}
 	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
@@ -231,18 +239,23 @@ func TestOpenBus_EmbeddedAuthentication(t *testing.T) {
 	if n != 1 || batch.Error() != nil {
 		t.Errorf("flow-to-erp fetched %d messages (%v), want 1", n, batch.Error())
 	}
-	fobs, err := toERP.ObjectStore(ctx, pipeline.LargeBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err := fobs.GetBytes(ctx, "crm:0/1:c0:e0"); err != nil || len(b) != len(big) {
-		t.Errorf("flow-to-erp reads the large change: %d bytes, %v", len(b), err)
+	ev := transform.Event{ID: "crm:0/1:0:0", DataRef: &transform.DataRef{Bucket: pipeline.LargeBucket, Object: "crm:0/1:c0:e0"}}
+	if err := pipeline.ResolveData(ctx, toERP, &ev); err != nil || len(ev.Data["name"].(string)) != len(bigName) {
+		t.Errorf("flow-to-erp reads the large change: %v", err)
 	}
 	if _, err := toERP.Publish(ctx, pipeline.DLQSubject("to-erp"), []byte(`{}`)); err != nil {
 		t.Errorf("flow-to-erp dead letter: %v", err)
 	}
 	refused(t, logs, "duplex.crm.tx", "flow-to-erp publishes to duplex.crm.tx", func(ctx context.Context) error {
 		_, err := toERP.Publish(ctx, pipeline.Subject("crm"), []byte(`{"forged":true}`))
+		return err
+	})
+	refused(t, logs, "$JS.API.CONSUMER.CREATE.DUPLEX.to-erp.duplex.crm.>", "flow-to-erp changes its own consumer", func(ctx context.Context) error {
+		_, err := toERP.CreateOrUpdateConsumer(ctx, pipeline.StreamName, jetstream.ConsumerConfig{Durable: "to-erp", FilterSubject: pipeline.SourceFilter("crm"), DeliverSubject: "duplex.dlq.to-crm"})
+		return err
+	})
+	refused(t, logs, "$JS.API.CONSUMER.CREATE.OBJ_DUPLEX_LARGE.spy.$O.DUPLEX_LARGE.C.>", "flow-to-erp makes a consumer of the object store", func(ctx context.Context) error {
+		_, err := toERP.CreateConsumer(ctx, "OBJ_"+pipeline.LargeBucket, jetstream.ConsumerConfig{Durable: "spy", FilterSubject: "$O.DUPLEX_LARGE.C.>"})
 		return err
 	})
 	refused(t, logs, "$JS.API.CONSUMER.CREATE.DUPLEX.to-erp.duplex.erp.>", "flow-to-erp reads the ERP's transactions", func(ctx context.Context) error {
