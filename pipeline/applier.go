@@ -46,9 +46,9 @@ type ApplierConfig struct {
 	// consumer's whole configuration: a push consumer would make
 	// JetStream publish the stream's messages to any subject). Default:
 	// the applier's own.
-	Manage        jetstream.JetStream
-	Logger        *slog.Logger
-	Stats         *FlowStats
+	Manage jetstream.JetStream
+	Logger *slog.Logger
+	Stats  *FlowStats
 	// OnApplied, when set, is called after each committed batch.
 	OnApplied func(txs []*transform.Tx, committed time.Time)
 	// OnBatch, when set, is called after each committed batch with its
