@@ -52,9 +52,9 @@ func (f *fixture) runBothWays(t *testing.T) {
 	big := uuid.New()
 	f.exec("crm", `INSERT INTO accounts (id, name, currency)
 		SELECT $1, string_agg(md5(i::text), ''), 'EUR' FROM generate_series(1, 1500000/32) i`, big)
-	l := startLoadWith(t, f.env("CRM_DSN"), 1, 300, 0, true)
+	l := startLoadWith(t, f.env("CRM_DSN"), 1, 100, 0, true)
 	erp := startERP(t, f.env("ERP_DSN"), true)
-	l.waitRows(t, 300, 2*time.Minute)
+	l.waitRows(t, 100, 2*time.Minute)
 	l.stop()
 	erpc := f.conn("erp")
 	waitFor(t, 2*time.Minute, func() (bool, string) {
