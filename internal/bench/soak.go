@@ -416,7 +416,7 @@ func (s *soak) setup(ctx context.Context) error {
 	if err := env.ERP.Exec(ctx, "erp", soakTicksSQL("soak_erp_ticks", erpTables)); err != nil {
 		return fmt.Errorf("soak: counting triggers: %w", err)
 	}
-	s.cfgPath = filepath.Join(env.Dir, "duplex.yaml")
+	s.cfgPath = env.URLConfigPath
 	cb, err := os.ReadFile(s.cfgPath)
 	if err != nil {
 		return err

@@ -175,7 +175,7 @@ func runCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
-	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store and the listener's generated token (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
+	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store, the nkeys of duplex's identities on it and the listener's generated token (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
 	c.Flags().StringVar(&listen, "listen", envOr("DUPLEX_LISTEN", ops.DefaultListen), "address of /metrics, /healthz, /readyz (open), /api/status, /api/replay and the status page (bearer token: http.token or <data dir>/http.token) (off to disable)")
 	return c
 }
