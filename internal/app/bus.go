@@ -17,6 +17,7 @@ import (
 
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/natsembed"
+	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 )
 
@@ -245,7 +246,8 @@ func connect(ctx context.Context, url string, opts []nats.Option, log *slog.Logg
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to nats: %w", err)
+		// nats.go quotes a URL it cannot parse, user part included.
+		return nil, nil, fmt.Errorf("connect to nats %s: %w", redact.URL(url), redact.Error(err, url))
 	}
 	// An asynchronous publish whose acknowledgement never comes (the
 	// stream leader died after receiving it, on a cluster) fails after
