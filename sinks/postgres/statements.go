@@ -51,13 +51,26 @@ func (s *Sink) canInsert(t *transform.TableMap, cols []transform.ColValue) bool 
 	return true
 }
 
+// createsRows says whether this sink may create rows of the entity with
+// these columns: they can make a row (canInsert), and the entity's key is
+// not owned by the target itself. An entity lives and dies in the system
+// that owns its key: a row of it there was made there, so another
+// system's write to a row the target no longer has (deleted there while
+// the write was on its way, or the target restored from an older backup)
+// is not a new row; it updates existing rows only, and one that is gone
+// is left gone (checkUpdated).
+func (s *Sink) createsRows(e *transform.Entity, t *transform.TableMap, cols []transform.ColValue) bool {
+	return e.KeyOwner() != s.cfg.System && s.canInsert(t, cols)
+}
+
 // writeSQL returns the statement that writes rows with these columns:
-// an upsert when they can create the row, else an update of existing rows.
+// an upsert when they can create the row (createsRows), else an update
+// of existing rows.
 func (s *Sink) writeSQL(e *transform.Entity, t *transform.TableMap, sig string, cols []transform.ColValue) (string, error) {
 	if q, ok := s.stmts[e.Name+"|"+sig]; ok {
 		return q, nil
 	}
-	if !s.canInsert(t, cols) {
+	if !s.createsRows(e, t, cols) {
 		q, err := s.updateSQL(t, cols)
 		if err != nil {
 			return "", err

@@ -87,7 +87,7 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			}
 			return err
 		}
-		if !s.canInsert(t, cols) {
+		if !s.createsRows(e, t, cols) {
 			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
 				return err
 			}
