@@ -3,12 +3,14 @@
 # duplex container image.
 #
 #   docker build -t duplex .
-#   docker run --rm -e CRM_DSN=... -e ERP_DSN=... -e NATS_URL=... duplex
+#   docker run --rm -e CRM_DSN=... -e ERP_DSN=... duplex
 #
 # The image carries the order-to-cash example under /etc/duplex; mount your
 # own duplex.yaml and mapping.yaml there (or elsewhere, with --config) to run
-# another configuration. With NATS_URL empty duplex starts an embedded NATS
-# server storing under $DUPLEX_DATA_DIR, so mount a volume there.
+# another configuration. The default, duplex.yaml, starts the embedded NATS
+# server storing under $DUPLEX_DATA_DIR (with the nkeys of duplex's
+# identities), so mount a volume there; duplex-nats.yaml connects to
+# $NATS_URL instead (see deploy/nats/README.md).
 #
 # `duplex demo` is not meant for this image: it starts throwaway PostgreSQL
 # clusters and needs the PostgreSQL server binaries, which it does not carry.

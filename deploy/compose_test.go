@@ -3,15 +3,20 @@ package deploy_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/duplex-cdc/duplex/internal/config"
@@ -32,25 +37,47 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
+// composeEnv is the .env a user writes with deploy/nats/gen-env.sh: the
+// PostgreSQL password (testPassword) and a user nkey per duplex identity.
+func composeEnv(t *testing.T) types.Mapping {
+	t.Helper()
+	env := types.Mapping{"POSTGRES_PASSWORD": testPassword}
+	for k, v := range natsEnv(t) {
+		env[k] = v
+	}
+	return env
+}
+
 // loadProject loads ../docker-compose.yml with the compose-spec loader:
 // schema validation, interpolation, normalisation and path resolution, as
 // `docker compose config` does. None of that needs a Docker engine.
 func loadProject(t *testing.T, profiles ...string) *types.Project {
+	t.Helper()
+	p, err := loadProjectEnv(t, composeEnv(t), profiles...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// loadProjectEnv loads ../docker-compose.yml with env as its environment
+// (the .env file).
+func loadProjectEnv(t *testing.T, env types.Mapping, profiles ...string) (*types.Project, error) {
 	t.Helper()
 	root := repoRoot(t)
 	file := filepath.Join(root, "docker-compose.yml")
 	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
 		WorkingDir:  root,
 		ConfigFiles: []types.ConfigFile{{Filename: file}},
-		Environment: types.Mapping{"POSTGRES_PASSWORD": testPassword},
+		Environment: env,
 	}, func(o *loader.Options) {
 		o.ResolvePaths = true // bind sources and build context as absolute host paths
 		o.Profiles = profiles
 	})
 	if err != nil {
-		t.Fatalf("load %s: %v", file, err)
+		return nil, fmt.Errorf("load %s: %w", file, err)
 	}
-	return p
+	return p, nil
 }
 
 func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
@@ -485,9 +512,12 @@ func TestComposeNATSCluster(t *testing.T) {
 		if _, ok := hostPath(s, "/data"); ok {
 			t.Errorf("%s: store on a bind mount; want its own volume", name)
 		}
-		if len(s.Volumes) != 1 || s.Volumes[0].Target != "/data" || s.Volumes[0].Source != name+"-data" {
+		if !slices.ContainsFunc(s.Volumes, func(v types.ServiceVolumeConfig) bool {
+			return v.Type == types.VolumeTypeVolume && v.Target == "/data" && v.Source == name+"-data"
+		}) {
 			t.Errorf("%s: volumes %+v, want its own %s-data at /data", name, s.Volumes, name)
 		}
+		checkNATSAuth(t, s)
 	}
 	d := service(t, p, "duplex-cluster")
 	url := env(t, d, "NATS_URL")
@@ -518,5 +548,172 @@ func TestComposeNATSCluster(t *testing.T) {
 	}
 	if cfg.Stream.Replicas != 3 {
 		t.Errorf("%s: stream.replicas %d, want 3", host, cfg.Stream.Replicas)
+	}
+}
+
+// checkNATSAuth: a NATS service runs with deploy/nats/nats-server.conf
+// (mounted read-only), takes no credentials on its command line, and
+// with the environment compose gives it accepts duplex's nkeys and
+// nobody else.
+func checkNATSAuth(t *testing.T, s types.ServiceConfig) {
+	t.Helper()
+	conf, ok := flagValue(s.Command, "-c")
+	if !ok {
+		t.Errorf("%s: command %q has no -c: want deploy/nats/nats-server.conf", s.Name, s.Command)
+		return
+	}
+	for _, a := range s.Command {
+		switch strings.TrimLeft(strings.SplitN(a, "=", 2)[0], "-") {
+		case "user", "pass", "auth", "no_auth_user":
+			t.Errorf("%s: command %q sets %s: credentials belong in the configuration file", s.Name, s.Command, a)
+		}
+	}
+	host, ok := hostPath(s, conf)
+	if !ok || host != filepath.Join(repoRoot(t), "deploy", "nats", "nats-server.conf") {
+		t.Errorf("%s: -c %s is not deploy/nats/nats-server.conf (%s)", s.Name, conf, host)
+		return
+	}
+	for _, v := range s.Volumes {
+		if v.Target == conf && !v.ReadOnly {
+			t.Errorf("%s: %s is mounted read-write", s.Name, conf)
+		}
+	}
+	for k, v := range s.Environment {
+		if v != nil {
+			t.Setenv(k, *v)
+		}
+	}
+	opts, err := server.ProcessConfigFile(host)
+	if err != nil {
+		t.Errorf("%s: %s with the service's environment: %v", s.Name, host, err)
+		return
+	}
+	if len(opts.Nkeys) != len(natsIdentities) || len(opts.Users) > 0 || opts.NoAuthUser != "" {
+		t.Errorf("%s: %d nkey users, %d password users, no_auth_user %q: want duplex's %d identities alone", s.Name, len(opts.Nkeys), len(opts.Users), opts.NoAuthUser, len(natsIdentities))
+	}
+	for _, u := range opts.Nkeys {
+		if !nkeys.IsValidPublicUserKey(u.Nkey) {
+			t.Errorf("%s: nkey user %q is not a public user key (an unset variable?)", s.Name, u.Nkey)
+		}
+	}
+}
+
+// TestComposeSecurity: compose starts nothing with a default secret (the
+// PostgreSQL password and the NATS keys come from .env, and compose
+// refuses to start without them), publishes every port on 127.0.0.1 by
+// default, pins every image to a version, gives NATS the deployment's
+// authentication, and duplex the seeds of the keys NATS checks.
+func TestComposeSecurity(t *testing.T) {
+	// No .env: refused, saying what to do.
+	for _, missing := range []string{"POSTGRES_PASSWORD", "DUPLEX_NATS_FLOW_TO_ERP_SEED", "DUPLEX_NATS_CAPTURE_CRM_NKEY"} {
+		env := composeEnv(t)
+		delete(env, missing)
+		_, err := loadProjectEnv(t, env)
+		if err == nil || !strings.Contains(err.Error(), missing) {
+			t.Errorf("compose without %s: %v, want a refusal naming it", missing, err)
+		}
+	}
+
+	raw, err := os.ReadFile(filepath.Join(repoRoot(t), "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`\$\{[A-Z0-9_]*(PASSWORD|SEED|NKEY|TOKEN|SECRET)[A-Z0-9_]*:?-[^}]*\}`).FindAllString(string(raw), -1) {
+		t.Errorf("docker-compose.yml: %s gives a secret a default", m)
+	}
+
+	env := composeEnv(t)
+	p, err := loadProjectEnv(t, env, "monitoring", "nats-cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := regexp.MustCompile(`^v?\d+\.\d+(\.\d+)?$`)
+	for _, s := range p.Services {
+		for _, pc := range s.Ports {
+			if pc.Published != "" && pc.HostIP != "127.0.0.1" {
+				t.Errorf("%s: port %s published on %q, want 127.0.0.1 by default", s.Name, pc.Published, pc.HostIP)
+			}
+		}
+		if s.Build != nil || s.Image == service(t, p, "duplex").Image {
+			continue // built here
+		}
+		name, tag, _ := strings.Cut(s.Image, ":")
+		switch {
+		case !pinned.MatchString(tag):
+			t.Errorf("%s: image %q is not pinned to a version", s.Name, s.Image)
+		case name == "nats" && strings.Count(tag, ".") != 2:
+			t.Errorf("%s: image %q: want a NATS release (major.minor.patch)", s.Name, s.Image)
+		}
+	}
+	if p, err := loadProjectEnv(t, func() types.Mapping { e := composeEnv(t); e["DUPLEX_BIND"] = "0.0.0.0"; return e }()); err != nil {
+		t.Fatal(err)
+	} else if d := service(t, p, "duplex"); len(d.Ports) == 0 || d.Ports[0].HostIP != "0.0.0.0" {
+		t.Errorf("DUPLEX_BIND=0.0.0.0: duplex ports %+v, want them on 0.0.0.0", d.Ports)
+	}
+
+	checkNATSAuth(t, service(t, p, "nats"))
+	// duplex holds the seeds of the keys the server checks.
+	n, d := service(t, p, "nats"), service(t, p, "duplex")
+	for _, id := range natsIdentities {
+		seed, pub := env["DUPLEX_NATS_"+id+"_SEED"], env["DUPLEX_NATS_"+id+"_NKEY"]
+		if got := n.Environment["DUPLEX_NATS_"+id+"_NKEY"]; got == nil || *got != pub {
+			t.Errorf("nats: DUPLEX_NATS_%s_NKEY is not the .env's", id)
+		}
+		if got := d.Environment["DUPLEX_NATS_"+id+"_SEED"]; got == nil || publicKey(t, *got) != pub {
+			t.Errorf("duplex: DUPLEX_NATS_%s_SEED is not the seed of the key nats checks", id)
+		}
+		if seed == "" {
+			t.Fatalf("no seed for %s", id)
+		}
+	}
+
+	// The secrets stay out of the repository and the image.
+	for _, f := range []string{".gitignore", ".dockerignore"} {
+		b, err := os.ReadFile(filepath.Join(repoRoot(t), f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(strings.Fields(string(b)), ".env") {
+			t.Errorf("%s does not list .env", f)
+		}
+	}
+}
+
+// TestGenEnv: deploy/nats/gen-env.sh writes a .env with which compose
+// starts: a password, and nkey pairs whose seeds duplex's configuration
+// accepts and whose public keys the server's configuration takes.
+func TestGenEnv(t *testing.T) {
+	root := repoRoot(t)
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(bin, "nk"), "github.com/nats-io/nkeys/nk")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build nk: %v\n%s", err, out)
+	}
+	cmd := exec.Command("sh", filepath.Join(root, "deploy", "nats", "gen-env.sh"))
+	cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("gen-env.sh: %v", err)
+	}
+	env := types.Mapping{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			env[k] = v
+		}
+	}
+	if len(env["POSTGRES_PASSWORD"]) < 32 {
+		t.Errorf("POSTGRES_PASSWORD %q: want a long random password", env["POSTGRES_PASSWORD"])
+	}
+	p, err := loadProjectEnv(t, env)
+	if err != nil {
+		t.Fatalf("compose with gen-env.sh's output: %v", err)
+	}
+	checkNATSAuth(t, service(t, p, "nats"))
+	d := service(t, p, "duplex")
+	for _, id := range natsIdentities {
+		if publicKey(t, *d.Environment["DUPLEX_NATS_"+id+"_SEED"]) != env["DUPLEX_NATS_"+id+"_NKEY"] {
+			t.Errorf("gen-env.sh: the seed and key of %s are not a pair", id)
+		}
 	}
 }

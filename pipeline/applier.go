@@ -39,8 +39,16 @@ type ApplierConfig struct {
 	// transaction, instead of being held whole (default 8, about 4,000
 	// changes); it needs a sink that implements PartSink.
 	LargeTxChunks int
-	Logger        *slog.Logger
-	Stats         *FlowStats
+	// Manage, when set, is the JetStream context that creates, rewinds
+	// and deletes the flow's durable consumer (the operator's); the
+	// applier's own only reads and fetches from it, so the flow's identity
+	// needs no right to create consumers (a create request sets the
+	// consumer's whole configuration: a push consumer would make
+	// JetStream publish the stream's messages to any subject). Default:
+	// the applier's own.
+	Manage jetstream.JetStream
+	Logger *slog.Logger
+	Stats  *FlowStats
 	// OnApplied, when set, is called after each committed batch.
 	OnApplied func(txs []*transform.Tx, committed time.Time)
 	// OnBatch, when set, is called after each committed batch with its

@@ -37,9 +37,11 @@ func consumerConfig(cfg ApplierConfig, seq uint64) jetstream.ConsumerConfig {
 func (a *Applier) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	cons, err := a.js.Consumer(ctx, StreamName, a.cfg.Flow)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		cons, err = a.js.CreateConsumer(ctx, StreamName, consumerConfig(a.cfg, 0))
-		if err != nil {
+		if _, err := a.manage().CreateConsumer(ctx, StreamName, consumerConfig(a.cfg, 0)); err != nil {
 			return nil, fmt.Errorf("flow %s: create consumer: %w", a.cfg.Flow, err)
+		}
+		if cons, err = a.js.Consumer(ctx, StreamName, a.cfg.Flow); err != nil {
+			return nil, fmt.Errorf("flow %s: consumer: %w", a.cfg.Flow, err)
 		}
 		a.nextDelivery = 1
 		return cons, nil
@@ -56,11 +58,22 @@ func (a *Applier) ensureConsumer(ctx context.Context) (jetstream.Consumer, error
 	}
 	a.log.Info("flow consumer rewound to its ack floor", slog.Uint64("delivered_stream_seq", info.Delivered.Stream),
 		slog.Uint64("ack_floor_stream_seq", info.AckFloor.Stream), slog.Int("ack_pending", info.NumAckPending))
-	if cons, err = resetConsumer(ctx, a.js, a.cfg, info.AckFloor.Stream+1); err != nil {
+	if _, err = resetConsumer(ctx, a.manage(), a.cfg, info.AckFloor.Stream+1); err != nil {
 		return nil, err
+	}
+	if cons, err = a.js.Consumer(ctx, StreamName, a.cfg.Flow); err != nil {
+		return nil, fmt.Errorf("flow %s: consumer: %w", a.cfg.Flow, err)
 	}
 	a.nextDelivery = 1
 	return cons, nil
+}
+
+// manage is the JetStream context that creates and rewinds the consumer.
+func (a *Applier) manage() jetstream.JetStream {
+	if a.cfg.Manage != nil {
+		return a.cfg.Manage
+	}
+	return a.js
 }
 
 func resetConsumer(ctx context.Context, js jetstream.JetStream, cfg ApplierConfig, seq uint64) (jetstream.Consumer, error) {

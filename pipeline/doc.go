@@ -31,7 +31,8 @@
 // (changes of tables no entity maps, counted and logged), message.go (the
 // message body), largechange.go (messages cut by bytes within the
 // server's max payload, events too large for a message in the
-// DUPLEX_LARGE object store), holds.go (entities held back), streams.go
+// DUPLEX_LARGE object store), holds.go (entities held back, and
+// what a slot sends again of them after a crash), streams.go
 // (DUPLEX, DUPLEX_DLQ), retention.go and retention_large.go (what may be
 // removed from DUPLEX and DUPLEX_LARGE), lease.go (one active instance per
 // flow and capture), consumer.go (a flow's durable consumer, fetch, ack,
@@ -41,5 +42,7 @@
 // applier.go (the flow's session loop and apply), largetx.go (transactions
 // applied in parts), retry.go (backoff, isolating a failing event),
 // deadletter.go and dlqretry.go (dead letters and their retry rules),
-// sink.go (what a sink must offer), stats.go.
+// sink.go (what a sink must offer), stats.go, permissions.go (the NATS
+// identities duplex connects as, operator, capture-<source> and
+// flow-<name>, and the subjects each may use).
 package pipeline

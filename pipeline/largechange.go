@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,8 +35,9 @@ import (
 // An event too large for a message by itself travels through the object
 // store bucket DUPLEX_LARGE: its Data is stored as JSON in an object named
 // <source>:<commit LSN>:c<capture chunk>:e<event index in the chunk>[:redo]
-// (a capture again overwrites it, nothing is duplicated) and the event
-// carries a DataRef instead. A flow reads the object back before applying.
+// (a capture again finds it there with the same content and reuses it,
+// nothing is duplicated; it never needs to purge, which its identity may
+// not) and the event carries a DataRef instead. A flow reads the object back before applying.
 // Objects are kept as long as the stream keeps messages (the bucket's max
 // age is the stream's max_age, unlimited when it is), so a replay still
 // finds them. An event larger than max_change_bytes (encoded) is
@@ -72,10 +74,28 @@ func EnsureLargeChanges(ctx context.Context, js jetstream.JetStream, maxAge time
 	return nil
 }
 
-// largeStore opens the bucket once per holder.
+// largeStore opens the bucket (and its stream, to read objects) once per
+// holder.
 type largeStore struct {
-	mu  sync.Mutex
-	obs jetstream.ObjectStore
+	mu     sync.Mutex
+	obs    jetstream.ObjectStore
+	stream jetstream.Stream
+}
+
+// reader returns the bucket and its stream, opened at the first call.
+func (l *largeStore) reader(ctx context.Context, js jetstream.JetStream) (jetstream.ObjectStore, jetstream.Stream, error) {
+	obs, err := l.get(ctx, js)
+	if err != nil {
+		return nil, nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stream == nil {
+		if l.stream, err = js.Stream(ctx, "OBJ_"+LargeBucket); err != nil {
+			return nil, nil, fmt.Errorf("object store %s: %w", LargeBucket, err)
+		}
+	}
+	return obs, l.stream, nil
 }
 
 func (l *largeStore) get(ctx context.Context, js jetstream.JetStream) (jetstream.ObjectStore, error) {
@@ -256,8 +276,20 @@ func (p *producer) storeLarge(ctx context.Context, c *capture.Chunk, redo bool, 
 		return fmt.Errorf("encode event %s: %w", ev.ID, err)
 	}
 	name := LargeObjectName(p.src.System(), c.Tx.CommitLSN, c.Index, i, redo)
-	if _, err := obs.PutBytes(ctx, name, data); err != nil {
-		return fmt.Errorf("store large event %s (%d bytes) as %s: %w", ev.ID, len(data), name, err)
+	h := sha256.New()
+	h.Write(data)
+	info, err := obs.GetInfo(ctx, name)
+	switch {
+	case err == nil && !info.Deleted && info.Size == uint64(len(data)) && info.Digest == jetstream.GetObjectDigestValue(h):
+		// Stored by an earlier capture of the same transaction: putting
+		// it again would leave the old chunks for a purge the capture's
+		// identity may not make.
+	case err != nil && !errors.Is(err, jetstream.ErrObjectNotFound):
+		return fmt.Errorf("store large event %s as %s: %w", ev.ID, name, err)
+	default:
+		if _, err := obs.PutBytes(ctx, name, data); err != nil {
+			return fmt.Errorf("store large event %s (%d bytes) as %s: %w", ev.ID, len(data), name, err)
+		}
 	}
 	ev.Data = nil
 	ev.DataRef = &transform.DataRef{Bucket: LargeBucket, Object: name, Size: int64(len(data))}
@@ -275,16 +307,17 @@ func resolveData(ctx context.Context, js jetstream.JetStream, l *largeStore, ev 
 		return nil
 	}
 	var obs jetstream.ObjectStore
+	var stream jetstream.Stream
 	var err error
 	if l != nil {
-		obs, err = l.get(ctx, js)
-	} else {
-		obs, err = js.ObjectStore(ctx, ev.DataRef.Bucket)
+		obs, stream, err = l.reader(ctx, js)
+	} else if obs, err = js.ObjectStore(ctx, ev.DataRef.Bucket); err == nil {
+		stream, err = js.Stream(ctx, "OBJ_"+ev.DataRef.Bucket)
 	}
 	if err != nil {
 		return fmt.Errorf("event %s: %w", ev.ID, err)
 	}
-	b, err := obs.GetBytes(ctx, ev.DataRef.Object)
+	b, err := readObject(ctx, obs, stream, ev.DataRef.Bucket, ev.DataRef.Object)
 	if err != nil {
 		return fmt.Errorf("event %s: read %s from %s: %w", ev.ID, ev.DataRef.Object, ev.DataRef.Bucket, err)
 	}
@@ -294,6 +327,40 @@ func resolveData(ctx context.Context, js jetstream.JetStream, l *largeStore, ev 
 	}
 	ev.Data = data
 	return nil
+}
+
+// readObject reads an object of an object store bucket by getting its
+// meta and then its chunks one by one from the bucket's stream (direct
+// gets where the stream allows them), not through a consumer as
+// ObjectStore.Get does: a flow's identity may not create consumers
+// (FlowPermissions). It checks the size and digest the meta records. A
+// missing or deleted object, or a chunk gone, is jetstream.ErrObjectNotFound;
+// data that does not match its meta is jetstream.ErrDigestMismatch.
+func readObject(ctx context.Context, obs jetstream.ObjectStore, stream jetstream.Stream, bucket, name string) ([]byte, error) {
+	info, err := obs.GetInfo(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	subject := "$O." + bucket + ".C." + info.NUID
+	out := make([]byte, 0, info.Size)
+	h := sha256.New()
+	seq := uint64(1)
+	for n := uint32(0); n < info.Chunks; n++ {
+		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, fmt.Errorf("chunk %d of %d is gone: %w", n+1, info.Chunks, jetstream.ErrObjectNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("chunk %d of %d: %w", n+1, info.Chunks, err)
+		}
+		out = append(out, m.Data...)
+		h.Write(m.Data)
+		seq = m.Sequence + 1
+	}
+	if uint64(len(out)) != info.Size || jetstream.GetObjectDigestValue(h) != info.Digest {
+		return nil, fmt.Errorf("%d bytes whose digest does not match the %d its meta records: %w", len(out), info.Size, jetstream.ErrDigestMismatch)
+	}
+	return out, nil
 }
 
 // resolve reads back the Data of the events of tx stored in the object
@@ -306,7 +373,9 @@ func (a *Applier) resolve(ctx context.Context, tx *transform.Tx) error {
 		if err == nil {
 			continue
 		}
-		if !errors.Is(err, jetstream.ErrObjectNotFound) {
+		// Gone, or damaged: dead-lettered, naming the object, rather than
+		// retried forever.
+		if !errors.Is(err, jetstream.ErrObjectNotFound) && !errors.Is(err, jetstream.ErrDigestMismatch) {
 			return fmt.Errorf("flow %s: %w", a.cfg.Flow, err)
 		}
 		if err := a.deadLetter(ctx, tx, i, err, 1); err != nil {

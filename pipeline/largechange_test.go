@@ -2,13 +2,16 @@ package pipeline_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duplex-cdc/duplex/capture"
@@ -144,14 +147,23 @@ func TestProducer_SplitsByBytes(t *testing.T) {
 	if snapParts < 3 || liveChunks < 4 {
 		t.Fatalf("messages %v: want the snapshot chunk and the transaction split by bytes", ids)
 	}
-	// Captured again after a crash: the same ids, nothing new.
+	obs, err := js.ObjectStore(ctx, pipeline.LargeBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := obs.GetInfo(ctx, pipeline.LargeObjectName("crm", 200, 1, 0, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Captured again after a crash: the same ids, nothing new; the large
+	// event's object is reused as it is (putting it again would need a
+	// purge of the old chunks, which a capture's identity may not make).
 	run()
 	if again := streamMsgs(t, js); len(again) != len(msgs) {
 		t.Errorf("captured again: %d messages, want %d (deduplicated)", len(again), len(msgs))
 	}
-	obs, err := js.ObjectStore(ctx, pipeline.LargeBucket)
-	if err != nil {
-		t.Fatal(err)
+	if again, err := obs.GetInfo(ctx, first.Name); err != nil || again.NUID != first.NUID {
+		t.Errorf("captured again: the large event's object was stored again (%v)", err)
 	}
 	objs, err := obs.List(ctx)
 	if err != nil {
@@ -214,5 +226,77 @@ func TestProducer_SplitsByBytes(t *testing.T) {
 	}
 	if len(names) != 42 {
 		t.Errorf("%d keys applied, want 42", len(names))
+	}
+}
+
+// TestResolveData_ReadsChunksAndChecksThem: a large event's data is read
+// back chunk by chunk without a consumer (a flow's identity may not make
+// one) and checked against its meta: chunks gone are
+// jetstream.ErrObjectNotFound, data that does not match the recorded
+// digest is jetstream.ErrDigestMismatch (both dead-lettered by a flow,
+// never applied).
+func TestResolveData_ReadsChunksAndChecksThem(t *testing.T) {
+	js, _ := setup(t)
+	ctx := context.Background()
+	if err := pipeline.EnsureLargeChanges(ctx, js, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	obs, err := js.ObjectStore(ctx, pipeline.LargeBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strings.Repeat("n", 700<<10) // six chunks
+	put := func(object, value string) {
+		t.Helper()
+		b, _ := json.Marshal(map[string]any{"name": value})
+		if _, err := obs.PutBytes(ctx, object, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(object string) (*transform.Event, error) {
+		ev := &transform.Event{ID: "e", DataRef: &transform.DataRef{Bucket: pipeline.LargeBucket, Object: object}}
+		return ev, pipeline.ResolveData(ctx, js, ev)
+	}
+	put("crm:0/1:c0:e0", name)
+	put("crm:0/1:c0:e1", "other")
+	if ev, err := read("crm:0/1:c0:e0"); err != nil || ev.Data["name"] != name {
+		t.Fatalf("read back: %v", err)
+	}
+
+	// A meta that records another digest (forged or damaged).
+	info, err := obs.GetInfo(ctx, "crm:0/1:c0:e0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := obs.GetInfo(ctx, "crm:0/1:c0:e1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := *info
+	forged.Digest = other.Digest
+	meta, _ := json.Marshal(forged)
+	msg := nats.NewMsg("$O." + pipeline.LargeBucket + ".M." + base64.URLEncoding.EncodeToString([]byte(info.Name)))
+	msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	msg.Data = meta
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := read("crm:0/1:c0:e0"); !errors.Is(err, jetstream.ErrDigestMismatch) {
+		t.Errorf("data against a forged digest: %v, want ErrDigestMismatch", err)
+	}
+
+	// Chunks gone.
+	s, err := js.Stream(ctx, "OBJ_"+pipeline.LargeBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject("$O."+pipeline.LargeBucket+".C."+other.NUID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := read("crm:0/1:c0:e1"); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("chunks gone: %v, want ErrObjectNotFound", err)
+	}
+	if _, err := read("crm:0/9:c0:e0"); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("no such object: %v, want ErrObjectNotFound", err)
 	}
 }

@@ -21,7 +21,6 @@ import (
 
 	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
 	"github.com/duplex-cdc/duplex/internal/config"
-	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/internal/redact"
@@ -48,9 +47,13 @@ type App struct {
 	opts    Options
 	log     *slog.Logger
 	mapping *transform.Mapping
-	nats    *natsembed.Server
+	bus     *Bus
 	nc      *nats.Conn
 	js      jetstream.JetStream
+	// captureJS and flowJS are the connections of each capture and flow
+	// (their own identities', or the operator's).
+	captureJS map[string]jetstream.JetStream
+	flowJS    map[string]jetstream.JetStream
 
 	Sources map[string]*pgcapture.Source
 	SrcStat map[string]*pipeline.SourceStats
@@ -105,13 +108,22 @@ func (a *App) DeadLetterCounts(ctx context.Context) (map[string]uint64, error) {
 // Preflight checks the mapping against the catalogs of every configured
 // system and returns every mismatch at once.
 func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) error {
-	_, err := preflight(ctx, cfg, m)
+	_, _, err := preflight(ctx, cfg, m)
 	return err
 }
 
-// preflight is Preflight, returning the catalogs it read by system.
-func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (map[string]*transform.Catalog, error) {
-	cats := map[string]*transform.Catalog{}
+// PreflightReport is Preflight that also returns the warnings: what fits
+// but will refuse some events (transform.Mapping.CheckReport), such as a
+// target NOT NULL column that only inserts need.
+func PreflightReport(ctx context.Context, cfg *config.Config, m *transform.Mapping) (warnings []string, err error) {
+	_, warnings, err = preflight(ctx, cfg, m)
+	return warnings, err
+}
+
+// preflight is PreflightReport, also returning the catalogs it read by
+// system.
+func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (cats map[string]*transform.Catalog, warnings []string, err error) {
+	cats = map[string]*transform.Catalog{}
 	var errs []error
 	for _, name := range sortedSystems(cfg) {
 		sys := cfg.Systems[name]
@@ -152,20 +164,27 @@ func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (m
 			}
 		}
 		cat, err := pgcatalog.Read(ctx, conn, m.Tables(name))
+		if err == nil && role != "source" {
+			if derr := pgsink.CheckDefaults(ctx, conn, m, name, cat); derr != nil {
+				errs = append(errs, derr)
+			}
+		}
 		_ = conn.Close(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 			continue
 		}
-		if err := m.Check(name, cat, role); err != nil {
+		warns, err := m.CheckReport(name, cat, role)
+		if err != nil {
 			errs = append(errs, err)
 		}
+		warnings = append(warnings, warns...)
 		cats[name] = cat
 	}
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
+		return nil, warnings, fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
 	}
-	return cats, nil
+	return cats, warnings, nil
 }
 
 // snapshotOrder lists the tables a source publishes in the order its
@@ -203,8 +222,9 @@ func sortedSystems(cfg *config.Config) []string {
 }
 
 // Start checks the configuration against the databases and connects to
-// NATS (starting the embedded server if no URL is set). Run then runs the
-// flows.
+// NATS (starting the embedded server if no URL is set): as the operator,
+// and as each capture's and flow's identity (OpenBus, Bus). Run then runs
+// the flows.
 func Start(ctx context.Context, opts Options) (*App, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -214,9 +234,12 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	cats, err := preflight(ctx, cfg, m)
+	cats, warnings, err := preflight(ctx, cfg, m)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range warnings {
+		opts.Logger.Warn(w)
 	}
 	if ws, err := Warnings(ctx, cfg, m); err != nil {
 		opts.Logger.Warn("could not read the databases for warnings", slog.Any("error", err))
@@ -235,7 +258,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		a.Close()
 		return nil, err
 	}
-	a.nats, a.nc, a.js = bus.nats, bus.nc, bus.js
+	a.bus, a.nc, a.js = bus, bus.nc, bus.js
 	js := a.js
 	if err := pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: cfg.Sources(), MaxStoreBytes: cfg.Stream.MaxStoreBytes,
 		DLQMaxAge: cfg.Stream.DLQMaxAge, Duplicates: cfg.Stream.Duplicates, Replicas: cfg.Stream.Replicas}); err != nil {
@@ -257,6 +280,22 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if a.leases, err = newLeases(ctx, js, cfg, a.log); err != nil {
 		a.Close()
 		return nil, err
+	}
+	// Each capture publishes, and each flow consumes, as its own identity
+	// when it has one: a connection each, opened now so that refused
+	// credentials stop the start.
+	a.captureJS, a.flowJS = map[string]jetstream.JetStream{}, map[string]jetstream.JetStream{}
+	for _, name := range cfg.Sources() {
+		if a.captureJS[name], err = bus.CaptureJetStream(ctx, name); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
+	for _, f := range cfg.Flows {
+		if a.flowJS[f.Name], err = bus.FlowJetStream(ctx, f.Name); err != nil {
+			a.Close()
+			return nil, err
+		}
 	}
 	// Publications and slots exist when Start returns, so every change
 	// committed from now on is captured.
@@ -341,7 +380,7 @@ func (a *App) Run(ctx context.Context) error {
 		// others stand by.
 		lease := a.leases.captures[name]
 		g.Go(func() error {
-			return lease.Run(ctx, func(ctx context.Context) error { return pipeline.RunCapture(ctx, a.js, src, pc) })
+			return lease.Run(ctx, func(ctx context.Context) error { return pipeline.RunCapture(ctx, a.captureJS[name], src, pc) })
 		})
 	}
 	for _, f := range cfg.Flows {
@@ -362,7 +401,9 @@ func (a *App) Run(ctx context.Context) error {
 				a.opts.OnBatch(name, txs, n, took, t)
 			}
 		}
-		ap, err := pipeline.NewApplier(a.js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, MaxWait: f.MaxWait,
+		// The flow fetches as its own identity; the operator creates and
+		// rewinds its consumer (pipeline.FlowPermissions).
+		ap, err := pipeline.NewApplier(a.flowJS[f.Name], pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, MaxWait: f.MaxWait, Manage: a.js,
 			LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})
 		if err != nil {
 			return errors.Join(err, stop())
@@ -480,111 +521,9 @@ func (a *App) Close() {
 		p.close(context.Background())
 	}
 	a.probesMu.Unlock()
-	(&Bus{nats: a.nats, nc: a.nc}).Close()
-}
-
-// Bus is a connection to the JetStream duplex uses.
-type Bus struct {
-	nats *natsembed.Server
-	nc   *nats.Conn
-	js   jetstream.JetStream
-}
-
-// JetStream returns the bus's JetStream context.
-func (b *Bus) JetStream() jetstream.JetStream { return b.js }
-
-// Close disconnects (and stops an embedded server started for the bus).
-func (b *Bus) Close() {
-	if b.nc != nil {
-		_ = b.nc.Drain()
-		for i := 0; i < 50 && !b.nc.IsClosed(); i++ {
-			time.Sleep(20 * time.Millisecond)
-		}
+	if a.bus != nil {
+		a.bus.Close()
 	}
-	if b.nats != nil {
-		b.nats.Stop()
-	}
-}
-
-// publishAckTimeout bounds the wait for a JetStream acknowledgement of an
-// asynchronous publish; it must stay well below stream.duplicates.
-const publishAckTimeout = 20 * time.Second
-
-// OpenBus connects to the configured NATS. Without a URL it starts the
-// embedded server on the data directory; with attach, it first tries the
-// embedded server of a running duplex (the command-line tools do, since a
-// running server holds the store).
-func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.Logger, attach bool) (*Bus, error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	b := &Bus{}
-	nopts := []nats.Option{nats.Name("duplex"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("NATS disconnected", slog.Any("error", err))
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", slog.String("url", redact.URL(c.ConnectedUrl()))) })}
-	switch {
-	case cfg.NATS.Creds != "":
-		nopts = append(nopts, nats.UserCredentials(cfg.NATS.Creds))
-	case cfg.NATS.Token != "":
-		nopts = append(nopts, nats.Token(cfg.NATS.Token))
-	case cfg.NATS.User != "":
-		nopts = append(nopts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
-	}
-	if cfg.NATS.CAFile != "" {
-		nopts = append(nopts, nats.RootCAs(cfg.NATS.CAFile))
-	}
-	url := cfg.NATS.URL
-	if url == "" && attach && cfg.NATS.Embedded.Port > 0 {
-		host := cfg.NATS.Embedded.Host
-		if host == "" {
-			host = "127.0.0.1"
-		}
-		running := fmt.Sprintf("nats://%s:%d", host, cfg.NATS.Embedded.Port)
-		if nc, err := nats.Connect(running, append(nopts, nats.MaxReconnects(0), nats.Timeout(time.Second))...); err == nil {
-			nc.Close()
-			url = running
-		}
-	}
-	if url == "" {
-		dir := dataDir
-		if dir == "" {
-			dir = "data"
-		}
-		port := cfg.NATS.Embedded.Port
-		if attach {
-			port = 0 // any free port: this server is for the tool alone
-		}
-		n, err := natsembed.Start(ctx, embeddedOptions(cfg.NATS.Embedded, dir, port, log.With(slog.String("component", "nats"))))
-		if err != nil {
-			return nil, err // natsembed names the operation, address and store
-		}
-		b.nats = n
-		url = n.URL()
-		log.Info("embedded NATS started", slog.String("url", redact.URL(url)), slog.String("store", n.StoreDir()))
-	}
-	nc, err := nats.Connect(url, nopts...)
-	if err != nil {
-		b.Close()
-		// nats.go quotes a URL it cannot parse, user part included.
-		return nil, fmt.Errorf("connect to nats %s: %w", redact.URL(url), redact.Error(err, url, cfg.NATS.Password, cfg.NATS.Token))
-	}
-	b.nc = nc
-	// An asynchronous publish whose acknowledgement never comes (the
-	// stream leader died after receiving it, on a cluster) fails after
-	// publishAckTimeout instead of holding the capture session forever;
-	// the session starts again from the slot and publishes it again with
-	// the same message id, well within the deduplication window.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(publishAckTimeout))
-	if err != nil {
-		b.Close()
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	b.js = js
-	return b, nil
 }
 
 // captureSlot is the slot of system's capture when system is a source

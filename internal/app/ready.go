@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,10 +36,10 @@ func (a *App) Ready(ctx context.Context) Readiness {
 		r.Checks[check] = reason
 		r.Reasons = append(r.Reasons, check+": "+reason)
 	}
-	if a.nc.IsConnected() {
+	if down := a.bus.Disconnected(); len(down) == 0 {
 		r.Checks["nats"] = "ok"
 	} else {
-		fail("nats", "not connected ("+a.nc.Status().String()+")")
+		fail("nats", "not connected: "+strings.Join(down, ", "))
 	}
 	cfg := a.opts.Config
 	var mu sync.Mutex

@@ -129,7 +129,7 @@ func startDuplex(ctx context.Context, env *demo.Env, o Options, name string, nat
 		closeNATS()
 		return nil, "", nil, err
 	}
-	cmd := exec.CommandContext(ctx, exe, "run", "--config", filepath.Join(env.Dir, "duplex.yaml"), "--data-dir", filepath.Join(env.Dir, "child"),
+	cmd := exec.CommandContext(ctx, exe, "run", "--config", env.URLConfigPath, "--data-dir", filepath.Join(env.Dir, "child"),
 		"--log-level", "info", "--listen", "off")
 	cmd.Env = append(os.Environ(), "CRM_DSN="+env.CRM.DSN("crm"), "ERP_DSN="+env.ERP.DSN("erp"), "NATS_URL="+nats.URL())
 	cmd.Stdout, cmd.Stderr = lf, lf

@@ -416,7 +416,7 @@ func (s *soak) setup(ctx context.Context) error {
 	if err := env.ERP.Exec(ctx, "erp", soakTicksSQL("soak_erp_ticks", erpTables)); err != nil {
 		return fmt.Errorf("soak: counting triggers: %w", err)
 	}
-	s.cfgPath = filepath.Join(env.Dir, "duplex.yaml")
+	s.cfgPath = env.URLConfigPath
 	cb, err := os.ReadFile(s.cfgPath)
 	if err != nil {
 		return err
@@ -920,12 +920,16 @@ func (s *soak) dropColumn(ctx context.Context) (time.Time, string, error) {
 func (s *soak) replaceSlot(ctx context.Context) (time.Time, string, error) {
 	crm := s.env.CRM.DSN("crm")
 	slot := s.env.Config.Systems["crm"].Slot
-	// The CRM workload pauses until the backfill is done: the soak's own
-	// changes are the only ones the slot loses. (With the workload going
-	// on, live changes referring to rows lost with the slot reach the flow
-	// before the backfill copies those rows, wait for them in front of the
-	// copy and are dead-lettered; and a shared field written while the
-	// slot was gone keeps to-crm waiting up to max_wait.)
+	// The CRM workload pauses until the backfill is done, and duplex
+	// stops only once its slot confirmed everything the workload
+	// committed: the soak's own changes are the only ones the slot loses.
+	// (With the workload going on, live changes referring to rows lost
+	// with the slot reach the flow before the backfill copies those rows,
+	// wait for them in front of the copy and are dead-lettered; a delete
+	// lost with the slot is lost for good, since a backfill carries none.)
+	// A shared field written by a lost change keeps an ERP write of it
+	// waiting in to-crm until the backfill copies its row (the copy
+	// records its version).
 	s.crm.pause()
 	paused := true
 	defer func() {
@@ -933,6 +937,15 @@ func (s *soak) replaceSlot(ctx context.Context) (time.Time, string, error) {
 			s.crm.resume()
 		}
 	}()
+	var pausedAt string
+	if err := withConn(ctx, crm, func(conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&pausedAt)
+	}); err != nil {
+		return time.Time{}, "", fmt.Errorf("replace slot %s: %w", slot, err)
+	}
+	if err := s.waitQuery(ctx, crm, 5*time.Minute, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`, slot, pausedAt); err != nil {
+		return time.Time{}, "", fmt.Errorf("replace slot %s: the workload's changes were not confirmed before the slot is dropped: %w", slot, err)
+	}
 	s.stopBoth()
 	var before, after int64
 	err := withConn(ctx, crm, func(conn *pgx.Conn) error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -39,8 +38,8 @@ func verifyOnly(ctx context.Context, env *demo.Env, o Options) (*Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, exe, "verify", "--config", filepath.Join(env.Dir, "duplex.yaml"), "--flow", "to-erp")
-	cmd.Env = append(os.Environ(), "CRM_DSN="+env.CRM.DSN("crm"), "ERP_DSN="+env.ERP.DSN("erp"), "NATS_URL=")
+	cmd := exec.CommandContext(ctx, exe, "verify", "--config", env.ConfigPath, "--flow", "to-erp")
+	cmd.Env = append(os.Environ(), "CRM_DSN="+env.CRM.DSN("crm"), "ERP_DSN="+env.ERP.DSN("erp"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	t0 := time.Now()

@@ -175,7 +175,7 @@ func runCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
-	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store and the listener's generated token (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
+	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store, the nkeys of duplex's identities on it and the listener's generated token (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
 	c.Flags().StringVar(&listen, "listen", envOr("DUPLEX_LISTEN", ops.DefaultListen), "address of /metrics, /healthz, /readyz (open), /api/status, /api/replay and the status page (bearer token: http.token or <data dir>/http.token) (off to disable)")
 	return c
 }
@@ -190,15 +190,19 @@ func checkCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := app.Preflight(cmd.Context(), cfg, m); err != nil {
+			warnings, err := app.PreflightReport(cmd.Context(), cfg, m)
+			if err != nil {
+				for _, w := range warnings {
+					fmt.Fprintln(g.stdout, "warning: "+clean(w)) // names from the catalogs
+				}
 				return err
 			}
-			warnings, err := app.Warnings(cmd.Context(), cfg, m)
+			more, err := app.Warnings(cmd.Context(), cfg, m)
 			if err != nil {
 				return err
 			}
-			for _, w := range warnings {
-				fmt.Fprintln(g.stdout, "warning: "+w)
+			for _, w := range append(warnings, more...) {
+				fmt.Fprintln(g.stdout, "warning: "+clean(w)) // names from the catalogs
 			}
 			fmt.Fprintln(g.stdout, "configuration and mapping fit both databases")
 			return nil

@@ -28,123 +28,6 @@ type Config struct {
 	dir string
 }
 
-// NATS says how to reach JetStream. Without a URL an embedded server runs.
-type NATS struct {
-	URL      string   `yaml:"url"`
-	User     string   `yaml:"user"`
-	Password string   `yaml:"password"`
-	Token    string   `yaml:"token"`
-	Creds    string   `yaml:"creds"`
-	CAFile   string   `yaml:"ca_file"`
-	Embedded Embedded `yaml:"embedded"`
-}
-
-// Embedded configures the in-process NATS server (package natsembed).
-// Zero values take natsembed's defaults.
-type Embedded struct {
-	Host string `yaml:"host"`
-	Port int    `yaml:"port"`
-	// StoreDir is the JetStream store directory (default
-	// <data dir>/jetstream); relative to the working directory, as data_dir.
-	StoreDir string `yaml:"store_dir"`
-	// Sync is when JetStream writes to disk: "always" (every message is
-	// fsynced before it is acknowledged: a power loss loses nothing
-	// acknowledged) or an interval such as "30s" (acknowledged once written
-	// to the operating system, flushed every interval: a crash of duplex
-	// alone loses nothing, a power loss or kernel crash up to one interval
-	// of acknowledged changes). Default: always, because duplex confirms a
-	// source's slot on JetStream's acknowledgement: with an interval, a
-	// power loss can lose changes the slot no longer holds.
-	Sync string `yaml:"sync"`
-	// MaxPayload is the largest message the server accepts, in bytes
-	// (default 8 MiB, at most 64 MiB).
-	MaxPayload int64 `yaml:"max_payload"`
-	// MaxStore bounds the bytes JetStream may keep on disk (default 1 TiB).
-	MaxStore int64 `yaml:"max_store"`
-	// MaxMemory bounds the bytes of memory-backed streams (default 256 MiB).
-	MaxMemory int64 `yaml:"max_memory"`
-	// Users, when set, are the only identities the server accepts; duplex
-	// itself connects as nats.user. Empty: no authentication.
-	Users []EmbeddedUser `yaml:"users"`
-}
-
-// EmbeddedUser is an identity the embedded server accepts: user and
-// password (in clear or a bcrypt hash), or a public user nkey.
-type EmbeddedUser struct {
-	User      string   `yaml:"user"`
-	Password  string   `yaml:"password"`
-	Nkey      string   `yaml:"nkey"`
-	Publish   Subjects `yaml:"publish"`
-	Subscribe Subjects `yaml:"subscribe"`
-}
-
-// Subjects allows and denies subjects; an empty allow list allows all
-// that deny does not name.
-type Subjects struct {
-	Allow []string `yaml:"allow"`
-	Deny  []string `yaml:"deny"`
-}
-
-// maxPayloadLimit is nats-server's max_pending, above which it refuses a
-// max_payload.
-const maxPayloadLimit = 64 << 20
-
-// SyncPolicy returns Sync as "always" (the default, when Sync is empty) or
-// an interval. Call it after Validate.
-func (e *Embedded) SyncPolicy() (always bool, interval time.Duration) {
-	always, interval, _ = parseSync(e.Sync)
-	return always, interval
-}
-
-func parseSync(s string) (bool, time.Duration, error) {
-	switch s {
-	case "", "always":
-		return true, 0, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		return false, 0, fmt.Errorf("sync %q: want always or a positive interval such as 30s", s)
-	}
-	return false, d, nil
-}
-
-// validate checks the embedded server's settings, also when a URL makes
-// them unused today. With used, duplex connects to the embedded server as
-// user (nats.user), which must then be one of its users if it has any.
-func (e *Embedded) validate(used bool, user string, bad func(format string, args ...any)) {
-	if _, _, err := parseSync(e.Sync); err != nil {
-		bad("nats.embedded.%w", err)
-	}
-	if e.MaxPayload < 0 || e.MaxPayload > maxPayloadLimit {
-		bad("nats.embedded.max_payload %d: want 1 to %d bytes (0 for the default)", e.MaxPayload, maxPayloadLimit)
-	}
-	if e.MaxStore < 0 {
-		bad("nats.embedded.max_store %d: want a positive number of bytes (0 for the default)", e.MaxStore)
-	}
-	if e.MaxMemory < 0 {
-		bad("nats.embedded.max_memory %d: want a positive number of bytes (0 for the default)", e.MaxMemory)
-	}
-	if e.Port < 0 || e.Port > 65535 {
-		bad("nats.embedded.port %d: want 0 to 65535", e.Port)
-	}
-	known := false
-	for i, u := range e.Users {
-		switch {
-		case u.Nkey != "" && (u.User != "" || u.Password != ""):
-			bad("nats.embedded.users[%d]: set nkey, or user and password, not both", i)
-		case u.Nkey != "":
-		case u.User == "":
-			bad("nats.embedded.users[%d]: no user or nkey", i)
-		case u.Password == "":
-			bad("nats.embedded.users[%d]: %s has no password (set it, or the environment variable it names)", i, u.User)
-		}
-		known = known || (u.User != "" && u.User == user)
-	}
-	if used && len(e.Users) > 0 && !known {
-		bad("nats.embedded.users: nats.user %q, the identity duplex connects as, is not among them", user)
-	}
-}
-
 // HA is how instances started with one configuration share the work:
 // each flow and each source's capture runs in one instance at a time, the
 // holder of its lease in the DUPLEX_LEASES key-value bucket; the others
@@ -289,7 +172,11 @@ func (c *Config) Validate() error {
 	if len(c.Flows) == 0 {
 		bad("flows: no flow configured")
 	}
-	c.NATS.Embedded.validate(c.NATS.URL == "", c.NATS.User, bad)
+	var flows []string
+	for _, f := range c.Flows {
+		flows = append(flows, f.Name)
+	}
+	c.NATS.validate(c.Sources(), flows, bad)
 	if c.Stream.MaxChangeBytes < 0 || c.Stream.MaxChangeBytes > 1<<30 {
 		bad("stream.max_change_bytes %d: want 1 to %d bytes (0 for the default, 64 MiB)", c.Stream.MaxChangeBytes, 1<<30)
 	}
@@ -337,6 +224,9 @@ func (c *Config) Validate() error {
 		}
 		if seen[f.Name] {
 			bad("flows: %s is defined twice", f.Name)
+		}
+		if strings.ContainsAny(f.Name, ".*>$ \t\r\n") {
+			bad("flows.%s: a flow name must be one NATS subject token (no dots, wildcards, $ or spaces): it names the flow's consumer and subjects", f.Name)
 		}
 		seen[f.Name] = true
 		if c.Systems[f.From] == nil {

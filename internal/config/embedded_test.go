@@ -27,9 +27,7 @@ flows:
 		{name: "defaults", nats: "embedded: {host: 127.0.0.1, port: 4222}", wantAlways: true},
 		{name: "sync always", nats: "embedded: {sync: always}", wantAlways: true},
 		{name: "sync interval", nats: "embedded: {sync: 30s}", wantInterval: 30 * time.Second},
-		{name: "all keys", nats: `user: duplex
-  password: pw
-  embedded:
+		{name: "all keys", nats: `embedded:
     store_dir: /var/lib/duplex/js
     sync: always
     max_payload: 1048576
@@ -48,8 +46,10 @@ flows:
 		{name: "max payload too large", nats: "embedded: {max_payload: 100000000}", wantErr: "nats.embedded.max_payload 100000000"},
 		{name: "negative max store", nats: "embedded: {max_store: -5}", wantErr: "nats.embedded.max_store -5"},
 		{name: "negative max memory", nats: "embedded: {max_memory: -5}", wantErr: "nats.embedded.max_memory -5"},
-		{name: "user without password", nats: "user: duplex\n  embedded: {users: [{user: duplex}]}", wantErr: "nats.embedded.users[0]: duplex has no password"},
-		{name: "duplex not a user", nats: "embedded: {users: [{user: ops, password: pw}]}", wantErr: `nats.embedded.users: nats.user "", the identity duplex connects as, is not among them`},
+		{name: "user without password", nats: "embedded: {users: [{user: duplex}]}", wantErr: "nats.embedded.users[0]: duplex has no password"},
+		{name: "extra user", nats: "embedded: {users: [{user: ops, password: pw}]}", wantAlways: true,
+			check: func(e Embedded) bool { return e.Enabled && len(e.Users) == 1 }},
+		{name: "embedded true", nats: "embedded: true", wantAlways: true, check: func(e Embedded) bool { return e.Enabled }},
 		{name: "external server ignores users", nats: "url: nats://nats:4222\n  embedded: {users: [{user: ops, password: pw}]}", wantAlways: true},
 	}
 	for _, tt := range tests {

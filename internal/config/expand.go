@@ -80,6 +80,7 @@ func parse(b []byte, getenv func(string) string) (*Config, error) {
 	if err := yaml.NewDecoder(bytes.NewReader(b)).Decode(&doc); err != nil {
 		return nil, err
 	}
+	section, urlKey, urlRaw := natsKeys(&doc)
 	expandNode(&doc, getenv)
 	if err := knownFields(&doc, reflect.TypeFor[Config]()); err != nil {
 		return nil, err
@@ -88,6 +89,7 @@ func parse(b []byte, getenv func(string) string) (*Config, error) {
 	if err := doc.Decode(&c); err != nil {
 		return nil, err
 	}
+	c.NATS.section, c.NATS.urlKey, c.NATS.urlRaw = section, urlKey, urlRaw
 	return &c, nil
 }
 

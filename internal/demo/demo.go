@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/duplex-cdc/duplex/examples"
 	"github.com/duplex-cdc/duplex/internal/app"
@@ -42,6 +43,11 @@ type Env struct {
 	Config   *config.Config
 	Mapping  *transform.Mapping
 	Dir      string
+	// ConfigPath is the example configuration in Dir (duplex.yaml: the
+	// embedded server); URLConfigPath the same with nats.url read from
+	// $NATS_URL instead (duplex-url.yaml), for duplex processes sharing
+	// one NATS server without authentication.
+	ConfigPath, URLConfigPath string
 }
 
 // Close stops the clusters and removes the files.
@@ -122,7 +128,16 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 		env.Close()
 		return nil, err
 	}
-	vars := map[string]string{"CRM_DSN": env.CRM.DSN("crm"), "ERP_DSN": env.ERP.DSN("erp"), "NATS_URL": ""}
+	ub, err := withNATSURL(cb)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "duplex-url.yaml"), ub, 0o644)
+	}
+	if err != nil {
+		env.Close()
+		return nil, fmt.Errorf("demo config: %w", err)
+	}
+	env.ConfigPath, env.URLConfigPath = cpath, filepath.Join(dir, "duplex-url.yaml")
+	vars := map[string]string{"CRM_DSN": env.CRM.DSN("crm"), "ERP_DSN": env.ERP.DSN("erp")}
 	cfg, err := config.Load(cpath, func(k string) string { return vars[k] })
 	if err != nil {
 		env.Close()
@@ -137,6 +152,31 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 		return nil, err
 	}
 	return env, nil
+}
+
+// withNATSURL returns a configuration document with its nats section
+// replaced by url: ${NATS_URL}.
+func withNATSURL(doc []byte) ([]byte, error) {
+	var n yaml.Node
+	if err := yaml.Unmarshal(doc, &n); err != nil {
+		return nil, err
+	}
+	if n.Kind != yaml.DocumentNode || len(n.Content) == 0 || n.Content[0].Kind != yaml.MappingNode {
+		return nil, errors.New("not a mapping")
+	}
+	root := n.Content[0]
+	url := &yaml.Node{Kind: yaml.MappingNode, Content: []*yaml.Node{
+		{Kind: yaml.ScalarNode, Value: "url"}, {Kind: yaml.ScalarNode, Value: "${NATS_URL}"}}}
+	found := false
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "nats" {
+			root.Content[i+1], found = url, true
+		}
+	}
+	if !found {
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "nats"}, url)
+	}
+	return yaml.Marshal(&n)
 }
 
 // Connect opens a connection to each database; close both.

@@ -79,6 +79,13 @@ type NATSProcessOptions struct {
 	// answer: a cluster node's JetStream answers only once a quorum of
 	// nodes runs (NATSCluster waits for the cluster instead).
 	NoWait bool
+	// Env is added to the process's environment (variables a
+	// configuration file references, as $NAME).
+	Env []string
+	// ConnectOptions are what the readiness check connects with: the
+	// credentials and TLS settings a server started with ConfigFile may
+	// require.
+	ConnectOptions []nats.Option
 }
 
 // NATSProcess is a nats-server running as a separate process, with
@@ -160,6 +167,7 @@ func (p *NATSProcess) Start(ctx context.Context) error {
 	}
 	args = append(append(args, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(p.opts.Port), "-sd", p.opts.StoreDir), p.opts.Args...)
 	cmd := exec.Command(p.bin, args...)
+	cmd.Env = append(os.Environ(), p.opts.Env...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		lf.Close()
@@ -191,7 +199,7 @@ func (p *NATSProcess) ping(ctx context.Context) error {
 		return err
 	}
 	c.Close()
-	nc, err := nats.Connect(p.URL(), nats.MaxReconnects(0), nats.Timeout(time.Second))
+	nc, err := nats.Connect(p.URL(), append([]nats.Option{nats.MaxReconnects(0), nats.Timeout(time.Second)}, p.opts.ConnectOptions...)...)
 	if err != nil {
 		return err
 	}
