@@ -17,7 +17,9 @@
 // the event does not know) are updated if they exist and otherwise refused
 // with the reason; a row that is created gets the mapping's default:
 // values and the event's unchanged values, which never overwrite an
-// existing row. The position lives in
+// existing row. Rows of an entity whose key the target owns are never
+// created by the sink, only updated: such a row is born in the target, and
+// one that is gone there was deleted there. The position lives in
 // the target database so that a backup of it carries the position too. A
 // source transaction too large to hold whole is applied chunk by chunk in
 // one target transaction (PartSink).

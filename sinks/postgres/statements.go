@@ -94,11 +94,17 @@ func quoteLiteral(s string) string {
 	return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
 }
 
-// insertable says whether rows of this shape can be created: they know
-// every value (no Unknown unchanged field) and give every NOT NULL column
-// one (canInsert).
-func (s *Sink) insertable(t *transform.TableMap, r *transform.Row) bool {
-	return len(r.Unknown) == 0 && s.canInsert(t, r.Values)
+// insertable says whether rows of this shape can be created: the
+// entity's key is not owned by the target itself, and they know every
+// value (no Unknown unchanged field) and give every NOT NULL column one
+// (canInsert). An entity lives and dies in the system that owns its key:
+// a row of it there was made there, so another system's write to a row
+// the target no longer has (deleted there while the write was on its
+// way, or the target restored from an older backup) is not a new row; it
+// updates existing rows only, and one that is gone is left gone
+// (checkUpdated).
+func (s *Sink) insertable(e *transform.Entity, t *transform.TableMap, r *transform.Row) bool {
+	return e.KeyOwner() != s.cfg.System && len(r.Unknown) == 0 && s.canInsert(t, r.Values)
 }
 
 // writeSQL returns the statement that writes rows of this shape (r is
@@ -109,7 +115,7 @@ func (s *Sink) writeSQL(e *transform.Entity, t *transform.TableMap, sig string, 
 	if q, ok := s.stmts[e.Name+"|"+sig]; ok {
 		return q, nil
 	}
-	if !s.insertable(t, r) {
+	if !s.insertable(e, t, r) {
 		q, err := s.updateSQL(t, cols)
 		if err != nil {
 			return "", err

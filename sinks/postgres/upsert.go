@@ -97,7 +97,7 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			}
 			return err
 		}
-		if !s.insertable(t, rows[0].row) {
+		if !s.insertable(e, t, rows[0].row) {
 			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
 				return err
 			}
