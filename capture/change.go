@@ -62,7 +62,16 @@ func (o Op) String() string {
 // Unchanged marks a column whose value the source did not send because it did
 // not change (an unchanged TOASTed value). A sink must leave such a column as
 // it is; it is never NULL.
-type Unchanged struct{}
+//
+// Known says Value is the value the column holds, found by the source
+// (capture/postgres: the old row under REPLICA IDENTITY FULL, else the row
+// read again by key): what a row must hold when it has to be created from
+// this change (the target lacks it). Without Known the value is unknown,
+// and such a row cannot be created.
+type Unchanged struct {
+	Known bool
+	Value any
+}
 
 // Row maps column names to exact Go values: nil (SQL NULL), int64, string,
 // bool, decimal.Decimal, time.Time, []byte, json.RawMessage, Unchanged, or

@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/duplex-cdc/duplex/internal/cli"
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/harness"
+	"github.com/duplex-cdc/duplex/internal/ops"
 	"github.com/duplex-cdc/duplex/internal/reconcile"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -89,6 +91,8 @@ type fixture struct {
 	// logTo receives their log too.
 	tweak func(*config.Config)
 	logTo io.Writer
+	// dsn, when set, replaces env's CRM_DSN or ERP_DSN (another role).
+	dsn map[string]string
 }
 
 type fixtureOptions struct {
@@ -226,6 +230,9 @@ func (f *fixture) diagnose() {
 }
 
 func (f *fixture) env(k string) string {
+	if v, ok := f.dsn[k]; ok {
+		return v
+	}
 	switch k {
 	case "CRM_DSN":
 		return f.crm.DSN(f.crmDB)
@@ -328,9 +335,30 @@ func (f *fixture) inProcessLevel(level slog.Level) (stop func()) {
 
 // child is a duplex process.
 type child struct {
-	cmd    *exec.Cmd
-	log    string
-	listen string // address of its status listener
+	cmd     *exec.Cmd
+	log     string
+	listen  string // address of its status listener
+	dataDir string // its --data-dir, where it keeps the listener's token
+}
+
+// token is the bearer token the child generated into its data directory
+// ("" until it wrote it).
+func (c *child) token() string {
+	tok, err := ops.ResolveToken(config.HTTP{}, c.dataDir, false)
+	if err != nil {
+		return ""
+	}
+	return tok.Value
+}
+
+// get sends GET path to the child's listener with its bearer token.
+func (c *child) get(path string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+c.listen+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token())
+	return (&http.Client{Timeout: 5 * time.Second}).Do(req)
 }
 
 // startChild runs `duplex run` as a separate process (the test binary).
@@ -352,7 +380,7 @@ func (f *fixture) startChild() *child {
 	if err := cmd.Start(); err != nil {
 		f.t.Fatal(err)
 	}
-	c := &child{cmd: cmd, log: logPath, listen: listen}
+	c := &child{cmd: cmd, log: logPath, listen: listen, dataDir: f.dir}
 	f.t.Cleanup(func() {
 		if c.cmd.ProcessState == nil {
 			_ = c.cmd.Process.Kill()

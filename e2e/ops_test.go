@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,6 +66,8 @@ func (f *fixture) duplexCLI(args ...string) (int, string) {
 	f.t.Setenv("CRM_DSN", f.env("CRM_DSN"))
 	f.t.Setenv("ERP_DSN", f.env("ERP_DSN"))
 	var stdout, stderr bytes.Buffer
+	// The tools find a child's listener token in the data directory.
+	f.t.Setenv("DUPLEX_DATA_DIR", f.dir)
 	code := cli.MainIO(append(args, "--config", f.cfgPath), &stdout, &stderr)
 	return code, stdout.String() + stderr.String()
 }
@@ -313,7 +316,8 @@ func TestOps_VerifyFindsOneCent(t *testing.T) {
 
 // TestOps_StatusPageInChromium: the status page at / of the listener shows
 // both flows with their lag in a real headless browser, and updates live;
-// the screenshot is kept next to the test log.
+// the screenshot is kept next to the test log. The browser signs in as a
+// person does: /?token=<token> sets the cookie and redirects to /.
 func TestOps_StatusPageInChromium(t *testing.T) {
 	browser := ""
 	for _, b := range []string{"chromium", "chromium-browser", "google-chrome"} {
@@ -338,7 +342,7 @@ func TestOps_StatusPageInChromium(t *testing.T) {
 		defer cancel()
 		base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
 			"--user-data-dir=" + filepath.Join(f.dir, "chromium"), "--virtual-time-budget=4000", "--window-size=1280,900"}
-		cmd := exec.CommandContext(ctx, browser, append(append(base, args...), "http://"+c.listen+"/")...)
+		cmd := exec.CommandContext(ctx, browser, append(append(base, args...), "http://"+c.listen+"/?token="+url.QueryEscape(c.token()))...)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil {

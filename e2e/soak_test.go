@@ -30,17 +30,7 @@ func TestSoak_EveryFaultInTwoMinutes(t *testing.T) {
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	// Every kind but column-dropped: a mapped column dropped and restored,
-	// then a source restarted (crash recovery) before its slot moved past
-	// the drop, holds the entity again although the table fits, until
-	// duplex restarts (a known bug, in the closing note and README); the
-	// full soak, `duplex bench --soak`, still injects it.
-	var faults []string
-	for _, k := range bench.SoakFaultKinds() {
-		if k != "column-dropped" {
-			faults = append(faults, k)
-		}
-	}
+	faults := bench.SoakFaultKinds()
 	w := &logWriter{t: t}
 	res, err := bench.Soak(context.Background(), bench.SoakOptions{
 		Faults:   faults,

@@ -99,8 +99,7 @@ func newStandbyFixture(t *testing.T, ttl time.Duration) (*fixture, *harness.NATS
 
 // statusOf asks a duplex process for its status.
 func statusOf(c *child) (*app.Status, bool) {
-	client := http.Client{Timeout: 2 * time.Second}
-	resp, err := client.Get("http://" + c.listen + "/api/status")
+	resp, err := c.get("/api/status")
 	if err != nil {
 		return nil, false
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -235,7 +236,11 @@ func NewerChanges(ctx context.Context, js jetstream.JetStream, dl *DeadLetter) (
 				default:
 					deleted = false // re-created later
 					for f := range ev.Data {
-						fields[f] = true
+						// A field the newer change left unchanged is no
+						// newer write of it.
+						if !slices.Contains(ev.Unchanged, f) {
+							fields[f] = true
+						}
 					}
 				}
 			}

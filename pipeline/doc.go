@@ -30,7 +30,8 @@
 // counted and logged, refused inserts dead-lettered), message.go (the
 // message body), largechange.go (messages cut by bytes within the
 // server's max payload, events too large for a message in the
-// DUPLEX_LARGE object store), holds.go (entities held back), streams.go
+// DUPLEX_LARGE object store), holds.go (entities held back, and
+// what a slot sends again of them after a crash), streams.go
 // (DUPLEX, DUPLEX_DLQ), retention.go and retention_large.go (what may be
 // removed from DUPLEX and DUPLEX_LARGE), lease.go (one active instance per
 // flow and capture), consumer.go (a flow's durable consumer, fetch, ack,

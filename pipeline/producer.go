@@ -178,6 +178,13 @@ type producer struct {
 	redo      map[string]Hold
 	redoUntil capture.LSN
 	released  atomic.Bool
+	// redone is Holding.Redone; resent the entities of which a change
+	// sent again was left out in this session (logged once).
+	redone map[string]capture.LSN
+	resent map[string]bool
+	// heldEvents are the events the held changes of the current chunk
+	// would make (read leniently), for the version recorder only.
+	heldEvents []transform.Event
 
 	large largeStore
 }
@@ -214,6 +221,7 @@ func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, c
 	if len(p.held) > 0 || len(p.redo) > 0 {
 		if e := p.cfg.Mapping.Source(system, ch.QualifiedTable()); e != nil {
 			if h, ok := p.held[e.Name]; ok && c.Tx.CommitLSN >= h.Since && !c.Tx.Snapshot {
+				p.keepVersions(c, index, ch)
 				return nil, nil
 			}
 			if h, ok := p.redo[e.Name]; ok && c.Tx.CommitLSN >= h.Since && !c.Tx.Snapshot {
@@ -224,9 +232,13 @@ func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, c
 	evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, index, ch)
 	var se *transform.SchemaError
 	if errors.As(err, &se) && p.cfg.Holds != nil && !c.Tx.Snapshot {
+		if p.handledBefore(c, se) {
+			return nil, nil
+		}
 		if err := p.hold(ctx, c, se); err != nil {
 			return nil, err
 		}
+		p.keepVersions(c, index, ch)
 		return nil, nil
 	}
 	return evs, err
@@ -333,6 +345,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		tx.PrevLSN = p.txPrev
 	}
 	from := make([]int, 0, len(c.Changes)) // the change each event comes from
+	p.heldEvents = p.heldEvents[:0]
 	for i := range c.Changes {
 		ch := &c.Changes[i]
 		evs, err := p.normalize(ctx, c, c.First+i, ch)
@@ -372,8 +385,8 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 			}
 		})
 	}
-	if p.cfg.Versions != nil && !c.Tx.Applied && !c.Tx.Snapshot && len(tx.Events) > 0 {
-		if err := p.cfg.Versions.Record(ctx, tx.Events); err != nil {
+	if rec := p.versionsToRecord(tx.Events); p.cfg.Versions != nil && !c.Tx.Applied && !c.Tx.Snapshot && len(rec) > 0 {
+		if err := p.cfg.Versions.Record(ctx, rec); err != nil {
 			return err
 		}
 	}

@@ -29,8 +29,11 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 	if !ok {
 		return skip, nil
 	}
-	if _, ok := v.(capture.Unchanged); ok {
-		return skip, nil
+	if u, ok := v.(capture.Unchanged); ok {
+		if !u.Known {
+			return skip, nil
+		}
+		v = u.Value // the value it holds (normalize marks it unchanged)
 	}
 	fail := func(err error) (any, error) {
 		return nil, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: describe(v), Err: err}
@@ -44,6 +47,9 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 			return fail(err)
 		}
 		return t, nil
+	}
+	if inf := timeInfinity(v); inf != "" && (conv == ConvTimestamp || conv == ConvDate) {
+		return inf, nil
 	}
 	if sp, ok := v.(capture.Special); ok {
 		return fail(fmt.Errorf("%s cannot be carried exactly as %s", string(sp), f.Type))
@@ -121,13 +127,13 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 		if !ok {
 			return fail(fmt.Errorf("want a timestamp, have %T", v))
 		}
-		return t.UTC().Format(time.RFC3339Nano), nil
+		return CanonicalTimestamp(t), nil
 	case ConvDate:
 		t, ok := v.(time.Time)
 		if !ok {
 			return fail(fmt.Errorf("want a date, have %T", v))
 		}
-		return t.Format(time.DateOnly), nil
+		return CanonicalDate(t), nil
 	case ConvBoolean:
 		b, ok := v.(bool)
 		if !ok {
@@ -146,8 +152,11 @@ func (m *Mapping) currencyOf(c *ColumnMap, row capture.Row) (string, error) {
 	if !ok || v == nil {
 		return "", fmt.Errorf("currency column %s is empty", c.CurrencyColumn)
 	}
-	if _, ok := v.(capture.Unchanged); ok {
-		return "", fmt.Errorf("currency column %s was not sent", c.CurrencyColumn)
+	if u, ok := v.(capture.Unchanged); ok {
+		if !u.Known || u.Value == nil {
+			return "", fmt.Errorf("currency column %s was not sent", c.CurrencyColumn)
+		}
+		v = u.Value
 	}
 	s, err := asText(v)
 	if err != nil {
@@ -193,7 +202,7 @@ func describe(v any) string {
 	case decimal.Decimal:
 		return x.String()
 	case time.Time:
-		return x.Format(time.RFC3339Nano)
+		return CanonicalTimestamp(x)
 	case capture.Special:
 		return string(x)
 	case Money:
@@ -270,9 +279,9 @@ func (f *Field) Equal(a, b any) bool {
 	case TypeTimestamp:
 		sa, _ := a.(string)
 		sb, _ := b.(string)
-		ta, err1 := time.Parse(time.RFC3339Nano, sa)
-		tb, err2 := time.Parse(time.RFC3339Nano, sb)
-		return err1 == nil && err2 == nil && ta.Equal(tb)
+		ta, ia, err1 := ParseCanonicalTime(sa, false)
+		tb, ib, err2 := ParseCanonicalTime(sb, false)
+		return err1 == nil && err2 == nil && ia == ib && ta.Equal(tb)
 	}
 	return a == b
 }

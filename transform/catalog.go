@@ -68,8 +68,10 @@ type ColumnInfo struct {
 	// Precision and Scale of numeric; -1 when unconstrained.
 	Precision, Scale int32
 	// MaxLen of varchar/char; -1 when unconstrained.
-	MaxLen     int
-	NotNull    bool
+	MaxLen  int
+	NotNull bool
+	// HasDefault: the column fills itself in an insert that leaves it
+	// out (a DEFAULT, or GENERATED ... AS IDENTITY).
 	HasDefault bool
 	// Collation is the column's collation as SQL ("public.ci"), when it
 	// is not its type's default; "" otherwise.
@@ -134,17 +136,38 @@ func columnFits(f *Field, conv string, c *ColumnInfo) error {
 // (every NOT NULL column without a default is mapped), and a source table
 // must key its deletes.
 func (m *Mapping) Check(system string, cat *Catalog, role string) error {
-	return m.check(system, cat, role, nil)
+	_, err := m.check(system, cat, role, nil, nil)
+	return err
+}
+
+// CheckReport is Check that also returns warnings: what fits but will
+// refuse some events. A target table with a NOT NULL column (no DEFAULT)
+// that the mapping neither maps nor gives a default: updates of existing
+// rows are applied, but a row duplex has to insert is dead-lettered with
+// the reason.
+func (m *Mapping) CheckReport(system string, cat *Catalog, role string) (warnings []string, err error) {
+	return m.check(system, cat, role, nil, nil)
 }
 
 // CheckTarget is Check for the sink of one flow: only the entities the
-// flow's source publishes are written, so only they must fit.
+// flow's source publishes are written, so only they must fit, and of
+// those only the columns of fields the flow carries (owned by the source
+// or by both) must exist. A column of a field the target system owns
+// alone is never written by the flow: that it is missing (dropped while
+// the target's own capture holds the entity) does not stop the flow.
 func (m *Mapping) CheckTarget(system, source string, cat *Catalog) error {
-	return m.check(system, cat, "target", func(e *Entity) bool { return e.Publishes(source) })
+	_, err := m.check(system, cat, "target", func(e *Entity) bool { return e.Publishes(source) }, func(f *Field) bool {
+		return f.Owner == source || f.Owner == OwnerBoth
+	})
+	return err
 }
 
-func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Entity) bool) error {
+// check is Check for the entities only accepts (nil: all), requiring the
+// columns of the fields carried accepts (nil: all) to exist; it returns
+// the warnings of CheckReport too.
+func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Entity) bool, carried func(*Field) bool) ([]string, error) {
 	var errs []error
+	var warns []string
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for _, e := range m.Entities {
 		if only != nil && !only(e) {
@@ -194,6 +217,9 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 				mapped[c.Column] = true
 				ci := ti.Columns[c.Column]
 				if ci == nil {
+					if carried != nil && !e.IsKey(fname) && !carried(f) {
+						continue
+					}
 					bad("%s: column %s (field %s) does not exist", where, c.Column, fname)
 				} else if c.Ref != nil {
 					c.info = ci
@@ -220,14 +246,22 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 				}
 			}
 		}
+		for _, col := range sortedKeys(t.Default) {
+			if (role == "target" || role == "both") && ti.Columns[col] == nil {
+				bad("%s: default for column %s, which does not exist", where, col)
+			}
+		}
 		// Rows born in another system (it owns the key) are created here
-		// by duplex, so every NOT NULL column without a default must be
-		// mapped.
+		// by duplex: a NOT NULL column without a default that is not
+		// mapped either gets a value from the mapping's default: or makes
+		// those inserts fail. Updates of existing rows do not need it (the
+		// sink updates rows it cannot insert), so this is a warning: the
+		// inserts are dead-lettered with the reason, the rest flows.
 		if ko := e.KeyOwner(); (role == "target" || role == "both") && ko != system && ko != OwnerBoth {
 			for _, name := range sortedKeys(ti.Columns) {
 				ci := ti.Columns[name]
-				if ci.NotNull && !ci.HasDefault && !mapped[name] {
-					bad("%s: column %s is NOT NULL without a default and not mapped, so inserts would fail", where, name)
+				if ci.NotNull && !ci.HasDefault && !mapped[name] && t.Default[name] == nil {
+					warns = append(warns, fmt.Sprintf("%s: column %s is NOT NULL without a default and not mapped: updates of existing rows are applied, but a row duplex inserts is dead-lettered; give it a value with default: in the mapping (a constant or sql:) or a DEFAULT in the table", where, name))
 				}
 			}
 		}
@@ -284,7 +318,7 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 			bad("%s: role %s cannot use replication origins, which duplex applies under; make it superuser or GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_session_setup(text), pg_replication_origin_xact_setup(pg_lsn, timestamptz) TO %s", system, r.Name, r.Name)
 		}
 	}
-	return errors.Join(errs...)
+	return warns, errors.Join(errs...)
 }
 
 // HasUniqueKey says whether a unique index (or the primary key) has

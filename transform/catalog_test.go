@@ -1,8 +1,11 @@
 package transform_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -17,6 +20,10 @@ func TestMapping_Check(t *testing.T) {
 		wantErr   bool
 		wantCount int
 		wantMsgs  []string
+		// wantWarn: each is in one warning, and there are as many
+		// warnings as these.
+		wantWarn []string
+		mapping  string // appended to the example mapping's last entity's erp table
 	}{
 		{name: "erp matches as target", system: "erp", role: "target", catalog: erpCatalog},
 		{name: "crm matches as source", system: "crm", role: "source", catalog: crmCatalog},
@@ -117,13 +124,27 @@ func TestMapping_Check(t *testing.T) {
 			},
 		},
 		{
+			// Updates of existing rows work (the sink updates what it
+			// cannot insert); only inserts would fail: a warning.
 			name: "NOT NULL column without default not mapped, target", system: "erp", role: "target", catalog: erpCatalog,
 			change: func(c *transform.Catalog) {
 				c.Tables["public.customers"].Columns["segment"] = col("segment", "text", "notnull")
 			},
+			wantWarn: []string{"erp table public.customers (entity customer): column segment is NOT NULL without a default and not mapped: updates of existing rows are applied, but a row duplex inserts is dead-lettered; give it a value with default: in the mapping"},
+		},
+		{
+			name: "NOT NULL column not mapped but given a default by the mapping", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.customers"].Columns["segment"] = col("segment", "text", "notnull")
+			},
+			mapping: "segment: {sql: \"'retail'\"}",
+		},
+		{
+			name: "default for a column that does not exist", system: "erp", role: "target", catalog: erpCatalog,
+			mapping:   "segment: retail",
 			wantErr:   true,
 			wantCount: 1,
-			wantMsgs:  []string{"erp table public.customers (entity customer): column segment is NOT NULL without a default and not mapped, so inserts would fail"},
+			wantMsgs:  []string{"erp table public.customers (entity customer): default for column segment, which does not exist"},
 		},
 		{
 			name: "NOT NULL column without default not mapped, source only", system: "erp", role: "source", catalog: erpCatalog,
@@ -235,9 +256,7 @@ func TestMapping_Check(t *testing.T) {
 			change: func(c *transform.Catalog) {
 				c.Tables["public.invoices"].Columns["note"] = col("note", "text", "notnull")
 			},
-			wantErr:   true,
-			wantCount: 1,
-			wantMsgs:  []string{"crm table public.invoices (entity invoice): column note is NOT NULL without a default and not mapped"},
+			wantWarn: []string{"crm table public.invoices (entity invoice): column note is NOT NULL without a default and not mapped"},
 		},
 		{
 			// issued_at is NOT NULL without a default and not mapped: fine,
@@ -301,14 +320,14 @@ func TestMapping_Check(t *testing.T) {
 				so.ReplicaIdentity = 'f'
 			},
 			wantErr:   true,
-			wantCount: 8,
+			wantCount: 7,
+			wantWarn:  []string{"erp table public.customers (entity customer): column segment is NOT NULL without a default and not mapped"},
 			wantMsgs: []string{
 				"erp table public.customers (entity customer): shared field(s) [email] need the old row",
 				"erp table public.sales_order_lines (entity order_line): table does not exist",
 				"erp table public.customers (entity customer): column email (field email) does not exist",
 				"erp table public.customers (entity customer): key column crm_account_id has no unique index",
 				"erp table public.customers (entity customer): column credit_limit_minor (field credit_limit): type text cannot hold a money field through converter money_minor",
-				"erp table public.customers (entity customer): column segment is NOT NULL without a default and not mapped",
 				"erp table public.customers (entity customer): REPLICA IDENTITY NOTHING",
 				"erp table public.sales_orders (entity order): column total (field total): type money depends on the server's lc_monetary",
 			},
@@ -317,11 +336,22 @@ func TestMapping_Check(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := loadExample(t)
+			if tt.mapping != "" {
+				m.Entity("customer").Tables["erp"].Default = parseDefaults(t, tt.mapping)
+			}
 			cat := tt.catalog()
 			if tt.change != nil {
 				tt.change(cat)
 			}
-			err := m.Check(tt.system, cat, tt.role)
+			warns, err := m.CheckReport(tt.system, cat, tt.role)
+			if len(warns) != len(tt.wantWarn) {
+				t.Errorf("warnings = %q, want %d", warns, len(tt.wantWarn))
+			}
+			for _, w := range tt.wantWarn {
+				if !slices.ContainsFunc(warns, func(s string) bool { return strings.Contains(s, w) }) {
+					t.Errorf("no warning contains %q; warnings: %q", w, warns)
+				}
+			}
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("Check(%s, %s) error = %v, wantErr %v", tt.system, tt.role, err, tt.wantErr)
 			}
@@ -333,6 +363,46 @@ func TestMapping_Check(t *testing.T) {
 			}
 			checkContainsAll(t, err, tt.wantMsgs)
 		})
+	}
+}
+
+// TestMapping_CheckTarget: the sink of a flow needs the columns of the
+// fields the flow carries; a column of a field the target owns alone
+// (accounts.country in the CRM, for the flow from the ERP) may be missing,
+// as while the CRM's capture holds the entity after it was dropped.
+func TestMapping_CheckTarget(t *testing.T) {
+	tests := []struct {
+		name    string
+		drop    string
+		wantErr string
+	}{
+		{name: "fits"},
+		{name: "a column the target owns alone", drop: "country"},
+		{name: "a column of a field the source owns", drop: "payment_terms", wantErr: "column payment_terms (field payment_terms) does not exist"},
+		{name: "a column of a shared field", drop: "email", wantErr: "column email (field email) does not exist"},
+		{name: "the currency column of a carried amount", drop: "currency", wantErr: "currency column currency (field open_balance) does not exist"},
+		{name: "the key column", drop: "id", wantErr: "key column id does not exist"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := loadExample(t)
+			cat := crmCatalog()
+			delete(cat.Tables["public.accounts"].Columns, tt.drop)
+			err := m.CheckTarget("crm", "erp", cat)
+			if (err != nil) != (tt.wantErr != "") {
+				t.Fatalf("CheckTarget(crm, erp) without accounts.%s: error = %v, want %q", tt.drop, err, tt.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("CheckTarget error = %v, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+	// Check (the start-up check of a system that is also a source) still
+	// requires every mapped column.
+	cat := crmCatalog()
+	delete(cat.Tables["public.accounts"].Columns, "country")
+	if err := loadExample(t).Check("crm", cat, "both"); err == nil || !strings.Contains(err.Error(), "column country (field country) does not exist") {
+		t.Errorf("Check(crm, both) without accounts.country = %v, want the missing column", err)
 	}
 }
 
@@ -358,4 +428,14 @@ func TestMapping_Check_binds(t *testing.T) {
 	if err != nil && !strings.Contains(err.Error(), "numeric(19,4)") {
 		t.Errorf("error %q does not name the column type numeric(19,4)", err)
 	}
+}
+
+// parseDefaults reads the default: map of a table from YAML.
+func parseDefaults(t *testing.T, doc string) map[string]*transform.ColumnDefault {
+	t.Helper()
+	var d map[string]*transform.ColumnDefault
+	if err := yaml.Unmarshal([]byte(doc), &d); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

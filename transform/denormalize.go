@@ -24,6 +24,10 @@ type ColValue struct {
 	// sink must look up the column value in the target (Ref.Column of the
 	// referenced row).
 	Ref *Ref
+	// InsertOnly: the value of a field the change left unchanged
+	// (Event.Unchanged), written only when the row is created, never
+	// over an existing row.
+	InsertOnly bool
 }
 
 // Row is a canonical event made ready for one system: the table, the key
@@ -42,6 +46,10 @@ type Row struct {
 	// be written (the currency next to an amount, owned by another
 	// system); a row that holds something else is an error, not a write.
 	Guards []ColValue
+	// Unknown lists the fields the change left unchanged whose value is
+	// not known (Event.Unchanged without a value): the row is updated if
+	// it exists, but cannot be created from this event.
+	Unknown []string
 }
 
 // fieldOfColumn returns the field a column of the table stores, if any.
@@ -60,7 +68,13 @@ func (r *Row) Signature() string {
 	var b strings.Builder
 	for _, v := range r.Values {
 		b.WriteString(v.Column)
+		if v.InsertOnly {
+			b.WriteByte('+')
+		}
 		b.WriteByte(',')
+	}
+	if len(r.Unknown) > 0 {
+		b.WriteByte('?')
 	}
 	return b.String()
 }
@@ -122,12 +136,21 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 				return nil, err
 			}
 		}
+		unchanged := slices.Contains(ev.Unchanged, f.Name)
 		if !ok {
+			if unchanged {
+				r.Unknown = append(r.Unknown, f.Name)
+			}
 			continue
 		}
 		cv, err := m.targetText(e, f, c, v, ev.Key)
 		if err != nil {
 			return nil, err
+		}
+		if unchanged {
+			cv.InsertOnly = true
+			r.Values = append(r.Values, cv)
+			continue
 		}
 		r.Values = append(r.Values, cv)
 		if c.CurrencyColumn != "" && v != nil {
@@ -288,14 +311,33 @@ func (m *Mapping) targetText(e *Entity, f *Field, c *ColumnMap, v any, key strin
 		if !ok {
 			return fail(fmt.Errorf("want a timestamp string, have %T", v))
 		}
-		ts, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return fail(errors.New("not an RFC 3339 timestamp"))
-		}
-		if c.info != nil && c.info.Type == "timestamp" {
-			out.Text = ts.UTC().Format("2006-01-02 15:04:05.999999999")
-		} else {
+		ts, inf, err := ParseCanonicalTime(s, false)
+		switch {
+		case err != nil:
+			return fail(err)
+		case inf != 0:
+			out.Text = pgInfinity(inf)
+		case c.info != nil && c.info.Type == "timestamp":
+			out.Text = pgDateTimeText(ts, false, false)
+		case ts.Year() >= 1 && ts.Year() <= 9999:
 			out.Text = ts.UTC().Format(time.RFC3339Nano)
+		default:
+			out.Text = pgDateTimeText(ts, false, true)
+		}
+		return out, nil
+	case ConvDate:
+		s, ok := v.(string)
+		if !ok {
+			return fail(fmt.Errorf("want a date string, have %T", v))
+		}
+		d, inf, err := ParseCanonicalTime(s, true)
+		switch {
+		case err != nil:
+			return fail(err)
+		case inf != 0:
+			out.Text = pgInfinity(inf)
+		default:
+			out.Text = pgDateTimeText(d, true, false)
 		}
 		return out, nil
 	case ConvEnum:

@@ -508,3 +508,31 @@ func TestMapping_roundTrip(t *testing.T) {
 		})
 	}
 }
+
+// TestMapping_Denormalize_unchanged: a field the change left unchanged is
+// written only when the row is created (InsertOnly) when its value came
+// with the event, and is Unknown when it did not; both show in the
+// signature, so they get statements of their own.
+func TestMapping_Denormalize_unchanged(t *testing.T) {
+	m := boundERP(t)
+	ev := orderEvent(map[string]any{"status": "open", "ordered_at": "2024-03-01T08:00:00Z"})
+	ev.Unchanged = []string{"ordered_at", "total"}
+	row, err := m.Denormalize(ev, "erp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []transform.ColValue{
+		{Column: "crm_order_id", Text: orderID},
+		{Column: "ordered_at", Text: "2024-03-01T08:00:00Z", InsertOnly: true},
+		{Column: "status", Text: "OPEN"},
+	}
+	if !reflect.DeepEqual(row.Values, want) {
+		t.Errorf("Values =\n%+v\nwant\n%+v", row.Values, want)
+	}
+	if !reflect.DeepEqual(row.Unknown, []string{"total"}) {
+		t.Errorf("Unknown = %v, want [total]", row.Unknown)
+	}
+	if got, want := row.Signature(), "crm_order_id,ordered_at+,status,?"; got != want {
+		t.Errorf("Signature() = %q, want %q", got, want)
+	}
+}

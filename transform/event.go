@@ -56,6 +56,13 @@ type Event struct {
 	Key     string         `json:"key"`
 	Pos     Position       `json:"pos"`
 	Data    map[string]any `json:"data,omitempty"`
+	// Unchanged lists fields an update left as they were and the source
+	// did not send (unchanged TOASTed values). Such a field's value in
+	// Data, when there, is what the source holds: written only to create
+	// a row the target lacks, never over an existing row. Without a value
+	// in Data it is unknown, and the target does not create the row from
+	// this event (it is dead-lettered with the reason instead).
+	Unchanged []string `json:"unchanged,omitempty"`
 	// Redo marks a change of an entity that was held (its source table
 	// did not fit the mapping) and is published late, after the fix: it
 	// is applied even though the flow has applied later positions.

@@ -113,6 +113,10 @@ type TableMap struct {
 	KeyColumn     string                `yaml:"key_column"`
 	KeyColumnList Names                 `yaml:"key_columns"`
 	Columns       map[string]*ColumnMap `yaml:"columns"`
+	// Default gives target columns a value for the rows duplex inserts
+	// and whose event does not write them (a NOT NULL column the mapping
+	// does not carry), by column name. Never used for a row that exists.
+	Default map[string]*ColumnDefault `yaml:"default"`
 
 	schema, name string
 	keyColumns   []string
@@ -139,6 +143,51 @@ type ColumnMap struct {
 	Ref *Ref `yaml:"ref"`
 
 	info *ColumnInfo // bound by Check
+}
+
+// ColumnDefault is the value of a target column in a row duplex inserts
+// when the event does not write that column: a constant (cast to the
+// column's type), or an SQL expression evaluated in the target database by
+// the insert, once per row, like a column DEFAULT (now(), a sequence's
+// nextval, a function of the database). In YAML a plain scalar is a
+// constant: `region: EU`, `region: {value: EU}`, `created_by: {sql: current_user}`.
+type ColumnDefault struct {
+	Value *string `yaml:"value"`
+	SQL   string  `yaml:"sql"`
+}
+
+// UnmarshalYAML reads a scalar as a constant, or a mapping with value or sql.
+func (d *ColumnDefault) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		if n.Tag == "!!null" {
+			return fmt.Errorf("line %d: a default needs a value (value: or sql:)", n.Line)
+		}
+		v := n.Value
+		d.Value = &v
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: a default is a constant or {value: ...} or {sql: ...}", n.Line)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "value":
+			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+				return fmt.Errorf("line %d: default value must be a scalar", v.Line)
+			}
+			s := v.Value
+			d.Value = &s
+		case "sql":
+			if v.Kind != yaml.ScalarNode {
+				return fmt.Errorf("line %d: default sql must be a string", v.Line)
+			}
+			d.SQL = v.Value
+		default:
+			return fmt.Errorf("line %d: field %s not found in a default (want value or sql)", k.Line, k.Value)
+		}
+	}
+	return nil
 }
 
 // Ref points at another entity's row.
@@ -494,6 +543,21 @@ func validateTable(m *Mapping, e *Entity, sys string, t *TableMap, bad func(stri
 		}
 		if c.Ref != nil && c.Ref.Column == "" {
 			bad("%s: field %s: ref needs entity and column", where, fname)
+		}
+	}
+	for col, d := range t.Default {
+		switch {
+		case col == "":
+			bad("%s: default for a column without a name", where)
+		case d == nil || (d.Value == nil) == (strings.TrimSpace(d.SQL) == ""):
+			bad("%s: default for column %s needs exactly one of value or sql", where, col)
+		case col == t.KeyColumn:
+			bad("%s: default for key column %s: every row's key comes from its event", where, col)
+		}
+		for fname, c := range t.Columns {
+			if c != nil && c.Column == col && c.Value != nil {
+				bad("%s: default for column %s, which field %s writes with a constant", where, col, fname)
+			}
 		}
 	}
 	_ = m

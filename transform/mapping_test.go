@@ -119,6 +119,35 @@ func TestParse(t *testing.T) {
 			wantErr: []string{"entity item: enum field state lists no values"},
 		},
 		{
+			name:  "defaults: a constant, a value, an SQL expression",
+			edits: []string{"        key_column: item_id\n", "        key_column: item_id\n        default: {region: EU, note: {value: ''}, created_by: {sql: current_user}}\n"},
+		},
+		{
+			name:    "default with both value and sql",
+			edits:   []string{"        key_column: item_id\n", "        key_column: item_id\n        default: {region: {value: EU, sql: \"'EU'\"}}\n"},
+			wantErr: []string{"entity item, system b: default for column region needs exactly one of value or sql"},
+		},
+		{
+			name:    "default without a value",
+			edits:   []string{"        key_column: item_id\n", "        key_column: item_id\n        default: {region: {sql: ' '}}\n"},
+			wantErr: []string{"entity item, system b: default for column region needs exactly one of value or sql"},
+		},
+		{
+			name:    "default null",
+			edits:   []string{"        key_column: item_id\n", "        key_column: item_id\n        default: {region: null}\n"},
+			wantErr: []string{"entity item, system b: default for column region needs exactly one of value or sql"},
+		},
+		{
+			name:    "default with an unknown key",
+			edits:   []string{"        key_column: item_id\n", "        key_column: item_id\n        default: {region: {expr: now()}}\n"},
+			wantErr: []string{"field expr not found in a default"},
+		},
+		{
+			name:    "default for the key column",
+			edits:   []string{"        key_column: item_id\n", "        key_column: item_id\n        default: {item_id: x}\n"},
+			wantErr: []string{"entity item, system b: default for key column item_id"},
+		},
+		{
 			name:    "money without currency_column or currency",
 			edits:   []string{"price:    {column: price, currency_column: cur}", "price: {column: price}"},
 			wantErr: []string{"entity item, system a: field price: money needs exactly one of currency_column or currency"},

@@ -75,8 +75,10 @@ func nativeText(v any) (string, error) {
 		return strconv.FormatBool(x), nil
 	case time.Time:
 		// A timestamp without time zone was decoded as UTC wall time;
-		// casting this form to it drops the offset and keeps the wall time.
-		return x.UTC().Format("2006-01-02 15:04:05.999999999Z07:00"), nil
+		// casting this form to it drops the offset and keeps the wall
+		// time, and a date takes its day. Years before 1 are written
+		// with PostgreSQL's BC suffix (timevalue.go).
+		return pgDateTimeText(x, false, true), nil
 	case json.RawMessage:
 		return string(x), nil
 	case []byte:

@@ -129,6 +129,26 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 				}
 				return nil, &SchemaError{System: system, Table: ch.QualifiedTable(), Column: c.Column, Entity: e.Name, Field: f.Name}
 			}
+			if u, ok := ch.New[c.Column].(capture.Unchanged); ok && c.converter(f) != ConvConstant {
+				// An unchanged TOASTed value: not a write. Its value, when
+				// the capture found it, travels for a target that has to
+				// create the row; without it the target will not create
+				// the row rather than leave the column NULL. A shared
+				// field is resolved by its writes alone and is left out,
+				// as any shared field an update did not change.
+				if f.Owner == OwnerBoth {
+					continue
+				}
+				ev.Unchanged = append(ev.Unchanged, f.Name)
+				if u.Known {
+					// A value that does not convert is unknown rather
+					// than an error: the change itself did not write it.
+					if v, err := m.canonical(e, f, c, ch.New, key); err == nil && v != skip {
+						ev.Data[f.Name] = v
+					}
+				}
+				continue
+			}
 			v, err := m.canonical(e, f, c, ch.New, key)
 			if err != nil {
 				return nil, err

@@ -150,14 +150,32 @@ func TestMapping_Normalize(t *testing.T) {
 			}))},
 		},
 		{
+			// Unknown unchanged values: listed, without a value. The
+			// shared email is resolved by writes alone: left out.
 			name:   "update leaves out unchanged TOAST columns",
 			system: "crm", index: 2,
 			change: capture.Change{Schema: "public", Table: "accounts", Op: capture.Update, New: accountRow(acctID, map[string]any{
 				"email": capture.Unchanged{}, "name": capture.Unchanged{},
 			})},
-			want: []transform.Event{event("crm", "customer", transform.OpUpsert, acctID, 2, 1, accountData(acctID, map[string]any{
+			want: []transform.Event{unchanged(event("crm", "customer", transform.OpUpsert, acctID, 2, 1, accountData(acctID, map[string]any{
 				"email": deleted{}, "name": deleted{},
-			}))},
+			})), "name")},
+		},
+		{
+			// Known unchanged values (the old row, or the row read again):
+			// carried for a target that must create the row, marked so
+			// that it never overwrites an existing one. One that does not
+			// convert is unknown, not an error of the change.
+			name:   "update carries unchanged TOAST values the capture found, marked unchanged",
+			system: "crm", index: 2,
+			change: capture.Change{Schema: "public", Table: "accounts", Op: capture.Update, New: accountRow(acctID, map[string]any{
+				"email":        capture.Unchanged{Known: true, Value: "a@b.example"},
+				"name":         capture.Unchanged{Known: true, Value: "Long name"},
+				"credit_limit": capture.Unchanged{Known: true, Value: capture.Special("NaN")},
+			})},
+			want: []transform.Event{unchanged(event("crm", "customer", transform.OpUpsert, acctID, 2, 1, accountData(acctID, map[string]any{
+				"email": deleted{}, "name": "Long name", "credit_limit": deleted{},
+			})), "name", "credit_limit")},
 		},
 		{
 			// pgoutput sends every column; one that is missing was dropped.
@@ -242,7 +260,8 @@ func TestMapping_Normalize(t *testing.T) {
 				"country": "DE", "currency": "EUR", "credit_limit_minor": int64(99), "updated_at": time.Now(),
 				"open_balance": capture.Unchanged{}, "payment_terms": capture.Unchanged{},
 			}},
-			want: []transform.Event{event("erp", "customer", transform.OpUpsert, acctID, 0, 1, map[string]any{"account_id": acctID, "customer_no": "1", "email": nil})},
+			want: []transform.Event{unchanged(event("erp", "customer", transform.OpUpsert, acctID, 0, 1, map[string]any{"account_id": acctID, "customer_no": "1", "email": nil}),
+				"open_balance", "payment_terms")},
 		},
 		{
 			name:   "of a row duplex inserted, only what erp generated goes back",
@@ -666,6 +685,10 @@ func TestField_Equal(t *testing.T) {
 		{name: "decimal differs", f: decimalF, a: "2.500", b: "2.501", want: false},
 		{name: "timestamp same instant", f: ts, a: "2024-03-01T09:00:00Z", b: "2024-03-01T10:00:00+01:00", want: true},
 		{name: "timestamp differs", f: ts, a: "2024-03-01T09:00:00Z", b: "2024-03-01T09:00:00.000001Z", want: false},
+		{name: "timestamp expanded year", f: ts, a: "+294276-12-31T23:59:59.999999Z", b: "+294276-12-31T23:59:59.999999Z", want: true},
+		{name: "timestamp BC differs", f: ts, a: "-4712-01-01T00:00:00Z", b: "-4711-01-01T00:00:00Z", want: false},
+		{name: "timestamp infinity", f: ts, a: "infinity", b: "infinity", want: true},
+		{name: "timestamp infinities differ", f: ts, a: "infinity", b: "-infinity", want: false},
 		{name: "text exact", f: text, a: "a", b: "a", want: true},
 		{name: "text case differs", f: text, a: "a", b: "A", want: false},
 	}
@@ -676,4 +699,10 @@ func TestField_Equal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// unchanged marks fields of an event as left unchanged by its change.
+func unchanged(ev transform.Event, fields ...string) transform.Event {
+	ev.Unchanged = fields
+	return ev
 }

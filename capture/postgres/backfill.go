@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/internal/pgexpr"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
 )
 
@@ -32,25 +33,67 @@ const backfillPrefix = "duplex.backfill"
 // database's duplex.backfills (pgstate.Backfill).
 type Backfill = pgstate.Backfill
 
+// MaxBackfillChunk bounds the rows of one backfill chunk: a chunk is read
+// into memory and handed on as one transaction.
+const MaxBackfillChunk = 100_000
+
 // RequestBackfill records a backfill of table ("schema.table") for the
 // capture of slot; a running capture starts it within a second, or the next
-// one that starts. filter, when not empty, is an SQL condition on the
-// table's rows; it is checked here.
+// one that starts. chunkRows is 1 to MaxBackfillChunk (0: 500). filter,
+// when not empty, is a condition on the table's rows: it must be one
+// boolean expression of package pgexpr's grammar over the table's columns,
+// and the database must accept it (EXPLAIN SELECT 1 FROM table WHERE
+// (filter), sent alone through the extended protocol, which carries one
+// statement only, inside a READ ONLY transaction that is rolled back).
+// Only its canonical form is recorded and ever sent again. Nothing is
+// recorded when it is refused.
 func RequestBackfill(ctx context.Context, conn *pgx.Conn, slot, table, filter string, chunkRows int) (int64, error) {
-	if chunkRows <= 0 {
+	if chunkRows == 0 {
 		chunkRows = 500
 	}
-	check := "SELECT 1 FROM " + quoteQualified(table)
-	if filter != "" {
-		check += " WHERE " + filter
+	if chunkRows < 1 || chunkRows > MaxBackfillChunk {
+		return 0, fmt.Errorf("backfill of %s: chunk of %d rows; want 1 to %d", table, chunkRows, MaxBackfillChunk)
 	}
-	if _, err := conn.Exec(ctx, "EXPLAIN "+check); err != nil {
-		return 0, fmt.Errorf("backfill of %s: the table or the condition %q is not valid: %w", table, filter, err)
+	cond, err := backfillCondition(ctx, conn, table, filter)
+	if err != nil {
+		return 0, fmt.Errorf("backfill of %s: %w", table, err)
 	}
 	if err := pgstate.Ensure(ctx, conn); err != nil {
 		return 0, fmt.Errorf("backfill of %s: %w", table, err)
 	}
-	return pgstate.RequestBackfill(ctx, conn, slot, table, quoteQualified(table), filter, chunkRows)
+	return pgstate.RequestBackfill(ctx, conn, slot, table, quoteQualified(table), cond, chunkRows)
+}
+
+// backfillCondition parses filter over the columns of table and has the
+// database plan it, read-only; it returns the canonical condition ("" for
+// none). The table must exist either way.
+func backfillCondition(ctx context.Context, conn *pgx.Conn, table, filter string) (string, error) {
+	rows, err := conn.Query(ctx, `SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, quoteQualified(table))
+	if err != nil {
+		return "", fmt.Errorf("table: %w", err)
+	}
+	cols, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "", fmt.Errorf("table: %w", err)
+	}
+	if filter == "" {
+		return "", nil
+	}
+	cond, err := pgexpr.Parse(filter, table, cols)
+	if err != nil {
+		return "", fmt.Errorf("the condition %q is refused: %w", filter, err)
+	}
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // read-only: nothing to keep
+	// ExecParams is the extended protocol: Parse refuses more than one
+	// statement.
+	if _, err := tx.Conn().PgConn().ExecParams(ctx, "EXPLAIN SELECT 1 FROM "+quoteQualified(table)+" WHERE ("+cond+")", nil, nil, nil, nil).Close(); err != nil {
+		return "", fmt.Errorf("the condition %q is not valid: %w", filter, err)
+	}
+	return cond, nil
 }
 
 // BackfillByID reads a backfill's state.
@@ -142,9 +185,16 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 	if len(key) == 0 || !slices.Contains(s.cfg.Tables, job.Table) {
 		return ss.failBackfill(ctx, job, fmt.Errorf("table %s is not mapped for %s", job.Table, s.cfg.System))
 	}
+	// The recorded condition is read again as if it came from the
+	// command line: a row of duplex.backfills written by other means
+	// than RequestBackfill runs nothing outside the grammar.
+	filter, err := backfillCondition(ctx, q, job.Table, job.Filter)
+	if err != nil {
+		return ss.failBackfill(ctx, job, err)
+	}
 	cond := ""
-	if job.Filter != "" {
-		cond = " AND (" + job.Filter + ")"
+	if filter != "" {
+		cond = " AND (" + filter + ")"
 	}
 	first, next, err := keysetQueries(ctx, q, job.Table, key, cond, job.ChunkRows)
 	if err != nil {
@@ -193,21 +243,32 @@ func (ss *session) readBackfillChunk(ctx context.Context) error {
 	if err := q.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&b.at); err != nil {
 		return fmt.Errorf("capture %s: backfill %d: %w", s.cfg.System, b.job.ID, err)
 	}
+	// The chunk is read in a READ ONLY transaction: whatever the
+	// condition calls cannot write.
+	tx, err := q.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("capture %s: backfill %d: %w", s.cfg.System, b.job.ID, err)
+	}
 	var r pgx.Rows
 	if b.lastKey == "" && b.job.LastKey == nil {
-		r, err = q.Query(ctx, b.first, pgx.QueryResultFormats{pgx.TextFormatCode})
+		r, err = tx.Query(ctx, b.first, pgx.QueryResultFormats{pgx.TextFormatCode})
 	} else {
 		var args []any
 		if args, err = keyArgs(b.lastKey, len(b.key)); err == nil {
-			r, err = q.Query(ctx, b.next, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+			r, err = tx.Query(ctx, b.next, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
 		}
 	}
 	if err != nil {
+		_ = tx.Rollback(ctx)
 		return ss.failBackfill(ctx, &b.job, fmt.Errorf("read chunk: %w", err))
 	}
 	rows, lastKey, err := s.readChunk(r, b.job.Table, b.key)
 	if err != nil {
+		_ = tx.Rollback(ctx)
 		return ss.failBackfill(ctx, &b.job, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("capture %s: backfill %d: read chunk: %w", s.cfg.System, b.job.ID, err)
 	}
 	b.rows, b.changed = rows, map[string]bool{}
 	if len(rows) > 0 {

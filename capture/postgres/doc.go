@@ -22,9 +22,10 @@
 // Files: source.go (Config, Source, confirmed position), setup.go
 // (publication and slot), stream.go (the replication session: keepalives,
 // status updates, flush position), pgoutput.go (decoding pgoutput messages
-// into chunks), decode.go (values by type OID), snapshot.go (initial copy
-// in the slot's exported snapshot, in pages by the key's columns: WHERE
-// (a, b) > ($1, $2) ORDER BY a, b), backfill.go (DBLog watermark
+// into chunks), unchanged.go (the values of unchanged TOASTed columns,
+// from the old row or read again by key), decode.go (values by type OID),
+// snapshot.go (initial copy in the slot's exported snapshot, in pages by
+// the key's columns: WHERE (a, b) > ($1, $2) ORDER BY a, b), backfill.go (DBLog watermark
 // backfills), slot.go (slot positions for status and lag), slotcheck.go
 // (the slot checked against duplex's record of it at every start; the
 // position recorded before it is reported flushed; ResetSlot for resync).

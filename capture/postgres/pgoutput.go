@@ -22,7 +22,7 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		ss.inTx, ss.skipping = true, false
 		ss.tx = capture.TxInfo{System: s.cfg.System, CommitLSN: capture.LSN(msg.FinalLSN), CommitTime: msg.CommitTime.UTC(), Xid: msg.Xid}
 		ss.nChunks, ss.nChanges = 0, 0
-		ss.chunk = nil
+		ss.chunk, ss.unchanged = nil, nil
 	case *pglogrepl.LogicalDecodingMessage:
 		ss.backfillMessage(msg)
 	case *pglogrepl.OriginMessage:
@@ -44,6 +44,9 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 			if ch.Old, _, err = ss.tuple(msg.RelationID, msg.OldTuple); err != nil {
 				return err
 			}
+		}
+		if fillFromOld(&ch) {
+			ss.noteUnchanged(rel, msg.NewTuple)
 		}
 		return ss.add(ctx, ch)
 	case *pglogrepl.DeleteMessage:
@@ -86,6 +89,9 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		}
 		c.Tx, c.Last = ss.tx, true
 		ss.chunk = nil
+		if err := ss.resolveUnchanged(ctx, c); err != nil {
+			return err
+		}
 		s.mu.Lock()
 		s.lastEmitEnd = ss.tx.EndLSN
 		s.mu.Unlock()
@@ -113,6 +119,9 @@ func (ss *session) add(ctx context.Context, ch capture.Change) error {
 	c.Tx = ss.tx
 	ss.chunk = nil
 	ss.nChunks++
+	if err := ss.resolveUnchanged(ctx, c); err != nil {
+		return err
+	}
 	s := ss.src
 	s.mu.Lock()
 	s.lastEmitEnd = max(s.lastEmitEnd, ss.tx.CommitLSN+1)

@@ -28,6 +28,10 @@ type session struct {
 	chunk    *capture.Chunk
 	nChunks  int
 	nChanges int
+	// unchanged: changes of chunk with unchanged TOASTed values still to
+	// read from the source (unchanged.go); typeName caches type names.
+	unchanged []pendingUnchanged
+	typeName  map[uint32]string
 
 	// Online backfill (backfill.go): the one being performed, when the
 	// requests were last looked for, and a query connection.

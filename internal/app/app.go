@@ -23,6 +23,7 @@ import (
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
+	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
 	"github.com/duplex-cdc/duplex/transform"
@@ -71,6 +72,10 @@ type App struct {
 
 	// leases: which instance runs each flow and capture (lease.go).
 	leases *leases
+
+	// probes: the readiness checks of the databases (ready.go).
+	probesMu sync.Mutex
+	probes   map[string]*dbProbe
 }
 
 // Retention returns what the retention of DUPLEX last saw.
@@ -103,13 +108,22 @@ func (a *App) DeadLetterCounts(ctx context.Context) (map[string]uint64, error) {
 // Preflight checks the mapping against the catalogs of every configured
 // system and returns every mismatch at once.
 func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) error {
-	_, err := preflight(ctx, cfg, m)
+	_, _, err := preflight(ctx, cfg, m)
 	return err
 }
 
-// preflight is Preflight, returning the catalogs it read by system.
-func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (map[string]*transform.Catalog, error) {
-	cats := map[string]*transform.Catalog{}
+// PreflightReport is Preflight that also returns the warnings: what fits
+// but will refuse some events (transform.Mapping.CheckReport), such as a
+// target NOT NULL column that only inserts need.
+func PreflightReport(ctx context.Context, cfg *config.Config, m *transform.Mapping) (warnings []string, err error) {
+	_, warnings, err = preflight(ctx, cfg, m)
+	return warnings, err
+}
+
+// preflight is PreflightReport, also returning the catalogs it read by
+// system.
+func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (cats map[string]*transform.Catalog, warnings []string, err error) {
+	cats = map[string]*transform.Catalog{}
 	var errs []error
 	for _, name := range sortedSystems(cfg) {
 		sys := cfg.Systems[name]
@@ -150,20 +164,27 @@ func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (m
 			}
 		}
 		cat, err := pgcatalog.Read(ctx, conn, m.Tables(name))
+		if err == nil && role != "source" {
+			if derr := pgsink.CheckDefaults(ctx, conn, m, name, cat); derr != nil {
+				errs = append(errs, derr)
+			}
+		}
 		_ = conn.Close(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 			continue
 		}
-		if err := m.Check(name, cat, role); err != nil {
+		warns, err := m.CheckReport(name, cat, role)
+		if err != nil {
 			errs = append(errs, err)
 		}
+		warnings = append(warnings, warns...)
 		cats[name] = cat
 	}
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
+		return nil, warnings, fmt.Errorf("the mapping does not fit the databases:\n%w", errors.Join(errs...))
 	}
-	return cats, nil
+	return cats, warnings, nil
 }
 
 // snapshotOrder lists the tables a source publishes in the order its
@@ -213,9 +234,12 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	cats, err := preflight(ctx, cfg, m)
+	cats, warnings, err := preflight(ctx, cfg, m)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range warnings {
+		opts.Logger.Warn(w)
 	}
 	if ws, err := Warnings(ctx, cfg, m); err != nil {
 		opts.Logger.Warn("could not read the databases for warnings", slog.Any("error", err))
@@ -313,8 +337,9 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 // JetStream returns the connection's JetStream context.
 func (a *App) JetStream() jetstream.JetStream { return a.js }
 
-// NATSURL is the URL duplex is connected to.
-func (a *App) NATSURL() string { return a.nc.ConnectedUrl() }
+// NATSURL is the URL duplex is connected to, as scheme://host:port: no
+// user, password or token (redact.URL).
+func (a *App) NATSURL() string { return redact.URL(a.nc.ConnectedUrl()) }
 
 // Run runs every capture and flow until ctx ends, then stops them cleanly.
 func (a *App) Run(ctx context.Context) error {
@@ -491,6 +516,11 @@ func (a *App) Close() {
 	for _, s := range a.sinks {
 		s.Close(context.Background())
 	}
+	a.probesMu.Lock()
+	for _, p := range a.probes {
+		p.close(context.Background())
+	}
+	a.probesMu.Unlock()
 	if a.bus != nil {
 		a.bus.Close()
 	}

@@ -15,7 +15,8 @@ import (
 
 // holdStore keeps a source's held entities in its database
 // (duplex.held, through pgstate), where they survive restarts next to the
-// slot they hold back.
+// slot they hold back, and how far released holds were read again
+// (duplex.held_released).
 type holdStore struct {
 	system, dsn string
 	mapping     *transform.Mapping
@@ -37,16 +38,15 @@ func (h *holdStore) with(ctx context.Context, f func(*pgx.Conn) error) error {
 
 // Held implements pipeline.Holds: a hold is fixed when the entity's table
 // has every mapped column again.
-func (h *holdStore) Held(ctx context.Context) ([]pipeline.Hold, capture.LSN, error) {
-	var out []pipeline.Hold
-	var now capture.LSN
+func (h *holdStore) Held(ctx context.Context) (pipeline.Holding, error) {
+	var out pipeline.Holding
 	err := h.with(ctx, func(conn *pgx.Conn) error {
 		var lsn string
 		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
 			return err
 		}
 		var err error
-		if now, err = capture.ParseLSN(lsn); err != nil {
+		if out.Now, err = capture.ParseLSN(lsn); err != nil {
 			return err
 		}
 		held, err := pgstate.Holds(ctx, conn, h.system)
@@ -54,21 +54,19 @@ func (h *holdStore) Held(ctx context.Context) ([]pipeline.Hold, capture.LSN, err
 			return err
 		}
 		for _, hd := range held {
-			out = append(out, pipeline.Hold{Entity: hd.Entity, Since: hd.Since, Reason: hd.Reason, At: hd.At})
-		}
-		for i := range out {
-			fixed, err := h.fits(ctx, conn, out[i].Entity)
+			fixed, err := h.fits(ctx, conn, hd.Entity)
 			if err != nil {
 				return err
 			}
-			out[i].Fixed = fixed
+			out.Holds = append(out.Holds, pipeline.Hold{Entity: hd.Entity, Since: hd.Since, Reason: hd.Reason, At: hd.At, Fixed: fixed})
 		}
-		return nil
+		out.Redone, err = pgstate.Redone(ctx, conn, h.system)
+		return err
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("held entities of %s: %w", h.system, err)
+		return pipeline.Holding{}, fmt.Errorf("held entities of %s: %w", h.system, err)
 	}
-	return out, now, nil
+	return out, nil
 }
 
 // fits says whether the entity's table has every column the mapping maps.
@@ -102,8 +100,8 @@ func (h *holdStore) Hold(ctx context.Context, hd pipeline.Hold) error {
 }
 
 // Release implements pipeline.Holds.
-func (h *holdStore) Release(ctx context.Context, entity string) error {
+func (h *holdStore) Release(ctx context.Context, entity string, redoneUntil capture.LSN) error {
 	return h.with(ctx, func(conn *pgx.Conn) error {
-		return pgstate.ReleaseHold(ctx, conn, h.system, entity)
+		return pgstate.ReleaseHold(ctx, conn, h.system, entity, redoneUntil)
 	})
 }

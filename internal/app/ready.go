@@ -21,8 +21,12 @@ type Readiness struct {
 	Checks  map[string]string `json:"checks"`
 }
 
-// Ready checks NATS, every database (a query with a short timeout), every
-// slot and every flow. A flow this instance stands by for is healthy
+// Ready checks NATS, every database, every slot and every flow. A
+// database is checked with SELECT 1 on one connection per system that the
+// App keeps open for this, at most once per readyCacheTTL: within it, every
+// caller gets the last result, so /readyz polled by many probes neither
+// opens a connection per request nor queries the databases more than once
+// every few seconds. A flow this instance stands by for is healthy
 // ("standby"): an orchestrator must not restart a standby, which is what
 // takes over when the active instance dies.
 func (a *App) Ready(ctx context.Context) Readiness {
@@ -44,7 +48,7 @@ func (a *App) Ready(ctx context.Context) Readiness {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := a.ping(ctx, cfg.Systems[name].DSN)
+			err := a.probe(name).check(ctx, cfg.Systems[name].DSN)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -91,14 +95,65 @@ func (a *App) Ready(ctx context.Context) Readiness {
 	return r
 }
 
-func (a *App) ping(ctx context.Context, dsn string) error {
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(cctx, dsn)
-	if err != nil {
-		return err
+// readyCacheTTL is how long a database check's result is reused.
+const readyCacheTTL = 3 * time.Second
+
+// dbProbe is the readiness check of one database: its connection and last
+// result.
+type dbProbe struct {
+	mu   sync.Mutex
+	conn *pgx.Conn
+	at   time.Time
+	err  error
+}
+
+// probe returns the check of a system (created on first use).
+func (a *App) probe(system string) *dbProbe {
+	a.probesMu.Lock()
+	defer a.probesMu.Unlock()
+	if a.probes == nil {
+		a.probes = map[string]*dbProbe{}
 	}
-	defer c.Close(context.WithoutCancel(ctx))
-	_, err = c.Exec(cctx, "SELECT 1")
-	return err
+	p := a.probes[system]
+	if p == nil {
+		p = &dbProbe{}
+		a.probes[system] = p
+	}
+	return p
+}
+
+// check returns the last result if it is younger than readyCacheTTL;
+// otherwise runs SELECT 1 (connecting first if the kept connection is
+// gone), with a 2-second timeout that does not depend on the caller's
+// context: a caller that gives up does not leave a cancelled result for
+// the others.
+func (p *dbProbe) check(ctx context.Context, dsn string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.at.IsZero() && time.Since(p.at) < readyCacheTTL {
+		return p.err
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	p.err = nil
+	if p.conn == nil || p.conn.IsClosed() {
+		p.conn, p.err = pgx.Connect(cctx, dsn)
+	}
+	if p.err == nil {
+		if _, p.err = p.conn.Exec(cctx, "SELECT 1"); p.err != nil {
+			_ = p.conn.Close(cctx)
+			p.conn = nil
+		}
+	}
+	p.at = time.Now()
+	return p.err
+}
+
+func (p *dbProbe) close(ctx context.Context) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil {
+		_ = p.conn.Close(ctx)
+		p.conn = nil
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
 	"github.com/duplex-cdc/duplex/internal/config"
+	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
 )
@@ -24,17 +25,21 @@ type Status struct {
 	// Instance is the answering instance's id, Role whether it is
 	// "active", "standby" or "partly active" (it holds some leases);
 	// both empty when no instance answered.
-	Instance    string                      `json:"instance,omitempty"`
-	Role        string                      `json:"role,omitempty"`
-	NATS        NATSStatus                  `json:"nats"`
-	Sources     []SourceStatus              `json:"sources"`
-	Flows       []FlowStatus                `json:"flows"`
-	DeadLetters []pipeline.StoredDeadLetter `json:"recent_dead_letters"`
-	Errors      []string                    `json:"errors,omitempty"`
+	Instance string         `json:"instance,omitempty"`
+	Role     string         `json:"role,omitempty"`
+	NATS     NATSStatus     `json:"nats"`
+	Sources  []SourceStatus `json:"sources"`
+	Flows    []FlowStatus   `json:"flows"`
+	// DeadLetters are the newest dead letters (at most 10), as
+	// references: never their events or error texts.
+	DeadLetters []DeadLetterRef `json:"recent_dead_letters"`
+	Errors      []string        `json:"errors,omitempty"`
 }
 
 // NATSStatus is the connection to JetStream.
 type NATSStatus struct {
+	// URL is the server connected to, as scheme://host:port (no user,
+	// password or token).
 	URL        string `json:"url"`
 	Connected  bool   `json:"connected"`
 	Reconnects uint64 `json:"reconnects"`
@@ -97,7 +102,7 @@ func timePtr(t time.Time) *time.Time {
 // Status reports the running instance.
 func (a *App) Status(ctx context.Context) Status {
 	cfg := a.opts.Config
-	st := Status{Live: true, At: time.Now().UTC(), Instance: a.Instance(), Role: a.Role(), NATS: NATSStatus{URL: a.nc.ConnectedUrlRedacted(), Connected: a.nc.IsConnected(), Reconnects: a.nc.Stats().Reconnects}}
+	st := Status{Live: true, At: time.Now().UTC(), Instance: a.Instance(), Role: a.Role(), NATS: NATSStatus{URL: redact.URL(a.nc.ConnectedUrl()), Connected: a.nc.IsConnected(), Reconnects: a.nc.Stats().Reconnects}}
 	slots := a.Slots()
 	for _, name := range cfg.Sources() {
 		ss := SourceStatus{System: name, Slot: slots[name], ActiveInstance: a.CaptureLease(name).Holder}
@@ -133,9 +138,11 @@ func (a *App) Status(ctx context.Context) Status {
 		fs.LastApplied = timePtr(l.LastApplied)
 		st.Flows = append(st.Flows, fs)
 	}
-	if st.DeadLetters, err = pipeline.RecentDeadLetters(ctx, a.js, 10); err != nil {
+	recent, err := pipeline.RecentDeadLetters(ctx, a.js, 10)
+	if err != nil {
 		st.Errors = append(st.Errors, err.Error())
 	}
+	st.DeadLetters = deadLetterRefs(recent)
 	return st
 }
 
@@ -145,7 +152,7 @@ func (a *App) Status(ctx context.Context) Status {
 func Inspect(ctx context.Context, cfg *config.Config, js jetstream.JetStream) Status {
 	st := Status{At: time.Now().UTC()}
 	if js != nil {
-		st.NATS = NATSStatus{URL: js.Conn().ConnectedUrlRedacted(), Connected: js.Conn().IsConnected()}
+		st.NATS = NATSStatus{URL: redact.URL(js.Conn().ConnectedUrl()), Connected: js.Conn().IsConnected()}
 	}
 	slots := map[string]pgcapture.SlotLag{}
 	for _, name := range cfg.Sources() {
@@ -177,9 +184,11 @@ func Inspect(ctx context.Context, cfg *config.Config, js jetstream.JetStream) St
 		if dl, err = pipeline.CountDeadLetters(ctx, js); err != nil {
 			st.Errors = append(st.Errors, err.Error())
 		}
-		if st.DeadLetters, err = pipeline.RecentDeadLetters(ctx, js, 10); err != nil {
+		recent, err := pipeline.RecentDeadLetters(ctx, js, 10)
+		if err != nil {
 			st.Errors = append(st.Errors, err.Error())
 		}
+		st.DeadLetters = deadLetterRefs(recent)
 	}
 	for _, f := range cfg.Flows {
 		fs := FlowStatus{Name: f.Name, From: f.From, To: f.To, State: "not running", WALBehind: slots[f.From].BehindBytes,

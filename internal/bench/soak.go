@@ -28,8 +28,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/demo"
 	"github.com/duplex-cdc/duplex/internal/harness"
+	"github.com/duplex-cdc/duplex/internal/ops"
 	"github.com/duplex-cdc/duplex/internal/workload"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
@@ -484,6 +486,7 @@ var soakHTTP = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport
 // proc is a duplex process.
 type proc struct {
 	name, listen, logPath string
+	dataDir               string // where it keeps its listener's token
 	cmd                   *exec.Cmd
 	lf                    *os.File
 	done                  chan struct{} // closed when it exited
@@ -509,11 +512,12 @@ func (s *soak) spawn(name string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &proc{name: name, listen: fmt.Sprintf("127.0.0.1:%d", port), logPath: filepath.Join(s.o.LogDir, name+".log"), done: make(chan struct{})}
+	p := &proc{name: name, listen: fmt.Sprintf("127.0.0.1:%d", port), logPath: filepath.Join(s.o.LogDir, name+".log"), dataDir: filepath.Join(s.env.Dir, name),
+		done: make(chan struct{})}
 	if p.lf, err = os.Create(p.logPath); err != nil {
 		return nil, err
 	}
-	p.cmd = exec.Command(s.o.Exe, "run", "--config", s.cfgPath, "--data-dir", filepath.Join(s.env.Dir, name), "--log-level", "info", "--listen", p.listen)
+	p.cmd = exec.Command(s.o.Exe, "run", "--config", s.cfgPath, "--data-dir", p.dataDir, "--log-level", "info", "--listen", p.listen)
 	p.cmd.Env = s.childEnv()
 	p.cmd.Stdout, p.cmd.Stderr = p.lf, p.lf
 	if err := p.cmd.Start(); err != nil {
@@ -554,7 +558,16 @@ func (s *soak) drop(p *proc) {
 }
 
 func (p *proc) status() (*app.Status, bool) {
-	resp, err := soakHTTP.Get("http://" + p.listen + "/api/status")
+	tok, err := ops.ResolveToken(config.HTTP{}, p.dataDir, false)
+	if err != nil || tok.Value == "" {
+		return nil, false // not written yet
+	}
+	req, err := http.NewRequest(http.MethodGet, "http://"+p.listen+"/api/status", nil)
+	if err != nil {
+		return nil, false
+	}
+	req.Header.Set("Authorization", "Bearer "+tok.Value)
+	resp, err := soakHTTP.Do(req)
 	if err != nil {
 		return nil, false
 	}
@@ -907,12 +920,16 @@ func (s *soak) dropColumn(ctx context.Context) (time.Time, string, error) {
 func (s *soak) replaceSlot(ctx context.Context) (time.Time, string, error) {
 	crm := s.env.CRM.DSN("crm")
 	slot := s.env.Config.Systems["crm"].Slot
-	// The CRM workload pauses until the backfill is done: the soak's own
-	// changes are the only ones the slot loses. (With the workload going
-	// on, live changes referring to rows lost with the slot reach the flow
-	// before the backfill copies those rows, wait for them in front of the
-	// copy and are dead-lettered; and a shared field written while the
-	// slot was gone keeps to-crm waiting up to max_wait.)
+	// The CRM workload pauses until the backfill is done, and duplex
+	// stops only once its slot confirmed everything the workload
+	// committed: the soak's own changes are the only ones the slot loses.
+	// (With the workload going on, live changes referring to rows lost
+	// with the slot reach the flow before the backfill copies those rows,
+	// wait for them in front of the copy and are dead-lettered; a delete
+	// lost with the slot is lost for good, since a backfill carries none.)
+	// A shared field written by a lost change keeps an ERP write of it
+	// waiting in to-crm until the backfill copies its row (the copy
+	// records its version).
 	s.crm.pause()
 	paused := true
 	defer func() {
@@ -920,6 +937,15 @@ func (s *soak) replaceSlot(ctx context.Context) (time.Time, string, error) {
 			s.crm.resume()
 		}
 	}()
+	var pausedAt string
+	if err := withConn(ctx, crm, func(conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&pausedAt)
+	}); err != nil {
+		return time.Time{}, "", fmt.Errorf("replace slot %s: %w", slot, err)
+	}
+	if err := s.waitQuery(ctx, crm, 5*time.Minute, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`, slot, pausedAt); err != nil {
+		return time.Time{}, "", fmt.Errorf("replace slot %s: the workload's changes were not confirmed before the slot is dropped: %w", slot, err)
+	}
 	s.stopBoth()
 	var before, after int64
 	err := withConn(ctx, crm, func(conn *pgx.Conn) error {

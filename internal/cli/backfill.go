@@ -22,13 +22,26 @@ func backfillCmd(g *globals) *cobra.Command {
 		Use:   "backfill --flow FLOW --table TABLE [--where CONDITION]",
 		Short: "Re-read one source table into a flow while streaming goes on (watermark method: a live change is never overwritten by an older copy)",
 		Long: `backfill asks the capture of the flow's source to re-read TABLE (optionally
-only the rows matching CONDITION, an SQL expression) in chunks, interleaved
+only the rows matching CONDITION) in chunks, interleaved
 with live changes by the watermark method of DBLog: a row changed while its
 chunk is read is left to the live change. The request is kept in the source
 database (duplex.backfills); a running 'duplex run' starts it within a
 second, or the next one that starts. The command follows its progress
-until it is done, unless --no-wait.`,
+until it is done, unless --no-wait.
+
+CONDITION is one boolean expression over the table's columns: literals,
+comparisons, AND/OR/NOT, LIKE, IN (list), BETWEEN, IS [NOT] NULL, casts to
+built-in types and a few built-in functions (lower, upper, length,
+date_trunc, now, coalesce, ...), for example
+  --where "country = 'DE' AND created_at > now() - interval '30 days'".
+Anything else (a semicolon, comments, subqueries, other functions, other
+tables' columns) is refused before anything is sent; the database then
+checks the expression with EXPLAIN in a read-only transaction, and the
+capture reads every chunk in a read-only transaction.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if chunk < 1 || chunk > pgcapture.MaxBackfillChunk {
+				return fmt.Errorf("backfill: --chunk %d: want 1 to %d rows", chunk, pgcapture.MaxBackfillChunk)
+			}
 			cfg, m, err := loadConfig(cfgPath)
 			if err != nil {
 				return err
@@ -62,8 +75,8 @@ until it is done, unless --no-wait.`,
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
 	c.Flags().StringVar(&flow, "flow", "", "flow whose source table is re-read (e.g. to-erp)")
 	c.Flags().StringVar(&table, "table", "", "source table, as in the mapping (accounts or public.accounts)")
-	c.Flags().StringVar(&where, "where", "", "SQL condition selecting the rows to re-read (default: all)")
-	c.Flags().IntVar(&chunk, "chunk", 500, "rows per chunk")
+	c.Flags().StringVar(&where, "where", "", "condition selecting the rows to re-read: one boolean expression over the table's columns (default: all)")
+	c.Flags().IntVar(&chunk, "chunk", 500, "rows per chunk (1 to 100000)")
 	c.Flags().BoolVar(&noWait, "no-wait", false, "return once the backfill is requested")
 	_ = c.MarkFlagRequired("flow")
 	_ = c.MarkFlagRequired("table")
@@ -121,14 +134,14 @@ func backfillLine(b *pgcapture.Backfill) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "backfill %d of %s", b.ID, b.Table)
 	if b.Filter != "" {
-		fmt.Fprintf(&sb, " where %s", b.Filter)
+		fmt.Fprintf(&sb, " where %s", clean(b.Filter))
 	}
 	fmt.Fprintf(&sb, ": %s, %s rows", b.Status, strconv.FormatInt(b.Rows, 10))
 	if b.Estimate > 0 {
 		fmt.Fprintf(&sb, " of about %d", b.Estimate)
 	}
 	if b.Error != "" {
-		fmt.Fprintf(&sb, ": %s", b.Error)
+		fmt.Fprintf(&sb, ": %s", clean(b.Error))
 	}
 	return sb.String()
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -52,7 +53,7 @@ func MainIO(args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &ee):
 		return ee.code
 	default:
-		fmt.Fprintln(stderr, "duplex:", err)
+		fmt.Fprintln(stderr, "duplex:", cleanLines(err.Error()))
 		return 1
 	}
 }
@@ -140,7 +141,11 @@ func runCmd(g *globals) *cobra.Command {
 				wg.Wait()
 			}()
 			if listen != "" && listen != "off" {
-				srv, err := ops.Listen(listen, a, metrics, log)
+				tok, err := ops.ResolveToken(cfg.HTTP, dataDir, true)
+				if err != nil {
+					return err
+				}
+				srv, err := ops.Listen(ops.Config{Addr: listen, Token: tok.Value, TLSCert: cfg.HTTP.TLSCert, TLSKey: cfg.HTTP.TLSKey}, a, metrics, log)
 				if err != nil {
 					return err
 				}
@@ -149,7 +154,16 @@ func runCmd(g *globals) *cobra.Command {
 						log.Error("status listener stopped", slog.Any("error", err))
 					}
 				})
-				log.Info("serving metrics, health and status", slog.String("listen", "http://"+srv.Addr()))
+				if host, _, err := net.SplitHostPort(srv.Addr()); err == nil && !cfg.HTTP.TLS() {
+					if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+						log.Warn("the listener is reachable beyond this machine without TLS: its token and the status travel in clear; set http.tls_cert and http.tls_key",
+							slog.String("listen", srv.Addr()))
+					}
+				}
+				// The token itself is never logged: where it is, and how a
+				// browser signs in with it.
+				log.Info("serving metrics, health and status", slog.String("listen", srv.URL()), slog.String("token", tok.Source),
+					slog.String("status_page", srv.URL()+"/?token=<token>"))
 			}
 			log.Info("duplex running", slog.String("nats", a.NATSURL()), slog.Int("flows", len(cfg.Flows)))
 			if progress.IsTerminal(g.stderr) {
@@ -161,8 +175,8 @@ func runCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
-	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store and the nkeys of duplex's identities on it (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
-	c.Flags().StringVar(&listen, "listen", envOr("DUPLEX_LISTEN", ops.DefaultListen), "address of /metrics, /healthz, /readyz, /api/status and the status page (off to disable)")
+	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store, the nkeys of duplex's identities on it and the listener's generated token (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
+	c.Flags().StringVar(&listen, "listen", envOr("DUPLEX_LISTEN", ops.DefaultListen), "address of /metrics, /healthz, /readyz (open), /api/status, /api/replay and the status page (bearer token: http.token or <data dir>/http.token) (off to disable)")
 	return c
 }
 
@@ -176,15 +190,19 @@ func checkCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := app.Preflight(cmd.Context(), cfg, m); err != nil {
+			warnings, err := app.PreflightReport(cmd.Context(), cfg, m)
+			if err != nil {
+				for _, w := range warnings {
+					fmt.Fprintln(g.stdout, "warning: "+clean(w)) // names from the catalogs
+				}
 				return err
 			}
-			warnings, err := app.Warnings(cmd.Context(), cfg, m)
+			more, err := app.Warnings(cmd.Context(), cfg, m)
 			if err != nil {
 				return err
 			}
-			for _, w := range warnings {
-				fmt.Fprintln(g.stdout, "warning: "+w)
+			for _, w := range append(warnings, more...) {
+				fmt.Fprintln(g.stdout, "warning: "+clean(w)) // names from the catalogs
 			}
 			fmt.Fprintln(g.stdout, "configuration and mapping fit both databases")
 			return nil

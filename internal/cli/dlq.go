@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -46,9 +45,7 @@ func dlqCmd(g *globals) *cobra.Command {
 					return err
 				}
 				if asJSON {
-					enc := json.NewEncoder(g.stdout)
-					enc.SetIndent("", "  ")
-					return enc.Encode(dls)
+					return writeJSON(g.stdout, dls)
 				}
 				if len(dls) == 0 {
 					fmt.Fprintln(g.stdout, "no dead letters")
@@ -57,8 +54,8 @@ func dlqCmd(g *globals) *cobra.Command {
 				tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "SEQ\tFLOW\tSTAGE\tENTITY\tKEY\tPOSITION\tFAILED AT\tERROR")
 				for _, d := range dls {
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s/%d\t%s\t%s\n", d.Seq, d.Flow, d.Stage, d.Entity, d.Key, d.Position.LSN, d.Position.Index,
-						d.FailedAt.Format(time.RFC3339), oneLine(d.Error, 400))
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s/%d\t%s\t%s\n", d.Seq, clean(d.Flow), clean(d.Stage), clean(d.Entity), clean(d.Key), d.Position.LSN, d.Position.Index,
+						d.FailedAt.Format(time.RFC3339), clean(oneLine(d.Error, 400)))
 				}
 				return tw.Flush()
 			})
@@ -89,9 +86,7 @@ func dlqCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				enc := json.NewEncoder(g.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(d)
+				return writeJSON(g.stdout, d)
 			})
 		},
 	}
@@ -112,10 +107,10 @@ func dlqCmd(g *globals) *cobra.Command {
 					out, err := app.RetryDeadLetter(ctx, cfg, bus, seq, g.logger())
 					if err != nil {
 						failed++
-						fmt.Fprintln(g.stderr, "duplex:", err)
+						fmt.Fprintln(g.stderr, "duplex:", cleanLines(err.Error()))
 						continue
 					}
-					fmt.Fprintln(g.stdout, out)
+					fmt.Fprintln(g.stdout, clean(out.String()))
 				}
 				if failed > 0 {
 					return exitError{code: 1}

@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/duplex-cdc/duplex/internal/app"
@@ -66,7 +64,11 @@ none runs, this command runs the flow until it caught up.`,
 				return errors.New("replay: give --since DURATION|TIME or --from-seq N")
 			}
 			ctx := cmd.Context()
-			if st, live := t.running(ctx); live {
+			st, live, err := t.running(ctx)
+			if err != nil {
+				return fmt.Errorf("replay: %w", err)
+			}
+			if live {
 				return replayRunning(ctx, g, &t, st, flow, from)
 			}
 			bus, err := app.OpenBus(ctx, cfg, t.dataDir, nil, true)
@@ -128,19 +130,14 @@ func replayRunning(ctx context.Context, g *globals, t *tool, before *app.Status,
 		return fmt.Errorf("replay: the running duplex has no flow %s", flow)
 	}
 	body, _ := json.Marshal(ops.ReplayRequest{Flow: flow, FromSeq: from.Seq, Since: from.Time})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+t.listen+"/api/replay", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := t.do(ctx, http.MethodPost, "/api/replay", bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("replay: ask the running duplex: %w", err)
 	}
-	msg, _ := io.ReadAll(resp.Body)
+	msg := refusal(resp)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("replay: the running duplex refused: %s %s", resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("replay: the running duplex refused: %s %s", resp.Status, msg)
 	}
 	fmt.Fprintf(g.stdout, "the running duplex is replaying %s\n", flow)
 	bar := progressFor(g, "replay "+flow)
@@ -152,7 +149,10 @@ func replayRunning(ctx context.Context, g *globals, t *tool, before *app.Status,
 			return nil
 		case <-time.After(500 * time.Millisecond):
 		}
-		st, ok := t.running(ctx)
+		st, ok, err := t.running(ctx)
+		if err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
 		if !ok {
 			continue
 		}

@@ -98,7 +98,7 @@ by a backfill: duplex verify lists it.`,
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
 	c.Flags().StringVar(&flow, "flow", "", "flow whose source slot was lost or replaced (e.g. to-erp)")
 	c.Flags().StringVar(&table, "table", "", "only this source table, as in the mapping (default: every table the source publishes)")
-	c.Flags().IntVar(&chunk, "chunk", 500, "rows per backfill chunk")
+	c.Flags().IntVar(&chunk, "chunk", 500, "rows per backfill chunk (1 to 100000)")
 	_ = c.MarkFlagRequired("flow")
 	return c
 }

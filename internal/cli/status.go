@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -34,7 +33,10 @@ func statusCmd(g *globals) *cobra.Command {
 				}
 			}()
 			for {
-				st, live := t.running(ctx)
+				st, live, err := t.running(ctx)
+				if err != nil {
+					return err
+				}
 				if !live {
 					if bus == nil {
 						if bus, err = app.OpenBus(ctx, cfg, t.dataDir, nil, true); err != nil {
@@ -48,9 +50,7 @@ func statusCmd(g *globals) *cobra.Command {
 					fmt.Fprint(g.stdout, "\033[H\033[2J")
 				}
 				if asJSON {
-					enc := json.NewEncoder(g.stdout)
-					enc.SetIndent("", "  ")
-					if err := enc.Encode(st); err != nil {
+					if err := writeJSON(g.stdout, st); err != nil {
 						return err
 					}
 				} else {
@@ -89,8 +89,8 @@ func humanBytes(n int64) string {
 
 func printStatus(w io.Writer, st *app.Status) {
 	if st.Live {
-		fmt.Fprintf(w, "duplex is running (status at %s); NATS %s, connected %v\n", st.At.Format(time.RFC3339), st.NATS.URL, st.NATS.Connected)
-		fmt.Fprintf(w, "this instance: %s, %s\n\n", st.Instance, st.Role)
+		fmt.Fprintf(w, "duplex is running (status at %s); NATS %s, connected %v\n", st.At.Format(time.RFC3339), clean(st.NATS.URL), st.NATS.Connected)
+		fmt.Fprintf(w, "this instance: %s, %s\n\n", clean(st.Instance), clean(st.Role))
 	} else {
 		fmt.Fprintf(w, "no running duplex answered; read from PostgreSQL and JetStream at %s\n\n", st.At.Format(time.RFC3339))
 	}
@@ -99,7 +99,7 @@ func printStatus(w io.Writer, st *app.Status) {
 	for _, f := range st.Flows {
 		last := "-"
 		if f.LastLSN != "" {
-			last = f.LastLSN
+			last = clean(f.LastLSN)
 			if f.LastCommit != nil {
 				last += " @ " + f.LastCommit.Format(time.RFC3339)
 			}
@@ -108,7 +108,7 @@ func printStatus(w io.Writer, st *app.Status) {
 		if f.LastApplied != nil {
 			at = f.LastApplied.Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s (%s→%s)\t%s\t%s\t%d\t%.1f\t%s\t%s\t%d\t%s\n", f.Name, f.From, f.To, f.State, humanBytes(f.WALBehind), f.Pending, f.SecondsBehind, last, at, f.DeadLetters, orDash(f.ActiveInstance))
+		fmt.Fprintf(tw, "%s (%s→%s)\t%s\t%s\t%d\t%.1f\t%s\t%s\t%d\t%s\n", clean(f.Name), clean(f.From), clean(f.To), clean(f.State), humanBytes(f.WALBehind), f.Pending, f.SecondsBehind, last, at, f.DeadLetters, clean(orDash(f.ActiveInstance)))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -127,7 +127,8 @@ func printStatus(w io.Writer, st *app.Status) {
 		if s.Slot.Error != "" {
 			slot += " (" + s.Slot.Error + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.System, slot, s.Slot.Active, humanBytes(s.Slot.BehindBytes), humanBytes(s.Slot.RetainedBytes), held, orDash(s.ActiveInstance))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", clean(s.System), clean(slot), s.Slot.Active, humanBytes(s.Slot.BehindBytes), humanBytes(s.Slot.RetainedBytes),
+			clean(held), clean(orDash(s.ActiveInstance)))
 	}
 	tw.Flush()
 	for _, s := range st.Sources {
@@ -142,16 +143,16 @@ func printStatus(w io.Writer, st *app.Status) {
 	}
 	for _, s := range st.Sources {
 		if s.Stopped {
-			fmt.Fprintf(w, "\ncapture %s stopped: %s", s.System, s.LastError)
+			fmt.Fprintf(w, "\ncapture %s stopped: %s", clean(s.System), clean(s.LastError))
 		}
 	}
 	for _, f := range st.Flows {
 		if f.LastError != "" {
-			fmt.Fprintf(w, "\n%s: %s", f.Name, f.LastError)
+			fmt.Fprintf(w, "\n%s: %s", clean(f.Name), clean(f.LastError))
 		}
 	}
 	for _, e := range st.Errors {
-		fmt.Fprintf(w, "\nerror: %s", e)
+		fmt.Fprintf(w, "\nerror: %s", clean(e))
 	}
 	if len(st.DeadLetters) > 0 {
 		fmt.Fprintf(w, "\n%d recent dead letters (duplex dlq list)\n", len(st.DeadLetters))

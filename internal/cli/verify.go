@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -51,16 +50,14 @@ everything agrees, 1 when something differs, 2 when the check could not run.`,
 				}
 				rep, err := verifyFlow(ctx, g, cfg, m, f, !asJSON)
 				if err != nil {
-					fmt.Fprintln(g.stderr, "duplex:", err)
+					fmt.Fprintln(g.stderr, "duplex:", cleanLines(err.Error()))
 					return exitError{code: 2}
 				}
 				results = append(results, verifyResult{Flow: f.Name, From: f.From, To: f.To, Equal: rep.Equal(), Report: rep})
 				equal = equal && rep.Equal()
 			}
 			if asJSON {
-				enc := json.NewEncoder(g.stdout)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(results); err != nil {
+				if err := writeJSON(g.stdout, results); err != nil {
 					return err
 				}
 			} else {
@@ -69,7 +66,8 @@ everything agrees, 1 when something differs, 2 when the check could not run.`,
 					if !r.Equal {
 						verdict = "DIFFER"
 					}
-					fmt.Fprintf(g.stdout, "\nflow %s: fields %s carries to %s — %s\n%s", r.Flow, r.From, r.To, verdict, r.Report)
+					// The report quotes keys and values of both systems.
+					fmt.Fprintf(g.stdout, "\nflow %s: fields %s carries to %s — %s\n%s", r.Flow, r.From, r.To, verdict, cleanLines(r.Report.String()))
 				}
 				if equal {
 					fmt.Fprintf(g.stdout, "\nverify: both systems agree (%s)\n", time.Since(started).Round(time.Millisecond))

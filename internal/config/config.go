@@ -21,6 +21,7 @@ type Config struct {
 	NATS    NATS                     `yaml:"nats"`
 	Stream  Stream                   `yaml:"stream"`
 	HA      HA                       `yaml:"ha"`
+	HTTP    HTTP                     `yaml:"http"`
 	Systems map[string]*SystemConfig `yaml:"systems"`
 	Flows   []*Flow                  `yaml:"flows"`
 
@@ -180,6 +181,7 @@ func (c *Config) Validate() error {
 		bad("stream.max_change_bytes %d: want 1 to %d bytes (0 for the default, 64 MiB)", c.Stream.MaxChangeBytes, 1<<30)
 	}
 	c.Stream.validate(bad)
+	c.HTTP.validate(bad)
 	switch {
 	case c.HA.LeaseTTL == 0:
 		c.HA.LeaseTTL = 10 * time.Second

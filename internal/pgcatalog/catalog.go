@@ -24,7 +24,7 @@ type Querier interface {
 func Read(ctx context.Context, q Querier, tables []string) (*transform.Catalog, error) {
 	cat := &transform.Catalog{Tables: map[string]*transform.TableInfo{}}
 	rows, err := q.Query(ctx, `
-SELECT n.nspname || '.' || c.relname, c.relreplident, a.attname, a.attnotnull, a.atthasdef,
+SELECT n.nspname || '.' || c.relname, c.relreplident, a.attname, a.attnotnull, a.atthasdef OR a.attidentity <> '',
        bt.typname, bt.typtype = 'e', format_type(a.atttypid, a.atttypmod),
        CASE WHEN bt.typname = 'numeric' AND coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) >= 4
             THEN ((coalesce(NULLIF(t.typtypmod, -1), a.atttypmod) - 4) >> 16) & 65535 ELSE -1 END,

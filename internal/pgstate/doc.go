@@ -11,6 +11,9 @@
 //   - duplex.backfills: backfill requests and their progress, per slot;
 //   - duplex.held: entities a source holds back because their table no
 //     longer fits the mapping;
+//   - duplex.held_released: per entity whose hold was released, the
+//     position up to which its held changes were read again (WAL a slot
+//     may send again after a crash, with the table as it was);
 //   - duplex.slots: the replication slots duplex created, with the
 //     cluster they live in and the highest position duplex may have
 //     reported flushed on each (source databases).

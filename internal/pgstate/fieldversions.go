@@ -189,9 +189,7 @@ func (r *VersionRecorder) connect(ctx context.Context) error {
 // Record stores the versions of the shared fields the events carry: the
 // newer of what is recorded and the event, per field.
 func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) error {
-	var ents, keys, fields []string
-	var hashes []*string
-	var ats []time.Time
+	var w recording
 	for i := range events {
 		ev := &events[i]
 		if ev.Op != transform.OpUpsert {
@@ -199,19 +197,38 @@ func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) 
 		}
 		e := r.mapping.Entity(ev.Entity)
 		for _, f := range e.SharedFields(r.system) {
-			v, ok := ev.Data[f]
-			if !ok {
-				continue
+			if v, ok := ev.Data[f]; ok {
+				w.add(ev, f, v)
 			}
-			ents, keys, fields, ats = append(ents, ev.Entity), append(keys, ev.Key), append(fields, f), append(ats, ev.Pos.CommitTime)
-			hashes = append(hashes, HashCanonical(v))
 		}
 	}
-	if len(keys) == 0 {
+	if err := r.record(ctx, &w); err != nil {
+		return fmt.Errorf("record versions %s: %w", r.system, err)
+	}
+	return nil
+}
+
+// recording is what record writes: per field, entity, key, field name,
+// commit time and value hash (parallel slices).
+type recording struct {
+	ents, keys, fields []string
+	ats                []time.Time
+	hashes             []*string
+}
+
+func (w *recording) add(ev *transform.Event, field string, v any) {
+	w.ents, w.keys, w.fields, w.ats = append(w.ents, ev.Entity), append(w.keys, ev.Key), append(w.fields, field), append(w.ats, ev.Pos.CommitTime)
+	w.hashes = append(w.hashes, HashCanonical(v))
+}
+
+// record writes w as this system's versions, each replacing a recorded
+// version that is not newer.
+func (r *VersionRecorder) record(ctx context.Context, w *recording) error {
+	if len(w.keys) == 0 {
 		return nil
 	}
 	if err := r.connect(ctx); err != nil {
-		return fmt.Errorf("record versions %s: %w", r.system, err)
+		return err
 	}
 	_, err := r.conn.Exec(ctx, `
 INSERT INTO duplex.field_versions AS v (entity, key, field, source, commit_time, value_hash)
@@ -219,10 +236,10 @@ SELECT DISTINCT ON (u.e, u.k, u.f) u.e, u.k, u.f, $1, u.at, u.h
 FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS u(e, k, f, at, h)
 ORDER BY u.e, u.k, u.f, u.at DESC
 ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash
-WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, ents, keys, fields, ats, hashes)
+WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, w.ents, w.keys, w.fields, w.ats, w.hashes)
 	if err != nil {
 		r.Close(ctx)
-		return fmt.Errorf("record versions %s: %w", r.system, err)
+		return err
 	}
 	return nil
 }
@@ -232,6 +249,17 @@ WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, ents, keys, fields, ats,
 // recorded, so that a copy carries the age of the write it comes from: a
 // database restored from a backup and copied again must not pass its old
 // values off as new.
+//
+// A copied value that is not the one recorded comes from a local write
+// this capture never read from the WAL, or it would have recorded it: one
+// made before the slot existed, or lost with a slot that was dropped or
+// invalidated (the copy is the backfill of `duplex resync`). The copy
+// carries it with the copy's time, and Lookup records that version here
+// too: otherwise the sink into this database, which never overwrites a
+// local write the capture has not recorded, would wait for a record that
+// never comes, up to max_wait, and then dead-letter the other system's
+// write. A shared field without any recorded version is left unrecorded
+// (the sink takes its age from the row's last commit).
 func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) error {
 	var ents, keys []string
 	for i := range events {
@@ -255,6 +283,7 @@ func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) 
 	for _, x := range recorded {
 		known[x.Entity+"\x00"+x.Key+"\x00"+x.Field] = x
 	}
+	var unread recording
 	for i := range events {
 		ev := &events[i]
 		if ev.Op != transform.OpUpsert {
@@ -267,13 +296,19 @@ func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) 
 				continue
 			}
 			if !x.Holds(v, nil) {
-				continue // changed since recorded: the copy's time stands
+				// Changed since recorded, by a write never read: the
+				// copy's time stands, here as on the other side.
+				unread.add(ev, f, v)
+				continue
 			}
 			if ev.Versions == nil {
 				ev.Versions = map[string]transform.FieldVersion{}
 			}
 			ev.Versions[f] = transform.FieldVersion{Source: x.Source, At: x.CommitTime}
 		}
+	}
+	if err := r.record(ctx, &unread); err != nil {
+		return fmt.Errorf("record versions of copied values %s: %w", r.system, err)
 	}
 	return nil
 }

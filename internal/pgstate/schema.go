@@ -120,6 +120,24 @@ CREATE TABLE duplex.slots (
 );
 COMMENT ON TABLE duplex.slots IS 'duplex: replication slots duplex created (cluster, creation LSN) and the highest position it may have reported flushed on each';`,
 	},
+	{
+		// A crash restart of a source takes its slot back to the
+		// position saved at the last checkpoint, and pgoutput sends the
+		// WAL from there again with each table as it was then: a
+		// released hold's changes come back without the column that was
+		// missing. The capture must know that WAL was handled.
+		description: "remember how far released holds were read again",
+		sql: `
+CREATE TABLE duplex.held_released (
+	system       text NOT NULL,
+	entity       text NOT NULL,
+	since_lsn    pg_lsn NOT NULL,
+	redone_until pg_lsn NOT NULL,
+	released_at  timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (system, entity)
+);
+COMMENT ON TABLE duplex.held_released IS 'duplex: per entity a source held and released, the position up to which its held changes were read again and published';`,
+	},
 }
 
 // Latest is the schema version this binary migrates databases to.

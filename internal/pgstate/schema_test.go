@@ -214,7 +214,8 @@ func TestEnsure_UpgradesReleaseInPlace(t *testing.T) {
 	if got := shape(t, conn); !slices.Equal(got, want) {
 		t.Errorf("upgraded schema differs from a fresh install:\n got %q\nwant %q", got, want)
 	}
-	later := []string{"column slots.", "constraint duplex.slots "} // migration 3
+	later := []string{"column slots.", "constraint duplex.slots ", // migration 3
+		"column held_released.", "constraint duplex.held_released "} // migration 4
 	freshCols := slices.DeleteFunc(slices.Clone(want), func(l string) bool {
 		for _, p := range later {
 			if strings.HasPrefix(l, p) {
@@ -572,10 +573,30 @@ GRANT SELECT ON public.accounts TO duplex_erp`)
 		holds[1].Since != h.Since || holds[1].Reason != h.Reason || !holds[1].At.Equal(h.At) {
 		t.Errorf("Holds = %+v, %v", holds, err)
 	}
-	if err := pgstate.ReleaseHold(ctx, conn, "crm", "customer"); err != nil {
+	if err := pgstate.ReleaseHold(ctx, conn, "crm", "customer", 0x3000); err != nil {
 		t.Fatal(err)
 	}
 	if holds, err := pgstate.Holds(ctx, conn, "crm"); err != nil || len(holds) != 1 {
 		t.Errorf("Holds after release = %+v, %v", holds, err)
+	}
+	// Released again later (a second drop): the highest position is kept;
+	// a release without a hold records nothing.
+	if err := pgstate.AddHold(ctx, conn, "crm", pgstate.Hold{Entity: "customer", Since: 0x5000, Reason: "again", At: at}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgstate.ReleaseHold(ctx, conn, "crm", "customer", 0x6000); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgstate.ReleaseHold(ctx, conn, "crm", "customer", 0x7000); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgstate.ReleaseHold(ctx, conn, "crm", "nothing", 0x7000); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := pgstate.Redone(ctx, conn, "crm"); err != nil || len(r) != 1 || r["customer"] != 0x6000 {
+		t.Errorf("Redone = %v, %v; want customer at 0/6000", r, err)
+	}
+	if r, err := pgstate.Redone(ctx, conn, "erp"); err != nil || len(r) != 0 {
+		t.Errorf("Redone of erp = %v, %v; want none", r, err)
 	}
 }

@@ -370,8 +370,10 @@ func compareEntity(ctx context.Context, m *transform.Mapping, e *transform.Entit
 
 func addTotals(e *transform.Entity, totals, days map[string]decimal.Decimal, dayField string, data map[string]any) {
 	day := ""
-	if s, ok := data[dayField].(string); ok && len(s) >= 10 {
-		day = s[:10]
+	if s, ok := data[dayField].(string); ok {
+		// A canonical date, or the date part of a canonical timestamp
+		// (its year may have more than four digits and a sign).
+		day, _, _ = strings.Cut(s, "T")
 	}
 	for _, f := range e.Fields {
 		if f.Type != transform.TypeMoney {

@@ -12,7 +12,12 @@
 // writes each entity with one statement per column set (unnest of text
 // arrays, cast to the column types read from the catalog), records the new
 // applied position, and commits. Only mapped columns are written, and a
-// row whose values are already equal is not touched. The position lives in
+// row whose values are already equal is not touched. Rows that cannot be
+// created (a NOT NULL column without a value, an unchanged TOASTed value
+// the event does not know) are updated if they exist and otherwise refused
+// with the reason; a row that is created gets the mapping's default:
+// values and the event's unchanged values, which never overwrite an
+// existing row. The position lives in
 // the target database so that a backup of it carries the position too. A
 // source transaction too large to hold whole is applied chunk by chunk in
 // one target transaction (PartSink).

@@ -25,6 +25,16 @@ func unattributed(err error) bool {
 	return errors.As(err, &ae) && ae.Kind == pipeline.Permanent && ae.Event < 0
 }
 
+// notNullViolation returns the column of a not_null_violation (SQLSTATE
+// 23502).
+func notNullViolation(err error) (string, bool) {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23502" {
+		return pe.ColumnName, true
+	}
+	return "", false
+}
+
 func isUniqueViolation(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "23505"

@@ -158,8 +158,16 @@ func (s *Sink) fold(b *entityBatch, k string, c change) error {
 	if prev != nil && !prev.deleted && !p.deleted {
 		merged := *row
 		merged.Values = append([]transform.ColValue(nil), row.Values...)
+		merged.Unknown = nil
 		for _, v := range prev.row.Values {
-			if !slices.ContainsFunc(merged.Values, func(x transform.ColValue) bool { return x.Column == v.Column }) {
+			i := slices.IndexFunc(merged.Values, func(x transform.ColValue) bool { return x.Column == v.Column })
+			if i >= 0 && merged.Values[i].InsertOnly && !v.InsertOnly {
+				// The earlier change wrote it and the later left it
+				// unchanged: the written value is the row's value.
+				merged.Values[i] = v
+				continue
+			}
+			if i < 0 {
 				merged.Values = append(merged.Values, v)
 				if t, ok := prev.at[v.Column]; ok {
 					if p.at == nil {
@@ -176,6 +184,14 @@ func (s *Sink) fold(b *entityBatch, k string, c change) error {
 			}
 		}
 		slices.SortFunc(merged.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
+		// A field unknown to the later change is known when the earlier
+		// one wrote (or carried) it.
+		for _, f := range append(slices.Clone(row.Unknown), prev.row.Unknown...) {
+			if c := row.Table.Columns[f]; !slices.Contains(merged.Unknown, f) &&
+				(c == nil || !slices.ContainsFunc(merged.Values, func(x transform.ColValue) bool { return x.Column == c.Column })) {
+				merged.Unknown = append(merged.Unknown, f)
+			}
+		}
 		p.row = &merged
 	}
 	b.rows[k] = p

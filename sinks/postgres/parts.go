@@ -100,7 +100,5 @@ func (p *partSession) Rollback(ctx context.Context) { p.fail(ctx) }
 
 func (p *partSession) fail(ctx context.Context) {
 	_ = p.tx.Rollback(context.WithoutCancel(ctx))
-	if p.s.conn != nil && p.s.conn.IsClosed() {
-		p.s.conn = nil
-	}
+	p.s.afterFailure(context.WithoutCancel(ctx))
 }

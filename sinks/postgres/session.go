@@ -59,6 +59,9 @@ func (s *Sink) connect(ctx context.Context) error {
 	if err := s.cfg.Mapping.CheckTarget(s.cfg.System, s.cfg.Source, cat); err != nil {
 		return fail("mapping does not fit the database", err)
 	}
+	if err := CheckDefaults(ctx, conn, s.cfg.Mapping, s.cfg.System, cat); err != nil {
+		return fail("mapping does not fit the database", err)
+	}
 	order, deferred, err := s.writeOrder(cat)
 	if err != nil {
 		return fail("write order", err)

@@ -89,6 +89,11 @@ type Sink struct {
 	// connect; checked by duplex since it applies with
 	// session_replication_role = replica (fkcheck.go).
 	fks []foreignKey
+	// stale: the catalog is out of date (staleNotNull); the next Apply
+	// starts a new session, which reads it again. reread holds what the
+	// catalog said of a column when it was last re-read for it.
+	stale  bool
+	reread map[string]transform.ColumnInfo
 }
 
 // New returns a Sink. It connects lazily, on the first Apply.
@@ -136,10 +141,20 @@ func (s *Sink) Apply(ctx context.Context, txs []*transform.Tx) (pipeline.ApplyRe
 	defer cancel()
 	res, err := s.apply(actx, txs)
 	if err != nil {
-		if s.conn != nil && s.conn.IsClosed() {
-			s.conn = nil
-		}
+		s.afterFailure(ctx)
 		return pipeline.ApplyResult{}, err
 	}
 	return res, nil
+}
+
+// afterFailure drops a session that is closed, or whose catalog is out of
+// date (the next Apply connects again and reads it).
+func (s *Sink) afterFailure(ctx context.Context) {
+	if s.stale && s.conn != nil {
+		s.stale = false
+		_ = s.conn.Close(ctx)
+	}
+	if s.conn != nil && s.conn.IsClosed() {
+		s.conn = nil
+	}
 }

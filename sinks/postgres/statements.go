@@ -5,12 +5,16 @@
 package postgres
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/transform"
 )
 
@@ -38,26 +42,74 @@ func (s *Sink) comparable(t *transform.TableMap, column, expr string) string {
 }
 
 // canInsert says whether rows with these columns can be inserted: every
-// NOT NULL column without a default is among them. A flow that carries
-// only the fields its source owns often cannot create a row (the ERP's
-// write-back of customer_no to a CRM account): it updates existing rows.
+// NOT NULL column without a default is among them or has a default: in
+// the mapping. A flow that carries only the fields its source owns often
+// cannot create a row (the ERP's write-back of customer_no to a CRM
+// account): it updates existing rows.
 func (s *Sink) canInsert(t *transform.TableMap, cols []transform.ColValue) bool {
-	ti := s.catalog.Tables[t.QualifiedTable()]
-	for name, ci := range ti.Columns {
-		if ci.NotNull && !ci.HasDefault && !slices.ContainsFunc(cols, func(c transform.ColValue) bool { return c.Column == name }) {
-			return false
-		}
-	}
-	return true
+	return len(s.lacking(t, cols)) == 0
 }
 
-// writeSQL returns the statement that writes rows with these columns:
-// an upsert when they can create the row, else an update of existing rows.
-func (s *Sink) writeSQL(e *transform.Entity, t *transform.TableMap, sig string, cols []transform.ColValue) (string, error) {
+// lacking lists, sorted, the NOT NULL columns without a default (in the
+// table or the mapping) that an insert of these columns leaves empty.
+func (s *Sink) lacking(t *transform.TableMap, cols []transform.ColValue) []string {
+	var out []string
+	for name, ci := range s.catalog.Tables[t.QualifiedTable()].Columns {
+		if ci.NotNull && !ci.HasDefault && t.Default[name] == nil && !slices.ContainsFunc(cols, func(c transform.ColValue) bool { return c.Column == name }) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// defaultExprs returns, sorted by column, the columns with a default: in
+// the mapping that an insert of these columns does not write, and the SQL
+// of each value: a constant as a literal, an expression as written, both
+// cast to the column's type.
+func (s *Sink) defaultExprs(t *transform.TableMap, cols []transform.ColValue) (names, exprs []string, err error) {
+	for _, col := range slices.Sorted(maps.Keys(t.Default)) {
+		if slices.ContainsFunc(cols, func(c transform.ColValue) bool { return c.Column == col }) {
+			continue
+		}
+		ct, err := s.castType(t, col)
+		if err != nil {
+			return nil, nil, err
+		}
+		d := t.Default[col]
+		names = append(names, pgx.Identifier{col}.Sanitize())
+		if d.Value != nil {
+			exprs = append(exprs, quoteLiteral(*d.Value)+"::"+ct)
+		} else {
+			exprs = append(exprs, "("+d.SQL+")::"+ct)
+		}
+	}
+	return names, exprs, nil
+}
+
+// quoteLiteral quotes s as an SQL string constant. The escape-string form
+// (E'...') reads backslashes the same whatever standard_conforming_strings
+// says, so nothing in s can end the literal.
+func quoteLiteral(s string) string {
+	return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
+}
+
+// insertable says whether rows of this shape can be created: they know
+// every value (no Unknown unchanged field) and give every NOT NULL column
+// one (canInsert).
+func (s *Sink) insertable(t *transform.TableMap, r *transform.Row) bool {
+	return len(r.Unknown) == 0 && s.canInsert(t, r.Values)
+}
+
+// writeSQL returns the statement that writes rows of this shape (r is
+// one of them; sig their signature): an upsert when they can create the
+// row, else an update of existing rows.
+func (s *Sink) writeSQL(e *transform.Entity, t *transform.TableMap, sig string, r *transform.Row) (string, error) {
+	cols := r.Values
 	if q, ok := s.stmts[e.Name+"|"+sig]; ok {
 		return q, nil
 	}
-	if !s.canInsert(t, cols) {
+	if !s.insertable(t, r) {
 		q, err := s.updateSQL(t, cols)
 		if err != nil {
 			return "", err
@@ -92,6 +144,9 @@ func (s *Sink) updateSQL(t *transform.TableMap, cols []transform.ColValue) (stri
 			}
 			continue
 		}
+		if c.InsertOnly {
+			continue // an unchanged value: a row that exists keeps its own
+		}
 		set = append(set, id+" = "+val)
 		cmpT = append(cmpT, s.comparable(t, c.Column, "t."+id))
 		cmpU = append(cmpU, s.comparable(t, c.Column, "("+val+")"))
@@ -119,6 +174,8 @@ func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string,
 		alias = append(alias, fmt.Sprintf("v%d", i))
 		sel = append(sel, fmt.Sprintf("u.v%d::%s", i, ct))
 		switch {
+		case c.InsertOnly:
+			// an unchanged value: a row that exists keeps its own
 		case !isKeyColumn(t, c.Column):
 			set = append(set, id+" = EXCLUDED."+id)
 			cmpT = append(cmpT, s.comparable(t, c.Column, "t."+id))
@@ -131,6 +188,13 @@ func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string,
 			cmpE = append(cmpE, "EXCLUDED."+id+`::text COLLATE "C"`)
 		}
 	}
+	// Defaults of the mapping fill what a new row lacks; a row that
+	// exists keeps its values (they are not in the SET list).
+	dn, de, err := s.defaultExprs(t, cols)
+	if err != nil {
+		return "", err
+	}
+	names, sel = append(names, dn...), append(sel, de...)
 	var conflict []string
 	for _, kc := range t.KeyColumns() {
 		conflict = append(conflict, pgx.Identifier{kc}.Sanitize())
@@ -152,4 +216,46 @@ func (s *Sink) upsertSQL(e *transform.Entity, t *transform.TableMap, sig string,
 
 func quoteTable(t *transform.TableMap) string {
 	return pgx.Identifier{t.Schema(), t.Name()}.Sanitize()
+}
+
+// CheckDefaults checks the default: values of the mapping's tables in
+// system against its database: each constant must be valid input for its
+// column's type and each SQL expression must plan (EXPLAIN, so nothing is
+// evaluated and no sequence moves). cat is the system's catalog. A
+// default that fails here would fail every insert that uses it; the error
+// names table, column and PostgreSQL's reason.
+func CheckDefaults(ctx context.Context, q pgcatalog.Querier, m *transform.Mapping, system string, cat *transform.Catalog) error {
+	var errs []error
+	for _, e := range m.Entities {
+		t := e.Tables[system]
+		if t == nil || len(t.Default) == 0 {
+			continue
+		}
+		ti := cat.Tables[t.QualifiedTable()]
+		if ti == nil {
+			continue
+		}
+		for _, col := range slices.Sorted(maps.Keys(t.Default)) {
+			ci := ti.Columns[col]
+			if ci == nil {
+				continue // transform's check names it
+			}
+			d := t.Default[col]
+			expr := "(" + d.SQL + ")::" + ci.CastType
+			if d.Value != nil {
+				expr = quoteLiteral(*d.Value) + "::" + ci.CastType
+			}
+			r, err := q.Query(ctx, "EXPLAIN (COSTS OFF) SELECT "+expr)
+			if err == nil {
+				for r.Next() {
+				}
+				r.Close()
+				err = r.Err()
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s table %s (entity %s): default for column %s %s: %w", system, t.QualifiedTable(), e.Name, col, ci.SQLType, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -46,7 +46,7 @@ func (s *Sink) releaseUnique(ctx context.Context, tx pgx.Tx, e *transform.Entity
 	}
 	for ci, c := range cols {
 		info := ti.Columns[c.Column]
-		if isKeyColumn(t, c.Column) || !ti.UniqueColumns[c.Column] || info == nil || info.NotNull || !s.assigned(e, t, c.Column) {
+		if isKeyColumn(t, c.Column) || c.InsertOnly || !ti.UniqueColumns[c.Column] || info == nil || info.NotNull || !s.assigned(e, t, c.Column) {
 			continue
 		}
 		ct, err := s.castType(t, c.Column)
@@ -77,7 +77,7 @@ func (s *Sink) releaseUnique(ctx context.Context, tx pgx.Tx, e *transform.Entity
 func (s *Sink) movable(e *transform.Entity, t *transform.TableMap, cols []transform.ColValue) bool {
 	ti := s.catalog.Tables[t.QualifiedTable()]
 	for _, c := range cols {
-		if ci := ti.Columns[c.Column]; !isKeyColumn(t, c.Column) && ti.UniqueColumns[c.Column] && ci != nil && !ci.NotNull && s.assigned(e, t, c.Column) {
+		if ci := ti.Columns[c.Column]; !isKeyColumn(t, c.Column) && !c.InsertOnly && ti.UniqueColumns[c.Column] && ci != nil && !ci.NotNull && s.assigned(e, t, c.Column) {
 			return true
 		}
 	}

@@ -65,7 +65,7 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 				return err
 			}
 		}
-		sql, err := s.writeSQL(e, t, sig, cols)
+		sql, err := s.writeSQL(e, t, sig, rows[0].row)
 		if err != nil {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: rows[0].tx, Event: rows[0].ev, Err: err}
 		}
@@ -73,6 +73,16 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			return fmt.Sprintf("upsert %d rows into %s (entity %s)", n, t.QualifiedTable(), e.Name)
 		}
 		if err := s.execRows(ctx, tx, sql, rows, args, what); err != nil {
+			if col, ok := notNullViolation(err); ok && s.staleNotNull(t, col, cols) {
+				// The table changed since the catalog was read (a NOT NULL
+				// column added, a DEFAULT dropped): read it again and
+				// retry, so rows that exist are updated (canInsert).
+				s.log.Info("target column is NOT NULL without a default since the catalog was read; reading it again",
+					slog.String("table", t.QualifiedTable()), slog.String("column", col))
+				var ae *pipeline.ApplyError
+				errors.As(err, &ae)
+				return &pipeline.ApplyError{Kind: pipeline.Transient, Tx: -1, Event: -1, RetryAfter: time.Millisecond, Err: ae.Err}
+			}
 			if isUniqueViolation(err) && !s.release[e.Name] && s.movable(e, t, cols) {
 				// A value the source assigns moved between rows: retry with
 				// stale holders cleared first.
@@ -87,7 +97,7 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			}
 			return err
 		}
-		if !s.canInsert(t, cols) {
+		if !s.insertable(t, rows[0].row) {
 			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
 				return err
 			}
@@ -169,6 +179,11 @@ func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 // the row was deleted here, or never made it; there is nothing to update.
 // Rows that the event's source owns should exist: a missing one cannot be
 // created without the columns the event lacks, and that is an error.
+// Rows with a field the change left unchanged and whose value is unknown
+// (an unchanged TOASTed value the capture could not find) are not created
+// either: the row would hold NULL where the source holds a value, so the
+// event is refused with the reason (a dead letter), or skipped like any
+// update of a row born here.
 func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
 	if ko := e.KeyOwner(); ko != rows[0].source && ko != transform.OwnerBoth {
 		return nil
@@ -205,16 +220,15 @@ func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 		return nil
 	}
 	for _, p := range rows {
-		if p.row.Key == missing[0] {
-			var need []string
-			for name, ci := range s.catalog.Tables[t.QualifiedTable()].Columns {
-				if ci.NotNull && !ci.HasDefault && !slices.ContainsFunc(p.row.Values, func(c transform.ColValue) bool { return c.Column == name }) {
-					need = append(need, name)
-				}
-			}
-			slices.Sort(need)
+		if p.row.Key == missing[0] && len(p.row.Unknown) > 0 {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
-				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the event lacks %v to create one", e.Name, p.row.Key, t.QualifiedTable(), need)}
+				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the change left %v unchanged (unchanged TOAST) without their values: neither the old row (REPLICA IDENTITY FULL) nor the source row, read again by key, gave them (deleted since?), so the row is not created with them NULL",
+					e.Name, p.row.Key, t.QualifiedTable(), p.row.Unknown)}
+		}
+		if p.row.Key == missing[0] {
+			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the event lacks %v to create one (NOT NULL without a default; give a value with default: in the mapping's %s table, or a DEFAULT in the table)",
+					e.Name, p.row.Key, t.QualifiedTable(), s.lacking(t, p.row.Values), s.cfg.System)}
 		}
 	}
 	return nil
@@ -238,4 +252,34 @@ func ensureKey(r *transform.Row, t *transform.TableMap) {
 	if added {
 		slices.SortFunc(r.Values, func(a, b transform.ColValue) int { return strings.Compare(a.Column, b.Column) })
 	}
+}
+
+// staleNotNull says whether a NOT NULL violation on column col of an
+// insert that writes no value to col (neither the event nor a default: of
+// the mapping) means the catalog is out of date: it shows the column as
+// absent, nullable or with a default. The session is
+// then marked for a new catalog (Apply reconnects). A second violation
+// with the column described as it was at the last re-read is not stale
+// (a DEFAULT that yields NULL, a trigger): that one is the data's.
+func (s *Sink) staleNotNull(t *transform.TableMap, col string, cols []transform.ColValue) bool {
+	if t.Default[col] != nil || slices.ContainsFunc(cols, func(c transform.ColValue) bool { return c.Column == col }) {
+		return false // the NULL came from the event or the mapping
+	}
+	var now transform.ColumnInfo
+	if ci := s.catalog.Tables[t.QualifiedTable()].Columns[col]; ci != nil {
+		now = *ci
+	}
+	if now.NotNull && !now.HasDefault {
+		return false
+	}
+	k := t.QualifiedTable() + "." + col
+	if prev, ok := s.reread[k]; ok && prev == now {
+		return false
+	}
+	if s.reread == nil {
+		s.reread = map[string]transform.ColumnInfo{}
+	}
+	s.reread[k] = now
+	s.stale = true
+	return true
 }

@@ -1,0 +1,88 @@
+package pgstate_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/duplex-cdc/duplex/internal/pgstate"
+	"github.com/duplex-cdc/duplex/transform"
+)
+
+const sharedEmailMapping = `
+version: 1
+systems: [crm, erp]
+entities:
+  - name: customer
+    key: id
+    fields:
+      - {name: id,    type: uuid, owner: crm}
+      - {name: email, type: text, owner: both}
+    systems:
+      crm:
+        table: public.accounts
+        key_column: id
+        columns: {id: {column: id}, email: {column: email}}
+      erp:
+        table: public.customers
+        key_column: crm_id
+        columns: {id: {column: crm_id}, email: {column: email}}
+`
+
+// TestVersionRecorder_Lookup: a copied row (snapshot, backfill) whose
+// shared field still holds the recorded value carries that version; one
+// whose value changed by a write the capture never read (before the slot,
+// or lost with it) carries the copy's time, and that version is recorded,
+// so that the sink into this database does not wait for a record that
+// never comes; a field never versioned stays unrecorded.
+func TestVersionRecorder_Lookup(t *testing.T) {
+	ctx := context.Background()
+	m, err := transform.Parse([]byte(sharedEmailMapping))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := newDB(t)
+	conn := connect(t, db, "postgres", nil)
+	if err := pgstate.Ensure(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	t1 := t0.Add(time.Hour)
+	exec(t, conn, `INSERT INTO duplex.field_versions VALUES
+		('customer', 'k1', 'email', 'crm', '2026-01-02 03:04:05+00', $1),
+		('customer', 'k2', 'email', 'erp', '2026-01-02 03:04:05+00', $2)`, *pgstate.HashCanonical("kept@example.com"), *pgstate.HashCanonical("erp@example.com"))
+	copied := func(key, email string) transform.Event {
+		return transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: key,
+			Pos: transform.Position{LSN: 0x5000, CommitTime: t1}, Data: map[string]any{"id": key, "email": email}}
+	}
+	evs := []transform.Event{copied("k1", "kept@example.com"), copied("k2", "unread@example.com"), copied("k3", "never@example.com")}
+	r := pgstate.NewVersionRecorder("crm", cluster.DSN(db), m)
+	defer r.Close(ctx)
+	if err := r.Lookup(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := evs[0].Versions["email"]; !ok || v.Source != "crm" || !v.At.Equal(t0) {
+		t.Errorf("copy of a value still recorded: versions %+v, want crm at %s", evs[0].Versions, t0)
+	}
+	for _, ev := range evs[1:] {
+		if len(ev.Versions) != 0 {
+			t.Errorf("copy of %s: versions %+v, want none (the copy's time stands)", ev.Key, ev.Versions)
+		}
+	}
+	fv, err := pgstate.ReadFieldVersions(ctx, conn, "customer", []string{"k1", "k2", "k3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(fv, func(a, b pgstate.FieldVersion) int { return strings.Compare(a.Key, b.Key) })
+	if len(fv) != 2 {
+		t.Fatalf("field versions %+v, want k1 and k2 only", fv)
+	}
+	if fv[0].Source != "crm" || !fv[0].CommitTime.Equal(t0) || !fv[0].Holds("kept@example.com", nil) {
+		t.Errorf("k1 (value still recorded): %+v, want unchanged", fv[0])
+	}
+	if fv[1].Source != "crm" || !fv[1].CommitTime.Equal(t1) || !fv[1].Holds("unread@example.com", nil) {
+		t.Errorf("k2 (changed by a write never read): %+v, want the copy's version (crm at %s)", fv[1], t1)
+	}
+}
