@@ -95,7 +95,18 @@ type Change struct {
 	// or the table has REPLICA IDENTITY FULL. Nil otherwise.
 	Old Row
 	// Tables lists every truncated table for Truncate ("schema.table").
+	// A partition of a mapped partitioned table is named by that table.
 	Tables []string
+	// Partition is the partition ("schema.table") the row change was made
+	// in, when Schema and Table name the mapped partitioned table it
+	// belongs to (pgoutput names the partition unless the publication
+	// publishes via the partition root).
+	Partition string `json:",omitempty"`
+	// Partitions, for a Truncate that emptied only some partitions of a
+	// mapped partitioned table, maps that table (in Tables) to the
+	// partitions truncated. A table all of whose partitions were
+	// truncated is not in it.
+	Partitions map[string][]string `json:",omitempty"`
 }
 
 // QualifiedTable is "schema.table".

@@ -27,7 +27,8 @@
 //
 // Files, in the order a change travels: source.go (what a source must
 // offer), producer.go (normalize, publish, confirm; ownership violations
-// counted and logged, refused inserts dead-lettered), message.go (the
+// counted and logged, refused inserts dead-lettered), unmapped.go
+// (changes of tables no entity maps, counted and logged), message.go (the
 // message body), largechange.go (messages cut by bytes within the
 // server's max payload, events too large for a message in the
 // DUPLEX_LARGE object store), holds.go (entities held back, and

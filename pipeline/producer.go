@@ -72,6 +72,9 @@ type SourceCounts struct {
 	Stopped bool
 	// Held maps each held entity to the reason.
 	Held map[string]string
+	// Unmapped counts changes of tables no entity maps ("schema.table"),
+	// captured and not replicated (unmapped.go).
+	Unmapped map[string]int64
 	// OwnershipViolations counts local changes of this source to what
 	// another system owns, by "entity/kind": kind "insert" (a row made,
 	// or re-keyed, where the entity's key is owned elsewhere: refused and
@@ -85,6 +88,7 @@ func (c SourceCounts) Clone() SourceCounts {
 	maps.Copy(m, c.ByEntityOp)
 	c.ByEntityOp = m
 	c.Held = maps.Clone(c.Held)
+	c.Unmapped = maps.Clone(c.Unmapped)
 	c.OwnershipViolations = maps.Clone(c.OwnershipViolations)
 	return c
 }
@@ -186,6 +190,9 @@ type producer struct {
 	// would make (read leniently), for the version recorder only.
 	heldEvents []transform.Event
 
+	// unmappedSeen are the unmapped tables logged in this session.
+	unmappedSeen map[string]bool
+
 	large largeStore
 }
 
@@ -230,6 +237,10 @@ func (p *producer) normalize(ctx context.Context, c *capture.Chunk, index int, c
 		}
 	}
 	evs, err := p.cfg.Mapping.Normalize(system, &c.Tx, index, ch)
+	if len(evs) == 0 && err == nil {
+		// Nothing to publish: perhaps a table no entity maps.
+		p.reportUnmapped(ch)
+	}
 	var se *transform.SchemaError
 	if errors.As(err, &se) && p.cfg.Holds != nil && !c.Tx.Snapshot {
 		if p.handledBefore(c, se) {

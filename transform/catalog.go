@@ -49,6 +49,40 @@ type TableInfo struct {
 	// ForeignKeys are the table's own foreign keys (not those a partition
 	// inherits), by constraint name.
 	ForeignKeys []ForeignKey
+	// PartitionKey are the columns of a partitioned table's partition key
+	// (pg_partitioned_table.partattrs; expressions left out); empty for
+	// other tables.
+	PartitionKey []string
+	// PartitionIdentity maps each leaf partition ("schema.table") of a
+	// partitioned table to its own relreplident: PostgreSQL sends a
+	// partition's changes with the partition's replica identity, which
+	// is set per partition and not inherited.
+	PartitionIdentity map[string]byte
+}
+
+// missingFrom returns the elements of want that have is missing, in
+// want's order.
+func missingFrom(want, have []string) []string {
+	var out []string
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// partitionsWithout lists, sorted, the partitions whose replica identity
+// is not one of ok.
+func (ti *TableInfo) partitionsWithout(ok ...byte) []string {
+	var out []string
+	for p, ident := range ti.PartitionIdentity {
+		if !slices.Contains(ok, ident) {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // ColumnInfo describes one column.
@@ -193,6 +227,11 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		}
 		switch {
 		case missingKey:
+		case len(ti.PartitionKey) > 0 && !containsAll(kcs, ti.PartitionKey) && (len(kcs) == 1 && !ti.UniqueColumns[kcs[0]] || len(kcs) > 1 && !ti.HasUniqueKey(kcs)):
+			// PostgreSQL: "unique constraint on partitioned table must
+			// include all partitioning columns".
+			bad("%s: the key (%s) has no unique index, and cannot have one: the table is partitioned by (%s), and a unique index of a partitioned table must contain the partition key; make the key (%s) (key: [...] and key_columns), or partition by the key",
+				where, strings.Join(kcs, ", "), strings.Join(ti.PartitionKey, ", "), strings.Join(append(slices.Clone(kcs), missingFrom(ti.PartitionKey, kcs)...), ", "))
 		case len(kcs) == 1 && !ti.UniqueColumns[kcs[0]]:
 			bad("%s: key column %s has no unique index (create one: CREATE UNIQUE INDEX ON %s (%s))", where, kcs[0], t.QualifiedTable(), kcs[0])
 		case len(kcs) > 1 && !ti.HasUniqueKey(kcs):
@@ -267,6 +306,8 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 		}
 		if shared := e.SharedFields(system); len(shared) > 0 && (role == "source" || role == "both") && e.Publishes(system) && ti.ReplicaIdentity != 'f' {
 			bad("%s: shared field(s) %v need the old row of every update to tell which fields a write changed; run ALTER TABLE %s REPLICA IDENTITY FULL", where, shared, t.QualifiedTable())
+		} else if parts := ti.partitionsWithout('f'); len(shared) > 0 && (role == "source" || role == "both") && e.Publishes(system) && len(parts) > 0 {
+			bad("%s: shared field(s) %v need the old row of every update, and partition(s) %v do not send it: run ALTER TABLE … REPLICA IDENTITY FULL on each (a partition has its own replica identity)", where, shared, parts)
 		}
 		if others := e.OwnedElsewhere(system); len(others) > 0 && e.Enforce == EnforceOwner && (role == "source" || role == "both") && ti.ReplicaIdentity != 'f' {
 			bad("%s: enforce: owner needs the old row of every update to tell an edit of %v (owned by another system) made here; run ALTER TABLE %s REPLICA IDENTITY FULL", where, others, t.QualifiedTable())
@@ -278,6 +319,8 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 			switch {
 			case ti.ReplicaIdentity == 'n':
 				bad("%s: REPLICA IDENTITY NOTHING cannot key deletes; run ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key) or FULL", where, t.QualifiedTable())
+			case len(ti.partitionsWithout('d', 'f', 'i')) > 0:
+				bad("%s: partition(s) %v have REPLICA IDENTITY NOTHING, which cannot key deletes; run ALTER TABLE … REPLICA IDENTITY DEFAULT or FULL on each", where, ti.partitionsWithout('d', 'f', 'i'))
 			case ti.ReplicaIdentity != 'f' && !containsAll(ti.IdentityColumns, kcs):
 				if len(ti.IdentityColumns) == 0 {
 					bad("%s: no primary key or replica identity index, so deletes cannot be keyed; add a primary key or run ALTER TABLE %s REPLICA IDENTITY FULL", where, t.QualifiedTable())

@@ -236,6 +236,40 @@ func TestMapping_Check(t *testing.T) {
 			wantMsgs:  []string{"erp table public.customers (entity customer): shared field(s) [email] need the old row", "REPLICA IDENTITY FULL"},
 		},
 		{
+			name: "shared field on a partitioned table with a partition without REPLICA IDENTITY FULL", system: "crm", role: "source", catalog: crmCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.accounts"].PartitionIdentity = map[string]byte{"public.accounts_2": 'd', "public.accounts_1": 'f', "public.accounts_3": 'n'}
+			},
+			wantErr:   true,
+			wantCount: 2,
+			wantMsgs: []string{
+				"crm table public.accounts (entity customer): shared field(s) [email] need the old row of every update, and partition(s) [public.accounts_2 public.accounts_3] do not send it",
+				"crm table public.accounts (entity customer): partition(s) [public.accounts_3] have REPLICA IDENTITY NOTHING, which cannot key deletes",
+			},
+		},
+		{
+			name: "key of a partitioned table without the partition key", system: "erp", role: "both", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				ti := c.Tables["public.invoices"]
+				ti.PartitionKey = []string{"issued_at"}
+				delete(ti.UniqueColumns, "invoice_no")
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs: []string{"erp table public.invoices (entity invoice): the key (invoice_no) has no unique index, and cannot have one: the table is partitioned by (issued_at), " +
+				"and a unique index of a partitioned table must contain the partition key; make the key (invoice_no, issued_at)"},
+		},
+		{
+			name: "key of a partitioned table that is its partition key", system: "erp", role: "both", catalog: erpCatalog,
+			change: func(c *transform.Catalog) { c.Tables["public.invoices"].PartitionKey = []string{"invoice_no"} },
+		},
+		{
+			name: "partitions with REPLICA IDENTITY FULL", system: "crm", role: "source", catalog: crmCatalog,
+			change: func(c *transform.Catalog) {
+				c.Tables["public.accounts"].PartitionIdentity = map[string]byte{"public.accounts_1": 'f', "public.accounts_2": 'f'}
+			},
+		},
+		{
 			name: "shared field without REPLICA IDENTITY FULL, target only", system: "crm", role: "target", catalog: crmCatalog,
 			change: func(c *transform.Catalog) { c.Tables["public.accounts"].ReplicaIdentity = 'd' },
 		},

@@ -2,6 +2,7 @@ package transform
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/duplex-cdc/duplex/capture"
 )
@@ -255,6 +256,16 @@ func (m *Mapping) normalizeTruncate(system string, tx *capture.TxInfo, index int
 		i := len(out)
 		if i >= eventsPerChange {
 			return nil, fmt.Errorf("%s truncate of %d mapped tables at once: at most %d are supported", system, len(ch.Tables), eventsPerChange)
+		}
+		if parts := ch.Partitions[qt]; len(parts) > 0 {
+			// Emptying the other side's whole table would remove rows of
+			// the partitions left alone, and which rows there were in the
+			// truncated ones cannot be told.
+			why := "the mapping does not propagate truncates"
+			if e.Truncate == "propagate" {
+				why = "truncate: propagate empties whole tables only, and which rows of the other side were in these partitions cannot be told"
+			}
+			return nil, fmt.Errorf("%s truncate of partition(s) %s of %s (entity %s) refused: %s; rows on the other side are left as they are (delete them there; duplex verify lists them)", system, strings.Join(parts, ", "), qt, e.Name, why)
 		}
 		if e.Truncate != "propagate" {
 			return nil, fmt.Errorf("%s truncate of %s (entity %s) refused: the mapping does not propagate truncates (set truncate: propagate); rows on the other side are left as they are", system, qt, e.Name)

@@ -429,6 +429,7 @@ func TestMapping_Normalize_truncate(t *testing.T) {
 		name      string
 		propagate []string // entities set to truncate: propagate
 		tables    []string
+		parts     map[string][]string // partitions truncated, by table
 		index     int
 		want      []transform.Event
 		wantErr   bool
@@ -446,6 +447,21 @@ func TestMapping_Normalize_truncate(t *testing.T) {
 			tables:    []string{"public.accounts", "public.orders"},
 			wantErr:   true,
 			wantMsg:   "crm truncate of public.orders (entity order) refused",
+		},
+		{
+			name:    "some partitions, refused by default",
+			tables:  []string{"public.accounts"},
+			parts:   map[string][]string{"public.accounts": {"public.accounts_2024"}},
+			wantErr: true,
+			wantMsg: "crm truncate of partition(s) public.accounts_2024 of public.accounts (entity customer) refused: the mapping does not propagate truncates",
+		},
+		{
+			name:      "some partitions, refused although propagated",
+			propagate: []string{"customer", "order"},
+			tables:    []string{"public.orders", "public.accounts"},
+			parts:     map[string][]string{"public.accounts": {"public.accounts_2024", "public.accounts_2025"}},
+			wantErr:   true,
+			wantMsg:   "crm truncate of partition(s) public.accounts_2024, public.accounts_2025 of public.accounts (entity customer) refused: truncate: propagate empties whole tables only",
 		},
 		{
 			name:   "only unmapped tables",
@@ -479,7 +495,7 @@ func TestMapping_Normalize_truncate(t *testing.T) {
 			for _, name := range tt.propagate {
 				m.Entity(name).Truncate = "propagate"
 			}
-			ch := &capture.Change{Op: capture.Truncate, Schema: "public", Table: "accounts", Tables: tt.tables}
+			ch := &capture.Change{Op: capture.Truncate, Schema: "public", Table: "accounts", Tables: tt.tables, Partitions: tt.parts}
 			got, err := m.Normalize("crm", testTx, tt.index, ch)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("Normalize() error = %v, wantErr %v", err, tt.wantErr)

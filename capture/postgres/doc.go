@@ -14,6 +14,17 @@
 // caller confirmed durable (Confirm), so a crash anywhere makes the slot
 // send again whatever was not yet safe downstream.
 //
+// A mapped table may be partitioned: the changes pgoutput sends under a
+// partition's name are handed on under the mapped table's (Change.Partition
+// names the partition), whether or not the publication publishes via the
+// partition root; a relation is resolved against the catalog when its
+// Relation message arrives, so new partitions need no restart.
+//
+// Every identifier it sends is quoted, in SQL and in the replication
+// commands and options (slot, publication_names): a publication named
+// DuplexPub is "DuplexPub". Slot names must follow PostgreSQL's rule
+// ([a-z0-9_], at most 63 characters); Config.Validate refuses others.
+//
 // Retrying a lost session is the caller's job (pipeline), which starts a new
 // Stream with backoff; this package does not reconnect by itself. Its own
 // bookkeeping (snapshots, backfills) lives in duplex's schema, owned by
@@ -23,7 +34,9 @@
 // (publication and slot), stream.go (the replication session: keepalives,
 // status updates, flush position), pgoutput.go (decoding pgoutput messages
 // into chunks), unchanged.go (the values of unchanged TOASTed columns,
-// from the old row or read again by key), decode.go (values by type OID),
+// from the old row or read again by key), partition.go (changes of
+// partitions routed to their mapped partitioned table, truncates of some
+// partitions told from truncates of all), decode.go (values by type OID),
 // snapshot.go (initial copy in the slot's exported snapshot, in pages by
 // the key's columns: WHERE (a, b) > ($1, $2) ORDER BY a, b), backfill.go (DBLog watermark
 // backfills), slot.go (slot positions for status and lag), slotcheck.go

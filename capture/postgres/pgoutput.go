@@ -17,7 +17,7 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 	}
 	switch msg := m.(type) {
 	case *pglogrepl.RelationMessage:
-		ss.relations[msg.RelationID] = msg
+		return ss.routeRelation(ctx, msg)
 	case *pglogrepl.BeginMessage:
 		ss.inTx, ss.skipping = true, false
 		ss.tx = capture.TxInfo{System: s.cfg.System, CommitLSN: capture.LSN(msg.FinalLSN), CommitTime: msg.CommitTime.UTC(), Xid: msg.Xid}
@@ -33,13 +33,13 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		if err != nil {
 			return err
 		}
-		return ss.add(ctx, capture.Change{Schema: rel.Namespace, Table: rel.RelationName, Op: capture.Insert, New: row})
+		return ss.add(ctx, capture.Change{Schema: rel.Namespace, Table: rel.RelationName, Op: capture.Insert, New: row, Partition: ss.leaves[msg.RelationID]})
 	case *pglogrepl.UpdateMessage:
 		row, rel, err := ss.tuple(msg.RelationID, msg.NewTuple)
 		if err != nil {
 			return err
 		}
-		ch := capture.Change{Schema: rel.Namespace, Table: rel.RelationName, Op: capture.Update, New: row}
+		ch := capture.Change{Schema: rel.Namespace, Table: rel.RelationName, Op: capture.Update, New: row, Partition: ss.leaves[msg.RelationID]}
 		if msg.OldTuple != nil {
 			if ch.Old, _, err = ss.tuple(msg.RelationID, msg.OldTuple); err != nil {
 				return err
@@ -54,18 +54,11 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		if err != nil {
 			return err
 		}
-		return ss.add(ctx, capture.Change{Schema: rel.Namespace, Table: rel.RelationName, Op: capture.Delete, Old: row})
+		return ss.add(ctx, capture.Change{Schema: rel.Namespace, Table: rel.RelationName, Op: capture.Delete, Old: row, Partition: ss.leaves[msg.RelationID]})
 	case *pglogrepl.TruncateMessage:
-		ch := capture.Change{Op: capture.Truncate}
-		for _, id := range msg.RelationIDs {
-			rel, ok := ss.relations[id]
-			if !ok {
-				return fmt.Errorf("capture %s: truncate of unknown relation %d", s.cfg.System, id)
-			}
-			ch.Tables = append(ch.Tables, rel.Namespace+"."+rel.RelationName)
-			if ch.Schema == "" {
-				ch.Schema, ch.Table = rel.Namespace, rel.RelationName
-			}
+		ch, err := ss.truncate(ctx, msg)
+		if err != nil {
+			return err
 		}
 		return ss.add(ctx, ch)
 	case *pglogrepl.CommitMessage:

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -28,21 +27,19 @@ func (s *Source) Ensure(ctx context.Context) error {
 	if err := pgstate.Ensure(ctx, conn); err != nil {
 		return fmt.Errorf("capture %s: %w", s.cfg.System, err)
 	}
-	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, s.cfg.Publication)
-	if err != nil {
-		return fmt.Errorf("capture %s: read publication %s: %w", s.cfg.System, s.cfg.Publication, err)
-	}
-	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("capture %s: read publication %s: %w", s.cfg.System, s.cfg.Publication, err)
-	}
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, s.cfg.Publication).Scan(&exists); err != nil {
 		return fmt.Errorf("capture %s: read publication %s: %w", s.cfg.System, s.cfg.Publication, err)
 	}
 	var missing []string
 	for _, t := range s.cfg.Tables {
-		if !slices.Contains(have, t) {
+		in := false
+		if exists {
+			if in, err = publishes(ctx, conn, s.cfg.Publication, t); err != nil {
+				return fmt.Errorf("capture %s: %w", s.cfg.System, err)
+			}
+		}
+		if !in {
 			missing = append(missing, quoteQualified(t))
 		}
 	}
@@ -59,6 +56,9 @@ func (s *Source) Ensure(ctx context.Context) error {
 			return fmt.Errorf("capture %s: add tables to publication %s: %w", s.cfg.System, s.cfg.Publication, err)
 		}
 		s.log.Info("added tables to publication", slog.String("publication", s.cfg.Publication), slog.Any("tables", missing))
+	}
+	if err := s.warnViaRoot(ctx, conn); err != nil {
+		return err
 	}
 	st, err := readSlotState(ctx, conn, s.cfg.Slot)
 	if err != nil {
@@ -160,6 +160,55 @@ func (s *Source) Ensure(ctx context.Context) error {
 	return nil
 }
 
+// publishes says whether publication pub publishes every row of table
+// ("schema.table"): it is FOR ALL TABLES, or the table or a partitioned
+// table it is a partition of is a member (pg_publication_rel), or, from
+// PostgreSQL 15, the schema of one of them is (FOR TABLES IN SCHEMA).
+// pg_publication_tables is not asked: it lists the leaf partitions of a
+// partitioned table (none while it has none) unless the publication
+// publishes via the partition root.
+func publishes(ctx context.Context, conn *pgx.Conn, pub, table string) (bool, error) {
+	var in bool
+	var version int
+	if err := conn.QueryRow(ctx, `SELECT
+		EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = $1 AND p.puballtables)
+		OR EXISTS (SELECT 1 FROM pg_publication p JOIN pg_publication_rel r ON r.prpubid = p.oid
+			WHERE p.pubname = $1 AND (r.prrelid = $2::regclass OR r.prrelid IN (SELECT relid FROM pg_partition_ancestors($2::regclass)))),
+		current_setting('server_version_num')::int`, pub, quoteQualified(table)).Scan(&in, &version); err != nil {
+		return false, fmt.Errorf("read publication %s for table %s: %w", pub, table, err)
+	}
+	if in || version < 150000 {
+		return in, nil
+	}
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication p JOIN pg_publication_namespace pn ON pn.pnpubid = p.oid
+		JOIN pg_class c ON c.relnamespace = pn.pnnspid
+		WHERE p.pubname = $1 AND (c.oid = $2::regclass OR c.oid IN (SELECT relid FROM pg_partition_ancestors($2::regclass))))`,
+		pub, quoteQualified(table)).Scan(&in); err != nil {
+		return false, fmt.Errorf("read publication %s for table %s: %w", pub, table, err)
+	}
+	return in, nil
+}
+
+// warnViaRoot warns when the publication publishes via the partition root
+// and a mapped table is partitioned: PostgreSQL then publishes no TRUNCATE
+// of a single partition (pgoutput skips it), so duplex cannot see one.
+func (s *Source) warnViaRoot(ctx context.Context, conn *pgx.Conn) error {
+	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_publication p, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1 AND p.pubviaroot AND c.relkind = 'p' AND n.nspname || '.' || c.relname = ANY($2)`, s.cfg.Publication, s.cfg.Tables)
+	if err != nil {
+		return fmt.Errorf("capture %s: read publication %s: %w", s.cfg.System, s.cfg.Publication, err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("capture %s: read publication %s: %w", s.cfg.System, s.cfg.Publication, err)
+	}
+	if len(tables) > 0 {
+		s.log.Warn("the publication publishes via the partition root: PostgreSQL does not publish a TRUNCATE of a single partition of these tables, so the other side keeps those rows (duplex verify lists them); a publication without publish_via_partition_root publishes it",
+			slog.String("publication", s.cfg.Publication), slog.Any("tables", tables))
+	}
+	return nil
+}
+
 // recordSlot records that duplex created (or adopted) the slot, at
 // created, and starts the session's record of confirmed positions there.
 func (s *Source) recordSlot(ctx context.Context, q pgstate.Querier, created capture.LSN) error {
@@ -188,6 +237,23 @@ func (s *Source) replicationConfig() (*pgconn.Config, error) {
 	return cfg, nil
 }
 
+// quoteIdent quotes one identifier for SQL and for replication commands
+// (CREATE_REPLICATION_SLOT, START_REPLICATION), whose grammar takes
+// quoted identifiers too: "Duplex""Pub".
+func quoteIdent(name string) string { return pgx.Identifier{name}.Sanitize() }
+
+// quoteLiteral quotes a string constant, doubling the single quotes in it.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// publicationNamesOption is the value of pgoutput's publication_names
+// option for one publication. pgoutput splits the option as a list of
+// identifiers (SplitIdentifierString in pgoutput.c), folding unquoted
+// names to lower case, so the name is quoted as an identifier first and
+// then as a string constant: '"DuplexPub"'.
+func publicationNamesOption(pub string) string { return quoteLiteral(quoteIdent(pub)) }
+
+// quoteQualified quotes "schema.table" (split at the first dot, as the
+// mapping splits it) as "schema"."table".
 func quoteQualified(t string) string {
 	if i := strings.IndexByte(t, '.'); i >= 0 {
 		return pgx.Identifier{t[:i], t[i+1:]}.Sanitize()

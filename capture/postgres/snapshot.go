@@ -66,7 +66,7 @@ func (s *Source) createWithSnapshot(ctx context.Context, before time.Time) error
 	if err != nil {
 		return fmt.Errorf("capture %s: connect for replication: %w", s.cfg.System, redact(err))
 	}
-	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "EXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication})
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, quoteIdent(s.cfg.Slot), "pgoutput", pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "EXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication})
 	if err != nil {
 		conn.Close(ctx)
 		return fmt.Errorf("capture %s: create slot %s with a snapshot: %w", s.cfg.System, s.cfg.Slot, err)
@@ -97,7 +97,7 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 		return fmt.Errorf("capture %s: snapshot: begin: %w", s.cfg.System, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck
-	if _, err := tx.Exec(ctx, fmt.Sprintf("SET TRANSACTION SNAPSHOT '%s'", s.snap.name)); err != nil {
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(s.snap.name)); err != nil {
 		return fmt.Errorf("capture %s: snapshot: use exported snapshot: %w", s.cfg.System, err)
 	}
 	info := capture.TxInfo{System: s.cfg.System, CommitLSN: s.snap.consistent, EndLSN: s.snap.consistent, CommitTime: s.snap.at, Snapshot: true}

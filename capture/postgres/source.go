@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,10 @@ type Config struct {
 	Logger         *slog.Logger
 }
 
+// slotName is PostgreSQL's rule for replication slot names
+// (ReplicationSlotValidateName): quoting does not lift it.
+var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
@@ -60,6 +65,8 @@ func (c *Config) Validate() error {
 	}
 	if c.Slot == "" || c.Publication == "" {
 		errs = append(errs, fmt.Errorf("capture %s: slot and publication must be named", c.System))
+	} else if !slotName.MatchString(c.Slot) {
+		errs = append(errs, fmt.Errorf("capture %s: slot %q: a replication slot name may contain only lower-case letters, digits and underscores, at most 63 characters", c.System, c.Slot))
 	}
 	if len(c.Tables) == 0 {
 		errs = append(errs, fmt.Errorf("capture %s: no tables to publish", c.System))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/duplex-cdc/duplex/capture"
@@ -21,6 +20,9 @@ type session struct {
 	h         capture.Handler
 	dec       *Decoder
 	relations map[uint32]*pglogrepl.RelationMessage
+	// leaves names the partitions ("schema.table") whose relations were
+	// renamed to their mapped table (partition.go), by relation OID.
+	leaves map[uint32]string
 
 	inTx     bool
 	skipping bool
@@ -64,12 +66,12 @@ func (s *Source) Stream(ctx context.Context, h capture.Handler) error {
 		return fmt.Errorf("capture %s: connect for replication: %w", s.cfg.System, redact(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", strings.ReplaceAll(s.cfg.Publication, "'", "''")), "messages 'true'"}
-	if err := pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+	args := []string{"proto_version '1'", "publication_names " + publicationNamesOption(s.cfg.Publication), "messages 'true'"}
+	if err := pglogrepl.StartReplication(ctx, conn, quoteIdent(s.cfg.Slot), 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
 		return fmt.Errorf("capture %s: start replication on slot %s: %w", s.cfg.System, s.cfg.Slot, err)
 	}
 	s.log.Info("replication started", slog.String("confirmed", s.Durable().String()))
-	ss := &session{src: s, conn: conn, h: h, dec: NewDecoder(), relations: map[uint32]*pglogrepl.RelationMessage{}}
+	ss := &session{src: s, conn: conn, h: h, dec: NewDecoder(), relations: map[uint32]*pglogrepl.RelationMessage{}, leaves: map[uint32]string{}}
 	defer func() {
 		if ss.q != nil {
 			_ = ss.q.Close(context.WithoutCancel(ctx))

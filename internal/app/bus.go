@@ -261,6 +261,7 @@ func connect(ctx context.Context, url string, opts []nats.Option, secrets []stri
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
+		// nats.go quotes a URL it cannot parse, user part included.
 		return nil, nil, fmt.Errorf("connect to nats %s: %w", redact.URL(url), redact.Error(err, append([]string{url}, secrets...)...))
 	}
 	// An asynchronous publish whose acknowledgement never comes (the

@@ -199,6 +199,12 @@ func (c *Config) Validate() error {
 		if s.Publication == "" {
 			s.Publication = "duplex_" + name
 		}
+		if err := CheckSlotName(s.Slot); err != nil {
+			bad("systems.%s: %w", name, err)
+		}
+		if n := len(s.Publication); n > MaxIdentifierBytes {
+			bad("systems.%s: publication %q is %d bytes; PostgreSQL keeps only the first %d bytes of a name (NAMEDATALEN), so duplex could not find it again: choose a shorter name", name, s.Publication, n, MaxIdentifierBytes)
+		}
 		if s.WALWarnBytes == 0 {
 			s.WALWarnBytes = 1 << 30
 		}
@@ -246,6 +252,27 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// MaxIdentifierBytes is the longest name PostgreSQL keeps: NAMEDATALEN
+// (64) less the terminating byte. A longer identifier is truncated.
+const MaxIdentifierBytes = 63
+
+// CheckSlotName returns an error naming the rule when name cannot be a
+// replication slot's: PostgreSQL allows only lower-case letters, digits
+// and underscores, at most 63 bytes (ReplicationSlotValidateName in
+// src/backend/replication/slot.c), and quoting does not lift the rule.
+func CheckSlotName(name string) error {
+	ok := name != "" && len(name) <= MaxIdentifierBytes
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			ok = false
+		}
+	}
+	if !ok {
+		return fmt.Errorf("slot %q: a replication slot name may contain only lower-case letters, digits and underscores, at most %d characters (PostgreSQL's rule for slot names; unlike a publication name it cannot be quoted)", name, MaxIdentifierBytes)
+	}
+	return nil
 }
 
 // Sources returns the systems some flow reads from, in flow order.

@@ -144,9 +144,13 @@ func TestLoad_Expansion(t *testing.T) {
 			env: map[string]string{"CRM_DSN": secret, "ERP_DSN": "postgres://e"}, want: func(c *Config) { c.Systems["crm"].DSN = secret }},
 		{name: "secret that reads as null or a number stays text", env: map[string]string{"CRM_DSN": "null", "ERP_DSN": "0x1F"},
 			want: func(c *Config) { c.Systems["crm"].DSN, c.Systems["erp"].DSN = "null", "0x1F" }},
-		{name: "escaped reference", edit: func(s string) string { return strings.Replace(s, "slot: duplex_crm", "slot: $${CRM_SLOT}", 1) },
-			env:  map[string]string{"CRM_DSN": "postgres://c", "ERP_DSN": "postgres://e", "CRM_SLOT": "expanded"},
-			want: func(c *Config) { c.Systems["crm"].Slot = "${CRM_SLOT}" }},
+		{name: "escaped reference", edit: func(s string) string {
+			return strings.Replace(s, "publication: duplex_crm", "publication: $${CRM_PUB}", 1)
+		},
+			env:  map[string]string{"CRM_DSN": "postgres://c", "ERP_DSN": "postgres://e", "CRM_PUB": "expanded"},
+			want: func(c *Config) { c.Systems["crm"].Publication = "${CRM_PUB}" }},
+		{name: "slot name PostgreSQL refuses", edit: func(s string) string { return strings.Replace(s, "slot: duplex_crm", "slot: Duplex-CRM", 1) },
+			env: map[string]string{"CRM_DSN": "postgres://c", "ERP_DSN": "postgres://e"}, wantErr: `systems.crm: slot "Duplex-CRM": a replication slot name may contain only lower-case letters`},
 		{name: "number from the environment", edit: func(s string) string { return strings.Replace(s, "port: 4222", "port: ${NATS_PORT}", 1) },
 			env:  map[string]string{"CRM_DSN": "postgres://c", "ERP_DSN": "postgres://e", "NATS_PORT": "4333"},
 			want: func(c *Config) { c.NATS.Embedded.Port = 4333 }},

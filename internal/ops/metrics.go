@@ -70,6 +70,7 @@ var (
 	dHeld        = prometheus.NewDesc("duplex_source_held_entities", "Entities held because their source table no longer fits the mapping.", []string{"source"}, nil)
 	dOwnership   = prometheus.NewDesc("duplex_source_ownership_violations_total", "Local changes of the source to what another system owns, by entity and kind: insert (a row made or re-keyed where another system owns the key; dead-lettered) or field (a field another system owns edited).", []string{"source", "entity", "kind"}, nil)
 	dSrcRecon    = prometheus.NewDesc("duplex_source_reconnects_total", "Capture sessions restarted after a failure.", []string{"source"}, nil)
+	dUnmapped    = prometheus.NewDesc("duplex_source_unmapped_changes_total", "Changes captured from a table no entity maps (not replicated), by table.", []string{"source", "table"}, nil)
 
 	dFlowUp      = prometheus.NewDesc("duplex_flow_up", "1 when the flow is running (not retrying, waiting or stopped).", []string{"flow"}, nil)
 	dFlowState   = prometheus.NewDesc("duplex_flow_state", "The flow's state (1 for the current one).", []string{"flow", "state"}, nil)
@@ -93,7 +94,7 @@ var (
 	allFlowState = []string{"running", "retrying", "waiting", "stopped", "standby"}
 )
 
-var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dOwnership, dSrcRecon,
+var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dOwnership, dSrcRecon, dUnmapped,
 	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dSrcFull, dStreamFull, dStreamBytes, dStreamFirst, dBlocked, dFlowActive, dCaptActive, dNATSUp, dNATSRecon}
 
 type appCollector struct{ a *app.App }
@@ -179,6 +180,9 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dHeld, float64(len(sc.Held)), name)
 		gauge(dCaptActive, b2f(a.CaptureLease(name).Here), name)
 		counter(dSrcRecon, float64(sc.Reconnects), name)
+		for t, n := range sc.Unmapped {
+			counter(dUnmapped, float64(n), name, t)
+		}
 		counter(dSrcFull, float64(sc.StreamFull), name)
 	}
 	if rc := a.Retention(); !rc.LastPass.IsZero() {

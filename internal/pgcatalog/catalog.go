@@ -1,7 +1,7 @@
 // Package pgcatalog reads what duplex needs to know of a PostgreSQL
 // database's tables from pg_catalog: columns with their base types,
 // precision, scale and collation, unique indexes (single columns and
-// column sets), foreign keys, and replica identity.
+// column sets), foreign keys, and replica identity (of each partition too).
 // It returns a transform.Catalog; deciding what fits is transform's job.
 package pgcatalog
 
@@ -128,6 +128,63 @@ GROUP BY 1, i.indexrelid`, tables)
 	}
 	if err := readForeignKeys(ctx, q, tables, cat); err != nil {
 		return nil, err
+	}
+	// The partition key of partitioned tables (columns; an expression
+	// has attnum 0 and is left out).
+	pk, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, array_agg(a.attname::text ORDER BY k.i)
+FROM pg_partitioned_table p
+JOIN pg_class c ON c.oid = p.partrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL unnest(p.partattrs::int2[]) WITH ORDINALITY AS k(attnum, i)
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE n.nspname || '.' || c.relname = ANY($1)
+GROUP BY 1`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog partition keys: %w", err)
+	}
+	for pk.Next() {
+		var tbl string
+		var cols []string
+		if err := pk.Scan(&tbl, &cols); err != nil {
+			pk.Close()
+			return nil, fmt.Errorf("read catalog partition keys: %w", err)
+		}
+		if ti := cat.Tables[tbl]; ti != nil {
+			ti.PartitionKey = cols
+		}
+	}
+	if err := pk.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog partition keys: %w", err)
+	}
+	// A partition's changes carry its own replica identity.
+	parts, err := q.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, ln.nspname || '.' || l.relname, l.relreplident
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL pg_partition_tree(c.oid) pt
+JOIN pg_class l ON l.oid = pt.relid
+JOIN pg_namespace ln ON ln.oid = l.relnamespace
+WHERE c.relkind = 'p' AND pt.isleaf AND n.nspname || '.' || c.relname = ANY($1)`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read catalog partitions: %w", err)
+	}
+	for parts.Next() {
+		var tbl, leaf string
+		var ident byte
+		if err := parts.Scan(&tbl, &leaf, &ident); err != nil {
+			parts.Close()
+			return nil, fmt.Errorf("read catalog partitions: %w", err)
+		}
+		if ti := cat.Tables[tbl]; ti != nil {
+			if ti.PartitionIdentity == nil {
+				ti.PartitionIdentity = map[string]byte{}
+			}
+			ti.PartitionIdentity[leaf] = ident
+		}
+	}
+	if err := parts.Err(); err != nil {
+		return nil, fmt.Errorf("read catalog partitions: %w", err)
 	}
 	role, err := q.Query(ctx, `
 SELECT current_user, r.rolsuper OR r.rolreplication,
