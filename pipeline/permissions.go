@@ -1,10 +1,5 @@
 package pipeline
 
-import (
-	"fmt"
-	"strings"
-)
-
 // The identities duplex connects to NATS as, and the subjects each may
 // use (NATS subject permissions). Only the operator may create, update,
 // purge or delete streams; a capture may only publish its own source's
@@ -16,7 +11,10 @@ import (
 // receives the answer on its inbox, which it must be allowed to subscribe
 // to. Each identity has an inbox prefix of its own (InboxPrefix), so that
 // none can read another's answers (the messages a flow fetches among
-// them).
+// them). NATS does not check the reply subject a request names, so these
+// permissions keep an identity from publishing a forged transaction, not
+// from having JetStream publish an answer wherever it asks; only a
+// message signature checked by the flow closes that (deploy/nats/README.md).
 
 // OperatorIdentity is the identity of the streams, buckets, retention,
 // leases and the command-line tools.
@@ -39,16 +37,6 @@ type Permissions struct {
 	Publish     []string
 	DenyPublish []string
 	Subscribe   []string
-}
-
-// CheckName refuses a source or flow name that cannot be one token of a
-// subject: with a dot or a wildcard, the permissions derived from it would
-// grant more than that source or flow.
-func CheckName(kind, name string) error {
-	if name == "" || strings.ContainsAny(name, ".*>$ \t\r\n") {
-		return fmt.Errorf("%s %q: a name must be one NATS subject token (no dots, wildcards, $ or spaces)", kind, name)
-	}
-	return nil
 }
 
 // objStream is the stream behind the large-change object store.

@@ -36,11 +36,18 @@ type Bus struct {
 	base []nats.Option
 	// auth are the connect options of the identities with credentials
 	// of their own, by identity name (pipeline.CaptureIdentity, …).
-	auth map[string][]nats.Option
+	auth map[string]identityAuth
 	log  *slog.Logger
 
 	mu    sync.Mutex
 	conns map[string]*busConn
+}
+
+// identityAuth is how an identity authenticates, and the secrets an
+// error about its connection must not show.
+type identityAuth struct {
+	opts    []nats.Option
+	secrets []string
 }
 
 type busConn struct {
@@ -74,9 +81,9 @@ func (b *Bus) identity(ctx context.Context, name string) (jetstream.JetStream, e
 	if c := b.conns[name]; c != nil {
 		return c.js, nil
 	}
-	opts := append(slices.Clone(b.base), auth...)
+	opts := append(slices.Clone(b.base), auth.opts...)
 	opts = append(opts, nats.Name("duplex "+name), nats.CustomInboxPrefix(pipeline.InboxPrefix(name)))
-	nc, js, err := connect(ctx, b.url, opts, b.log.With(slog.String("identity", name)))
+	nc, js, err := connect(ctx, b.url, opts, auth.secrets, b.log.With(slog.String("identity", name)))
 	if err != nil {
 		return nil, fmt.Errorf("nats identity %s: %w", name, err)
 	}
@@ -152,13 +159,14 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Bus{log: log, auth: map[string][]nats.Option{}}
+	b := &Bus{log: log, auth: map[string]identityAuth{}}
 	b.base = []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
 		// A server that refuses the credentials twice (restarting, or
 		// not yet configured) does not end the connection for good: it
 		// keeps trying, and logs every disconnect.
 		nats.IgnoreAuthErrorAbort()}
 	var operator []nats.Option
+	var secrets []string // of the operator's credentials
 	if cfg.NATS.UsesEmbedded() {
 		dir := dataDir
 		if dir == "" {
@@ -188,12 +196,12 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 				return nil, err // natsembed names the operation, address and store
 			}
 			b.nats, b.url = n, n.URL()
-			log.Info("embedded NATS started", slog.String("url", b.url), slog.String("store", n.StoreDir()), slog.String("identities", idDir))
+			log.Info("embedded NATS started", slog.String("url", redact.URL(b.url)), slog.String("store", n.StoreDir()), slog.String("identities", idDir))
 			for name, id := range ids {
 				if name == pipeline.OperatorIdentity {
 					operator = []nats.Option{id.ConnectOption()}
 				} else {
-					b.auth[name] = []nats.Option{id.ConnectOption()}
+					b.auth[name] = identityAuth{opts: []nats.Option{id.ConnectOption()}}
 				}
 			}
 		}
@@ -204,20 +212,25 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 		if operator, err = authOptions(&cfg.NATS.Credentials); err != nil {
 			return nil, fmt.Errorf("nats: %w", err)
 		}
+		secrets = credentialSecrets(&cfg.NATS.Credentials)
 		for source, c := range cfg.NATS.Captures {
-			if b.auth[pipeline.CaptureIdentity(source)], err = authOptions(c); err != nil {
+			a := identityAuth{secrets: credentialSecrets(c)}
+			if a.opts, err = authOptions(c); err != nil {
 				return nil, fmt.Errorf("nats.captures.%s: %w", source, err)
 			}
+			b.auth[pipeline.CaptureIdentity(source)] = a
 		}
 		for flow, c := range cfg.NATS.Flows {
-			if b.auth[pipeline.FlowIdentity(flow)], err = authOptions(c); err != nil {
+			a := identityAuth{secrets: credentialSecrets(c)}
+			if a.opts, err = authOptions(c); err != nil {
 				return nil, fmt.Errorf("nats.flows.%s: %w", flow, err)
 			}
+			b.auth[pipeline.FlowIdentity(flow)] = a
 		}
 	}
 	opts := append(slices.Clone(b.base), operator...)
 	opts = append(opts, nats.Name("duplex"))
-	nc, js, err := connect(ctx, b.url, opts, log.With(slog.String("identity", pipeline.OperatorIdentity)))
+	nc, js, err := connect(ctx, b.url, opts, secrets, log.With(slog.String("identity", pipeline.OperatorIdentity)))
 	if err != nil {
 		b.Close()
 		return nil, err
@@ -226,15 +239,17 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 	return b, nil
 }
 
-// connect opens one connection and its JetStream context.
-func connect(ctx context.Context, url string, opts []nats.Option, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+// connect opens one connection and its JetStream context. An error shows
+// the URL as scheme://host:port and none of secrets (nats.go quotes a URL
+// it cannot parse, user part included).
+func connect(ctx context.Context, url string, opts []nats.Option, secrets []string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
 	opts = append(opts,
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("NATS disconnected", slog.Any("error", err))
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", slog.String("url", c.ConnectedUrlRedacted())) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", slog.String("url", redact.URL(c.ConnectedUrl()))) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			// A permissions violation is reported here, asynchronously:
 			// it means the server's permissions do not fit what duplex
@@ -247,7 +262,7 @@ func connect(ctx context.Context, url string, opts []nats.Option, log *slog.Logg
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		// nats.go quotes a URL it cannot parse, user part included.
-		return nil, nil, fmt.Errorf("connect to nats %s: %w", redact.URL(url), redact.Error(err, url))
+		return nil, nil, fmt.Errorf("connect to nats %s: %w", redact.URL(url), redact.Error(err, append([]string{url}, secrets...)...))
 	}
 	// An asynchronous publish whose acknowledgement never comes (the
 	// stream leader died after receiving it, on a cluster) fails after
@@ -356,6 +371,21 @@ func authOptions(c *config.Credentials) ([]nats.Option, error) {
 		return []nats.Option{o}, nil
 	}
 	return nil, nil
+}
+
+// credentialSecrets are the values of credentials that must not appear in
+// an error.
+func credentialSecrets(c *config.Credentials) []string {
+	if c == nil {
+		return nil
+	}
+	var out []string
+	for _, v := range []string{c.Password, c.Token, c.NkeySeed} {
+		if v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // tlsOptions are the connect options of nats.ca_file, cert_file and
