@@ -364,6 +364,10 @@ func (a *App) Run(ctx context.Context) error {
 		a.retention.Run(ctx)
 		return nil
 	})
+	g.Go(func() error {
+		a.leases.converge(ctx, a.log)
+		return nil
+	})
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
 		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats, MaxChangeBytes: int(cfg.Stream.MaxChangeBytes),
