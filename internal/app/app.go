@@ -277,7 +277,12 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		readers[f.From] = append(readers[f.From], f.Name)
 	}
 	a.retention = pipeline.NewRetention(js, pipeline.RetentionConfig{Readers: readers, MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Logger: a.log})
-	if a.leases, err = newLeases(ctx, js, cfg, a.log); err != nil {
+	leaseJS, err := bus.LeaseJetStream(ctx)
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	if a.leases, err = newLeases(ctx, leaseJS, cfg, a.log); err != nil {
 		a.Close()
 		return nil, err
 	}
