@@ -71,10 +71,6 @@ func (s *Sink) begin(ctx context.Context) (pgx.Tx, transform.Position, error) {
 	if err != nil {
 		return nil, transform.Position{}, classify(fmt.Errorf("sink %s: begin: %w", s.cfg.System, err), -1, -1)
 	}
-	if err := s.deferConstraints(ctx, tx); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return nil, transform.Position{}, classify(err, -1, -1)
-	}
 	applied, err := Position(ctx, tx, s.cfg.Flow)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
