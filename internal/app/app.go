@@ -8,6 +8,8 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +42,9 @@ type Options struct {
 	// OnBatch is called after each committed batch with its size and
 	// apply time (metrics).
 	OnBatch func(flow string, txs []*transform.Tx, events int, took time.Duration, committed time.Time)
+	// Demo marks duplex demo's own throwaway clusters on this machine:
+	// their plaintext connections are not warned about (TLSWarnings).
+	Demo bool
 }
 
 // App is a running duplex.
@@ -150,7 +155,7 @@ func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (c
 		}
 		conn, err := pgx.Connect(ctx, sys.DSN)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("system %s: connect: %w", name, err))
+			errs = append(errs, fmt.Errorf("system %s: connect: %w%s", name, err, certHint(err)))
 			continue
 		}
 		// duplex's own schema: trusted and not newer than this duplex
@@ -212,6 +217,35 @@ func snapshotOrder(cfg *config.Config, m *transform.Mapping, source string, cats
 	return m.SourceTables(source)
 }
 
+// TLSWarnings returns a warning for each system whose dsn is not
+// verified TLS (config.PostgresTLS): duplex check prints them and duplex
+// run logs them. A system with require_tls and such a dsn never gets
+// here: config.Validate refuses it.
+func TLSWarnings(cfg *config.Config) []string {
+	var out []string
+	for _, name := range sortedSystems(cfg) {
+		if w := cfg.Systems[name].TLSWarning(name); w != "" {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// certHint explains a refused server certificate (sslmode=verify-full
+// or verify-ca): what to check, in the operator's terms.
+func certHint(err error) string {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	switch {
+	case errors.As(err, &hn):
+		return " (the server's certificate does not name the host of the dsn: connect by a name it carries, or set sslmode=verify-ca)"
+	case errors.As(err, &ua), errors.As(err, &cv):
+		return " (the server's certificate is not signed by the CA in sslrootcert: give the file of the CA that signed it)"
+	}
+	return ""
+}
+
 func sortedSystems(cfg *config.Config) []string {
 	var out []string
 	for n := range cfg.Systems {
@@ -237,6 +271,9 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	cats, warnings, err := preflight(ctx, cfg, m)
 	if err != nil {
 		return nil, err
+	}
+	if !opts.Demo {
+		warnings = append(TLSWarnings(cfg), warnings...)
 	}
 	for _, w := range warnings {
 		opts.Logger.Warn(w)

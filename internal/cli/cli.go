@@ -191,6 +191,7 @@ func checkCmd(g *globals) *cobra.Command {
 				return err
 			}
 			warnings, err := app.PreflightReport(cmd.Context(), cfg, m)
+			warnings = append(app.TLSWarnings(cfg), warnings...)
 			if err != nil {
 				for _, w := range warnings {
 					fmt.Fprintln(g.stdout, "warning: "+clean(w)) // names from the catalogs
