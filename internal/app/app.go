@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
+	"github.com/duplex-cdc/duplex/internal/audit"
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
@@ -216,6 +217,22 @@ func snapshotOrder(cfg *config.Config, m *transform.Mapping, source string, cats
 	}
 	return m.SourceTables(source)
 }
+
+// AuditReady makes sure DUPLEX_AUDIT exists, before an operator action
+// asked of this instance runs (audit.Ready).
+func (a *App) AuditReady(ctx context.Context) error {
+	return audit.Ready(ctx, a.js, a.opts.Config.Stream.Replicas)
+}
+
+// Audit appends an operator action's record to DUPLEX_AUDIT as the
+// operator identity and returns its sequence.
+func (a *App) Audit(ctx context.Context, r audit.Record) (uint64, error) {
+	return audit.Append(ctx, a.js, a.opts.Config.Stream.Replicas, r)
+}
+
+// Secrets are the configuration's secret values (config.Config.Secrets),
+// to be replaced in what an operator action records.
+func (a *App) Secrets() []string { return a.opts.Config.Secrets() }
 
 // TLSWarnings returns a warning for each system whose dsn is not
 // verified TLS (config.PostgresTLS): duplex check prints them and duplex

@@ -41,7 +41,7 @@ func Main(args []string) int {
 
 // MainIO is Main with explicit output streams.
 func MainIO(args []string, stdout, stderr io.Writer) int {
-	root := newRoot(stdout, stderr)
+	root := newRoot(stdout, stderr, args)
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -63,6 +63,9 @@ type globals struct {
 	logFormat string
 	stdout    io.Writer
 	stderr    io.Writer
+	// args are the command line (without the program's name), for the
+	// audit record of an operator action.
+	args []string
 }
 
 func (g *globals) logger() *slog.Logger {
@@ -75,8 +78,8 @@ func (g *globals) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(g.stderr, opts))
 }
 
-func newRoot(stdout, stderr io.Writer) *cobra.Command {
-	g := &globals{stdout: stdout, stderr: stderr}
+func newRoot(stdout, stderr io.Writer, args []string) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr, args: args}
 	root := &cobra.Command{
 		Use:           "duplex",
 		Short:         "CRM ⇄ ERP change data capture over NATS JetStream",
@@ -87,7 +90,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("DUPLEX_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("DUPLEX_LOG_FORMAT", "text"), "log format: text or json")
-	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g), backfillCmd(g), resyncCmd(g), statusCmd(g), replayCmd(g), dlqCmd(g), verifyCmd(g))
+	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g), backfillCmd(g), resyncCmd(g), statusCmd(g), replayCmd(g), dlqCmd(g), verifyCmd(g), auditCmd(g))
 	return root
 }
 
