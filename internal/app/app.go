@@ -3,7 +3,8 @@
 // capture per source system and one applier per flow until stopped.
 // Preflight refuses what does not fit; Warnings (warnings.go) reads what
 // fits but an operator should know (generated keys in a system that does
-// not own them, triggers on target tables), for duplex check and the log.
+// not own them, triggers on target tables), for duplex check and the log;
+// TLSWarnings (app.go) names each system whose dsn is not verified TLS.
 package app
 
 import (

@@ -1,6 +1,8 @@
 // Package cli is duplex's command line: it reads flags and configuration
 // and calls into app, demo and the other commands. Only this package (and
-// cmd/duplex) reads the environment.
+// cmd/duplex) reads the environment. The operator actions (replay, dlq
+// retry, dlq drop, backfill, resync) run through audited (audit.go),
+// which records each in DUPLEX_AUDIT and the log.
 package cli
 
 import (
