@@ -56,14 +56,23 @@ type Record struct {
 // MaxDetail bounds Record.Detail in bytes.
 const MaxDetail = 1000
 
-// ensure creates or updates DUPLEX_AUDIT: a file-backed stream that
-// keeps its records with no age or size limit and refuses deleting or
-// purging them. replicas is the number of copies on a cluster (0: 1).
+// ensure returns DUPLEX_AUDIT, creating it if absent: a file-backed
+// stream that keeps its records with no age or size limit and refuses
+// deleting or purging them. replicas is the number of copies on a
+// cluster (0: 1). An existing stream is left as it is, so that limits an
+// operator set on it (a retention period of their own) stay.
 func ensure(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
 	if replicas <= 0 {
 		replicas = 1
 	}
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	s, err := js.Stream(ctx, Stream)
+	if err == nil {
+		return s, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("stream %s: %w", Stream, err)
+	}
+	s, err = js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:        Stream,
 		Description: "duplex audit: operator actions (replay, dlq retry, dlq drop, backfill, resync), who, when, arguments, outcome",
 		Subjects:    []string{SubjectPrefix + ">"},
@@ -73,8 +82,11 @@ func ensure(ctx context.Context, js jetstream.JetStream, replicas int) (jetstrea
 		DenyDelete:  true,
 		DenyPurge:   true,
 	})
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return js.Stream(ctx, Stream) // created meanwhile by another command
+	}
 	if err != nil {
-		return nil, fmt.Errorf("ensure stream %s: %w", Stream, err)
+		return nil, fmt.Errorf("create stream %s: %w", Stream, err)
 	}
 	return s, nil
 }
