@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/duplex-cdc/duplex/internal/audit"
 	"github.com/duplex-cdc/duplex/internal/harness"
@@ -246,8 +247,9 @@ func rawStream(t *testing.T, url, stream string) string {
 // TestSecrets_NoneInAnyOutput: duplex configured with a PostgreSQL
 // password in both DSNs (a role PostgreSQL authenticates with
 // scram-sha-256), a NATS user and password in the URL (a server that
-// requires them) and a listener token, run through changes, a dead letter
-// and an ERP outage: none of the three appears in its log, /api/status,
+// requires them), an nkey seed for the CRM's capture and a listener
+// token, run through changes, a dead letter
+// and an ERP outage: none of these appears in its log, /api/status,
 // /readyz, /metrics, /healthz, duplex status (live and offline, text and
 // JSON), the dead letters (dlq list, show, and as stored in DUPLEX_DLQ)
 // or the audit records of operator actions (audit list, and as stored in
@@ -291,8 +293,16 @@ func TestSecrets_NoneInAnyOutput(t *testing.T) {
 	}
 	f.dsn = dsn
 
-	// NATS that requires a user and password.
-	ns, err := natsembed.New(natsembed.Options{StoreDir: t.TempDir(), Users: []natsembed.User{{Name: "duplex", Password: natsPass}}})
+	// NATS that requires a user and password, and the CRM's capture as
+	// an nkey user of its own (nats.captures.crm.nkey_seed).
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := kp.Seed()
+	pub, _ := kp.PublicKey()
+	secrets["the capture's nkey seed"] = string(seed)
+	ns, err := natsembed.New(natsembed.Options{StoreDir: t.TempDir(), Users: []natsembed.User{{Name: "duplex", Password: natsPass}, {Nkey: pub}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +315,7 @@ func TestSecrets_NoneInAnyOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.Replace(string(cfg), "url: "+f.nats.URL(), "url: "+natsURL, 1)
+	conf := strings.Replace(string(cfg), "url: "+f.nats.URL(), "url: "+natsURL+"\n  captures:\n    crm:\n      nkey_seed: "+string(seed), 1)
 	if conf == string(cfg) {
 		t.Fatal("the fixture's configuration has no nats url to replace")
 	}
