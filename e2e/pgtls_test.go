@@ -85,8 +85,8 @@ func (ca *testCA) serverTLS(t *testing.T) *harness.ServerTLS {
 //     included, over TLS (pg_stat_ssl);
 //   - with another CA, check is refused with a message naming the
 //     system and the certificate;
-//   - require_tls with sslmode=prefer is refused, naming the system and
-//     the key;
+//   - require_tls with sslmode=prefer is refused by check and run,
+//     naming the system and the key;
 //   - without require_tls, sslmode=prefer is warned about, naming the
 //     system; the DSN's password appears in none of these outputs.
 func TestPostgresTLS(t *testing.T) {
@@ -197,9 +197,15 @@ WHERE a.application_name = ANY($1) ORDER BY 1, 2`, s.apps)
 	f.dsn = dsns("sslmode=prefer")
 	code, out = f.duplexCLI("check")
 	if code == 0 || !strings.Contains(out, "systems.crm: require_tls") || !strings.Contains(out, "systems.erp: require_tls") || !strings.Contains(out, "sslmode=prefer") {
-		t.Errorf("check with require_tls and sslmode=prefer: exit %d, want a refusal naming both systems\n%s", code, out)
+		// Fatal: duplex run below would not return without the refusal.
+		t.Fatalf("check with require_tls and sslmode=prefer: exit %d, want a refusal naming both systems\n%s", code, out)
 	}
 	noPassword("check with require_tls and sslmode=prefer", out)
+	code, out = f.duplexCLI("run", "--listen", "off")
+	if code == 0 || !strings.Contains(out, "systems.crm: require_tls") {
+		t.Errorf("run with require_tls and sslmode=prefer: exit %d, want a refusal\n%s", code, out)
+	}
+	noPassword("run with require_tls and sslmode=prefer", out)
 
 	// Without require_tls, a warning naming the system.
 	setRequireTLS(false)
