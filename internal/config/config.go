@@ -105,6 +105,9 @@ type SystemConfig struct {
 	// WALWarnBytes: duplex warns when the slot retains more WAL than this
 	// (default 1 GiB; 0 in the file means the default, -1 never warns).
 	WALWarnBytes int64 `yaml:"wal_warn_bytes"`
+	// RequireTLS refuses a dsn that is not verified TLS (sslmode=verify-full
+	// or verify-ca; see PostgresTLS) instead of warning at start.
+	RequireTLS bool `yaml:"require_tls"`
 }
 
 // Flow is one direction.
@@ -195,6 +198,9 @@ func (c *Config) Validate() error {
 		if s == nil || s.DSN == "" {
 			bad("systems.%s: dsn is empty (set it, or the environment variable it names)", name)
 			continue
+		}
+		if err := s.checkTLS(name); err != nil {
+			errs = append(errs, err)
 		}
 		if s.Slot == "" {
 			s.Slot = "duplex_" + name
