@@ -117,11 +117,21 @@ func TestRoles_LeastPrivilegeOrderToCash(t *testing.T) {
 		t.Fatalf("duplex check as duplex_crm and duplex_erp exited %d:\n%s%s", code, stdout.String(), stderr.String())
 	}
 
+	var logs syncBuffer
+	f.logTo = &logs
 	f.inProcess()
+	if strings.Contains(logs.String(), "connected as a superuser") {
+		t.Errorf("warned of a superuser, connected as duplex_crm and duplex_erp:\n%s", logs.String())
+	}
 	l := startLoadWith(t, crmApp, 2, 800, 0, true)
 	erp := startERP(t, erpApp, true)
 	l.waitRows(t, 800, 2*time.Minute)
 	l.stop()
+	// Every order in the ERP before it invoices the rest.
+	waitFor(t, 2*time.Minute, func() (bool, string) {
+		rep := f.compareFrom("crm", "erp")
+		return rep.Equal(), rep.String()
+	})
 	erp.stop()
 	settleERP(t, erpApp)
 	a, b := f.waitBothConverged(2 * time.Minute)
@@ -183,4 +193,23 @@ func TestRoles_LeastPrivilegeOrderToCash(t *testing.T) {
 		t.Errorf("%d CRM orders without erp_order_no", n)
 	}
 	assertNoDeadLetters(t, f)
+}
+
+// TestRoles_SuperuserIsWarned: duplex run connected as a superuser (as the
+// fixture's other tests are) warns at start, naming each system.
+func TestRoles_SuperuserIsWarned(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	var logs syncBuffer
+	f.logTo = &logs
+	stop := f.inProcess()
+	stop()
+	for _, sys := range []string{"crm", "erp"} {
+		found := false
+		for _, line := range strings.Split(logs.String(), "\n") {
+			found = found || strings.Contains(line, "connected as a superuser") && strings.Contains(line, "system="+sys) && strings.Contains(line, "role=postgres")
+		}
+		if !found {
+			t.Errorf("no warning that %s is connected as superuser postgres in the log:\n%s", sys, logs.String())
+		}
+	}
 }
