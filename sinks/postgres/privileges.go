@@ -18,7 +18,6 @@ import (
 // grantNeed is one privilege on one relation, and the code that uses it.
 type grantNeed struct {
 	table, priv, why string
-	sequence         bool
 }
 
 // Needs lists the table privileges a flow from source into system uses,
