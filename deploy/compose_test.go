@@ -37,11 +37,16 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
+// rolePassword stands in for $DUPLEX_CRM_PASSWORD and $DUPLEX_ERP_PASSWORD,
+// the passwords of duplex's roles duplex_crm and duplex_erp.
+func rolePassword(db string) string { return "compose-test-" + db + "-role" }
+
 // composeEnv is the .env a user writes with deploy/nats/gen-env.sh: the
-// PostgreSQL password (testPassword) and a user nkey per duplex identity.
+// PostgreSQL password (testPassword), the passwords of duplex's roles
+// (rolePassword) and a user nkey per duplex identity.
 func composeEnv(t *testing.T) types.Mapping {
 	t.Helper()
-	env := types.Mapping{"POSTGRES_PASSWORD": testPassword}
+	env := types.Mapping{"POSTGRES_PASSWORD": testPassword, "DUPLEX_CRM_PASSWORD": rolePassword("crm"), "DUPLEX_ERP_PASSWORD": rolePassword("erp")}
 	for k, v := range natsEnv(t) {
 		env[k] = v
 	}
@@ -205,6 +210,19 @@ func TestComposeFile(t *testing.T) {
 		if !slices.Contains(inits, want) {
 			t.Errorf("%s: no /docker-entrypoint-initdb.d/ mount of %s; init mounts %q", db, want, inits)
 		}
+		// duplex's least-privilege role, from examples/order-to-cash/<db>-role.sql,
+		// made by deploy/postgres/duplex-role.sh after the schema.
+		if script := filepath.Join(root, "deploy", "postgres", "duplex-role.sh"); !slices.Contains(inits, script) {
+			t.Errorf("%s: no /docker-entrypoint-initdb.d/ mount of %s; init mounts %q", db, script, inits)
+		} else if b, err := os.ReadFile(script); err != nil || !strings.Contains(string(b), `-f "/duplex/$POSTGRES_DB-role.sql"`) || !strings.Contains(string(b), `password="$DUPLEX_ROLE_PASSWORD"`) {
+			t.Errorf("%s: does not run /duplex/$POSTGRES_DB-role.sql with password $DUPLEX_ROLE_PASSWORD (%v)", script, err)
+		}
+		if host, ok := hostPath(s, "/duplex/"+db+"-role.sql"); !ok || host != filepath.Join(root, "examples", "order-to-cash", db+"-role.sql") {
+			t.Errorf("%s: /duplex/%s-role.sql is %q (mounted %v), want examples/order-to-cash/%s-role.sql", db, db, host, ok, db)
+		}
+		if got := env(t, s, "DUPLEX_ROLE_PASSWORD"); got != rolePassword(db) {
+			t.Errorf("%s: DUPLEX_ROLE_PASSWORD=%q, want $DUPLEX_%s_PASSWORD (%q)", db, got, strings.ToUpper(db), rolePassword(db))
+		}
 		for _, src := range inits {
 			mustExist(t, db+": init script", src)
 		}
@@ -279,8 +297,12 @@ func TestComposeFile(t *testing.T) {
 		if got := strings.TrimPrefix(u.Path, "/"); got != db {
 			t.Errorf("duplex: %s=%q: database %q, want %q (POSTGRES_DB of %s)", key, raw, got, db, db)
 		}
-		if pw, _ := u.User.Password(); pw != testPassword {
-			t.Errorf("duplex: %s=%q: password %q, want $POSTGRES_PASSWORD (%q)", key, raw, pw, testPassword)
+		// duplex connects as its least-privilege role, never as postgres.
+		if u.User.Username() != "duplex_"+db {
+			t.Errorf("duplex: %s=%q: user %q, want duplex_%s (examples/order-to-cash/%s-role.sql)", key, raw, u.User.Username(), db, db)
+		}
+		if pw, _ := u.User.Password(); pw != rolePassword(db) {
+			t.Errorf("duplex: %s=%q: password %q, want $DUPLEX_%s_PASSWORD (%q)", key, raw, pw, strings.ToUpper(db), rolePassword(db))
 		}
 	}
 	if raw := env(t, d, "NATS_URL"); raw != "" {
@@ -605,7 +627,7 @@ func checkNATSAuth(t *testing.T, s types.ServiceConfig) {
 // authentication, and duplex the seeds of the keys NATS checks.
 func TestComposeSecurity(t *testing.T) {
 	// No .env: refused, saying what to do.
-	for _, missing := range []string{"POSTGRES_PASSWORD", "DUPLEX_NATS_FLOW_TO_ERP_SEED", "DUPLEX_NATS_CAPTURE_CRM_NKEY"} {
+	for _, missing := range []string{"POSTGRES_PASSWORD", "DUPLEX_CRM_PASSWORD", "DUPLEX_ERP_PASSWORD", "DUPLEX_NATS_FLOW_TO_ERP_SEED", "DUPLEX_NATS_CAPTURE_CRM_NKEY"} {
 		env := composeEnv(t)
 		delete(env, missing)
 		_, err := loadProjectEnv(t, env)
@@ -702,8 +724,13 @@ func TestGenEnv(t *testing.T) {
 			env[k] = v
 		}
 	}
-	if len(env["POSTGRES_PASSWORD"]) < 32 {
-		t.Errorf("POSTGRES_PASSWORD %q: want a long random password", env["POSTGRES_PASSWORD"])
+	for _, k := range []string{"POSTGRES_PASSWORD", "DUPLEX_CRM_PASSWORD", "DUPLEX_ERP_PASSWORD"} {
+		if len(env[k]) < 32 {
+			t.Errorf("%s %q: want a long random password", k, env[k])
+		}
+	}
+	if env["DUPLEX_CRM_PASSWORD"] == env["DUPLEX_ERP_PASSWORD"] || env["DUPLEX_CRM_PASSWORD"] == env["POSTGRES_PASSWORD"] {
+		t.Error("gen-env.sh: the roles' passwords are not each their own")
 	}
 	p, err := loadProjectEnv(t, env)
 	if err != nil {

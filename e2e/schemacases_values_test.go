@@ -130,7 +130,7 @@ func TestSchemaCases_Values(t *testing.T) {
 			crmDDL: `CREATE TABLE accts (id int PRIMARY KEY, note text)`,
 			erpDDL: `CREATE TABLE accts (id int PRIMARY KEY, note text, region text NOT NULL, made_by text NOT NULL);
 				CREATE FUNCTION home_region() RETURNS text LANGUAGE sql AS $$ SELECT 'EU' $$`,
-			mapping: regionMapping("        default: {region: {sql: home_region()}, made_by: duplex}\n"),
+			mapping: regionMapping("        default: {region: {sql: public.home_region()}, made_by: duplex}\n"),
 			before: []stmt{
 				onCRM(`INSERT INTO accts VALUES (1, 'a')`),
 				onERP(`INSERT INTO accts VALUES (1, 'old', 'US', 'erp')`),

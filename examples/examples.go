@@ -4,7 +4,7 @@ package examples
 
 import "embed"
 
-// OrderToCash holds order-to-cash/{crm.sql,erp.sql,mapping.yaml,duplex.yaml,
+// OrderToCash holds order-to-cash/{crm.sql,erp.sql,crm-role.sql,erp-role.sql,mapping.yaml,duplex.yaml,
 // duplex-nats.yaml,duplex-cluster.yaml}.
 //
 //go:embed order-to-cash/*.sql order-to-cash/*.yaml

@@ -22,13 +22,29 @@ type Catalog struct {
 // mapping depends on.
 type RoleInfo struct {
 	Name string
+	// Superuser is pg_roles.rolsuper.
+	Superuser bool
 	// Replication: the role may stream a slot (REPLICATION or superuser).
 	Replication bool
 	// Origins: the role may use replication origins (superuser, or EXECUTE
-	// on pg_replication_origin_create, _session_setup and _xact_setup).
+	// on each of OriginFunctions).
 	Origins bool
+	// MissingOrigins are the OriginFunctions the role may not execute.
+	MissingOrigins []string
 	// TrackCommitTimestamp is the server's track_commit_timestamp.
 	TrackCommitTimestamp bool
+}
+
+// OriginFunctions are the replication-origin functions duplex's sink
+// calls (sinks/postgres: session.go looks the origin up and creates it,
+// then binds the session to it; apply.go sets each transaction's origin
+// LSN and commit time), by signature. PostgreSQL grants EXECUTE on them to
+// superusers only; a superuser may GRANT EXECUTE on each to another role.
+var OriginFunctions = []string{
+	"pg_replication_origin_oid(text)",
+	"pg_replication_origin_create(text)",
+	"pg_replication_origin_session_setup(text)",
+	"pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)",
 }
 
 // TableInfo describes one table.
@@ -358,7 +374,11 @@ func (m *Mapping) check(system string, cat *Catalog, role string, only func(*Ent
 			bad("%s: role %s cannot stream a replication slot; ALTER ROLE %s REPLICATION", system, r.Name, r.Name)
 		}
 		if (role == "target" || role == "both") && !r.Origins {
-			bad("%s: role %s cannot use replication origins, which duplex applies under; make it superuser or GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_session_setup(text), pg_replication_origin_xact_setup(pg_lsn, timestamptz) TO %s", system, r.Name, r.Name)
+			missing := r.MissingOrigins
+			if len(missing) == 0 {
+				missing = OriginFunctions
+			}
+			bad("%s: role %s may not execute %s, which duplex applies under (replication origins); GRANT EXECUTE ON FUNCTION %s TO %s", system, r.Name, strings.Join(missing, ", "), strings.Join(missing, ", "), r.Name)
 		}
 	}
 	return warns, errors.Join(errs...)

@@ -322,8 +322,17 @@ func TestMapping_Check(t *testing.T) {
 			wantMsgs: []string{
 				"crm table public.accounts (entity customer): shared field(s) [email] are resolved by commit time; set track_commit_timestamp = on",
 				"crm: role duplex cannot stream a replication slot",
-				"crm: role duplex cannot use replication origins",
+				"crm: role duplex may not execute pg_replication_origin_oid(text), pg_replication_origin_create(text)",
 			},
+		},
+		{
+			name: "role that may not look up an origin", system: "erp", role: "target", catalog: erpCatalog,
+			change: func(c *transform.Catalog) {
+				c.Role = &transform.RoleInfo{Name: "duplex", MissingOrigins: []string{"pg_replication_origin_oid(text)"}, TrackCommitTimestamp: true}
+			},
+			wantErr:   true,
+			wantCount: 1,
+			wantMsgs:  []string{"erp: role duplex may not execute pg_replication_origin_oid(text), which duplex applies under (replication origins); GRANT EXECUTE ON FUNCTION pg_replication_origin_oid(text) TO duplex"},
 		},
 		{
 			name: "target role without replication is fine", system: "erp", role: "target", catalog: erpCatalog,

@@ -41,5 +41,7 @@
 // the key's columns: WHERE (a, b) > ($1, $2) ORDER BY a, b), backfill.go (DBLog watermark
 // backfills), slot.go (slot positions for status and lag), slotcheck.go
 // (the slot checked against duplex's record of it at every start; the
-// position recorded before it is reported flushed; ResetSlot for resync).
+// position recorded before it is reported flushed; ResetSlot for resync),
+// privileges.go (CheckPrivileges: SELECT on the published tables and the
+// right to create or complete the publication, checked before start).
 package postgres

@@ -18,7 +18,9 @@ type Config struct {
 	// transaction.
 	System string
 	// DSN is a libpq connection string or URL of a role with REPLICATION
-	// (and CREATE on the database to create the publication).
+	// and SELECT on the tables; the publication is best created
+	// beforehand by the tables' owner, with every table (creating or
+	// completing it needs their ownership; CheckPrivileges).
 	DSN string
 	// Slot and Publication are created when absent.
 	Slot        string

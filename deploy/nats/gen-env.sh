@@ -1,6 +1,7 @@
 #!/bin/sh
 # Writes, to standard output, the secrets docker-compose.yml reads from
-# .env: a random PostgreSQL password, and one user nkey per duplex identity
+# .env: random PostgreSQL passwords (the superuser's, and those of
+# duplex's roles duplex_crm and duplex_erp), and one user nkey per duplex identity
 # (the operator, the capture of each source, each flow), as the public key
 # the NATS server checks (DUPLEX_NATS_<ID>_NKEY) and the seed duplex signs
 # with (DUPLEX_NATS_<ID>_SEED).
@@ -22,6 +23,8 @@ nk() {
 
 printf '# Written by deploy/nats/gen-env.sh on %s. Secrets: keep private.\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 printf 'POSTGRES_PASSWORD=%s\n' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+printf 'DUPLEX_CRM_PASSWORD=%s\n' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+printf 'DUPLEX_ERP_PASSWORD=%s\n' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
 for id in OPERATOR CAPTURE_CRM CAPTURE_ERP FLOW_TO_ERP FLOW_TO_CRM; do
 	out=$(nk -gen user -pubout 2>&1)
 	seed=$(printf '%s\n' "$out" | grep -E '^SU[A-Z2-7]{56}$' | head -n 1)

@@ -123,8 +123,28 @@ func Preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) er
 // but will refuse some events (transform.Mapping.CheckReport), such as a
 // target NOT NULL column that only inserts need.
 func PreflightReport(ctx context.Context, cfg *config.Config, m *transform.Mapping) (warnings []string, err error) {
-	_, warnings, err = preflight(ctx, cfg, m)
+	cats, warnings, err := preflight(ctx, cfg, m)
+	for _, name := range sortedSystems(cfg) {
+		if r := cats[name]; r != nil && r.Role != nil && r.Role.Superuser {
+			warnings = append(warnings, fmt.Sprintf("system %s: connected as superuser %s; %s", name, r.Role.Name, superuserAdvice))
+		}
+	}
 	return warnings, err
+}
+
+// superuserAdvice says why a superuser is not wanted: what duplex needs is
+// far less (examples/order-to-cash/*-role.sql), and a trigger of a table
+// it writes, enabled for replicas, would run as superuser.
+const superuserAdvice = "duplex needs far less (see examples/order-to-cash/crm-role.sql and erp-role.sql), and a trigger a table owner enabled for replicas runs with the applying role's power"
+
+// warnSuperusers logs a warning for each system duplex connects to as a
+// superuser.
+func warnSuperusers(log *slog.Logger, cfg *config.Config, cats map[string]*transform.Catalog) {
+	for _, name := range sortedSystems(cfg) {
+		if c := cats[name]; c != nil && c.Role != nil && c.Role.Superuser {
+			log.Warn("connected as a superuser; "+superuserAdvice, slog.String("system", name), slog.String("role", c.Role.Name))
+		}
+	}
 }
 
 // preflight is PreflightReport, also returning the catalogs it read by
@@ -167,6 +187,19 @@ func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (c
 		}
 		if isTarget {
 			if err := canApplyAsReplica(ctx, conn); err != nil {
+				errs = append(errs, fmt.Errorf("system %s: %w", name, err))
+			}
+			for _, f := range cfg.Flows {
+				if f.To != name {
+					continue
+				}
+				if err := pgsink.CheckPrivileges(ctx, conn, m, name, f.From); err != nil {
+					errs = append(errs, fmt.Errorf("system %s, flow %s: %w", name, f.Name, err))
+				}
+			}
+		}
+		if isSource {
+			if err := pgcapture.CheckPrivileges(ctx, conn, name, sys.Publication, m.SourceTables(name)); err != nil {
 				errs = append(errs, fmt.Errorf("system %s: %w", name, err))
 			}
 		}
@@ -296,6 +329,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	for _, w := range warnings {
 		opts.Logger.Warn(w)
 	}
+	warnSuperusers(opts.Logger, cfg, cats)
 	if ws, err := Warnings(ctx, cfg, m); err != nil {
 		opts.Logger.Warn("could not read the databases for warnings", slog.Any("error", err))
 	} else {

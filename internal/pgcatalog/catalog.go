@@ -187,18 +187,18 @@ WHERE c.relkind = 'p' AND pt.isleaf AND n.nspname || '.' || c.relname = ANY($1)`
 		return nil, fmt.Errorf("read catalog partitions: %w", err)
 	}
 	role, err := q.Query(ctx, `
-SELECT current_user, r.rolsuper OR r.rolreplication,
-       r.rolsuper OR (has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE')
-                  AND has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE')
-                  AND has_function_privilege('pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)', 'EXECUTE')),
+SELECT current_user, r.rolsuper, r.rolsuper OR r.rolreplication,
+       ARRAY(SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')),
        current_setting('track_commit_timestamp') = 'on'
-FROM pg_roles r WHERE r.rolname = current_user`)
+FROM pg_roles r WHERE r.rolname = current_user`, transform.OriginFunctions)
 	if err != nil {
 		return nil, fmt.Errorf("read role: %w", err)
 	}
 	ri, err := pgx.CollectExactlyOneRow(role, func(row pgx.CollectableRow) (*transform.RoleInfo, error) {
 		r := &transform.RoleInfo{}
-		return r, row.Scan(&r.Name, &r.Replication, &r.Origins, &r.TrackCommitTimestamp)
+		err := row.Scan(&r.Name, &r.Superuser, &r.Replication, &r.MissingOrigins, &r.TrackCommitTimestamp)
+		r.Origins = len(r.MissingOrigins) == 0
+		return r, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read role: %w", err)

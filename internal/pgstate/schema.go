@@ -207,7 +207,11 @@ func Ensure(ctx context.Context, conn *pgx.Conn) error {
 
 // Verify makes the checks of Ensure without changing anything: the schema
 // may be absent or older than Latest, but what exists must be trusted and
-// not newer than Latest. Errors as for Ensure.
+// not newer than Latest, and an absent schema must be one the role may
+// create (CREATE on the database; the error names the statement a
+// superuser runs instead, CREATE SCHEMA duplex AUTHORIZATION <role>).
+// A role that owns the schema may create the tables of every migration in
+// it. Errors as for Ensure.
 func Verify(ctx context.Context, conn *pgx.Conn) error {
 	st, err := inspect(ctx, conn)
 	if err != nil {
@@ -215,6 +219,16 @@ func Verify(ctx context.Context, conn *pgx.Conn) error {
 	}
 	if err := st.trusted(); err != nil {
 		return err
+	}
+	if !st.exists {
+		var create bool
+		if err := conn.QueryRow(ctx, `SELECT has_database_privilege(current_database(), 'CREATE')`).Scan(&create); err != nil {
+			return fmt.Errorf("database %q: read privileges: %w", st.database, err)
+		}
+		if !create {
+			return fmt.Errorf("database %q: schema duplex does not exist and role %s may not create it (CREATE on the database); as a superuser: CREATE SCHEMA duplex AUTHORIZATION %s",
+				st.database, st.role, pgx.Identifier{st.role}.Sanitize())
+		}
 	}
 	return st.notNewer()
 }

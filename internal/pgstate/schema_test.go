@@ -600,3 +600,29 @@ GRANT SELECT ON public.accounts TO duplex_erp`)
 		t.Errorf("Redone of erp = %v, %v; want none", r, err)
 	}
 }
+
+// TestVerify_SchemaTheRoleMayNotCreate: with no duplex schema, Verify (what
+// duplex check runs) refuses a role without CREATE on the database, naming
+// the statement a superuser runs instead; with the schema made for the role
+// (as examples/order-to-cash/*-role.sql do), Ensure creates its tables.
+func TestVerify_SchemaTheRoleMayNotCreate(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	su := connect(t, db, "postgres", nil)
+	exec(t, su, fmt.Sprintf(`REVOKE CREATE ON DATABASE %s FROM duplex_erp`, pgx.Identifier{db}.Sanitize()))
+	err := pgstate.Verify(ctx, connect(t, db, "duplex_erp", nil))
+	if err == nil || !strings.Contains(err.Error(), "may not create it") || !strings.Contains(err.Error(), `CREATE SCHEMA duplex AUTHORIZATION "duplex_erp"`) {
+		t.Fatalf("Verify without CREATE on the database: %v, want a refusal naming CREATE SCHEMA duplex AUTHORIZATION", err)
+	}
+	exec(t, su, `CREATE SCHEMA duplex AUTHORIZATION duplex_erp`)
+	conn := connect(t, db, "duplex_erp", nil)
+	if err := pgstate.Verify(ctx, conn); err != nil {
+		t.Fatalf("Verify with the schema made for the role: %v", err)
+	}
+	if err := pgstate.Ensure(ctx, conn); err != nil {
+		t.Fatalf("Ensure with the schema made for the role: %v", err)
+	}
+	if n := queryInt(t, conn, `SELECT max(version) FROM duplex.schema_version`); n != int64(pgstate.Latest()) {
+		t.Errorf("schema at version %d, want %d", n, pgstate.Latest())
+	}
+}

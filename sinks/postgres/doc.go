@@ -49,6 +49,15 @@
 // triggers as well, the sink checks them itself at the end of each target
 // transaction and performs their ON DELETE actions (fkcheck.go).
 //
+// Privileges (privileges.go): at connect the sink checks every privilege
+// it uses in the target (tables, the tables foreign keys tie to them,
+// sequences) and refuses to apply with more power than a written table's
+// owner (superuser, BYPASSRLS, CREATEROLE or a role membership the owner
+// lacks), since a trigger the owner enabled for replicas runs as the
+// applying role. The session runs with a pinned search_path (pg_catalog,
+// the schemas of the mapped columns' types, pg_temp; session.go) and
+// qualifies every name it sends.
+//
 // Ownership at the target (ownership.go): an event reporting that its
 // source edited a field this system owns (Event.Violated) writes nothing;
 // with enforce: owner the sink records a re-read of those rows for this
@@ -74,5 +83,6 @@
 // values), isolate.go (row by row under savepoints), order.go (write
 // order), errors.go (classification), fkcheck.go
 // (foreign keys checked by the sink), ownership.go (enforce: owner,
-// sequence: follow).
+// sequence: follow), privileges.go (the privileges it uses, the owner
+// rule).
 package postgres

@@ -123,12 +123,14 @@ func TestSink_EnforceOwnerRequestsAReRead(t *testing.T) {
 // Triggers on the target (issue 11, case 11b): duplex applies with
 // session_replication_role = replica, so an ordinary BEFORE trigger
 // stamping a column and an AFTER trigger writing an audit table do not
-// fire on replicated rows; an ENABLE ALWAYS trigger does.
+// fire on replicated rows; an ENABLE ALWAYS trigger does (its function
+// qualifies the table it writes: duplex applies with a pinned search_path,
+// pinSearchPath).
 func TestSink_OrdinaryTriggersDoNotFire(t *testing.T) {
 	s, conn := newCustomTarget(t, `CREATE TABLE t (id int PRIMARY KEY, note text, amount numeric(12,2), stamp text);
 CREATE TABLE audit (id int, op text);
 CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.note := 'stamped'; RETURN NEW; END $$;
-CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (NEW.id, TG_OP); RETURN NULL; END $$;
+CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO public.audit VALUES (NEW.id, TG_OP); RETURN NULL; END $$;
 CREATE TRIGGER t_stamp BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION stamp();
 CREATE TRIGGER t_audit AFTER INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION audit();`, noteMapping, "")
 	mustApply(t, s, tx(0x100, noteEv("1", "from crm")))

@@ -161,7 +161,7 @@ func TestSink_NotNullColumnAddedWhileRunning(t *testing.T) {
 func TestSink_DefaultsOfTheMapping(t *testing.T) {
 	m := itemMapping(t, `        default:
           region: "it's EU"
-          code: {sql: "'C-' || nextval('item_codes')"}
+          code: {sql: "'C-' || nextval('public.item_codes')"}
           made: {value: '2024-02-29'}
 `)
 	s, conn := newItemTarget(t, `CREATE SEQUENCE item_codes START 7;
