@@ -1,8 +1,8 @@
 package ops
 
 import (
-	"context"
 	"compress/gzip"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
