@@ -242,7 +242,7 @@ func benchCmd(g *globals) *cobra.Command {
 	var opts bench.Options
 	c := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure duplex against native logical replication: bulk throughput and steady-rate latency",
+		Short: "Measure duplex against native logical replication, shape by shape (or the fault soak, the snapshot, one large transaction, verify)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Out = g.stdout
 			if !cmd.Flags().Changed("log-level") {
@@ -253,7 +253,11 @@ func benchCmd(g *globals) *cobra.Command {
 			return err
 		},
 	}
-	c.Flags().IntVar(&opts.Rows, "rows", 100_000, "rows inserted by the bulk workload")
+	c.Flags().StringSliceVar(&opts.Shapes, "shape", nil, "workload shapes to compare with native logical replication (default all: "+strings.Join(bench.Shapes(), ",")+"); "+bench.ShapeLegacy+" runs the previous bench (--rows, --rows-per-tx, --steady-rate, --steady-for, --skip-native)")
+	c.Flags().IntVar(&opts.Runs, "runs", 1, "runs of each shape (the table shows min / median / max)")
+	c.Flags().Float64Var(&opts.Scale, "scale", 1, "size of the shapes: the number of transactions (and snapshot rows) times this; a transaction's size stays")
+	c.Flags().BoolVar(&opts.Stages, "stages", false, "also measure each stage alone on the same backlog: capture+decode+normalize, publish to JetStream, consume+apply")
+	c.Flags().IntVar(&opts.Rows, "rows", 100_000, "with --shape legacy: rows inserted by the bulk workload")
 	c.Flags().IntVar(&opts.RowsPerTx, "rows-per-tx", 900, "rows per bulk transaction")
 	c.Flags().IntVar(&opts.SteadyRate, "steady-rate", 2000, "row changes per second of the steady phase (0 to skip)")
 	c.Flags().DurationVar(&opts.SteadyFor, "steady-for", 20*time.Second, "length of the steady phase")
