@@ -98,7 +98,7 @@ type ShapesResult struct {
 
 // sample is the CPU of the processes under test at one moment.
 type sample struct {
-	at                time.Time
+	at               time.Time
 	duplex, nats, pg time.Duration
 }
 
