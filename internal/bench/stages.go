@@ -57,7 +57,9 @@ const (
 //     the last;
 //   - apply: the to-erp flow (pipeline.Applier with the PostgreSQL sink,
 //     as duplex runs it) consumes the filled stream and applies it to the
-//     ERP.
+//     ERP, with the ERP's capture running as in duplex (the sink waits
+//     for it to record the versions of the ERP's writes to shared
+//     fields).
 //
 // Each is timed from its first chunk (or applied batch) to its last.
 func runStages(ctx context.Context, o Options) ([]StageFigure, error) {
@@ -119,6 +121,7 @@ func runStages(ctx context.Context, o Options) ([]StageFigure, error) {
 	case err := <-serr:
 		scancel()
 		return nil, fmt.Errorf("stages: capture ended before the last change: %w", err)
+	case <-ctx.Done():
 	case <-time.After(30 * time.Minute):
 	}
 	scancel()
@@ -127,7 +130,7 @@ func runStages(ctx context.Context, o Options) ([]StageFigure, error) {
 		return nil, fmt.Errorf("stages: normalize: %w", mem.err)
 	}
 	if mem.seen < total {
-		return nil, fmt.Errorf("stages: captured %d of %d changes within 30 minutes", mem.seen, total)
+		return nil, fmt.Errorf("stages: captured %d of %d changes (in 30 minutes, or before the bench was stopped)", mem.seen, total)
 	}
 	out = append(out, StageFigure{Stage: StageCapture, Rows: mem.seen - mem.firstRows, Took: mem.lastAt.Sub(mem.firstAt)})
 	fmt.Fprintf(o.Out, "  %s: %d rows in %s\n", StageCapture, out[0].Rows, out[0].Took.Round(time.Millisecond))
@@ -140,11 +143,15 @@ func runStages(ctx context.Context, o Options) ([]StageFigure, error) {
 	perr := make(chan error, 1)
 	t0 := time.Now()
 	go func() {
-		perr <- pipeline.RunCapture(pctx, a.JetStream(), replay, pipeline.ProducerConfig{Mapping: env.Mapping, Logger: o.Logger,
+		perr <- pipeline.RunCapture(pctx, a.CaptureJetStream("crm"), replay, pipeline.ProducerConfig{Mapping: env.Mapping, Logger: o.Logger,
 			Stats: new(pipeline.SourceStats), Versions: rec, MaxChangeBytes: int(cfg.Stream.MaxChangeBytes)})
 	}()
 	select {
 	case <-replay.confirmed:
+	case <-ctx.Done():
+		pcancel()
+		<-perr
+		return nil, ctx.Err()
 	case <-time.After(30 * time.Minute):
 		pcancel()
 		<-perr
@@ -171,31 +178,49 @@ func runStages(ctx context.Context, o Options) ([]StageFigure, error) {
 		return nil, err
 	}
 	defer sink.Close(context.WithoutCancel(ctx))
-	applied := &appliedCount{want: total, done: make(chan struct{})}
-	ap, err := pipeline.NewApplier(a.JetStream(), pipeline.ApplierConfig{Flow: flow.Name, Source: flow.From, Sink: sink, Batch: flow.Batch,
+	ap, err := pipeline.NewApplier(a.FlowJetStream(flow.Name), pipeline.ApplierConfig{Flow: flow.Name, Source: flow.From, Sink: sink, Batch: flow.Batch,
 		MaxWaitAttempts: flow.MaxWaitAttempts, MaxWait: flow.MaxWait, Manage: a.JetStream(), LargeTxChunks: flow.LargeTxChunks,
-		Logger: o.Logger, Stats: new(pipeline.FlowStats), OnApplied: applied.add})
+		Logger: o.Logger, Stats: new(pipeline.FlowStats)})
 	if err != nil {
 		return nil, err
 	}
 	actx, acancel := context.WithCancel(ctx)
+	// The target's own capture runs too, as in duplex: the sink waits
+	// for it to record the versions of local writes to shared fields.
+	target := pgstate.NewVersionRecorder(flow.To, cfg.Systems[flow.To].DSN, env.Mapping)
+	defer target.Close(context.WithoutCancel(ctx))
+	cerr := make(chan error, 1)
+	go func() {
+		cerr <- pipeline.RunCapture(actx, a.CaptureJetStream(flow.To), a.Sources[flow.To], pipeline.ProducerConfig{Mapping: env.Mapping, Logger: o.Logger,
+			Stats: new(pipeline.SourceStats), Versions: target, MaxChangeBytes: int(cfg.Stream.MaxChangeBytes)})
+	}()
+	defer func() { <-cerr }()
 	aerr := make(chan error, 1)
 	go func() { aerr <- ap.Run(actx) }()
-	select {
-	case <-applied.done:
-	case err := <-aerr:
-		acancel()
-		return nil, fmt.Errorf("stages: the flow %s ended before the last change: %w", flow.Name, err)
-	case <-time.After(30 * time.Minute):
-	}
+	// Timed as the shapes are: from the first marker account visible in
+	// the ERP to the last (a large transaction applied in parts is not
+	// reported batch by batch).
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case err := <-aerr:
+			aerr <- err
+			close(stopped)
+		case <-actx.Done():
+		}
+	}()
+	tr := []track{{name: StageApply, dsn: env.ERP.DSN("erp"), first: duplexAccountSeen, last: duplexAccountSeen, firstArg: c.first, lastArg: c.last, rows: c.rows, interval: markerPoll}}
+	ws, werr := r.watch(actx, tr, false, stopped, 30*time.Minute)
 	acancel()
-	<-aerr
-	n, first, firstAt, lastAt := applied.figures()
-	if n < total {
-		return nil, fmt.Errorf("stages: applied %d of %d changes within 30 minutes", n, total)
+	if err := <-aerr; err != nil && werr != nil {
+		werr = fmt.Errorf("%w (the flow ended: %w)", werr, err)
 	}
-	out = append(out, StageFigure{Stage: StageApply, Rows: n - first, Took: lastAt.Sub(firstAt)})
-	fmt.Fprintf(o.Out, "  %s: %d rows in %s\n", StageApply, n-first, lastAt.Sub(firstAt).Round(time.Millisecond))
+	if werr != nil {
+		return nil, fmt.Errorf("stages: %w", werr)
+	}
+	took = ws[0].lastAt.Sub(ws[0].firstAt)
+	out = append(out, StageFigure{Stage: StageApply, Rows: c.rows, Took: took})
+	fmt.Fprintf(o.Out, "  %s: %d rows in %s\n", StageApply, c.rows, took.Round(time.Millisecond))
 	return out, nil
 }
 
@@ -270,40 +295,6 @@ func (s *memSource) Confirm(lsn capture.LSN) {
 }
 
 var _ pipeline.Source = (*memSource)(nil)
-
-// appliedCount counts the events of the applied batches of the apply
-// stage.
-type appliedCount struct {
-	mu              sync.Mutex
-	want            int
-	n, first        int
-	firstAt, lastAt time.Time
-	done            chan struct{}
-}
-
-func (a *appliedCount) add(txs []*transform.Tx, at time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	k := 0
-	for _, tx := range txs {
-		k += len(tx.Events)
-	}
-	if a.n == 0 {
-		a.first, a.firstAt = k, at
-	}
-	before := a.n
-	a.n += k
-	if before < a.want && a.n >= a.want {
-		a.lastAt = at
-		close(a.done)
-	}
-}
-
-func (a *appliedCount) figures() (n, first int, firstAt, lastAt time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.n, a.first, a.firstAt, a.lastAt
-}
 
 func writeStages(w io.Writer, st []StageFigure) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
