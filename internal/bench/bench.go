@@ -1,6 +1,12 @@
 // Package bench measures duplex against PostgreSQL's native logical
-// replication on the same machine: a bulk insert workload (accounts, orders
-// and lines) end to end, and the latency of a steady stream of changes.
+// replication on the same machine, shape by shape (shapes.go: large,
+// small, updates, two-way, snapshot; each backlog committed while both are
+// stopped and timed between marker rows of its first and last
+// transaction; CPU from /proc in procstat.go), each stage of the pipeline
+// alone (stages.go), and, as separate modes, the fault soak (soak.go), one
+// large transaction (largetx.go), the initial snapshot killed halfway,
+// verify (verify.go) and the previous bench (ShapeLegacy: bulk, both ways,
+// steady latency).
 package bench
 
 import (
