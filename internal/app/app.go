@@ -277,7 +277,12 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		readers[f.From] = append(readers[f.From], f.Name)
 	}
 	a.retention = pipeline.NewRetention(js, pipeline.RetentionConfig{Readers: readers, MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Logger: a.log})
-	if a.leases, err = newLeases(ctx, js, cfg, a.log); err != nil {
+	leaseJS, err := bus.LeaseJetStream(ctx)
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	if a.leases, err = newLeases(ctx, leaseJS, cfg, a.log); err != nil {
 		a.Close()
 		return nil, err
 	}
@@ -314,7 +319,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			}
 		}
 		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication, Flows: flows,
-			Tables: snapshotOrder(cfg, m, name, cats), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
+			Tables: snapshotOrder(cfg, m, name, cats), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, SnapshotChunk: sys.SnapshotChunk, Logger: a.log})
 		if err == nil {
 			err = src.Ensure(ctx)
 		}
@@ -371,6 +376,10 @@ func (a *App) Run(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		a.retention.Run(ctx)
+		return nil
+	})
+	g.Go(func() error {
+		a.leases.converge(ctx, a.log)
 		return nil
 	})
 	for _, name := range cfg.Sources() {

@@ -96,6 +96,9 @@ type SystemConfig struct {
 	Publication string `yaml:"publication"`
 	// ChunkSize is the number of changes per message (default 500).
 	ChunkSize int `yaml:"chunk_size"`
+	// SnapshotChunk is the number of rows per chunk of the initial
+	// snapshot (default 500); each chunk is one message.
+	SnapshotChunk int `yaml:"snapshot_chunk"`
 	// Snapshot: "initial" (default) copies the existing rows of the
 	// mapped tables when the slot is first created; "never" does not.
 	Snapshot string `yaml:"snapshot"`

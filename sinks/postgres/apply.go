@@ -122,6 +122,9 @@ type change struct {
 	row    *transform.Row
 	ti, ei int // transaction and event in the batch
 	ev     *transform.Event
+	// copied: the row comes from a snapshot or backfill chunk (a row the
+	// source has), not from a change it streamed.
+	copied bool
 }
 
 // collect returns the changes of txs not yet applied, in source order,
@@ -173,7 +176,7 @@ func (s *Sink) collect(txs []*transform.Tx, applied transform.LSN, seen *transfo
 				res.Applied++ // it only reports an edit in its source
 				continue
 			}
-			changes = append(changes, change{row: row, ti: ti, ei: ei, ev: ev})
+			changes = append(changes, change{row: row, ti: ti, ei: ei, ev: ev, copied: t.Snapshot})
 			res.Applied++
 		}
 	}

@@ -19,7 +19,10 @@
 // values and the event's unchanged values, which never overwrite an
 // existing row. Rows of an entity whose key the target owns are never
 // created by the sink, only updated: such a row is born in the target, and
-// one that is gone there was deleted there. The position lives in
+// one that is gone there was deleted there. A streamed change of such a row
+// is left out; a copied one (the other system's snapshot or a backfill) is
+// a row the other system created, and is refused as an ownership violation
+// (dead letter naming system, entity and key). The position lives in
 // the target database so that a backup of it carries the position too. A
 // source transaction too large to hold whole is applied chunk by chunk in
 // one target transaction (PartSink).
