@@ -161,11 +161,9 @@ func runShapes(ctx context.Context, o Options) (*ShapesResult, error) {
 			if err != nil {
 				return res, fmt.Errorf("bench %s, run %d: %w", shape, run, err)
 			}
-			for name, m := range native {
-				row(name).Native = append(row(name).Native, m)
-			}
-			for name, m := range duplex {
-				row(name).Duplex = append(row(name).Duplex, m)
+			for _, name := range shapeRowNames(shape) {
+				row(name).Native = append(row(name).Native, native[name])
+				row(name).Duplex = append(row(name).Duplex, duplex[name])
 			}
 			for _, name := range shapeRowNames(shape) {
 				n, d := native[name], duplex[name]
