@@ -431,6 +431,15 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 // JetStream returns the connection's JetStream context.
 func (a *App) JetStream() jetstream.JetStream { return a.js }
 
+// CaptureJetStream is the JetStream context the capture of source
+// publishes with (its own identity's, or the operator's), nil for an
+// unknown source; FlowJetStream the one a flow fetches with. For running
+// one stage of the pipeline alone (`duplex bench --stages`).
+func (a *App) CaptureJetStream(source string) jetstream.JetStream { return a.captureJS[source] }
+
+// FlowJetStream: see CaptureJetStream.
+func (a *App) FlowJetStream(flow string) jetstream.JetStream { return a.flowJS[flow] }
+
 // NATSURL is the URL duplex is connected to, as scheme://host:port: no
 // user, password or token (redact.URL).
 func (a *App) NATSURL() string { return redact.URL(a.nc.ConnectedUrl()) }

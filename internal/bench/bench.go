@@ -1,6 +1,12 @@
 // Package bench measures duplex against PostgreSQL's native logical
-// replication on the same machine: a bulk insert workload (accounts, orders
-// and lines) end to end, and the latency of a steady stream of changes.
+// replication on the same machine, shape by shape (shapes.go: large,
+// small, updates, two-way, snapshot; each backlog committed while both are
+// stopped and timed between marker rows of its first and last
+// transaction; CPU from /proc in procstat.go), each stage of the pipeline
+// alone (stages.go), and, as separate modes, the fault soak (soak.go), one
+// large transaction (largetx.go), the initial snapshot killed halfway,
+// verify (verify.go) and the previous bench (ShapeLegacy: bulk, both ways,
+// steady latency).
 package bench
 
 import (
@@ -9,6 +15,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -55,12 +62,34 @@ type Options struct {
 	Seed       uint64
 	SoakRate   int
 	SoakFaults []string
-	Out        io.Writer
-	Logger     *slog.Logger
+	// Shapes are the workload shapes to compare with native logical
+	// replication (Shapes(); default all), each Runs times (default 1) at
+	// Scale times their size (default 1: ~85,000 rows large, 8,000 small
+	// transactions, 2,000 update transactions, 1,000,000 snapshot rows).
+	// ShapeLegacy runs the previous bench instead (Rows, RowsPerTx,
+	// SteadyRate, SteadyFor, SkipNative). Stages also measures each stage
+	// of the pipeline alone (runStages).
+	Shapes []string
+	Runs   int
+	Scale  float64
+	Stages bool
+	// Exe is the duplex binary the shapes run (default this executable),
+	// with ExtraEnv added to its environment.
+	Exe      string
+	ExtraEnv []string
+	Out      io.Writer
+	Logger   *slog.Logger
 }
+
+// ShapeLegacy is the bench before the shapes: bulk one way and both ways,
+// the steady latency, and native logical replication of the first bulk
+// timed from ALTER SUBSCRIPTION ... ENABLE.
+const ShapeLegacy = "legacy"
 
 // Result holds the figures of a run.
 type Result struct {
+	// Shapes holds the comparison of the shapes (nil for the other modes).
+	Shapes           *ShapesResult
 	Rows             int
 	DuplexBulk       time.Duration
 	DuplexRowsPerSec float64
@@ -159,6 +188,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 		return &Result{}, nil
+	}
+	if o.SnapshotRows == 0 && o.LargeTxRows == 0 && o.VerifyRows == 0 && !slices.Contains(o.Shapes, ShapeLegacy) {
+		sr, err := runShapes(ctx, o)
+		return &Result{Shapes: sr}, err
 	}
 	env, err := demo.NewEnv(ctx, o.Logger)
 	if err != nil {

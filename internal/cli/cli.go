@@ -248,7 +248,7 @@ func benchCmd(g *globals) *cobra.Command {
 	var opts bench.Options
 	c := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure duplex against native logical replication: bulk throughput and steady-rate latency",
+		Short: "Measure duplex against native logical replication, shape by shape (or the fault soak, the snapshot, one large transaction, verify)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Out = g.stdout
 			if !cmd.Flags().Changed("log-level") {
@@ -259,11 +259,15 @@ func benchCmd(g *globals) *cobra.Command {
 			return err
 		},
 	}
-	c.Flags().IntVar(&opts.Rows, "rows", 100_000, "rows inserted by the bulk workload")
-	c.Flags().IntVar(&opts.RowsPerTx, "rows-per-tx", 900, "rows per bulk transaction")
-	c.Flags().IntVar(&opts.SteadyRate, "steady-rate", 2000, "row changes per second of the steady phase (0 to skip)")
-	c.Flags().DurationVar(&opts.SteadyFor, "steady-for", 20*time.Second, "length of the steady phase")
-	c.Flags().BoolVar(&opts.SkipNative, "skip-native", false, "do not measure native logical replication")
+	c.Flags().StringSliceVar(&opts.Shapes, "shape", nil, "workload shapes to compare with native logical replication (default all: "+strings.Join(bench.Shapes(), ",")+"); "+bench.ShapeLegacy+" runs the previous bench (--rows, --rows-per-tx, --steady-rate, --steady-for, --skip-native)")
+	c.Flags().IntVar(&opts.Runs, "runs", 1, "runs of each shape (the table shows min / median / max)")
+	c.Flags().Float64Var(&opts.Scale, "scale", 1, "size of the shapes: the number of transactions (and snapshot rows) times this; a transaction's size stays")
+	c.Flags().BoolVar(&opts.Stages, "stages", false, "also measure each stage alone on the same backlog: capture+decode+normalize, publish to JetStream, consume+apply")
+	c.Flags().IntVar(&opts.Rows, "rows", 100_000, "with --shape legacy: rows inserted by the bulk workload")
+	c.Flags().IntVar(&opts.RowsPerTx, "rows-per-tx", 900, "with --shape legacy: rows per bulk transaction")
+	c.Flags().IntVar(&opts.SteadyRate, "steady-rate", 2000, "with --shape legacy: row changes per second of the steady phase (0 to skip)")
+	c.Flags().DurationVar(&opts.SteadyFor, "steady-for", 20*time.Second, "with --shape legacy: length of the steady phase")
+	c.Flags().BoolVar(&opts.SkipNative, "skip-native", false, "with --shape legacy: do not measure native logical replication")
 	c.Flags().IntVar(&opts.SnapshotRows, "snapshot-rows", 0, "measure only the initial snapshot of this many existing CRM rows")
 	c.Flags().BoolVar(&opts.SnapshotKill, "snapshot-kill", false, "with --snapshot-rows: live writes throughout, duplex killed halfway, then both systems compared")
 	c.Flags().IntVar(&opts.VerifyRows, "verify-rows", 0, "measure only duplex verify (time, peak RSS) on this many rows per side with one cent changed")

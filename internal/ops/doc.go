@@ -4,9 +4,11 @@
 //
 // The package owns:
 //   - the routes: /metrics (metrics.go), /healthz and /readyz, open to
-//     anyone who reaches the listener; /api/status, POST /api/replay and
-//     the status page at / (page.html, with its sign-in form login.html),
-//     which need the bearer token;
+//     anyone who reaches the listener; /api/status, POST /api/replay,
+//     the status page at / (page.html, with its sign-in form login.html)
+//     and the profiles under /debug/pprof/ (pprof.go: net/http/pprof's
+//     handlers on the listener's own mux, never the default mux), which
+//     need the bearer token;
 //   - the token (token.go): http.token of the configuration, or one
 //     generated at the first start into <data dir>/http.token with mode
 //     0600, which the command-line tools read from the same place;

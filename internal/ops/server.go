@@ -69,7 +69,9 @@ type Config struct {
 //   - to anyone who reaches it: /metrics (Prometheus), /healthz, /readyz;
 //   - with the bearer token (Authorization: Bearer <token>, or the
 //     duplex_token cookie the page's sign-in sets): /api/status, the
-//     status page at /, and POST /api/replay.
+//     status page at /, POST /api/replay, and the profiles of the live
+//     process under /debug/pprof/ (net/http/pprof; a CPU profile or trace
+//     may run up to 300 s, ?seconds=N).
 //
 // A state-changing request (any method but GET, HEAD, OPTIONS) is refused
 // with 403 when a browser sends it from another origin (Sec-Fetch-Site, or
@@ -123,6 +125,9 @@ func Listen(cfg Config, a *app.App, m *Metrics, log *slog.Logger) (*Server, erro
 	api.HandleFunc("GET /api/status", s.status)
 	api.HandleFunc("POST /api/replay", s.replay)
 	mux.Handle("/api/", s.protect(api))
+	// Profiles of the live process (net/http/pprof), behind the same
+	// token; they bound their own time (pprof.go).
+	mux.Handle("/debug/pprof/", s.guard(pprofHandler(), 0))
 	mux.HandleFunc("GET /{$}", s.index)
 	s.srv = &http.Server{Handler: mux, TLSConfig: tlsConfig, ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readTimeout,
 		WriteTimeout: writeTimeout, IdleTimeout: idleTimeout, MaxHeaderBytes: maxHeaderBytes,
@@ -192,8 +197,14 @@ func (s *Server) matches(tok string) bool {
 // protect refuses, in this order: a cross-origin browser request that may
 // change state (403), a request without the token (401), a
 // state-changing request whose body is not application/json (415); and
-// bounds the body and the time of what it lets through.
+// bounds the body and the time of what it lets through (handlerTimeout).
 func (s *Server) protect(next http.Handler) http.Handler {
+	return s.guard(next, handlerTimeout)
+}
+
+// guard is protect with the handler's time limit given (0: none; the
+// handler bounds its own time).
+func (s *Server) guard(next http.Handler, timeout time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		safe := r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions
@@ -217,7 +228,11 @@ func (s *Server) protect(next http.Handler) http.Handler {
 			}
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		ctx, cancel := context.WithTimeout(r.Context(), handlerTimeout)
+		if timeout <= 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})

@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -373,5 +374,54 @@ func TestResolveToken(t *testing.T) {
 	_, err = ResolveToken(config.HTTP{}, dir, true)
 	if err == nil || !strings.Contains(err.Error(), "chmod 600") || strings.Contains(err.Error(), first.Value) {
 		t.Errorf("world-readable token file: %v; want a refusal naming chmod 600, without the token", err)
+	}
+}
+
+// TestServer_Pprof: the profiles of the live process need the token
+// (401 without it, on every path under /debug/pprof/), and with it a heap
+// profile and a one-second CPU profile come back as gzipped pprof
+// protobufs.
+func TestServer_Pprof(t *testing.T) {
+	s := newTestServer(t)
+	serve(t, s)
+	c := testClient()
+	base := "http://" + s.Addr()
+	for _, p := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/profile?seconds=1", "/debug/pprof/goroutine?debug=2", "/debug/pprof/cmdline"} {
+		resp, body := do(t, c, base, call{"GET", p, "", nil})
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("GET %s without the token = %d %q, want 401", p, resp.StatusCode, body)
+		}
+		resp, _ = do(t, c, base, call{"GET", p, "", map[string]string{"Authorization": "Bearer wrong-token-0123456789"}})
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("GET %s with a wrong token = %d, want 401", p, resp.StatusCode)
+		}
+	}
+	bearer := map[string]string{"Authorization": "Bearer " + testToken}
+	resp, body := do(t, c, base, call{"GET", "/debug/pprof/", "", bearer})
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Errorf("GET /debug/pprof/ with the token = %d %.200q, want 200 with the index", resp.StatusCode, body)
+	}
+	for p, want := range map[string]string{"/debug/pprof/heap": "inuse_space", "/debug/pprof/profile?seconds=1": "nanoseconds"} {
+		resp, body := do(t, c, base, call{"GET", p, "", bearer})
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s with the token = %d %.300q, want 200", p, resp.StatusCode, body)
+		}
+		zr, err := gzip.NewReader(strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("GET %s: not gzip (%v): %.100q", p, err, body)
+		}
+		raw, err := io.ReadAll(zr)
+		if err != nil || len(raw) == 0 {
+			t.Fatalf("GET %s: gzip body: %d bytes, %v", p, len(raw), err)
+		}
+		// A profile.proto message holds its sample types' names in its
+		// string table.
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("GET %s: not a pprof profile (no %q in its string table)", p, want)
+		}
+	}
+	resp, _ = do(t, c, base, call{"GET", "/debug/pprof/profile?seconds=100000", "", bearer})
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a CPU profile of 100000 s = %d, want 400", resp.StatusCode)
 	}
 }
