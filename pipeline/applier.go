@@ -304,6 +304,14 @@ func (a *Applier) session(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			if !done && time.Since(large.lastChunk) >= a.cfg.MaxWait {
+				// Its last chunk did not come (incomplete.go).
+				if err := a.abandonLarge(ctx, large); err != nil {
+					return err
+				}
+				large = nil
+				continue
+			}
 			if !done {
 				large.keepAlive(a.js, a.cfg.AckWait)
 				continue
@@ -336,6 +344,13 @@ func (a *Applier) applyReady(ctx context.Context, asm *assembler) error {
 			if err := a.ack(ctx, ack); err != nil {
 				return err
 			}
+		}
+		dropped, err := a.checkIncomplete(ctx, asm)
+		if err != nil {
+			return err
+		}
+		if dropped {
+			continue
 		}
 		gaveUp, full, err := a.checkOrder(ctx, asm)
 		if err != nil {
