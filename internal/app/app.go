@@ -309,6 +309,10 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			a.Close()
 			return nil, err
 		}
+		if !cfg.NATS.UsesEmbedded() && cfg.Systems[name].SigningKey == "" {
+			opts.Logger.Warn("the capture signs with a key generated in this data directory: another instance (a standby) with a data directory of its own signs with another key, and each refuses what the other's capture published; set systems.<name>.signing_key and signing_public_keys to files every instance shares",
+				slog.String("system", name), slog.String("key", a.signers[name].PublicKey()))
+		}
 	}
 	for _, f := range cfg.Flows {
 		if a.verifiers[f.From] != nil {
