@@ -96,6 +96,9 @@ type SystemConfig struct {
 	Publication string `yaml:"publication"`
 	// ChunkSize is the number of changes per message (default 500).
 	ChunkSize int `yaml:"chunk_size"`
+	// SnapshotChunk is the number of rows per chunk of the initial
+	// snapshot (default 500); each chunk is one message.
+	SnapshotChunk int `yaml:"snapshot_chunk"`
 	// Snapshot: "initial" (default) copies the existing rows of the
 	// mapped tables when the slot is first created; "never" does not.
 	Snapshot string `yaml:"snapshot"`
@@ -113,6 +116,9 @@ type SystemConfig struct {
 	// generated seed. Set it where a flow runs in another process than
 	// the capture.
 	SigningPublicKeys []string `yaml:"signing_public_keys"`
+	// RequireTLS refuses a dsn that is not verified TLS (sslmode=verify-full
+	// or verify-ca; see PostgresTLS) instead of warning at start.
+	RequireTLS bool `yaml:"require_tls"`
 }
 
 // Flow is one direction.
@@ -207,6 +213,9 @@ func (c *Config) Validate() error {
 		if s == nil || s.DSN == "" {
 			bad("systems.%s: dsn is empty (set it, or the environment variable it names)", name)
 			continue
+		}
+		if err := s.checkTLS(name); err != nil {
+			errs = append(errs, err)
 		}
 		if s.Slot == "" {
 			s.Slot = "duplex_" + name
