@@ -47,8 +47,21 @@ type ApplierConfig struct {
 	// JetStream publish the stream's messages to any subject). Default:
 	// the applier's own.
 	Manage jetstream.JetStream
-	Logger *slog.Logger
-	Stats  *FlowStats
+	// Verify, when set, checks every message's signature before it is
+	// decoded (sign.go): a message without a valid signature of the
+	// source's key is dead-lettered and applies nothing. duplex run
+	// always sets it.
+	Verify *Verifier
+	// Mapping and Target, when set, make the flow re-check every event
+	// against the mapping before the sink sees it
+	// (transform.Mapping.CheckIncoming); an event that breaks it is
+	// dead-lettered with the reason. MaxClockSkew bounds how far in the
+	// future a shared field's version may be (default 1m).
+	Mapping      *transform.Mapping
+	Target       string
+	MaxClockSkew time.Duration
+	Logger       *slog.Logger
+	Stats        *FlowStats
 	// OnApplied, when set, is called after each committed batch.
 	OnApplied func(txs []*transform.Tx, committed time.Time)
 	// OnBatch, when set, is called after each committed batch with its
@@ -85,6 +98,11 @@ type FlowCounts struct {
 	// Errors counts failed apply attempts by kind (transient, waiting,
 	// permanent).
 	Errors map[string]int64
+	// Refused counts messages and events refused as not produced by the
+	// source's capture, by reason: "unsigned", "unknown key", "bad
+	// signature", "source" (a message naming another source), "mapping"
+	// (an event that breaks the mapping). Each is also a dead letter.
+	Refused map[string]int64
 }
 
 // Clone returns a copy that shares no map with c.
@@ -92,6 +110,7 @@ func (c FlowCounts) Clone() FlowCounts {
 	m := make(map[string]int64, len(c.Errors))
 	maps.Copy(m, c.Errors)
 	c.Errors = m
+	c.Refused = maps.Clone(c.Refused)
 	return c
 }
 
@@ -220,6 +239,19 @@ func (a *Applier) session(ctx context.Context) error {
 			return err
 		}
 		for _, m := range msgs {
+			if a.cfg.Verify != nil {
+				// Before anything of the body is read: a message the
+				// source's capture did not sign applies nothing.
+				if err := a.cfg.Verify.Verify(m.Subject(), m.Headers(), m.Data()); err != nil {
+					var se *SignatureError
+					errors.As(err, &se)
+					if err := a.refuseMsg(ctx, m, se.Reason, err); err != nil {
+						return err
+					}
+					asm.skip(m)
+					continue
+				}
+			}
 			var tx transform.Tx
 			if err := decodeTx(m.Data(), &tx); err != nil {
 				if err := a.deadLetterRaw(ctx, m, err); err != nil {
@@ -234,7 +266,17 @@ func (a *Applier) session(ctx context.Context) error {
 				asm.skip(m)
 				continue
 			}
+			if tx.Source != a.cfg.Source {
+				if err := a.refuseMsg(ctx, m, "source", fmt.Errorf("message names source %q, but flow %s carries %s's changes only", truncate(tx.Source, 32), a.cfg.Flow, a.cfg.Source)); err != nil {
+					return err
+				}
+				asm.skip(m)
+				continue
+			}
 			if err := a.resolve(ctx, &tx); err != nil {
+				return err
+			}
+			if err := a.enforce(ctx, &tx); err != nil {
 				return err
 			}
 			if large != nil && large.owns(&tx) {
@@ -261,6 +303,14 @@ func (a *Applier) session(ctx context.Context) error {
 			done, err := a.applyParts(ctx, large)
 			if err != nil {
 				return err
+			}
+			if !done && time.Since(large.lastChunk) >= a.cfg.MaxWait {
+				// Its last chunk did not come (incomplete.go).
+				if err := a.abandonLarge(ctx, large); err != nil {
+					return err
+				}
+				large = nil
+				continue
 			}
 			if !done {
 				large.keepAlive(a.js, a.cfg.AckWait)
@@ -294,6 +344,13 @@ func (a *Applier) applyReady(ctx context.Context, asm *assembler) error {
 			if err := a.ack(ctx, ack); err != nil {
 				return err
 			}
+		}
+		dropped, err := a.checkIncomplete(ctx, asm)
+		if err != nil {
+			return err
+		}
+		if dropped {
+			continue
 		}
 		gaveUp, full, err := a.checkOrder(ctx, asm)
 		if err != nil {

@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"time"
+
 	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/transform"
 	"github.com/nats-io/nats.go/jetstream"
@@ -13,6 +15,8 @@ type readyTx struct {
 	last   int // index of the last chunk, -1 until seen
 	seqs   []uint64
 	first  uint64
+	// lastAt is when its last message so far came (incomplete.go).
+	lastAt time.Time
 }
 
 func (r *readyTx) complete() bool {
@@ -71,6 +75,7 @@ func (a *assembler) add(m jetstream.Msg, tx *transform.Tx) {
 	}
 	r.chunks[idx] = tx
 	r.seqs = append(r.seqs, seq)
+	r.lastAt = time.Now()
 	if tx.Last {
 		r.last = idx
 	}

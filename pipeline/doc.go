@@ -17,6 +17,24 @@
 // transient failures are retried with capped, jittered backoff for as long
 // as they last.
 //
+// The bus is not trusted (sign.go, incomplete.go): a capture signs every
+// message it publishes with its source's nkey (Signer; the signature, in
+// the header Duplex-Signature, covers the source, the subject, the
+// Nats-Msg-Id and the body), and a flow verifies it before it decodes
+// anything (Verifier): a message without a valid signature of a key it
+// trusts for its source, or naming another source, is dead-lettered as a
+// reference (flow, stream sequence, reason), applies nothing and is
+// counted (FlowCounts.Refused). Even validly signed, each event is checked
+// again against the mapping before the sink sees it
+// (transform.Mapping.CheckIncoming: the flow's source, fields the source
+// owns or shares, deletes only from the key's owner, truncates only where
+// the mapping propagates them, shared-field versions not ahead of the
+// flow's clock by more than MaxClockSkew); a refused event is a dead
+// letter naming system, entity, key, field and reason. An object of
+// DUPLEX_LARGE is checked against the digest its signed event carries. A
+// transaction whose last chunk does not come within MaxWait is given up
+// into dead letters, so no message stalls a flow for ever.
+//
 // Retention removes from DUPLEX only what every flow reading a source
 // applied (its consumer's ack floor), bounded by age and size for replay;
 // JetStream itself never deletes from DUPLEX (no max age, discard new at
@@ -44,5 +62,7 @@
 // deadletter.go and dlqretry.go (dead letters and their retry rules),
 // sink.go (what a sink must offer), stats.go, permissions.go (the NATS
 // identities duplex connects as, operator, capture-<source> and
-// flow-<name>, and the subjects each may use).
+// flow-<name>, and the subjects each may use), sign.go (signatures of
+// DUPLEX messages, and what a flow refuses), incomplete.go (transactions
+// whose last chunk never comes).
 package pipeline

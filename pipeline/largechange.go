@@ -292,7 +292,7 @@ func (p *producer) storeLarge(ctx context.Context, c *capture.Chunk, redo bool, 
 		}
 	}
 	ev.Data = nil
-	ev.DataRef = &transform.DataRef{Bucket: LargeBucket, Object: name, Size: int64(len(data))}
+	ev.DataRef = &transform.DataRef{Bucket: LargeBucket, Object: name, Size: int64(len(data)), Digest: jetstream.GetObjectDigestValue(h)}
 	return nil
 }
 
@@ -320,6 +320,14 @@ func resolveData(ctx context.Context, js jetstream.JetStream, l *largeStore, ev 
 	b, err := readObject(ctx, obs, stream, ev.DataRef.Bucket, ev.DataRef.Object)
 	if err != nil {
 		return fmt.Errorf("event %s: read %s from %s: %w", ev.ID, ev.DataRef.Object, ev.DataRef.Bucket, err)
+	}
+	if want := ev.DataRef.Digest; want != "" {
+		h := sha256.New()
+		h.Write(b)
+		if got := jetstream.GetObjectDigestValue(h); got != want {
+			return fmt.Errorf("event %s: %s in %s is not the object the event was published with (digest %s, want %s): %w",
+				ev.ID, ev.DataRef.Object, ev.DataRef.Bucket, truncate(got, 20), truncate(want, 20), jetstream.ErrDigestMismatch)
+		}
 	}
 	var data map[string]any
 	if err := json.Unmarshal(b, &data); err != nil {
@@ -369,7 +377,14 @@ func readObject(ctx context.Context, obs jetstream.ObjectStore, stream jetstream
 func (a *Applier) resolve(ctx context.Context, tx *transform.Tx) error {
 	for i := 0; i < len(tx.Events); i++ {
 		ev := &tx.Events[i]
-		err := resolveData(ctx, a.js, &a.large, ev)
+		var err error
+		if a.cfg.Verify != nil && ev.DataRef != nil && ev.Data == nil && ev.DataRef.Digest == "" {
+			// A signed message vouches for the object only through its
+			// digest.
+			err = fmt.Errorf("event %s: %s in %s: the event names no digest of the object: %w", ev.ID, ev.DataRef.Object, ev.DataRef.Bucket, jetstream.ErrDigestMismatch)
+		} else {
+			err = resolveData(ctx, a.js, &a.large, ev)
+		}
 		if err == nil {
 			continue
 		}

@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -261,6 +262,23 @@ func TestResolveData_ReadsChunksAndChecksThem(t *testing.T) {
 	put("crm:0/1:c0:e1", "other")
 	if ev, err := read("crm:0/1:c0:e0"); err != nil || ev.Data["name"] != name {
 		t.Fatalf("read back: %v", err)
+	}
+
+	// An object replaced by a whole new one (data and meta agree): only
+	// the digest the signed event carries tells it from the original.
+	h := sha256.New()
+	b0, _ := json.Marshal(map[string]any{"name": name})
+	h.Write(b0)
+	signedDigest := jetstream.GetObjectDigestValue(h)
+	put("crm:0/1:c0:e2", name)
+	ev := &transform.Event{ID: "e", DataRef: &transform.DataRef{Bucket: pipeline.LargeBucket, Object: "crm:0/1:c0:e2", Digest: signedDigest}}
+	if err := pipeline.ResolveData(ctx, js, ev); err != nil {
+		t.Fatalf("read back against the event's digest: %v", err)
+	}
+	put("crm:0/1:c0:e2", "replaced")
+	ev = &transform.Event{ID: "e", DataRef: &transform.DataRef{Bucket: pipeline.LargeBucket, Object: "crm:0/1:c0:e2", Digest: signedDigest}}
+	if err := pipeline.ResolveData(ctx, js, ev); !errors.Is(err, jetstream.ErrDigestMismatch) || ev.Data != nil {
+		t.Errorf("a replaced object: %v (data %v), want ErrDigestMismatch", err, ev.Data)
 	}
 
 	// A meta that records another digest (forged or damaged).

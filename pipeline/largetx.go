@@ -30,6 +30,8 @@ type largeTx struct {
 	res      ApplyResult
 	progress time.Time
 	started  time.Time
+	// lastChunk is when its last chunk so far came (incomplete.go).
+	lastChunk time.Time
 }
 
 func (l *largeTx) owns(tx *transform.Tx) bool {
@@ -57,7 +59,7 @@ func (a *Applier) beginLarge(ctx context.Context, ps PartSink, asm *assembler) (
 	if err != nil {
 		return nil, fmt.Errorf("flow %s: begin large transaction %s: %w", a.cfg.Flow, r.tx.CommitLSN, err)
 	}
-	l := &largeTx{sess: sess, source: r.tx.Source, lsn: r.tx.CommitLSN, redo: r.tx.Redo, early: r.chunks, progress: time.Now(), started: time.Now()}
+	l := &largeTx{sess: sess, source: r.tx.Source, lsn: r.tx.CommitLSN, redo: r.tx.Redo, early: r.chunks, progress: time.Now(), started: time.Now(), lastChunk: r.lastAt}
 	for _, m := range asm.held {
 		l.replies = append(l.replies, m.Reply())
 		l.lastMsg = m
@@ -80,6 +82,7 @@ func (l *largeTx) addPart(m jetstream.Msg, tx *transform.Tx) {
 	}
 	l.replies = append(l.replies, m.Reply())
 	l.lastMsg = m
+	l.lastChunk = time.Now()
 }
 
 // applyParts applies the chunks that are next in order and commits after

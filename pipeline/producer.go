@@ -49,6 +49,10 @@ type ProducerConfig struct {
 	Room interface {
 		WaitForRoom(ctx context.Context) error
 	}
+	// Signer, when set, signs every message published to DUPLEX with the
+	// source's key (sign.go); flows that verify refuse unsigned ones.
+	// duplex run always sets it.
+	Signer *Signer
 }
 
 // SourceStats counts what a producer did; safe for concurrent use.
@@ -450,6 +454,9 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		}
 		msg := nats.NewMsg(p.subject)
 		msg.Data = m.data
+		if err := p.sign(msg, e.msgID); err != nil {
+			return err
+		}
 		fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.msgID), jetstream.WithStallWait(30*time.Second))
 		switch {
 		case err != nil && permanentPublish(err):
@@ -496,10 +503,22 @@ func (p *producer) publishStripped(ctx context.Context, tx *transform.Tx) error 
 	}
 	msg := nats.NewMsg(p.subject)
 	msg.Data = data
+	if err := p.sign(msg, hdr.MsgID()); err != nil {
+		return err
+	}
 	if _, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(hdr.MsgID())); err != nil {
 		return fmt.Errorf("publish %s without its refused events: %w", hdr.MsgID(), err)
 	}
 	return nil
+}
+
+// sign signs msg, to be published with the message id msgID, when the
+// producer has a Signer.
+func (p *producer) sign(msg *nats.Msg, msgID string) error {
+	if p.cfg.Signer == nil {
+		return nil
+	}
+	return p.cfg.Signer.Sign(msg, msgID)
 }
 
 // queue hands a published message (or a marker) to the tracker.

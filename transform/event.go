@@ -91,6 +91,12 @@ type DataRef struct {
 	Object string `json:"object"`
 	// Size is the object's length in bytes.
 	Size int64 `json:"size"`
+	// Digest is the SHA-256 of the object's bytes, as JetStream's object
+	// store writes it ("SHA-256=<base64url>"). The event travels in a
+	// signed message, the object does not: a flow checks the object it
+	// reads against this digest, not against the object's own meta, which
+	// whoever stored the object wrote.
+	Digest string `json:"digest,omitempty"`
 }
 
 // FieldVersion is who wrote a field's value, and when (source commit time).

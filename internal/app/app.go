@@ -61,6 +61,10 @@ type App struct {
 	// (their own identities', or the operator's).
 	captureJS map[string]jetstream.JetStream
 	flowJS    map[string]jetstream.JetStream
+	// signers sign each capture's messages; verifiers check them for the
+	// flows from each source (signing.go).
+	signers   map[string]*pipeline.Signer
+	verifiers map[string]*pipeline.Verifier
 
 	Sources map[string]*pgcapture.Source
 	SrcStat map[string]*pipeline.SourceStats
@@ -391,6 +395,28 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			return nil, err
 		}
 	}
+	// Every message a capture publishes is signed with its source's key,
+	// and verified by the flows from it (pipeline/sign.go).
+	a.signers, a.verifiers = map[string]*pipeline.Signer{}, map[string]*pipeline.Verifier{}
+	for _, name := range cfg.Sources() {
+		if a.signers[name], err = loadSigner(cfg, opts.DataDir, name); err != nil {
+			a.Close()
+			return nil, err
+		}
+		if !cfg.NATS.UsesEmbedded() && cfg.Systems[name].SigningKey == "" {
+			opts.Logger.Warn("the capture signs with a key generated in this data directory: another instance (a standby) with a data directory of its own signs with another key, and each refuses what the other's capture published; set systems.<name>.signing_key and signing_public_keys to files every instance shares",
+				slog.String("system", name), slog.String("key", a.signers[name].PublicKey()))
+		}
+	}
+	for _, f := range cfg.Flows {
+		if a.verifiers[f.From] != nil {
+			continue
+		}
+		if a.verifiers[f.From], err = loadVerifier(cfg, opts.DataDir, f.From); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
 	// Publications and slots exist when Start returns, so every change
 	// committed from now on is captured.
 	for _, name := range cfg.Sources() {
@@ -474,7 +500,7 @@ func (a *App) Run(ctx context.Context) error {
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
 		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats, MaxChangeBytes: int(cfg.Stream.MaxChangeBytes),
-			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}, Room: a.retention}
+			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}, Room: a.retention, Signer: a.signers[name]}
 		for _, e := range a.mapping.Entities {
 			if len(e.SharedFields(name)) > 0 && e.Publishes(name) {
 				rec := pgstate.NewVersionRecorder(name, cfg.Systems[name].DSN, a.mapping)
@@ -511,6 +537,7 @@ func (a *App) Run(ctx context.Context) error {
 		// The flow fetches as its own identity; the operator creates and
 		// rewinds its consumer (pipeline.FlowPermissions).
 		ap, err := pipeline.NewApplier(a.flowJS[f.Name], pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, MaxWait: f.MaxWait, Manage: a.js,
+			Verify: a.verifiers[f.From], Mapping: a.mapping, Target: f.To, MaxClockSkew: f.MaxClockSkew,
 			LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})
 		if err != nil {
 			return errors.Join(err, stop())
@@ -593,6 +620,9 @@ type FlowLag struct {
 	// "waiting") started to wait.
 	WaitingSince time.Time
 	Errors       map[string]int64
+	// Refused counts messages and events refused as not produced by the
+	// source's capture, by reason (pipeline.FlowCounts.Refused).
+	Refused map[string]int64
 }
 
 // Lag reports each flow's pending messages and seconds behind.
@@ -605,7 +635,7 @@ func (a *App) Lag(ctx context.Context) []FlowLag {
 		}
 		s := st.Snapshot()
 		l := FlowLag{Flow: f.Name, State: s.State, Applied: s.Applied, Skipped: s.Skipped, DeadLetters: s.DeadLetters, Conflicts: s.Conflicts,
-			LastPosition: s.LastPosition, LastApplied: s.LastApplied, LastError: s.LastError, StreamSeq: s.StreamSeq, WaitingSince: s.WaitingSince, Errors: s.Errors}
+			LastPosition: s.LastPosition, LastApplied: s.LastApplied, LastError: s.LastError, StreamSeq: s.StreamSeq, WaitingSince: s.WaitingSince, Errors: s.Errors, Refused: s.Refused}
 		if c, err := a.js.Consumer(ctx, pipeline.StreamName, f.Name); err == nil {
 			info := c.CachedInfo()
 			l.Pending = info.NumPending + uint64(info.NumAckPending)

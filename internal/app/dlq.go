@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/pipeline"
@@ -48,6 +49,13 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 	}
 	if tx == nil {
 		return out, pipeline.DropDeadLetter(ctx, js, seq)
+	}
+	// Dead letters are not signed (flows and captures publish them): what
+	// a retry writes is held to the mapping like anything a flow applies.
+	for i := range tx.Events {
+		if err := m.CheckIncoming(&tx.Events[i], f.From, f.To, time.Now(), f.MaxClockSkew); err != nil {
+			return out, fmt.Errorf("dead letter %d cannot be retried: %w", seq, err)
+		}
 	}
 	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.ToolOrigin(), Mapping: m, Logger: log, Slot: captureSlot(cfg, f.To)})
 	if err != nil {

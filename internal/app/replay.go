@@ -77,8 +77,13 @@ func replayHeld(ctx context.Context, cfg *config.Config, bus *Bus, f *config.Flo
 		return pipeline.FlowCounts{}, err
 	}
 	defer sink.Close(context.WithoutCancel(ctx))
+	verify, err := loadVerifier(cfg, bus.dataDir, f.From)
+	if err != nil {
+		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
+	}
 	stats := &pipeline.FlowStats{}
 	ap, err := pipeline.NewApplier(js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch,
+		Verify: verify, Mapping: m, Target: f.To, MaxClockSkew: f.MaxClockSkew,
 		MaxWaitAttempts: f.MaxWaitAttempts, LargeTxChunks: f.LargeTxChunks, Logger: log, Stats: stats})
 	if err != nil {
 		return pipeline.FlowCounts{}, err

@@ -105,6 +105,17 @@ type SystemConfig struct {
 	// WALWarnBytes: duplex warns when the slot retains more WAL than this
 	// (default 1 GiB; 0 in the file means the default, -1 never warns).
 	WALWarnBytes int64 `yaml:"wal_warn_bytes"`
+	// SigningKey is the file holding the nkey seed ("SU…") with which this
+	// system's capture signs every message it publishes (default
+	// <data dir>/signing/<name>.nk, generated at the first start, mode
+	// 0600). Relative to the working directory.
+	SigningKey string `yaml:"signing_key"`
+	// SigningPublicKeys are files, each holding a public nkey ("U…"),
+	// that flows from this system trust (several during a rotation).
+	// Default: <data dir>/signing/<name>.pub, written next to the
+	// generated seed. Set it where a flow runs in another process than
+	// the capture.
+	SigningPublicKeys []string `yaml:"signing_public_keys"`
 	// RequireTLS refuses a dsn that is not verified TLS (sslmode=verify-full
 	// or verify-ca; see PostgresTLS) instead of warning at start.
 	RequireTLS bool `yaml:"require_tls"`
@@ -131,6 +142,10 @@ type Flow struct {
 	// applied part by part as it arrives, inside one target transaction,
 	// so memory stays bounded however large it is (default 8).
 	LargeTxChunks int `yaml:"large_tx_chunks"`
+	// MaxClockSkew: a shared field whose version (source commit time) is
+	// later than the flow's clock plus this is refused, a dead letter
+	// (default 1m).
+	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 }
 
 // Load reads, expands and validates a configuration file.
@@ -258,6 +273,12 @@ func (c *Config) Validate() error {
 		}
 		if f.WaitAlertAfter == 0 {
 			f.WaitAlertAfter = 30 * time.Second
+		}
+		switch {
+		case f.MaxClockSkew < 0:
+			bad("flows.%s: max_clock_skew must not be negative", f.Name)
+		case f.MaxClockSkew == 0:
+			f.MaxClockSkew = time.Minute
 		}
 	}
 	return errors.Join(errs...)

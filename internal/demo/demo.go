@@ -23,6 +23,7 @@ import (
 	"github.com/duplex-cdc/duplex/internal/app"
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/harness"
+	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/internal/reconcile"
 	"github.com/duplex-cdc/duplex/internal/workload"
 	"github.com/duplex-cdc/duplex/transform"
@@ -130,6 +131,11 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 	}
 	ub, err := withNATSURL(cb)
 	if err == nil {
+		// Processes sharing that NATS (active and standby, each with a
+		// data directory of its own) share the sources' signing keys.
+		ub, err = withSigningKeys(ub, filepath.Join(dir, "signing"), []string{"crm", "erp"})
+	}
+	if err == nil {
 		err = os.WriteFile(filepath.Join(dir, "duplex-url.yaml"), ub, 0o644)
 	}
 	if err != nil {
@@ -175,6 +181,42 @@ func withNATSURL(doc []byte) ([]byte, error) {
 	}
 	if !found {
 		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "nats"}, url)
+	}
+	return yaml.Marshal(&n)
+}
+
+// withSigningKeys generates a signing key for each system into dir (nkey
+// seed <system>.nk, public key <system>.pub) and returns doc with
+// systems.<system>.signing_key and signing_public_keys naming them.
+func withSigningKeys(doc []byte, dir string, systems []string) ([]byte, error) {
+	ids, err := natsembed.LoadIdentities(dir, systems, true)
+	if err != nil {
+		return nil, err
+	}
+	var n yaml.Node
+	if err := yaml.Unmarshal(doc, &n); err != nil {
+		return nil, err
+	}
+	root := n.Content[0]
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value != "systems" {
+			continue
+		}
+		sys := root.Content[i+1]
+		for j := 0; j+1 < len(sys.Content); j += 2 {
+			id := ids[sys.Content[j].Value]
+			if id == nil {
+				continue
+			}
+			pub := filepath.Join(dir, sys.Content[j].Value+".pub")
+			if err := os.WriteFile(pub, []byte(id.PublicKey+"\n"), 0o644); err != nil {
+				return nil, err
+			}
+			sys.Content[j+1].Content = append(sys.Content[j+1].Content,
+				&yaml.Node{Kind: yaml.ScalarNode, Value: "signing_key"}, &yaml.Node{Kind: yaml.ScalarNode, Value: id.Path},
+				&yaml.Node{Kind: yaml.ScalarNode, Value: "signing_public_keys"},
+				&yaml.Node{Kind: yaml.SequenceNode, Content: []*yaml.Node{{Kind: yaml.ScalarNode, Value: pub}}})
+		}
 	}
 	return yaml.Marshal(&n)
 }

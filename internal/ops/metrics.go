@@ -80,6 +80,7 @@ var (
 	dSkipped     = prometheus.NewDesc("duplex_flow_events_skipped_total", "Events skipped as already applied (stale or repeated).", []string{"flow"}, nil)
 	dConflicts   = prometheus.NewDesc("duplex_flow_conflicts_total", "Writes of shared fields that lost to a later write.", []string{"flow"}, nil)
 	dFlowDL      = prometheus.NewDesc("duplex_flow_dead_letters_total", "Events dead-lettered by the flow.", []string{"flow"}, nil)
+	dFlowRefused = prometheus.NewDesc("duplex_flow_refused_total", "Messages and events a flow refused as not produced by its source's capture, by reason (unsigned, unknown key, bad signature, source, mapping); each is a dead letter.", []string{"flow", "reason"}, nil)
 	dFlowErrors  = prometheus.NewDesc("duplex_flow_errors_total", "Failed apply attempts, by kind (transient, waiting, permanent).", []string{"flow", "kind"}, nil)
 	dDLQ         = prometheus.NewDesc("duplex_dead_letters", "Dead letters now in DUPLEX_DLQ, by flow (capture-<source> for capture).", []string{"flow"}, nil)
 	dSrcFull     = prometheus.NewDesc("duplex_source_stream_full_total", "Capture sessions restarted because JetStream refused a message for lack of room.", []string{"source"}, nil)
@@ -95,7 +96,7 @@ var (
 )
 
 var appDescs = []*prometheus.Desc{dWALBehind, dWALRetained, dSlotActive, dEvents, dTxs, dSinceLast, dInFlight, dSrcDL, dHeld, dOwnership, dSrcRecon, dUnmapped,
-	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dDLQ, dSrcFull, dStreamFull, dStreamBytes, dStreamFirst, dBlocked, dFlowActive, dCaptActive, dNATSUp, dNATSRecon}
+	dFlowUp, dFlowState, dPending, dBehind, dApplied, dSkipped, dConflicts, dFlowDL, dFlowErrors, dFlowRefused, dDLQ, dSrcFull, dStreamFull, dStreamBytes, dStreamFirst, dBlocked, dFlowActive, dCaptActive, dNATSUp, dNATSRecon}
 
 type appCollector struct{ a *app.App }
 
@@ -208,6 +209,9 @@ func (c *appCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(dFlowDL, float64(l.DeadLetters), l.Flow)
 		for _, k := range []string{"transient", "waiting", "permanent"} {
 			counter(dFlowErrors, float64(l.Errors[k]), l.Flow, k)
+		}
+		for _, k := range []string{"unsigned", "unknown key", "bad signature", "source", "mapping"} {
+			counter(dFlowRefused, float64(l.Refused[k]), l.Flow, k)
 		}
 	}
 	if counts, err := a.DeadLetterCounts(ctx); err == nil {
