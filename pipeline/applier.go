@@ -47,6 +47,11 @@ type ApplierConfig struct {
 	// JetStream publish the stream's messages to any subject). Default:
 	// the applier's own.
 	Manage jetstream.JetStream
+	// PII opens the sealed personal fields of events before they are
+	// applied, and seals them again in dead letters; an event it cannot
+	// open is dead-lettered with the reason. Nil: an event carrying a
+	// sealed value is applied as it is, and fails to convert.
+	PII    FieldCipher
 	Logger *slog.Logger
 	Stats  *FlowStats
 	// OnApplied, when set, is called after each committed batch.

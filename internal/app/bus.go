@@ -38,6 +38,8 @@ type Bus struct {
 	// of their own, by identity name (pipeline.CaptureIdentity, …).
 	auth map[string]identityAuth
 	log  *slog.Logger
+	// dataDir is the data directory given to OpenBus.
+	dataDir string
 
 	mu    sync.Mutex
 	conns map[string]*busConn
@@ -159,7 +161,7 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Bus{log: log, auth: map[string]identityAuth{}}
+	b := &Bus{log: log, auth: map[string]identityAuth{}, dataDir: dataDir}
 	b.base = []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
 		// A server that refuses the credentials twice (restarting, or
 		// not yet configured) does not end the connection for good: it

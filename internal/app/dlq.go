@@ -49,7 +49,18 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 	if tx == nil {
 		return out, pipeline.DropDeadLetter(ctx, js, seq)
 	}
-	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.ToolOrigin(), Mapping: m, Logger: log, Slot: captureSlot(cfg, f.To)})
+	cipher, fieldHash, err := personal(cfg, m, bus.dataDir)
+	if err != nil {
+		return out, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	// Personal fields stay sealed in the dead letter; opened only here,
+	// to apply.
+	for i := range tx.Events {
+		if err := cipher.Open(&tx.Events[i]); err != nil {
+			return out, fmt.Errorf("dead letter %d still fails: %w", seq, err)
+		}
+	}
+	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.ToolOrigin(), Mapping: m, FieldHash: fieldHash, Logger: log, Slot: captureSlot(cfg, f.To)})
 	if err != nil {
 		return out, err
 	}
