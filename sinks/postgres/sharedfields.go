@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/internal/pgstate"
+	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -149,10 +150,12 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 				continue // the held version stands for the value both agree on
 			}
 			conflicts++
+			// Values cut, and masked for a personal field (redact).
+			f := e.Field(field)
 			s.log.Info("conflict: the target holds a later write of a shared field; incoming value dropped",
 				slog.String("entity", e.Name), slog.String("key", k), slog.String("field", field),
-				slog.String("kept", deref(cur.values[i])), slog.String("kept_from", held.source), slog.Time("kept_at", held.at),
-				slog.String("dropped", textOf(incoming)), slog.String("dropped_from", in.source), slog.Time("dropped_at", in.at))
+				slog.String("kept", redact.Field(deref(cur.values[i]), f.PII)), slog.String("kept_from", held.source), slog.Time("kept_at", held.at),
+				slog.String("dropped", redact.Field(textOf(incoming), f.PII)), slog.String("dropped_from", in.source), slog.Time("dropped_at", in.at))
 			row := *p.row
 			row.Values = slices.Delete(slices.Clone(row.Values), vi, vi+1)
 			p.row = &row
