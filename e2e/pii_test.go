@@ -140,6 +140,9 @@ func TestPII_SealedOnBusClearInTarget(t *testing.T) {
 	alice := "alice.pii@example.com"
 	aliceID := insert(alice)
 	arrives(aliceID, alice)
+	if all := bytes.Join(streamBodies(t, f.js(), pipeline.StreamName), nil); bytes.Contains(all, []byte(alice)) || !bytes.Contains(all, []byte(`"kid":"k1"`)) {
+		t.Fatalf("stream %s holds %s in clear, or nothing sealed with k1", pipeline.StreamName, alice)
+	}
 
 	// 2. The ERP stops; carol is captured and sealed with k1, not applied.
 	if err := f.erp.Stop(ctx); err != nil {
