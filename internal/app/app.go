@@ -128,6 +128,9 @@ func PreflightReport(ctx context.Context, cfg *config.Config, m *transform.Mappi
 // preflight is PreflightReport, also returning the catalogs it read by
 // system.
 func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (cats map[string]*transform.Catalog, warnings []string, err error) {
+	if _, err := checkKeys(cfg, m); err != nil {
+		return nil, nil, err
+	}
 	cats = map[string]*transform.Catalog{}
 	var errs []error
 	for _, name := range sortedSystems(cfg) {

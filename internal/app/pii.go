@@ -26,18 +26,9 @@ const FieldHashFile = "field-hash.key"
 // is refused, naming the key id and where the keys were read from (never a
 // key).
 func personal(cfg *config.Config, m *transform.Mapping, dataDir string) (*pii.Cipher, *pgstate.FieldHasher, error) {
-	ring, from, err := loadKeys(cfg)
+	ring, err := checkKeys(cfg, m)
 	if err != nil {
 		return nil, nil, err
-	}
-	if ring.Len() > 0 {
-		if err := ring.SetCurrent(cfg.PII.CurrentKey); err != nil {
-			return nil, nil, fmt.Errorf("pii.current_key: %w, read from %s", err, from)
-		}
-	} else if m.HasPII() {
-		return nil, nil, fmt.Errorf("the mapping marks fields pii: true (%s) but no key is configured: set pii.keys_file or pii.key_env", strings.Join(piiFields(m), ", "))
-	} else if cfg.PII.CurrentKey != "" {
-		return nil, nil, fmt.Errorf("pii.current_key %s: no keys configured (%s)", cfg.PII.CurrentKey, from)
 	}
 	c, err := pii.NewCipher(m, ring)
 	if err != nil {
@@ -45,9 +36,7 @@ func personal(cfg *config.Config, m *transform.Mapping, dataDir string) (*pii.Ci
 	}
 	var hashKey []byte
 	if id := cfg.PII.HashKey; id != "" {
-		if hashKey = ring.Key(id); hashKey == nil {
-			return nil, nil, fmt.Errorf("pii.hash_key %s is not among the keys (%s), read from %s", id, strings.Join(ring.IDs(), ", "), from)
-		}
+		hashKey = ring.Key(id)
 	} else if hashKey, err = fieldHashKey(dataDir); err != nil {
 		return nil, nil, err
 	}
@@ -56,6 +45,30 @@ func personal(cfg *config.Config, m *transform.Mapping, dataDir string) (*pii.Ci
 		return nil, nil, err
 	}
 	return c, h, nil
+}
+
+// checkKeys reads the keys of personal fields and checks them against the
+// configuration and the mapping (what personal refuses, without touching
+// the data directory): run by preflight, so duplex check reports it too.
+func checkKeys(cfg *config.Config, m *transform.Mapping) (*pii.Keyring, error) {
+	ring, from, err := loadKeys(cfg)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case ring.Len() > 0:
+		if err := ring.SetCurrent(cfg.PII.CurrentKey); err != nil {
+			return nil, fmt.Errorf("pii.current_key: %w, read from %s", err, from)
+		}
+	case m.HasPII():
+		return nil, fmt.Errorf("the mapping marks fields pii: true (%s) but no key is configured: set pii.keys_file or pii.key_env", strings.Join(piiFields(m), ", "))
+	case cfg.PII.CurrentKey != "":
+		return nil, fmt.Errorf("pii.current_key %s: no keys configured (%s)", cfg.PII.CurrentKey, from)
+	}
+	if id := cfg.PII.HashKey; id != "" && ring.Key(id) == nil {
+		return nil, fmt.Errorf("pii.hash_key %s is not among the keys (%s), read from %s", id, strings.Join(ring.IDs(), ", "), from)
+	}
+	return ring, nil
 }
 
 func piiFields(m *transform.Mapping) []string {

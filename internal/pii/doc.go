@@ -1,8 +1,9 @@
-// Package pii owns what duplex does to personal data: the keys that
-// encrypt fields marked pii: true in the mapping on the bus (keys.go), the
-// encryption of those fields' values in canonical events and their
-// decryption by the flow that applies them (cipher.go), and the keyed hash
-// that duplex.field_versions records instead of a value (hash.go).
+// Package pii owns the encryption of personal data on the bus: the keys
+// that encrypt fields marked pii: true in the mapping (keys.go), and the
+// sealing of those fields' values in canonical events and their opening by
+// the flow that applies them (cipher.go). It does not own the keyed hash
+// of duplex.field_versions (internal/pgstate.FieldHasher), nor masking in
+// logs (internal/redact), nor reading the key file (internal/app).
 //
 // On the bus only the value of a personal field is encrypted; the rest of
 // the event (entity, key, position, other fields) stays readable JSON for
