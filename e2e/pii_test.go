@@ -91,7 +91,8 @@ func erpEmail(f *fixture, id uuid.UUID) (string, bool) {
 // (k2 current, k1 kept) an event sealed with k1 before the rotation and
 // not yet applied, and one sealed with k2 after it, both apply. An event
 // sealed with a key the flow does not have (k3) is dead-lettered with the
-// reason, sealed, and nothing of it is applied.
+// reason, sealed, and nothing of it is applied; one the ERP refuses is
+// dead-lettered with its e-mail sealed again.
 func TestPII_SealedOnBusClearInTarget(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, fixtureOptions{own: true, mapping: piiMapping(t)})
@@ -202,6 +203,28 @@ func TestPII_SealedOnBusClearInTarget(t *testing.T) {
 		t.Errorf("dave's e-mail was applied (%q) although his event could not be opened", got)
 	}
 
+	// 5. An event the ERP refuses (a constraint) is dead-lettered with its
+	// e-mail sealed again: the flow opened it to apply it.
+	f.exec("erp", `ALTER TABLE customers ADD CONSTRAINT no_poison CHECK (name <> 'POISON')`)
+	eve := "eve.pii@example.com"
+	eveID := uuid.New()
+	f.exec("crm", `INSERT INTO accounts (id, name, email, currency) VALUES ($1, 'POISON', $2, 'EUR')`, eveID, eve)
+	waitFor(t, time.Minute, func() (bool, string) {
+		dls, err := pipeline.ListDeadLetters(ctx, f.js(), "to-erp", 0)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, dl := range dls {
+			if dl.Key == eveID.String() && dl.Event != nil {
+				if s, ok := dl.Event.Data["email"].(map[string]any); !ok || s["kid"] != "k2" {
+					t.Fatalf("dead letter of eve holds e-mail %v, want it sealed with k2", dl.Event.Data["email"])
+				}
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("no dead letter for eve (%d dead letters)", len(dls))
+	})
+
 	// The raw streams: no address in clear, every e-mail sealed with the
 	// key that was current.
 	bodies := streamBodies(t, f.js(), pipeline.StreamName)
@@ -221,7 +244,9 @@ func TestPII_SealedOnBusClearInTarget(t *testing.T) {
 		t.Errorf("the key and the fields that are not pii are not readable in %s", pipeline.StreamName)
 	}
 	dlq := bytes.Join(streamBodies(t, f.js(), pipeline.DLQStream), []byte("\n"))
-	if bytes.Contains(dlq, []byte(dave)) {
-		t.Errorf("dave's e-mail is in clear in %s", pipeline.DLQStream)
+	for _, e := range []string{dave, eve} {
+		if bytes.Contains(dlq, []byte(e)) {
+			t.Errorf("%s is in clear in %s", e, pipeline.DLQStream)
+		}
 	}
 }
