@@ -100,6 +100,8 @@ type fixtureOptions struct {
 	own bool
 	// mapping replaces the example mapping.
 	mapping string
+	// tls starts own clusters with ssl on and this certificate.
+	tls *harness.ServerTLS
 }
 
 func newFixture(t *testing.T, o fixtureOptions) *fixture {
@@ -107,9 +109,9 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	ctx := context.Background()
 	n := fixtureSeq.Add(1)
 	f := &fixture{t: t, id: fmt.Sprintf("t%d", n), crm: sharedCRM, erp: sharedERP, dir: t.TempDir()}
-	if o.own {
-		f.crm = harness.NewCluster(t, harness.ClusterOptions{})
-		f.erp = harness.NewCluster(t, harness.ClusterOptions{})
+	if o.own || o.tls != nil {
+		f.crm = harness.NewCluster(t, harness.ClusterOptions{TLS: o.tls})
+		f.erp = harness.NewCluster(t, harness.ClusterOptions{TLS: o.tls})
 	}
 	f.crmDB, f.erpDB = "crm_"+f.id, "erp_"+f.id
 	for _, s := range []struct {

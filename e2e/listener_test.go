@@ -16,10 +16,15 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
+	"github.com/duplex-cdc/duplex/internal/audit"
 	"github.com/duplex-cdc/duplex/internal/harness"
 	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/internal/ops"
+	"github.com/duplex-cdc/duplex/pipeline"
 )
 
 // httpDo sends a request to a child's listener and returns the status
@@ -202,13 +207,53 @@ func secret(t *testing.T, prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
+// rawStream returns every message of a stream, headers and data, as
+// stored.
+func rawStream(t *testing.T, url, stream string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatalf("connect to read %s: %v", stream, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue // removed (a retried dead letter)
+		}
+		fmt.Fprintf(&b, "%d %s %v\n%s\n", seq, m.Subject, m.Header, m.Data)
+	}
+	if b.Len() == 0 {
+		t.Errorf("stream %s is empty", stream)
+	}
+	return b.String()
+}
+
 // TestSecrets_NoneInAnyOutput: duplex configured with a PostgreSQL
 // password in both DSNs (a role PostgreSQL authenticates with
 // scram-sha-256), a NATS user and password in the URL (a server that
-// requires them) and a listener token, run through changes, a dead letter
-// and an ERP outage: none of the three appears in its log, /api/status,
+// requires them), an nkey seed for the CRM's capture and a listener
+// token, run through changes, a dead letter
+// and an ERP outage: none of these appears in its log, /api/status,
 // /readyz, /metrics, /healthz, duplex status (live and offline, text and
-// JSON) or the dead letters (dlq list, show).
+// JSON), the dead letters (dlq list, show, and as stored in DUPLEX_DLQ)
+// or the audit records of operator actions (audit list, and as stored in
+// DUPLEX_AUDIT).
 func TestSecrets_NoneInAnyOutput(t *testing.T) {
 	f := newFixture(t, fixtureOptions{own: true})
 	ctx := context.Background()
@@ -248,8 +293,16 @@ func TestSecrets_NoneInAnyOutput(t *testing.T) {
 	}
 	f.dsn = dsn
 
-	// NATS that requires a user and password.
-	ns, err := natsembed.New(natsembed.Options{StoreDir: t.TempDir(), Users: []natsembed.User{{Name: "duplex", Password: natsPass}}})
+	// NATS that requires a user and password, and the CRM's capture as
+	// an nkey user of its own (nats.captures.crm.nkey_seed).
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := kp.Seed()
+	pub, _ := kp.PublicKey()
+	secrets["the capture's nkey seed"] = string(seed)
+	ns, err := natsembed.New(natsembed.Options{StoreDir: t.TempDir(), Users: []natsembed.User{{Name: "duplex", Password: natsPass}, {Nkey: pub}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +315,7 @@ func TestSecrets_NoneInAnyOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.Replace(string(cfg), "url: "+f.nats.URL(), "url: "+natsURL, 1)
+	conf := strings.Replace(string(cfg), "url: "+f.nats.URL(), "url: "+natsURL+"\n  captures:\n    crm:\n      nkey_seed: "+string(seed), 1)
 	if conf == string(cfg) {
 		t.Fatal("the fixture's configuration has no nats url to replace")
 	}
@@ -322,6 +375,19 @@ func TestSecrets_NoneInAnyOutput(t *testing.T) {
 		t.Fatalf("dlq list lacks the poison:\n%s", outputs["duplex dlq list running"])
 	}
 	_, outputs["duplex dlq show"] = f.duplexCLI("dlq", "show", seq)
+	// Operator actions, and their audit records.
+	_, outputs["duplex dlq retry (refused)"] = f.duplexCLI("dlq", "retry", seq)
+	_, outputs["duplex replay through the running duplex"] = f.duplexCLI("replay", "--flow", "to-erp", "--from-seq", "1", "--listen", c.listen)
+	_, outputs["duplex backfill"] = f.duplexCLI("backfill", "--flow", "to-erp", "--table", "accounts", "--no-wait")
+	_, outputs["duplex audit list"] = f.duplexCLI("audit", "list")
+	_, outputs["duplex audit list --json"] = f.duplexCLI("audit", "list", "--json")
+	if !strings.Contains(outputs["duplex audit list"], "dlq retry") || !strings.Contains(outputs["duplex audit list"], "backfill") {
+		t.Errorf("audit list lacks the actions:\n%s", outputs["duplex audit list"])
+	}
+	// The dead letters and audit records as stored, headers included.
+	for _, stream := range []string{pipeline.DLQStream, audit.Stream} {
+		outputs["stream "+stream] = rawStream(t, natsURL, stream)
+	}
 
 	// The ERP goes away: connection errors everywhere.
 	if err := f.erp.Stop(ctx); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/duplex-cdc/duplex/internal/audit"
 	"github.com/duplex-cdc/duplex/internal/harness"
 	"github.com/duplex-cdc/duplex/internal/natsembed"
 	"github.com/duplex-cdc/duplex/pipeline"
@@ -124,7 +125,8 @@ func (v *violations) wait(t *testing.T, what, subject string) {
 // forbidden checks, against a running duplex's NATS at url, what nobody
 // but duplex's identities may do: connect without credentials; publish a
 // source's transactions with a flow's credentials; delete or purge the
-// stream with a capture's. tlsOpts are the TLS options every connection
+// stream with a capture's; append an audit record with either (the
+// operator can). tlsOpts are the TLS options every connection
 // needs; operator, flow and capture authenticate as the operator, the
 // flow to-erp and the capture of the CRM.
 func forbidden(t *testing.T, url string, tlsOpts []nats.Option, operator, flow, capture nats.Option) {
@@ -198,6 +200,24 @@ func forbidden(t *testing.T, url string, tlsOpts []nats.Option, operator, flow, 
 		t.Error("a capture's credentials purged DUPLEX")
 	}
 	cv.wait(t, "capture purges DUPLEX", "$JS.API.STREAM.PURGE."+pipeline.StreamName)
+
+	// Only the operator writes audit records.
+	if _, err := audit.Append(ctx, ojs, 1, audit.Record{Time: time.Now().UTC(), Command: "dlq drop", Outcome: audit.OK}); err != nil {
+		t.Errorf("the operator cannot append to %s: %v", audit.Stream, err)
+	}
+	for _, c := range []struct {
+		who string
+		js  jetstream.JetStream
+		v   *violations
+	}{{"flow", fjs, fv}, {"capture", cjs, cv}} {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := c.js.Publish(actx, audit.Subject("replay"), []byte(`{"command":"replay","outcome":"ok"}`))
+		cancel()
+		if err == nil {
+			t.Errorf("a %s's credentials appended an audit record", c.who)
+		}
+		c.v.wait(t, c.who+" appends an audit record", audit.Subject("replay"))
+	}
 
 	info, err = stream.Info(ctx)
 	if err != nil {

@@ -142,6 +142,30 @@ entities:
 				"1|XCG|1234", "2|BHD|1234", "3|CNH|567", "4|JPY|123")},
 			verify: true,
 		},
+		{
+			// 10: a row of the CRM-owned entity t that only the ERP has.
+			// Streaming, its INSERT is refused at capture; through the
+			// ERP's initial snapshot, the CRM's sink refuses the copied
+			// row. Either way it is dead-lettered naming system, entity
+			// and key, and the CRM never gets it.
+			name:   "10: a row only the non-owner has is refused, never created in the owner",
+			crmDDL: `CREATE TABLE t (id int PRIMARY KEY, note text); ALTER TABLE t REPLICA IDENTITY FULL`,
+			erpDDL: `CREATE TABLE t (id int PRIMARY KEY, note text); ALTER TABLE t REPLICA IDENTITY FULL`,
+			mapping: `
+  - name: t
+    key: id
+    fields:
+      - {name: id,   type: integer, owner: crm}
+      - {name: note, type: text,    owner: both}
+    systems:
+      crm: {table: public.t, key_column: id, columns: {id: {column: id}, note: {column: note}}}
+      erp: {table: public.t, key_column: id, columns: {id: {column: id}, note: {column: note}}}
+`,
+			before:     []stmt{onCRM(`INSERT INTO t VALUES (1, 'crm one')`), onERP(`INSERT INTO t VALUES (1, 'crm one')`)},
+			changes:    []stmt{onERP(`INSERT INTO t VALUES (2, 'erp local')`)},
+			want:       []want{wantCRM(`SELECT id, note FROM t ORDER BY id`, "1|crm one"), wantERP(`SELECT id, note FROM t ORDER BY id`, "1|crm one", "2|erp local")},
+			deadLetter: "erp inserted a row of public.t (entity t, key 2), but crm owns the entity's key",
+		},
 	})
 }
 

@@ -110,14 +110,19 @@ func TestTwoWay_OrderToCash(t *testing.T) {
 	erp := startERP(t, f.env("ERP_DSN"), true)
 	l.waitRows(t, 3000, 2*time.Minute)
 	l.stop()
+	crm, erpc := f.conn("crm"), f.conn("erp")
+	ctx := context.Background()
+	// The ERP pays invoices at random: on a loaded machine it may not have
+	// paid one yet when the CRM load ends.
+	waitFor(t, time.Minute, func() (bool, string) {
+		return queryInt(t, erpc, `SELECT count(*) FROM invoices WHERE status = 'paid'`) > 0, "the ERP paid no invoice"
+	})
 	time.Sleep(time.Second)
 	erp.stop()
 	settleERP(t, f.env("ERP_DSN"))
 	a, b := f.waitBothConverged(2 * time.Minute)
 	t.Logf("crm → erp:\n%s\nerp → crm:\n%s", a, b)
 
-	crm, erpc := f.conn("crm"), f.conn("erp")
-	ctx := context.Background()
 	// Every CRM account knows its ERP customer number.
 	if n := queryInt(t, crm, `SELECT count(*) FROM accounts WHERE erp_customer_no IS NULL`); n != 0 {
 		t.Errorf("%d CRM accounts without erp_customer_no", n)

@@ -27,6 +27,11 @@ const LeaseBucket = "DUPLEX_LEASES"
 // acknowledging what it fetched and stop applying.
 var ErrLeaseLost = errors.New("lease lost")
 
+// ErrLeaseYielded is the cause of a lease holder's context being
+// cancelled when the process gave the lease up (Yield) so that another
+// instance can gather every unit of the configuration.
+var ErrLeaseYielded = errors.New("lease yielded to another instance")
+
 // FlowLeaseKey is the lease key of a flow's durable consumer.
 func FlowLeaseKey(flow string) string { return "flow." + flow }
 
@@ -93,18 +98,40 @@ func ReadLease(ctx context.Context, js jetstream.JetStream, key string) (LeaseHo
 }
 
 func readHolder(ctx context.Context, kv jetstream.KeyValue, key string) (LeaseHolder, bool, error) {
+	_, h, ok, err := readEntry(ctx, kv, key)
+	return h, ok, err
+}
+
+// readEntry returns a lease key's entry and its holder; ok is false when
+// nobody holds it.
+func readEntry(ctx context.Context, kv jetstream.KeyValue, key string) (jetstream.KeyValueEntry, LeaseHolder, bool, error) {
 	e, err := kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return LeaseHolder{}, false, nil
+		return nil, LeaseHolder{}, false, nil
 	}
 	if err != nil {
-		return LeaseHolder{}, false, fmt.Errorf("read lease %s: %w", key, err)
+		return nil, LeaseHolder{}, false, fmt.Errorf("read lease %s: %w", key, err)
 	}
 	var h LeaseHolder
 	if err := json.Unmarshal(e.Value(), &h); err != nil {
-		return LeaseHolder{}, false, fmt.Errorf("read lease %s: %w", key, err)
+		return nil, LeaseHolder{}, false, fmt.Errorf("read lease %s: %w", key, err)
 	}
-	return h, true, nil
+	return e, h, true, nil
+}
+
+// ReadHolders returns the holder of each of keys that somebody holds.
+func ReadHolders(ctx context.Context, kv jetstream.KeyValue, keys []string) (map[string]LeaseHolder, error) {
+	out := map[string]LeaseHolder{}
+	for _, k := range keys {
+		h, ok, err := readHolder(ctx, kv, k)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out[k] = h
+		}
+	}
+	return out, nil
 }
 
 // LeaseHeldError says who holds a lease another process wanted.
@@ -141,6 +168,9 @@ type Lease struct {
 	holder LeaseHolder // the last holder seen (self while held)
 	known  bool        // holder was read
 	sent   time.Time   // when the acquiring write was sent
+
+	// yield asks Hold to give the lease up (Yield); buffered, one.
+	yield chan struct{}
 }
 
 // NewLease returns the lease key of kv for self; ttl must be the bucket's.
@@ -148,7 +178,7 @@ func NewLease(kv jetstream.KeyValue, key string, self Instance, ttl time.Duratio
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Lease{kv: kv, key: key, self: self, ttl: ttl, log: log.With(slog.String("lease", key))}
+	return &Lease{kv: kv, key: key, self: self, ttl: ttl, log: log.With(slog.String("lease", key)), yield: make(chan struct{}, 1)}
 }
 
 // Key is the lease key.
@@ -173,7 +203,24 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	sent := time.Now()
 	rev, err := l.kv.Create(ctx, l.key, val)
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		cur, ok, rerr := readHolder(ctx, l.kv, l.key)
+		e, cur, ok, rerr := readEntry(ctx, l.kv, l.key)
+		if rerr == nil && ok && cur.ID == l.self.ID {
+			// This process's own entry, left by a lease it lost (a
+			// renewal not answered within half the TTL: its work has
+			// stopped) and that has not expired yet. Nobody else can
+			// have acquired the key since, so it is taken back at the
+			// revision read, before another instance could acquire it
+			// at expiry: a slow NATS round trip does not scatter the
+			// units of one instance over two (the soak saw that).
+			sent = time.Now()
+			if rev, err = l.kv.Update(ctx, l.key, val, e.Revision()); err == nil {
+				l.mu.Lock()
+				l.held, l.rev, l.holder, l.known, l.sent = true, rev, h, true, sent
+				l.mu.Unlock()
+				l.log.Info("lease taken back before it expired")
+				return true, nil
+			}
+		}
 		l.mu.Lock()
 		if rerr == nil {
 			l.holder, l.known = cur, ok
@@ -221,6 +268,17 @@ func (l *Lease) Run(ctx context.Context, work func(context.Context) error) error
 			l.log.Warn("lease lost: stopped; standing by")
 			continue
 		}
+		if errors.Is(err, ErrLeaseYielded) {
+			// The instance it was yielded to acquires it within one of
+			// its polls; this one stays out of the way for a TTL, so
+			// that the two do not race for it. Should that instance die
+			// meanwhile, this one acquires the lease after that TTL.
+			l.log.Info("lease yielded to the instance that holds the other units; standing by", slog.Duration("hold_off", l.ttl))
+			if !sleep(ctx, l.ttl) {
+				return nil
+			}
+			continue
+		}
 		return err
 	}
 	return nil
@@ -239,6 +297,10 @@ func (l *Lease) Hold(ctx context.Context, work func(context.Context) error) erro
 	}
 	rev, val, lastOK := l.rev, l.holder, l.sent
 	l.mu.Unlock()
+	select { // a Yield meant for an earlier hold
+	case <-l.yield:
+	default:
+	}
 	body, err := json.Marshal(val)
 	if err != nil {
 		return fmt.Errorf("lease %s: %w", l.key, err)
@@ -278,6 +340,14 @@ func (l *Lease) Hold(ctx context.Context, work func(context.Context) error) erro
 			return err
 		case <-fence.C:
 			return lost("not renewed within half the TTL", nil)
+		case <-l.yield:
+			cancel(ErrLeaseYielded)
+			werr := <-done
+			l.release(context.WithoutCancel(ctx), rev)
+			if werr != nil && !errors.Is(werr, ErrLeaseYielded) && !errors.Is(werr, context.Canceled) {
+				return fmt.Errorf("%w: %w", ErrLeaseYielded, werr)
+			}
+			return ErrLeaseYielded
 		case <-renew.C:
 			sent := time.Now()
 			rctx, rcancel := context.WithDeadline(ctx, lastOK.Add(l.ttl/2))
@@ -298,6 +368,19 @@ func (l *Lease) Hold(ctx context.Context, work func(context.Context) error) erro
 				l.log.Warn("lease renewal failed", slog.Any("error", err), slog.Duration("fence_in", time.Until(lastOK.Add(l.ttl/2))))
 			}
 		}
+	}
+}
+
+// Yield gives the lease up if this process holds it: its work is
+// cancelled (cause ErrLeaseYielded), the key released, and Run stands by
+// for a TTL before it tries to acquire it again. A no-op when not held.
+func (l *Lease) Yield() {
+	if held, _, _ := l.State(); !held {
+		return
+	}
+	select {
+	case l.yield <- struct{}{}:
+	default:
 	}
 }
 

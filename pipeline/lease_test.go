@@ -158,3 +158,84 @@ func TestLease_LostLeaseStopsBeforeAnotherStarts(t *testing.T) {
 	}
 	t.Logf("renewals cut at 0; holder fenced at %s; standby started at %s", sa.end[0].Sub(cutAt), sb.start[0].Sub(cutAt))
 }
+
+// TestLease_LostLeaseTakenBackBeforeItExpires: a holder whose renewals
+// went unanswered for half a TTL (a slow NATS round trip under load)
+// stops its work, and once NATS answers again it takes its own key back
+// at once, before the key expires: the standby never starts, so the units
+// of one instance are not scattered over two by a slow moment.
+func TestLease_LostLeaseTakenBackBeforeItExpires(t *testing.T) {
+	const ttl = 2 * time.Second
+	_, kv := leaseBucket(t, ttl)
+	slow := &failingKV{KeyValue: kv}
+	a := pipeline.NewLease(slow, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
+	b := pipeline.NewLease(kv, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
+	var sa, sb span
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Go(func() { _ = a.Run(ctx, sa.work) })
+	waitUntil(t, 5*time.Second, "first holder starts", func() bool { return sa.starts() == 1 })
+	wg.Go(func() { _ = b.Run(ctx, sb.work) })
+	time.Sleep(ttl / 2)
+	slow.fail.Store(true)
+	waitUntil(t, 2*ttl, "holder fenced", func() bool {
+		sa.mu.Lock()
+		defer sa.mu.Unlock()
+		return len(sa.end) == 1
+	})
+	slow.fail.Store(false)
+	waitUntil(t, 2*ttl, "holder takes its lease back", func() bool { return sa.starts() == 2 })
+	time.Sleep(2 * ttl)
+	if n := sb.starts(); n != 0 {
+		t.Fatalf("standby started %d times; the holder had taken its lease back before it expired", n)
+	}
+	sa.mu.Lock()
+	defer sa.mu.Unlock()
+	if !errors.Is(sa.causes[0], pipeline.ErrLeaseLost) {
+		t.Errorf("first stop's cause = %v, want ErrLeaseLost", sa.causes[0])
+	}
+	// The key lives a TTL after the last renewal and the holder stops half
+	// a TTL after it: only taking its own key back restarts it sooner than
+	// half a TTL after it stopped.
+	if gap := sa.start[1].Sub(sa.end[0]); gap >= ttl/2 {
+		t.Errorf("restarted %s after stopping, want before the key's expiry (< %s)", gap, ttl/2)
+	}
+	if held, h, _ := a.State(); !held || h.ID == "" {
+		t.Errorf("holder State = %v %v, want held", held, h)
+	}
+}
+
+// TestLease_YieldHandsTheLeaseOver: Yield stops the holder's work (cause
+// ErrLeaseYielded) and releases the key; the standby acquires it within
+// a poll, and the one that yielded stays out for a TTL.
+func TestLease_YieldHandsTheLeaseOver(t *testing.T) {
+	const ttl = 2 * time.Second
+	_, kv := leaseBucket(t, ttl)
+	a := pipeline.NewLease(kv, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
+	b := pipeline.NewLease(kv, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
+	var sa, sb span
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Go(func() { _ = a.Run(ctx, sa.work) })
+	waitUntil(t, 5*time.Second, "first holder starts", func() bool { return sa.starts() == 1 })
+	wg.Go(func() { _ = b.Run(ctx, sb.work) })
+	time.Sleep(ttl / 2)
+	b.Yield() // not held: nothing happens
+	time.Sleep(ttl / 2)
+	if sb.starts() != 0 || sa.starts() != 1 {
+		t.Fatalf("a Yield by the standby changed something: holder started %d times, standby %d", sa.starts(), sb.starts())
+	}
+	a.Yield()
+	waitUntil(t, ttl/2, "standby takes the yielded lease", func() bool { return sb.starts() == 1 })
+	time.Sleep(ttl / 2)
+	sa.mu.Lock()
+	defer sa.mu.Unlock()
+	if len(sa.end) != 1 || !errors.Is(sa.causes[0], pipeline.ErrLeaseYielded) {
+		t.Fatalf("holder stopped %d times (causes %v), want once with ErrLeaseYielded", len(sa.end), sa.causes)
+	}
+	if len(sa.start) != 1 {
+		t.Errorf("the instance that yielded started again (%d starts)", len(sa.start))
+	}
+}

@@ -96,7 +96,9 @@ func FlowPermissions(flow string) Permissions {
 
 // OperatorPermissions are the operator's: every subject, except the
 // subjects of the sources' transactions, which only their captures
-// publish.
+// publish. That includes the audit records of operator actions
+// (duplex.audit.> in DUPLEX_AUDIT, internal/audit), which no capture or
+// flow may publish: their allow lists do not name them.
 func OperatorPermissions(sources []string) Permissions {
 	p := Permissions{}
 	for _, s := range sources {

@@ -53,8 +53,8 @@ func (c *StreamConfig) Validate() error {
 		return errors.New("stream: no sources")
 	}
 	for _, s := range c.Sources {
-		if s == "" || s == "dlq" || strings.ContainsAny(s, ".*> ") {
-			return fmt.Errorf("stream: %q cannot be a source name (no dots, spaces or wildcards; dlq is reserved)", s)
+		if s == "" || s == "dlq" || s == "audit" || strings.ContainsAny(s, ".*> ") {
+			return fmt.Errorf("stream: %q cannot be a source name (no dots, spaces or wildcards; dlq and audit are reserved: duplex.dlq.> and duplex.audit.> are the subjects of DUPLEX_DLQ and DUPLEX_AUDIT)", s)
 		}
 	}
 	return nil

@@ -29,16 +29,17 @@ type ForeignKey struct {
 // them (cat nil: refs only). Deletes and truncates go in the reverse
 // order, children first.
 //
-// Foreign keys of a table to itself are left out: PostgreSQL checks a
-// non-deferred foreign key at the end of each statement, so rows of one
-// statement may refer to each other. Foreign keys that form a cycle
-// between tables are returned in deferred when each is DEFERRABLE: the
-// sink then sets them DEFERRED in its apply transaction (SET CONSTRAINTS,
-// checked at commit) and orders the cycle's tables as if they were not
-// there. A cycle through a mapping ref or a foreign key that is not
-// DEFERRABLE cannot be written in any order and is an error naming the
-// tables and constraints, with the fix.
-func (m *Mapping) WriteOrder(system string, cat *Catalog, write func(*Entity) bool) (order []*Entity, deferred []ForeignKey, err error) {
+// Foreign keys of a table to itself are left out. Foreign keys that form
+// a cycle between tables, DEFERRABLE or not, are left out of the order
+// and returned in cycle: the sink applies with session_replication_role
+// = replica, in which PostgreSQL's foreign-key triggers do not fire (as in
+// its own apply worker), and checks every foreign key itself at the end of
+// the target transaction (sinks/postgres/fkcheck.go), so the rows of a
+// cycle may be written in any order within it. A cycle through a mapping
+// ref cannot be written in any order (the sink looks the referenced row up
+// before it writes the row) and is an error naming the tables, with the
+// fix.
+func (m *Mapping) WriteOrder(system string, cat *Catalog, write func(*Entity) bool) (order []*Entity, cycle []ForeignKey, err error) {
 	type edge = orderEdge
 	var nodes []*Entity
 	byTable := map[string]*Entity{}
@@ -76,8 +77,8 @@ func (m *Mapping) WriteOrder(system string, cat *Catalog, write func(*Entity) bo
 			edges[e] = append(edges[e], edge{to: to, fk: fk})
 		}
 	}
-	// Deferrable foreign keys inside a strongly connected component (a
-	// cycle) are deferred and left out of the order.
+	// Foreign keys inside a strongly connected component (a cycle) are
+	// left out of the order.
 	comp := components(nodes, func(e *Entity) []*Entity {
 		var out []*Entity
 		for _, ed := range edges[e] {
@@ -88,9 +89,9 @@ func (m *Mapping) WriteOrder(system string, cat *Catalog, write func(*Entity) bo
 	for _, e := range nodes {
 		kept := edges[e][:0:0]
 		for _, ed := range edges[e] {
-			if ed.fk != nil && ed.fk.Deferrable && comp[e] == comp[ed.to] {
-				if !slices.ContainsFunc(deferred, func(d ForeignKey) bool { return d.Schema == ed.fk.Schema && d.Name == ed.fk.Name }) {
-					deferred = append(deferred, *ed.fk)
+			if ed.fk != nil && comp[e] == comp[ed.to] {
+				if !slices.ContainsFunc(cycle, func(d ForeignKey) bool { return d.Schema == ed.fk.Schema && d.Name == ed.fk.Name }) {
+					cycle = append(cycle, *ed.fk)
 				}
 				continue
 			}
@@ -125,7 +126,7 @@ func (m *Mapping) WriteOrder(system string, cat *Catalog, write func(*Entity) bo
 			return nil, nil, err
 		}
 	}
-	return order, deferred, nil
+	return order, cycle, nil
 }
 
 // orderEdge is a step of the write order's graph: to the entity written
@@ -142,45 +143,25 @@ type orderStep struct {
 	fk   *ForeignKey
 }
 
-// cycleError names the cycle that returns to e; path holds the steps
-// taken from the first entity visited.
+// cycleError names the cycle of mapping refs that returns to e; path
+// holds the steps taken from the first entity visited. (Foreign keys of a
+// cycle are left out of the order, so only refs remain in one.)
 func cycleError(system string, e *Entity, path []orderStep) error {
 	start := slices.IndexFunc(path, func(p orderStep) bool { return p.from == e })
 	if start < 0 {
 		start = 0
 	}
-	var steps, fixes []string
+	var steps []string
 	for _, p := range path[start:] {
 		t := p.from.Tables[system].QualifiedTable()
 		if p.fk == nil {
 			steps = append(steps, fmt.Sprintf("%s (entity %s, a ref of the mapping)", t, p.from.Name))
 			continue
 		}
-		steps = append(steps, fmt.Sprintf("%s (entity %s, foreign key %s, not DEFERRABLE)", t, p.from.Name, p.fk.Name))
-		tm := p.from.Tables[system]
-		fixes = append(fixes, fmt.Sprintf("ALTER TABLE %s.%s ALTER CONSTRAINT %s DEFERRABLE", quoteIdent(tm.Schema()), quoteIdent(tm.Name()), quoteIdent(p.fk.Name)))
+		steps = append(steps, fmt.Sprintf("%s (entity %s, foreign key %s)", t, p.from.Name, p.fk.Name))
 	}
-	msg := fmt.Sprintf("%s: the tables refer to each other in a cycle, %s -> back to %s, so no order of writes satisfies them", system, strings.Join(steps, " -> "), e.Tables[system].QualifiedTable())
-	if len(fixes) > 0 {
-		msg += "; make a foreign key of the cycle deferrable (" + strings.Join(fixes, "; ") + ") and duplex defers it while it applies"
-	} else {
-		msg += "; remove a ref from the cycle"
-	}
-	return fmt.Errorf("%s", msg)
-}
-
-// quoteIdent quotes an SQL identifier when it needs it.
-func quoteIdent(s string) string {
-	plain := s != ""
-	for i, r := range s {
-		if !(r == '_' || (r >= 'a' && r <= 'z') || (i > 0 && r >= '0' && r <= '9')) {
-			plain = false
-		}
-	}
-	if plain {
-		return s
-	}
-	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+	return fmt.Errorf("%s: the tables refer to each other in a cycle through the mapping's refs, %s -> back to %s, so no order of writes satisfies them (the sink looks a referenced row up before it writes the row); remove a ref from the cycle",
+		system, strings.Join(steps, " -> "), e.Tables[system].QualifiedTable())
 }
 
 // components returns the strongly connected component of each node

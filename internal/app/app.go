@@ -3,11 +3,14 @@
 // capture per source system and one applier per flow until stopped.
 // Preflight refuses what does not fit; Warnings (warnings.go) reads what
 // fits but an operator should know (generated keys in a system that does
-// not own them, triggers on target tables), for duplex check and the log.
+// not own them, triggers on target tables), for duplex check and the log;
+// TLSWarnings (app.go) names each system whose dsn is not verified TLS.
 package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	pgcapture "github.com/duplex-cdc/duplex/capture/postgres"
+	"github.com/duplex-cdc/duplex/internal/audit"
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
@@ -41,6 +45,9 @@ type Options struct {
 	// OnBatch is called after each committed batch with its size and
 	// apply time (metrics).
 	OnBatch func(flow string, txs []*transform.Tx, events int, took time.Duration, committed time.Time)
+	// Demo marks duplex demo's own throwaway clusters on this machine:
+	// their plaintext connections are not warned about (TLSWarnings).
+	Demo bool
 }
 
 // App is a running duplex.
@@ -158,7 +165,7 @@ func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (c
 		}
 		conn, err := pgx.Connect(ctx, sys.DSN)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("system %s: connect: %w", name, err))
+			errs = append(errs, fmt.Errorf("system %s: connect: %w%s", name, err, certHint(err)))
 			continue
 		}
 		// duplex's own schema: trusted and not newer than this duplex
@@ -220,6 +227,51 @@ func snapshotOrder(cfg *config.Config, m *transform.Mapping, source string, cats
 	return m.SourceTables(source)
 }
 
+// AuditReady makes sure DUPLEX_AUDIT exists, before an operator action
+// asked of this instance runs (audit.Ready).
+func (a *App) AuditReady(ctx context.Context) error {
+	return audit.Ready(ctx, a.js, a.opts.Config.Stream.Replicas)
+}
+
+// Audit appends an operator action's record to DUPLEX_AUDIT as the
+// operator identity and returns its sequence.
+func (a *App) Audit(ctx context.Context, r audit.Record) (uint64, error) {
+	return audit.Append(ctx, a.js, a.opts.Config.Stream.Replicas, r)
+}
+
+// Secrets are the configuration's secret values (config.Config.Secrets),
+// to be replaced in what an operator action records.
+func (a *App) Secrets() []string { return a.opts.Config.Secrets() }
+
+// TLSWarnings returns a warning for each system whose dsn is not
+// verified TLS (config.PostgresTLS): duplex check prints them and duplex
+// run logs them. A system with require_tls and such a dsn never gets
+// here: config.Validate refuses it.
+func TLSWarnings(cfg *config.Config) []string {
+	var out []string
+	for _, name := range sortedSystems(cfg) {
+		if w := cfg.Systems[name].TLSWarning(name); w != "" {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// certHint explains a refused server certificate (sslmode=verify-full
+// or verify-ca): what to check, in the operator's terms.
+func certHint(err error) string {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	switch {
+	case errors.As(err, &hn):
+		return " (the server's certificate does not name the host of the dsn: connect by a name it carries, or set sslmode=verify-ca)"
+	case errors.As(err, &ua), errors.As(err, &cv):
+		return " (the server's certificate is not signed by the CA in sslrootcert: give the file of the CA that signed it)"
+	}
+	return ""
+}
+
 func sortedSystems(cfg *config.Config) []string {
 	var out []string
 	for n := range cfg.Systems {
@@ -249,6 +301,9 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	cipher, fieldHash, err := personal(cfg, m, opts.DataDir)
 	if err != nil {
 		return nil, err
+	}
+	if !opts.Demo {
+		warnings = append(TLSWarnings(cfg), warnings...)
 	}
 	for _, w := range warnings {
 		opts.Logger.Warn(w)
@@ -289,7 +344,12 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 		readers[f.From] = append(readers[f.From], f.Name)
 	}
 	a.retention = pipeline.NewRetention(js, pipeline.RetentionConfig{Readers: readers, MaxAge: cfg.Stream.MaxAge, MaxBytes: cfg.Stream.MaxBytes, Logger: a.log})
-	if a.leases, err = newLeases(ctx, js, cfg, a.log); err != nil {
+	leaseJS, err := bus.LeaseJetStream(ctx)
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	if a.leases, err = newLeases(ctx, leaseJS, cfg, a.log); err != nil {
 		a.Close()
 		return nil, err
 	}
@@ -326,7 +386,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			}
 		}
 		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication, Flows: flows,
-			Tables: snapshotOrder(cfg, m, name, cats), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, Logger: a.log})
+			Tables: snapshotOrder(cfg, m, name, cats), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, SnapshotChunk: sys.SnapshotChunk, Logger: a.log})
 		if err == nil {
 			err = src.Ensure(ctx)
 		}
@@ -374,6 +434,10 @@ func (a *App) Run(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		a.retention.Run(ctx)
+		return nil
+	})
+	g.Go(func() error {
+		a.leases.converge(ctx, a.log)
 		return nil
 	})
 	for _, name := range cfg.Sources() {

@@ -37,7 +37,10 @@ type Bus struct {
 	// auth are the connect options of the identities with credentials
 	// of their own, by identity name (pipeline.CaptureIdentity, …).
 	auth map[string]identityAuth
-	log  *slog.Logger
+	// operator is how the operator authenticates (for its lease
+	// connection).
+	operator identityAuth
+	log      *slog.Logger
 	// dataDir is the data directory given to OpenBus.
 	dataDir string
 
@@ -73,18 +76,39 @@ func (b *Bus) FlowJetStream(ctx context.Context, flow string) (jetstream.JetStre
 	return b.identity(ctx, pipeline.FlowIdentity(flow))
 }
 
+// leaseConn names the operator's connection for leases alone.
+const leaseConn = "operator-leases"
+
+// LeaseJetStream returns the JetStream context leases are acquired and
+// renewed with: a connection of the operator's used for nothing else, so
+// that a renewal never waits behind the operator connection's other
+// traffic (status reads, stream management, retention passes). A renewal
+// unanswered for half the TTL fences a healthy holder (pipeline.Lease).
+func (b *Bus) LeaseJetStream(ctx context.Context) (jetstream.JetStream, error) {
+	return b.open(ctx, leaseConn, b.operator, "")
+}
+
 func (b *Bus) identity(ctx context.Context, name string) (jetstream.JetStream, error) {
 	auth, ok := b.auth[name]
 	if !ok {
 		return b.js, nil
 	}
+	return b.open(ctx, name, auth, pipeline.InboxPrefix(name))
+}
+
+// open returns the connection called name, opened at the first call with
+// auth and, when not "", a custom inbox prefix.
+func (b *Bus) open(ctx context.Context, name string, auth identityAuth, inbox string) (jetstream.JetStream, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if c := b.conns[name]; c != nil {
 		return c.js, nil
 	}
 	opts := append(slices.Clone(b.base), auth.opts...)
-	opts = append(opts, nats.Name("duplex "+name), nats.CustomInboxPrefix(pipeline.InboxPrefix(name)))
+	opts = append(opts, nats.Name("duplex "+name))
+	if inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(inbox))
+	}
 	nc, js, err := connect(ctx, b.url, opts, auth.secrets, b.log.With(slog.String("identity", name)))
 	if err != nil {
 		return nil, fmt.Errorf("nats identity %s: %w", name, err)
@@ -230,6 +254,7 @@ func OpenBus(ctx context.Context, cfg *config.Config, dataDir string, log *slog.
 			b.auth[pipeline.FlowIdentity(flow)] = a
 		}
 	}
+	b.operator = identityAuth{opts: operator, secrets: secrets}
 	opts := append(slices.Clone(b.base), operator...)
 	opts = append(opts, nats.Name("duplex"))
 	nc, js, err := connect(ctx, b.url, opts, secrets, log.With(slog.String("identity", pipeline.OperatorIdentity)))

@@ -17,9 +17,13 @@ import (
 // leases are this instance's leases, one per flow (its durable consumer
 // and replication origin) and one per source (its slot). A lease per
 // unit, rather than one per instance, is what replay needs (it takes one
-// flow's lease while the rest keeps running) and lets the units of one
-// configuration be spread over instances: each runs where its lease is.
+// flow's lease while the rest keeps running). Each unit runs where its
+// lease is; when the units end up split between two running instances (a
+// renewal answered too late under load, one lease expiring before the
+// others), converge gathers them on one again, so that an operator sees
+// one active instance and one standby.
 type leases struct {
+	kv       jetstream.KeyValue
 	self     pipeline.Instance
 	ttl      time.Duration
 	flows    map[string]*pipeline.Lease
@@ -31,7 +35,7 @@ func newLeases(ctx context.Context, js jetstream.JetStream, cfg *config.Config, 
 	if err != nil {
 		return nil, err
 	}
-	l := &leases{self: pipeline.NewInstance("run"), ttl: cfg.HA.LeaseTTL, flows: map[string]*pipeline.Lease{}, captures: map[string]*pipeline.Lease{}}
+	l := &leases{kv: kv, self: pipeline.NewInstance("run"), ttl: cfg.HA.LeaseTTL, flows: map[string]*pipeline.Lease{}, captures: map[string]*pipeline.Lease{}}
 	log = log.With(slog.String("instance", l.self.ID))
 	for _, f := range cfg.Flows {
 		l.flows[f.Name] = pipeline.NewLease(kv, pipeline.FlowLeaseKey(f.Name), l.self, l.ttl, log.With(slog.String("flow", f.Name)))
@@ -90,6 +94,112 @@ func (a *App) Role() string {
 		return "standby"
 	}
 	return "partly active"
+}
+
+// all returns every lease of this instance, keyed by lease key.
+func (l *leases) all() map[string]*pipeline.Lease {
+	out := map[string]*pipeline.Lease{}
+	for _, m := range []map[string]*pipeline.Lease{l.flows, l.captures} {
+		for _, ls := range m {
+			out[ls.Key()] = ls
+		}
+	}
+	return out
+}
+
+// keeper reads every unit's holder and returns the running instance that
+// should hold them all: the one holding the most, then the one started
+// first, then the lowest id (every instance computes the same). split is
+// true when this instance holds some unit and another running instance
+// holds another. Holders in role "replay" (a tool holding one flow for a
+// moment) do not count.
+func (l *leases) keeper(ctx context.Context) (keeper string, split bool, err error) {
+	own := l.all()
+	keys := make([]string, 0, len(own))
+	for k := range own {
+		keys = append(keys, k)
+	}
+	holders, err := pipeline.ReadHolders(ctx, l.kv, keys)
+	if err != nil {
+		return "", false, err
+	}
+	type tally struct {
+		n       int
+		started time.Time
+	}
+	count := map[string]*tally{}
+	mine := false
+	for k, h := range holders {
+		if h.Role != "run" {
+			continue
+		}
+		if h.ID == l.self.ID {
+			if held, _, _ := own[k].State(); !held {
+				continue // this instance's own expiring entry
+			}
+			mine = true
+		}
+		t := count[h.ID]
+		if t == nil {
+			t = &tally{started: h.Started}
+			count[h.ID] = t
+		}
+		t.n++
+	}
+	if !mine || len(count) < 2 {
+		return l.self.ID, false, nil
+	}
+	for id, t := range count {
+		if keeper == "" {
+			keeper = id
+			continue
+		}
+		k := count[keeper]
+		if t.n > k.n || t.n == k.n && (t.started.Before(k.started) || t.started.Equal(k.started) && id < keeper) {
+			keeper = id
+		}
+	}
+	return keeper, true, nil
+}
+
+// converge checks every TTL whether the units are split between this
+// instance and another running one (keeper). When they have been split
+// for two TTLs, and the other instance is the keeper, this one yields its
+// leases (pipeline.Lease.Yield) and the keeper acquires them at its next
+// poll. Two TTLs: when the active instance dies, its leases expire within
+// about one TTL of each other and the standby acquires them one by one;
+// that passing split must not be undone. A split that lasts is two live
+// instances, and only the non-keeper yields, so they never trade units
+// back and forth.
+func (l *leases) converge(ctx context.Context, log *slog.Logger) {
+	t := time.NewTicker(l.ttl)
+	defer t.Stop()
+	var since time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		keeper, split, err := l.keeper(ctx)
+		if err != nil || !split || keeper == l.self.ID {
+			since = time.Time{}
+			continue
+		}
+		if since.IsZero() {
+			since = time.Now()
+			continue
+		}
+		if time.Since(since) < 2*l.ttl {
+			continue
+		}
+		log.Warn("this instance and another hold the units of one configuration between them; yielding this one's to it",
+			slog.String("instance", l.self.ID), slog.String("to", keeper), slog.Duration("split_for", time.Since(since).Round(time.Second)))
+		for _, ls := range l.all() {
+			ls.Yield()
+		}
+		since = time.Time{}
+	}
 }
 
 // flowRunner runs one flow: it waits as a standby until it holds the

@@ -612,15 +612,26 @@ func (s *soak) waitRole(p *proc, role string, timeout time.Duration) error {
 // active finds the active instance.
 func (s *soak) active(timeout time.Duration) (*proc, error) {
 	deadline := time.Now().Add(timeout)
+	roles := map[string]string{}
 	for time.Now().Before(deadline) {
 		for _, p := range s.procs {
-			if st, ok := p.status(); ok && st.Role == "active" {
+			st, ok := p.status()
+			if !ok {
+				roles[p.name] = "no status"
+				continue
+			}
+			if st.Role == "active" {
 				return p, nil
 			}
+			roles[p.name] = st.Role
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return nil, fmt.Errorf("no active duplex instance within %s", timeout)
+	var seen []string
+	for _, p := range s.procs {
+		seen = append(seen, fmt.Sprintf("%s %s", p.name, roles[p.name]))
+	}
+	return nil, fmt.Errorf("no active duplex instance within %s (%s)", timeout, strings.Join(seen, ", "))
 }
 
 // other is the instance that is not p.

@@ -15,7 +15,7 @@ import (
 )
 
 func backfillCmd(g *globals) *cobra.Command {
-	var cfgPath, flow, table, where string
+	var cfgPath, dataDir, flow, table, where string
 	var chunk int
 	var noWait bool
 	c := &cobra.Command{
@@ -50,29 +50,39 @@ capture reads every chunk in a read-only transaction.`,
 			if f == nil {
 				return fmt.Errorf("backfill: no flow %q in %s", flow, cfgPath)
 			}
-			qualified, err := m.PublishedTable(f.From, table)
-			if err != nil {
-				return fmt.Errorf("backfill: %w", err)
-			}
-			sys := cfg.Systems[f.From]
 			ctx := cmd.Context()
-			conn, err := pgx.Connect(ctx, sys.DSN)
-			if err != nil {
-				return fmt.Errorf("backfill: connect to %s: %w", f.From, err)
-			}
-			defer conn.Close(context.WithoutCancel(ctx))
-			id, err := pgcapture.RequestBackfill(ctx, conn, sys.Slot, qualified, where, chunk)
+			bus, err := openToolBus(ctx, cfg, dataDir)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "backfill %d of %s requested for flow %s (slot %s)\n", id, qualified, f.Name, sys.Slot)
-			if noWait {
-				return nil
-			}
-			return followBackfill(ctx, g, conn, id)
+			defer bus.Close()
+			return audited(ctx, g, cfg, bus, "backfill", func() (string, error) {
+				qualified, err := m.PublishedTable(f.From, table)
+				if err != nil {
+					return "", fmt.Errorf("backfill: %w", err)
+				}
+				sys := cfg.Systems[f.From]
+				conn, err := pgx.Connect(ctx, sys.DSN)
+				if err != nil {
+					return "", fmt.Errorf("backfill: connect to %s: %w", f.From, err)
+				}
+				defer conn.Close(context.WithoutCancel(ctx))
+				id, err := pgcapture.RequestBackfill(ctx, conn, sys.Slot, qualified, where, chunk)
+				if err != nil {
+					return "", err
+				}
+				requested := fmt.Sprintf("backfill %d of %s requested for flow %s (slot %s)", id, qualified, f.Name, sys.Slot)
+				fmt.Fprintln(g.stdout, requested)
+				if noWait {
+					return requested, nil
+				}
+				done, err := followBackfill(ctx, g, conn, id)
+				return requested + "; " + done, err
+			})
 		},
 	}
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
+	c.Flags().StringVar(&dataDir, "data-dir", "", dataDirUsage)
 	c.Flags().StringVar(&flow, "flow", "", "flow whose source table is re-read (e.g. to-erp)")
 	c.Flags().StringVar(&table, "table", "", "source table, as in the mapping (accounts or public.accounts)")
 	c.Flags().StringVar(&where, "where", "", "condition selecting the rows to re-read: one boolean expression over the table's columns (default: all)")
@@ -85,14 +95,14 @@ capture reads every chunk in a read-only transaction.`,
 
 // followBackfill prints the progress of a backfill until it ends: a bar
 // on a terminal, a line every few seconds otherwise.
-func followBackfill(ctx context.Context, g *globals, conn *pgx.Conn, id int64) error {
+func followBackfill(ctx context.Context, g *globals, conn *pgx.Conn, id int64) (string, error) {
 	tty := progress.IsTerminal(g.stdout)
 	var bar *progress.Bar
 	lastLine := time.Time{}
 	for {
 		b, err := pgcapture.BackfillByID(ctx, conn, id)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if b.Status != "requested" && bar == nil && tty {
 			bar = progress.New(g.stdout, "backfill "+b.Table)
@@ -106,13 +116,14 @@ func followBackfill(ctx context.Context, g *globals, conn *pgx.Conn, id int64) e
 			if b.Started != nil && b.Finished != nil {
 				took = b.Finished.Sub(*b.Started).Round(time.Millisecond)
 			}
-			fmt.Fprintf(g.stdout, "backfill %d of %s done: %d rows re-read in %s\n", b.ID, b.Table, b.Rows, took)
-			return nil
+			done := fmt.Sprintf("backfill %d of %s done: %d rows re-read in %s", b.ID, b.Table, b.Rows, took)
+			fmt.Fprintln(g.stdout, done)
+			return done, nil
 		case "failed":
 			if bar != nil {
 				fmt.Fprintln(g.stdout)
 			}
-			return fmt.Errorf("backfill %d of %s failed: %s", b.ID, b.Table, b.Error)
+			return "", fmt.Errorf("backfill %d of %s failed: %s", b.ID, b.Table, b.Error)
 		}
 		if bar != nil {
 			bar.Update(b.Rows, b.Estimate)
@@ -123,7 +134,7 @@ func followBackfill(ctx context.Context, g *globals, conn *pgx.Conn, id int64) e
 		select {
 		case <-ctx.Done():
 			fmt.Fprintf(g.stdout, "\nstopped following backfill %d; it goes on in duplex run\n", id)
-			return nil
+			return "stopped following it; it goes on in duplex run", nil
 		case <-time.After(500 * time.Millisecond):
 		}
 	}

@@ -1,6 +1,8 @@
 // Package cli is duplex's command line: it reads flags and configuration
 // and calls into app, demo and the other commands. Only this package (and
-// cmd/duplex) reads the environment.
+// cmd/duplex) reads the environment. The operator actions (replay, dlq
+// retry, dlq drop, backfill, resync) run through audited (audit.go),
+// which records each in DUPLEX_AUDIT and the log.
 package cli
 
 import (
@@ -41,7 +43,7 @@ func Main(args []string) int {
 
 // MainIO is Main with explicit output streams.
 func MainIO(args []string, stdout, stderr io.Writer) int {
-	root := newRoot(stdout, stderr)
+	root := newRoot(stdout, stderr, args)
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -63,6 +65,9 @@ type globals struct {
 	logFormat string
 	stdout    io.Writer
 	stderr    io.Writer
+	// args are the command line (without the program's name), for the
+	// audit record of an operator action.
+	args []string
 }
 
 func (g *globals) logger() *slog.Logger {
@@ -75,8 +80,8 @@ func (g *globals) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(g.stderr, opts))
 }
 
-func newRoot(stdout, stderr io.Writer) *cobra.Command {
-	g := &globals{stdout: stdout, stderr: stderr}
+func newRoot(stdout, stderr io.Writer, args []string) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr, args: args}
 	root := &cobra.Command{
 		Use:           "duplex",
 		Short:         "CRM ⇄ ERP change data capture over NATS JetStream",
@@ -87,7 +92,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("DUPLEX_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("DUPLEX_LOG_FORMAT", "text"), "log format: text or json")
-	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g), backfillCmd(g), resyncCmd(g), statusCmd(g), replayCmd(g), dlqCmd(g), verifyCmd(g))
+	root.AddCommand(runCmd(g), demoCmd(g), checkCmd(g), benchCmd(g), backfillCmd(g), resyncCmd(g), statusCmd(g), replayCmd(g), dlqCmd(g), verifyCmd(g), auditCmd(g))
 	return root
 }
 
@@ -191,6 +196,7 @@ func checkCmd(g *globals) *cobra.Command {
 				return err
 			}
 			warnings, err := app.PreflightReport(cmd.Context(), cfg, m)
+			warnings = append(app.TLSWarnings(cfg), warnings...)
 			if err != nil {
 				for _, w := range warnings {
 					fmt.Fprintln(g.stdout, "warning: "+clean(w)) // names from the catalogs

@@ -106,24 +106,29 @@ func dlqCmd(g *globals) *cobra.Command {
 				return errors.New("give the dead letters' sequences (duplex dlq list)")
 			}
 			return withBus(cmd, func(ctx context.Context, cfg *config.Config, bus *app.Bus) error {
-				failed := 0
-				for _, a := range args {
-					seq, err := seqArg([]string{a})
-					if err != nil {
-						return err
+				return audited(ctx, g, cfg, bus, "dlq retry", func() (string, error) {
+					var done []string
+					failed := 0
+					for _, a := range args {
+						seq, err := seqArg([]string{a})
+						if err != nil {
+							return strings.Join(done, "; "), err
+						}
+						out, err := app.RetryDeadLetter(ctx, cfg, bus, seq, g.logger())
+						if err != nil {
+							failed++
+							fmt.Fprintln(g.stderr, "duplex:", cleanLines(err.Error()))
+							done = append(done, fmt.Sprintf("%d not retried: %s", seq, err))
+							continue
+						}
+						fmt.Fprintln(g.stdout, clean(out.String()))
+						done = append(done, fmt.Sprintf("%d: %s", seq, out))
 					}
-					out, err := app.RetryDeadLetter(ctx, cfg, bus, seq, g.logger())
-					if err != nil {
-						failed++
-						fmt.Fprintln(g.stderr, "duplex:", cleanLines(err.Error()))
-						continue
+					if failed > 0 {
+						return strings.Join(done, "; "), fmt.Errorf("%d of %d dead letters not retried", failed, len(args))
 					}
-					fmt.Fprintln(g.stdout, clean(out.String()))
-				}
-				if failed > 0 {
-					return exitError{code: 1}
-				}
-				return nil
+					return strings.Join(done, "; "), nil
+				})
 			})
 		},
 	}
@@ -134,18 +139,22 @@ func dlqCmd(g *globals) *cobra.Command {
 			if len(args) == 0 {
 				return errors.New("give the dead letters' sequences (duplex dlq list)")
 			}
-			return withBus(cmd, func(ctx context.Context, _ *config.Config, bus *app.Bus) error {
-				for _, a := range args {
-					seq, err := seqArg([]string{a})
-					if err != nil {
-						return err
+			return withBus(cmd, func(ctx context.Context, cfg *config.Config, bus *app.Bus) error {
+				return audited(ctx, g, cfg, bus, "dlq drop", func() (string, error) {
+					var dropped []string
+					for _, a := range args {
+						seq, err := seqArg([]string{a})
+						if err != nil {
+							return "dropped: " + strings.Join(dropped, ", "), err
+						}
+						if err := pipeline.DropDeadLetter(ctx, bus.JetStream(), seq); err != nil {
+							return "dropped: " + strings.Join(dropped, ", "), err
+						}
+						dropped = append(dropped, strconv.FormatUint(seq, 10))
+						fmt.Fprintf(g.stdout, "dead letter %d dropped\n", seq)
 					}
-					if err := pipeline.DropDeadLetter(ctx, bus.JetStream(), seq); err != nil {
-						return err
-					}
-					fmt.Fprintf(g.stdout, "dead letter %d dropped\n", seq)
-				}
-				return nil
+					return "dropped: " + strings.Join(dropped, ", "), nil
+				})
 			})
 		},
 	}

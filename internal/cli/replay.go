@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/audit"
 	"github.com/duplex-cdc/duplex/internal/ops"
 	"github.com/duplex-cdc/duplex/internal/progress"
 	"github.com/spf13/cobra"
@@ -46,8 +47,7 @@ none runs, this command runs the flow until it caught up.`,
 			if err != nil {
 				return err
 			}
-			f := cfg.Flow(flow)
-			if f == nil {
+			if cfg.Flow(flow) == nil {
 				return fmt.Errorf("replay: no flow %q in %s", flow, t.cfgPath)
 			}
 			var from app.ReplayFrom
@@ -69,6 +69,7 @@ none runs, this command runs the flow until it caught up.`,
 				return fmt.Errorf("replay: %w", err)
 			}
 			if live {
+				// The running duplex records the replay in DUPLEX_AUDIT.
 				return replayRunning(ctx, g, &t, st, flow, from)
 			}
 			bus, err := app.OpenBus(ctx, cfg, t.dataDir, nil, true)
@@ -76,17 +77,20 @@ none runs, this command runs the flow until it caught up.`,
 				return err
 			}
 			defer bus.Close()
-			fmt.Fprintf(g.stdout, "no running duplex answered on %s: replaying %s here\n", t.listen, flow)
-			bar := progressFor(g, "replay "+flow)
-			counts, err := app.ReplayOffline(ctx, cfg, bus, flow, from, g.logger(), func(p app.ReplayProgress) {
-				bar(int64(p.Total-min(p.Pending, p.Total)), int64(p.Total))
+			return audited(ctx, g, cfg, bus, "replay", func() (string, error) {
+				fmt.Fprintf(g.stdout, "no running duplex answered on %s: replaying %s here\n", t.listen, flow)
+				bar := progressFor(g, "replay "+flow)
+				counts, err := app.ReplayOffline(ctx, cfg, bus, flow, from, g.logger(), func(p app.ReplayProgress) {
+					bar(int64(p.Total-min(p.Pending, p.Total)), int64(p.Total))
+				})
+				if err != nil {
+					return "", err
+				}
+				done := fmt.Sprintf("replay of %s done: %d events re-read, %d applied, %d skipped (already in the target), %d dead-lettered",
+					flow, counts.Applied+counts.Skipped+counts.DeadLetters, counts.Applied, counts.Skipped, counts.DeadLetters)
+				fmt.Fprintf(g.stdout, "\n%s\n", done)
+				return done, nil
 			})
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "\nreplay of %s done: %d events re-read, %d applied, %d skipped (already in the target), %d dead-lettered\n",
-				flow, counts.Applied+counts.Skipped+counts.DeadLetters, counts.Applied, counts.Skipped, counts.DeadLetters)
-			return nil
 		},
 	}
 	t.flags(c)
@@ -129,7 +133,8 @@ func replayRunning(ctx context.Context, g *globals, t *tool, before *app.Status,
 	if b0 == nil {
 		return fmt.Errorf("replay: the running duplex has no flow %s", flow)
 	}
-	body, _ := json.Marshal(ops.ReplayRequest{Flow: flow, FromSeq: from.Seq, Since: from.Time})
+	user, host := who()
+	body, _ := json.Marshal(ops.ReplayRequest{Flow: flow, FromSeq: from.Seq, Since: from.Time, User: user, Host: host, Args: audit.RedactArgs(g.args, t.cfg.Secrets()...)})
 	resp, err := t.do(ctx, http.MethodPost, "/api/replay", bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("replay: ask the running duplex: %w", err)

@@ -97,12 +97,18 @@ type SystemConfig struct {
 	Publication string `yaml:"publication"`
 	// ChunkSize is the number of changes per message (default 500).
 	ChunkSize int `yaml:"chunk_size"`
+	// SnapshotChunk is the number of rows per chunk of the initial
+	// snapshot (default 500); each chunk is one message.
+	SnapshotChunk int `yaml:"snapshot_chunk"`
 	// Snapshot: "initial" (default) copies the existing rows of the
 	// mapped tables when the slot is first created; "never" does not.
 	Snapshot string `yaml:"snapshot"`
 	// WALWarnBytes: duplex warns when the slot retains more WAL than this
 	// (default 1 GiB; 0 in the file means the default, -1 never warns).
 	WALWarnBytes int64 `yaml:"wal_warn_bytes"`
+	// RequireTLS refuses a dsn that is not verified TLS (sslmode=verify-full
+	// or verify-ca; see PostgresTLS) instead of warning at start.
+	RequireTLS bool `yaml:"require_tls"`
 }
 
 // Flow is one direction.
@@ -194,6 +200,9 @@ func (c *Config) Validate() error {
 		if s == nil || s.DSN == "" {
 			bad("systems.%s: dsn is empty (set it, or the environment variable it names)", name)
 			continue
+		}
+		if err := s.checkTLS(name); err != nil {
+			errs = append(errs, err)
 		}
 		if s.Slot == "" {
 			s.Slot = "duplex_" + name

@@ -332,7 +332,7 @@ func Run(ctx context.Context, o Options) (bool, error) {
 	defer env.Close()
 	fmt.Fprintf(out, "  CRM  %s\n  ERP  %s\n", env.CRM.DSN("crm"), env.ERP.DSN("erp"))
 	lat := &Latencies{}
-	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger,
+	a, err := app.Start(ctx, app.Options{Config: env.Config, DataDir: env.Config.DataDir, Logger: o.Logger, Demo: true,
 		OnApplied: func(_ string, txs []*transform.Tx, at time.Time) { lat.Add(txs, at) }})
 	if err != nil {
 		return false, err

@@ -11,6 +11,9 @@
 //     removed by Cluster.Close;
 //   - the NATS store directory when the caller did not supply one.
 //
+// A cluster can run with ssl = on and a certificate the caller made
+// (ClusterOptions.TLS), for tests of TLS to PostgreSQL.
+//
 // Clusters can be stopped cleanly (Stop), crashed (Kill) and started again
 // on the same data directory and port (Start), so tests can inject faults.
 // When the process runs as root, every PostgreSQL program runs as the

@@ -40,6 +40,17 @@ type ClusterOptions struct {
 	// except port and unix_socket_directories, which the harness owns.
 	Settings map[string]string
 	Logger   *slog.Logger // optional
+	// TLS, when set, turns ssl on with this certificate and key (PEM),
+	// written into the data directory as server.crt and server.key
+	// (mode 0600, owned by the server's OS user, as PostgreSQL requires
+	// of the key). Plain connections are still accepted (pg_hba.conf's
+	// host lines match both).
+	TLS *ServerTLS
+}
+
+// ServerTLS is a server certificate (chain) and its private key, PEM.
+type ServerTLS struct {
+	CertPEM, KeyPEM []byte
 }
 
 // Cluster is a throwaway PostgreSQL cluster in its own temporary directory.
@@ -94,6 +105,13 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if err := copyTree(tmpl, c.DataDir()); err != nil {
 		return nil, fmt.Errorf("copy template %s: %w", tmpl, err)
 	}
+	if opts.TLS != nil {
+		for name, b := range map[string][]byte{"server.crt": opts.TLS.CertPEM, "server.key": opts.TLS.KeyPEM} {
+			if err := os.WriteFile(filepath.Join(c.DataDir(), name), b, 0o600); err != nil {
+				return nil, fmt.Errorf("write %s: %w", name, err)
+			}
+		}
+	}
 	if err := own.chownTree(dir); err != nil {
 		return nil, err
 	}
@@ -111,6 +129,11 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		"max_connections":        "200",
 		"log_min_messages":       "warning",
 		"wal_sender_timeout":     "60s",
+	}
+	if opts.TLS != nil {
+		settings["ssl"] = "on"
+		settings["ssl_cert_file"] = "server.crt" // relative to the data directory
+		settings["ssl_key_file"] = "server.key"
 	}
 	maps.Copy(settings, opts.Settings)
 	settings["unix_socket_directories"] = dir

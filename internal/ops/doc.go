@@ -19,6 +19,9 @@
 //
 // It does not own what it shows: internal/app computes the status (dead
 // letters as references, never payloads), the readiness (its database
-// checks are cached) and performs replays. It never logs or returns the
+// checks are cached) and performs replays. A replay asked over HTTP is
+// recorded in DUPLEX_AUDIT (internal/audit) with who asked, as the
+// request declares it, and the remote address; it is refused (503) when
+// the audit stream cannot be reached. It never logs or returns the
 // token.
 package ops

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/duplex-cdc/duplex/internal/app"
+	"github.com/duplex-cdc/duplex/internal/audit"
 )
 
 //go:embed page.html
@@ -260,6 +261,12 @@ type ReplayRequest struct {
 	Flow    string    `json:"flow"`
 	FromSeq uint64    `json:"from_seq,omitempty"`
 	Since   time.Time `json:"since,omitempty"`
+	// User, Host and Args are who asked, as the client declares them
+	// (duplex replay sends its OS user, host name and command line), for
+	// the audit record; the listener adds the request's remote address.
+	User string   `json:"user,omitempty"`
+	Host string   `json:"host,omitempty"`
+	Args []string `json:"args,omitempty"`
 }
 
 func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
@@ -283,13 +290,61 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "flow and one of from_seq or since are required"})
 		return
 	}
-	if err := s.app.Replay(r.Context(), req.Flow, app.ReplayFrom{Seq: req.FromSeq, Time: req.Since}); err != nil {
+	// An operator action is audited (DUPLEX_AUDIT): no record, no action.
+	if err := s.app.AuditReady(r.Context()); err != nil {
+		s.log.Error("replay requested over HTTP refused: the audit stream cannot be reached", slog.Any("error", err))
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "nothing done: the audit stream " + audit.Stream + " cannot be reached"})
+		return
+	}
+	err = s.app.Replay(r.Context(), req.Flow, app.ReplayFrom{Seq: req.FromSeq, Time: req.Since})
+	s.auditReplay(r, req, err)
+	if err != nil {
 		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 		return
 	}
 	s.log.Info("replay requested over HTTP", slog.String("flow", req.Flow), slog.String("from_seq", strconv.FormatUint(req.FromSeq, 10)),
 		slog.Time("since", req.Since), slog.String("remote", r.RemoteAddr))
 	writeJSON(w, http.StatusAccepted, map[string]string{"status": "replaying", "flow": req.Flow})
+}
+
+// auditReplay records a replay asked over HTTP, and its outcome (the
+// replay started, or why not), in DUPLEX_AUDIT and the log.
+func (s *Server) auditReplay(r *http.Request, req ReplayRequest, replayErr error) {
+	rec := audit.Record{Time: time.Now().UTC(), Command: "replay", User: req.User, Host: req.Host, Outcome: audit.OK}
+	if rec.User == "" {
+		rec.User = "unknown"
+	}
+	if rec.Host == "" {
+		rec.Host, _, _ = net.SplitHostPort(r.RemoteAddr)
+	}
+	rec.Args = req.Args
+	if len(rec.Args) == 0 {
+		rec.Args = []string{"POST", "/api/replay", "flow=" + req.Flow}
+		if req.FromSeq > 0 {
+			rec.Args = append(rec.Args, "from_seq="+strconv.FormatUint(req.FromSeq, 10))
+		}
+		if !req.Since.IsZero() {
+			rec.Args = append(rec.Args, "since="+req.Since.UTC().Format(time.RFC3339Nano))
+		}
+	}
+	secrets := s.app.Secrets()
+	rec.Args = audit.RedactArgs(rec.Args, secrets...)
+	rec.Detail = "asked over HTTP from " + r.RemoteAddr + " (user and host as the client declared them): the running duplex started the replay of " + req.Flow
+	if replayErr != nil {
+		rec.Outcome = audit.Failed
+		rec.Detail = "asked over HTTP from " + r.RemoteAddr + ": " + replayErr.Error()
+	}
+	rec.Detail = audit.Secrets(rec.Detail, secrets...)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 15*time.Second)
+	defer cancel()
+	attrs := []any{slog.String("user", rec.User), slog.String("host", rec.Host), slog.String("command", rec.Command),
+		slog.String("args", strings.Join(rec.Args, " ")), slog.String("outcome", rec.Outcome), slog.String("detail", rec.Detail)}
+	seq, err := s.app.Audit(ctx, rec)
+	if err != nil {
+		s.log.Error("operator action: its audit record could not be stored in "+audit.Stream, append(attrs, slog.Any("error", err))...)
+		return
+	}
+	s.log.Info("operator action", append(attrs, slog.Uint64("audit_seq", seq))...)
 }
 
 // Content security policies: the page runs only its own inline script

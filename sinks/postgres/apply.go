@@ -71,10 +71,6 @@ func (s *Sink) begin(ctx context.Context) (pgx.Tx, transform.Position, error) {
 	if err != nil {
 		return nil, transform.Position{}, classify(fmt.Errorf("sink %s: begin: %w", s.cfg.System, err), -1, -1)
 	}
-	if err := s.deferConstraints(ctx, tx); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return nil, transform.Position{}, classify(err, -1, -1)
-	}
 	applied, err := Position(ctx, tx, s.cfg.Flow)
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
@@ -122,6 +118,9 @@ type change struct {
 	row    *transform.Row
 	ti, ei int // transaction and event in the batch
 	ev     *transform.Event
+	// copied: the row comes from a snapshot or backfill chunk (a row the
+	// source has), not from a change it streamed.
+	copied bool
 }
 
 // collect returns the changes of txs not yet applied, in source order,
@@ -173,7 +172,7 @@ func (s *Sink) collect(txs []*transform.Tx, applied transform.LSN, seen *transfo
 				res.Applied++ // it only reports an edit in its source
 				continue
 			}
-			changes = append(changes, change{row: row, ti: ti, ei: ei, ev: ev})
+			changes = append(changes, change{row: row, ti: ti, ei: ei, ev: ev, copied: t.Snapshot})
 			res.Applied++
 		}
 	}

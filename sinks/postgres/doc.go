@@ -19,7 +19,10 @@
 // values and the event's unchanged values, which never overwrite an
 // existing row. Rows of an entity whose key the target owns are never
 // created by the sink, only updated: such a row is born in the target, and
-// one that is gone there was deleted there. The position lives in
+// one that is gone there was deleted there. A streamed change of such a row
+// is left out; a copied one (the other system's snapshot or a backfill) is
+// a row the other system created, and is refused as an ownership violation
+// (dead letter naming system, entity and key). The position lives in
 // the target database so that a backup of it carries the position too. A
 // source transaction too large to hold whole is applied chunk by chunk in
 // one target transaction (PartSink).
@@ -27,8 +30,8 @@
 // Entities are written parents first and deleted children first, by the
 // mapping's refs and by the target's foreign keys between the entities the
 // flow writes (transform.Mapping.WriteOrder); foreign keys that form a
-// cycle are set DEFERRED in each apply transaction when they are
-// DEFERRABLE (the mapping is refused otherwise). A batch that fails on a
+// cycle are left out of the order, since the sink checks every foreign key
+// itself at the end of the transaction (fkcheck.go). A batch that fails on a
 // unique violation is applied again one source transaction at a time, and
 // a transaction that still fails, change by change in source order: values
 // swapped between rows, or freed by a delete and taken by an insert, fit
@@ -68,8 +71,8 @@
 // key column: ON CONFLICT (a, b), joins on unnest of one text array per
 // key column), lookup.go (references),
 // sharedfields.go (shared-field versions), unique.go (moved unique
-// values), isolate.go (row by row under savepoints), order.go (write order
-// and deferred foreign keys), errors.go (classification), fkcheck.go
+// values), isolate.go (row by row under savepoints), order.go (write
+// order), errors.go (classification), fkcheck.go
 // (foreign keys checked by the sink), ownership.go (enforce: owner,
 // sequence: follow).
 package postgres

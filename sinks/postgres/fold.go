@@ -31,6 +31,8 @@ type pendingRow struct {
 	// it (a copied row carries recorded versions), else source.
 	at   map[string]time.Time
 	from map[string]string
+	// copied: the last change is a row copied by a snapshot or backfill.
+	copied bool
 	// redo: the change comes late (a held entity read again, a retried
 	// dead letter); what duplex wrote to the row meanwhile is not a local
 	// write newer than it.
@@ -132,7 +134,7 @@ func (s *Sink) fold(b *entityBatch, k string, c change) error {
 			Err: fmt.Errorf("entity %s: two source keys land on one target row: %s and %s are one value of key column %s of %s, which cannot hold both rows; the %s of %s is refused, the row of %s is kept",
 				row.Entity.Name, prev.srcKey, ev.Key, strings.Join(t.KeyColumns(), ", "), t.QualifiedTable(), row.Op, ev.Key, prev.srcKey)}
 	}
-	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete, source: ev.Source, redo: ev.Redo, srcKey: ev.Key}
+	p := &pendingRow{row: row, tx: ti, ev: ei, deleted: row.Op == transform.OpDelete, source: ev.Source, redo: ev.Redo, srcKey: ev.Key, copied: c.copied}
 	if prev != nil {
 		p.released = prev.released
 		if prev.deleted && prev.srcKey != ev.Key {

@@ -62,7 +62,7 @@ func (s *Sink) connect(ctx context.Context) error {
 	if err := CheckDefaults(ctx, conn, s.cfg.Mapping, s.cfg.System, cat); err != nil {
 		return fail("mapping does not fit the database", err)
 	}
-	order, deferred, err := s.writeOrder(cat)
+	order, _, err := s.writeOrder(cat)
 	if err != nil {
 		return fail("write order", err)
 	}
@@ -71,7 +71,7 @@ func (s *Sink) connect(ctx context.Context) error {
 		return fail("read foreign keys", err)
 	}
 	s.conn, s.catalog, s.stmts, s.fks, s.sequences = conn, cat, map[string]string{}, fks, nil
-	s.order, s.deferred = order, deferred
+	s.order = order
 	s.log.Info("sink session started", slog.String("origin", s.cfg.Origin))
 	return nil
 }

@@ -73,10 +73,7 @@ type Sink struct {
 	conn    *pgx.Conn
 	catalog *transform.Catalog
 	order   []*transform.Entity // parents before children
-	// deferred: deferrable foreign keys of a cycle, set DEFERRED in each
-	// apply transaction (order.go).
-	deferred []transform.ForeignKey
-	stmts    map[string]string
+	stmts   map[string]string
 	// release: entities whose source-assigned unique values were seen to
 	// move (a unique violation); from then on stale holders are cleared
 	// before each write (releaseUnique).

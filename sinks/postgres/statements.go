@@ -18,10 +18,18 @@ import (
 	"github.com/duplex-cdc/duplex/transform"
 )
 
+// castType is the type a column's values are cast to. A column the
+// session's catalog does not know (added to the target after the session
+// read it, or dropped from it) is a transient error that marks the
+// catalog stale: the next attempt starts a session that reads it again,
+// so a column added meanwhile is found, and one really gone keeps the
+// flow retrying with its lag visible until the column is back (as the
+// soak's "mapped column dropped then restored" fault does).
 func (s *Sink) castType(t *transform.TableMap, column string) (string, error) {
 	ti := s.catalog.Tables[t.QualifiedTable()]
 	if ti == nil || ti.Columns[column] == nil {
-		return "", fmt.Errorf("sink %s: column %s of %s is not in the catalog", s.cfg.System, column, t.QualifiedTable())
+		s.stale = true
+		return "", fmt.Errorf("sink %s: column %s of %s is not in the catalog read at the session's start (reading it again)", s.cfg.System, column, t.QualifiedTable())
 	}
 	return ti.Columns[column].CastType, nil
 }

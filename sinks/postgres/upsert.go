@@ -185,8 +185,22 @@ func (s *Sink) checkGuards(ctx context.Context, tx pgx.Tx, e *transform.Entity, 
 // event is refused with the reason (a dead letter), or skipped like any
 // update of a row born here.
 func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity, t *transform.TableMap, rows []*pendingRow) error {
-	if ko := e.KeyOwner(); ko != rows[0].source && ko != transform.OwnerBoth {
+	ownKey := e.KeyOwner() == s.cfg.System
+	if ko := e.KeyOwner(); ko != rows[0].source && ko != transform.OwnerBoth && !ownKey {
 		return nil
+	}
+	if ownKey {
+		// The target owns the key: a streamed change of a row it does
+		// not have (deleted here while the change was on its way) is
+		// left out, since the delete travels the other way too. A row
+		// copied from the other system (its snapshot or a backfill) is a
+		// row that system has and the owner does not: one the other
+		// system created (issue 11, case 10). It is refused, never
+		// created here and never dropped silently.
+		rows = slices.DeleteFunc(slices.Clone(rows), func(p *pendingRow) bool { return !p.copied })
+		if len(rows) == 0 {
+			return nil
+		}
 	}
 	match, err := s.keyMatch(t, "t", "u", "k")
 	if err != nil {
@@ -220,6 +234,11 @@ func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 		return nil
 	}
 	for _, p := range rows {
+		if p.row.Key == missing[0] && ownKey {
+			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+				Err: fmt.Errorf("copied by %s's snapshot or a backfill, the row is not in %s: %w", p.source, s.cfg.System,
+					&transform.OwnershipError{System: p.source, Table: e.Tables[p.source].QualifiedTable(), Entity: e.Name, Key: p.row.Key, Owner: s.cfg.System, Op: "insert"})}
+		}
 		if p.row.Key == missing[0] && len(p.row.Unknown) > 0 {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
 				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the change left %v unchanged (unchanged TOAST) without their values: neither the old row (REPLICA IDENTITY FULL) nor the source row, read again by key, gave them (deleted since?), so the row is not created with them NULL",
