@@ -47,8 +47,10 @@ func TestBench_SmallShapeTable(t *testing.T) {
 			t.Errorf("%s: %d rows in %s, want 395 rows in a positive span", side, m.Rows, m.Span)
 		}
 	}
-	if row.Duplex[0].PeakRSS <= 0 || row.Duplex[0].DuplexCPU <= 0 && row.Duplex[0].PGCPU <= 0 {
-		t.Errorf("duplex: peak RSS %d, CPU duplex %s PostgreSQL %s; want them measured", row.Duplex[0].PeakRSS, row.Duplex[0].DuplexCPU, row.Duplex[0].PGCPU)
+	// CPU is read in clock ticks (10 ms) over the timed span, which at
+	// this scale can be shorter than one tick: only the RSS is asserted.
+	if row.Duplex[0].PeakRSS <= 0 {
+		t.Errorf("duplex: peak RSS %d; want it measured", row.Duplex[0].PeakRSS)
 	}
 	s := out.String()
 	head := strings.Index(s, bench.ShapeTableColumns[0]+" ")

@@ -174,6 +174,12 @@ flows:
     batch: 256
     max_wait_attempts: 4
 `, mpath, f.nats.URL(), f.id)
+	// The example marks personal fields pii: true: a key of the test's own.
+	keys := filepath.Join(f.dir, "pii.keys")
+	if err := os.WriteFile(keys, []byte(piiKey("k1", byte(n))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg += fmt.Sprintf("pii:\n  keys_file: %s\n", keys)
 	f.cfgPath = filepath.Join(f.dir, "duplex.yaml")
 	if err := os.WriteFile(f.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -60,8 +60,13 @@ type ApplierConfig struct {
 	Mapping      *transform.Mapping
 	Target       string
 	MaxClockSkew time.Duration
-	Logger       *slog.Logger
-	Stats        *FlowStats
+	// PII opens the sealed personal fields of events before they are
+	// applied, and seals them again in dead letters; an event it cannot
+	// open is dead-lettered with the reason. Nil: an event carrying a
+	// sealed value is applied as it is, and fails to convert.
+	PII    FieldCipher
+	Logger *slog.Logger
+	Stats  *FlowStats
 	// OnApplied, when set, is called after each committed batch.
 	OnApplied func(txs []*transform.Tx, committed time.Time)
 	// OnBatch, when set, is called after each committed batch with its

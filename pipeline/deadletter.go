@@ -284,6 +284,14 @@ func (a *Applier) deadLetter(ctx context.Context, tx *transform.Tx, ei int, caus
 	if ev.DataRef != nil {
 		ev.Data = nil // it stays in the object store: a dead letter must fit a message
 	}
+	if a.cfg.PII != nil && ev.Data != nil {
+		// Personal fields stay sealed in a dead letter (the flow opened
+		// them to apply); Seal leaves the applied event's map alone.
+		if err := a.cfg.PII.Seal(&ev); err != nil {
+			ev.Data = nil
+			cause = fmt.Errorf("%w (the change is not kept: %s)", cause, err.Error())
+		}
+	}
 	dl := &DeadLetter{Flow: a.cfg.Flow, Stage: "apply", Source: ev.Source, Entity: ev.Entity, Key: ev.Key, Position: ev.Pos,
 		Error: cause.Error(), Attempts: attempts, FailedAt: time.Now().UTC(), Event: &ev}
 	a.log.Error("event dead-lettered", slog.String("event", ev.ID), slog.String("entity", ev.Entity), slog.String("key", ev.Key), slog.Any("error", cause))
@@ -309,7 +317,7 @@ func (a *Applier) deadLetterRaw(ctx context.Context, m jetstream.Msg, cause erro
 
 func (p *producer) deadLetter(ctx context.Context, c *capture.Chunk, index int, ch *capture.Change, cause error) error {
 	system := p.src.System()
-	dl := &DeadLetter{Flow: "capture-" + system, Stage: "capture", Source: system, Error: cause.Error(), FailedAt: time.Now().UTC(), Change: ch,
+	dl := &DeadLetter{Flow: "capture-" + system, Stage: "capture", Source: system, Error: cause.Error(), FailedAt: time.Now().UTC(), Change: mappedOnly(p.cfg.Mapping, system, ch),
 		Position: transform.Position{LSN: c.Tx.CommitLSN, CommitTime: c.Tx.CommitTime, Xid: c.Tx.Xid, Index: index}}
 	var fe *transform.FieldError
 	var oe *transform.OwnershipError

@@ -60,7 +60,9 @@
 // applier.go (the flow's session loop and apply), largetx.go (transactions
 // applied in parts), retry.go (backoff, isolating a failing event),
 // deadletter.go and dlqretry.go (dead letters and their retry rules),
-// sink.go (what a sink must offer), stats.go, permissions.go (the NATS
+// sink.go (what a sink must offer), pii.go (the FieldCipher that seals
+// personal fields before publishing and opens them before applying, and
+// what a capture-stage dead letter keeps of a row), stats.go, permissions.go (the NATS
 // identities duplex connects as, operator, capture-<source> and
 // flow-<name>, and the subjects each may use), sign.go (signatures of
 // DUPLEX messages, and what a flow refuses), incomplete.go (transactions

@@ -372,8 +372,10 @@ func readObject(ctx context.Context, obs jetstream.ObjectStore, stream jetstream
 }
 
 // resolve reads back the Data of the events of tx stored in the object
-// store. An object that is gone (expired with the stream's max age) is
-// dead-lettered and its event left out; any other failure is returned.
+// store, and opens their sealed personal fields (ApplierConfig.PII). An
+// object that is gone (expired with the stream's max age), or a value that
+// does not open, is dead-lettered and its event left out; any other
+// failure is returned.
 func (a *Applier) resolve(ctx context.Context, tx *transform.Tx) error {
 	for i := 0; i < len(tx.Events); i++ {
 		ev := &tx.Events[i]
@@ -384,6 +386,19 @@ func (a *Applier) resolve(ctx context.Context, tx *transform.Tx) error {
 			err = fmt.Errorf("event %s: %s in %s: the event names no digest of the object: %w", ev.ID, ev.DataRef.Object, ev.DataRef.Bucket, jetstream.ErrDigestMismatch)
 		} else {
 			err = resolveData(ctx, a.js, &a.large, ev)
+		}
+		if err == nil && a.cfg.PII != nil {
+			// A personal field the flow cannot open (a key id it lacks,
+			// a value that does not authenticate) is never applied as
+			// ciphertext: its event is dead-lettered, as it came.
+			if err := a.cfg.PII.Open(ev); err != nil {
+				if err := a.deadLetter(ctx, tx, i, err, 1); err != nil {
+					return err
+				}
+				tx.Events = append(tx.Events[:i:i], tx.Events[i+1:]...)
+				i--
+				continue
+			}
 		}
 		if err == nil {
 			continue

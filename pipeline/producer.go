@@ -32,6 +32,10 @@ type ProducerConfig struct {
 		// copied rows (snapshot, backfill).
 		Lookup(ctx context.Context, events []transform.Event) error
 	}
+	// PII, when set, seals the personal fields (pii: true) of every event
+	// before it is published (after the versions of shared fields were
+	// recorded from their clear values).
+	PII FieldCipher
 	// Holds, when set, keeps entities held because their source table no
 	// longer fits the mapping; without it such a change is dead-lettered.
 	Holds Holds
@@ -408,6 +412,13 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 	if p.cfg.Versions != nil && c.Tx.Snapshot && len(tx.Events) > 0 {
 		if err := p.cfg.Versions.Lookup(ctx, tx.Events); err != nil {
 			return err
+		}
+	}
+	if p.cfg.PII != nil {
+		for i := range tx.Events {
+			if err := p.cfg.PII.Seal(&tx.Events[i]); err != nil {
+				return fmt.Errorf("capture %s: %w", system, err)
+			}
 		}
 	}
 	// Every chunk of a transaction read again for a fixed entity is

@@ -150,6 +150,10 @@ func TestRunCapture_DeadLettersWhatCannotBeNormalized(t *testing.T) {
 	tx := capture.TxInfo{System: "crm", CommitLSN: 100, EndLSN: 110, CommitTime: time.Now(), Xid: 1}
 	bad := account("0d3f5a8e-1111-4c59-9d1b-2d7b6c1f0b01", "1")
 	bad.New["credit_limit"] = capture.Special("NaN")
+	// A personal column (email is pii: true) and one the mapping does not
+	// map: neither is kept in the dead letter.
+	bad.New["email"] = "secret.person@example.com"
+	bad.New["internal_note"] = "not mapped"
 	src := &fakeSource{chunks: []*capture.Chunk{{Tx: tx, Last: true, Changes: []capture.Change{bad, account("0d3f5a8e-1111-4c59-9d1b-2d7b6c1f0b02", "5")}}}, done: make(chan struct{})}
 	runProducer(t, js, m, src)
 	s, err := js.Stream(context.Background(), pipeline.DLQStream)
@@ -165,7 +169,11 @@ func TestRunCapture_DeadLettersWhatCannotBeNormalized(t *testing.T) {
 		t.Fatal(err)
 	}
 	if dl.Stage != "capture" || dl.Entity != "customer" || dl.Key != "0d3f5a8e-1111-4c59-9d1b-2d7b6c1f0b01" || dl.Change == nil {
-		t.Errorf("dead letter = %+v", dl)
+		t.Fatalf("dead letter = %+v", dl)
+	}
+	if _, ok := dl.Change.New["internal_note"]; ok || dl.Change.New["email"] != "(pii: not kept)" || dl.Change.New["id"] != "0d3f5a8e-1111-4c59-9d1b-2d7b6c1f0b01" ||
+		strings.Contains(string(msg.Data), "secret.person") {
+		t.Errorf("capture dead letter keeps %v, want the mapped columns only, the personal one not kept", dl.Change.New)
 	}
 	if got := src.confirmed(); len(got) != 1 || got[0] != 110 {
 		t.Errorf("confirmed %v: the transaction must still be confirmed after its bad change was dead-lettered", got)

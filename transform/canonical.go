@@ -36,7 +36,7 @@ func (m *Mapping) canonical(e *Entity, f *Field, c *ColumnMap, row capture.Row, 
 		v = u.Value // the value it holds (normalize marks it unchanged)
 	}
 	fail := func(err error) (any, error) {
-		return nil, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: describe(v), Err: err}
+		return nil, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: describe(v), PII: f.PII, Err: err}
 	}
 	if v == nil {
 		return nil, nil

@@ -156,7 +156,7 @@ func (m *Mapping) Denormalize(ev *Event, system string) (*Row, error) {
 		if c.CurrencyColumn != "" && v != nil {
 			mv, _ := moneyOf(v)
 			if prev, ok := currencyCols[c.CurrencyColumn]; ok && prev != mv.Currency {
-				return nil, &FieldError{Entity: e.Name, Key: ev.Key, Field: f.Name, Value: describe(v),
+				return nil, &FieldError{Entity: e.Name, Key: ev.Key, Field: f.Name, Value: describe(v), PII: f.PII,
 					Err: fmt.Errorf("currency %s differs from %s that another amount puts in column %s", mv.Currency, prev, c.CurrencyColumn)}
 			}
 			currencyCols[c.CurrencyColumn] = mv.Currency
@@ -233,7 +233,7 @@ func (m *Mapping) targetText(e *Entity, f *Field, c *ColumnMap, v any, key strin
 		return out, nil
 	}
 	fail := func(err error) (ColValue, error) {
-		return ColValue{}, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: describe(v), Err: err}
+		return ColValue{}, &FieldError{Entity: e.Name, Key: key, Field: f.Name, Value: describe(v), PII: f.PII, Err: err}
 	}
 	if c.Ref != nil {
 		s, ok := v.(string)

@@ -1,6 +1,10 @@
 package transform
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/duplex-cdc/duplex/internal/redact"
+)
 
 // FieldError is a conversion that cannot be done exactly. It names entity,
 // key, field and value so that an operator can find the row.
@@ -9,11 +13,15 @@ type FieldError struct {
 	Key    string
 	Field  string
 	Value  string
-	Err    error
+	// PII says the field is personal (pii: true): Error masks Value.
+	PII bool
+	Err error
 }
 
+// Error names entity, key and field, and the value cut to
+// redact.MaxValue characters, or masked for a personal field.
 func (e *FieldError) Error() string {
-	return fmt.Sprintf("entity %s key %s field %s value %q: %v", e.Entity, e.Key, e.Field, e.Value, e.Err)
+	return fmt.Sprintf("entity %s key %s field %s value %q: %v", e.Entity, e.Key, e.Field, redact.Field(e.Value, e.PII), e.Err)
 }
 
 func (e *FieldError) Unwrap() error { return e.Err }

@@ -101,6 +101,11 @@ type Field struct {
 	Owner string `yaml:"owner"`
 	// Values lists the canonical values of an enum field.
 	Values []string `yaml:"values"`
+	// PII marks personal data (pii: true): its value is encrypted on the
+	// bus (internal/pii), masked in logs and errors, and never kept in
+	// clear in a dead letter. A key field cannot be personal: the key
+	// orders, holds and names events.
+	PII bool `yaml:"pii"`
 }
 
 // TableMap says how one system stores an entity.
@@ -316,6 +321,28 @@ func (m *Mapping) Entity(name string) *Entity {
 // Field returns the field of that name, or nil.
 func (e *Entity) Field(name string) *Field { return e.fieldByName[name] }
 
+// HasPII reports whether any field is marked pii: true.
+func (m *Mapping) HasPII() bool {
+	for _, e := range m.Entities {
+		for _, f := range e.Fields {
+			if f.PII {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// PIIField reports whether entity's field is marked pii: true.
+func (m *Mapping) PIIField(entity, field string) bool {
+	if e := m.Entity(entity); e != nil {
+		if f := e.Field(field); f != nil {
+			return f.PII
+		}
+	}
+	return false
+}
+
 // Validate checks the mapping on its own, without a database, and reports
 // every problem it finds.
 func (m *Mapping) Validate() error {
@@ -377,6 +404,8 @@ func (m *Mapping) Validate() error {
 				bad("entity %s: key %q is not one of its fields", e.Name, k)
 			case slices.Index(e.Key, k) != i:
 				bad("entity %s: key %s names field %s twice", e.Name, e.Key, k)
+			case e.fieldByName[k].PII:
+				bad("entity %s: key field %s cannot be pii: true (the key travels in clear: it orders, holds and names events)", e.Name, k)
 			case e.fieldByName[k].Owner != e.fieldByName[e.Key[0]].Owner:
 				bad("entity %s: key fields %s have different owners (%s: %s, %s: %s); the fields of a key are owned by the one system the entity lives in", e.Name, e.Key, e.Key[0], e.fieldByName[e.Key[0]].Owner, k, e.fieldByName[k].Owner)
 			}

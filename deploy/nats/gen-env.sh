@@ -25,6 +25,8 @@ printf '# Written by deploy/nats/gen-env.sh on %s. Secrets: keep private.\n' "$(
 printf 'POSTGRES_PASSWORD=%s\n' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
 printf 'DUPLEX_CRM_PASSWORD=%s\n' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
 printf 'DUPLEX_ERP_PASSWORD=%s\n' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+# The key of personal fields (pii.key_env), id k1: 32 random bytes in hex.
+printf 'DUPLEX_PII_KEYS=k1 %s\n' "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 for id in OPERATOR CAPTURE_CRM CAPTURE_ERP FLOW_TO_ERP FLOW_TO_CRM; do
 	out=$(nk -gen user -pubout 2>&1)
 	seed=$(printf '%s\n' "$out" | grep -E '^SU[A-Z2-7]{56}$' | head -n 1)

@@ -27,6 +27,7 @@ import (
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/pgcatalog"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
+	"github.com/duplex-cdc/duplex/internal/pii"
 	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 	pgsink "github.com/duplex-cdc/duplex/sinks/postgres"
@@ -54,9 +55,13 @@ type App struct {
 	opts    Options
 	log     *slog.Logger
 	mapping *transform.Mapping
-	bus     *Bus
-	nc      *nats.Conn
-	js      jetstream.JetStream
+	// cipher seals and opens personal fields; fieldHash keys the hashes
+	// of duplex.field_versions (pii.go).
+	cipher    *pii.Cipher
+	fieldHash *pgstate.FieldHasher
+	bus       *Bus
+	nc        *nats.Conn
+	js        jetstream.JetStream
 	// captureJS and flowJS are the connections of each capture and flow
 	// (their own identities', or the operator's).
 	captureJS map[string]jetstream.JetStream
@@ -154,6 +159,9 @@ func warnSuperusers(log *slog.Logger, cfg *config.Config, cats map[string]*trans
 // preflight is PreflightReport, also returning the catalogs it read by
 // system.
 func preflight(ctx context.Context, cfg *config.Config, m *transform.Mapping) (cats map[string]*transform.Catalog, warnings []string, err error) {
+	if _, err := checkKeys(cfg, m); err != nil {
+		return nil, nil, err
+	}
 	cats = map[string]*transform.Catalog{}
 	var errs []error
 	for _, name := range sortedSystems(cfg) {
@@ -327,6 +335,10 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	cipher, fieldHash, err := personal(cfg, m, opts.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	if !opts.Demo {
 		warnings = append(TLSWarnings(cfg), warnings...)
 	}
@@ -341,7 +353,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			opts.Logger.Warn(w)
 		}
 	}
-	a := &App{opts: opts, log: opts.Logger, mapping: m, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
+	a := &App{opts: opts, log: opts.Logger, mapping: m, cipher: cipher, fieldHash: fieldHash, Sources: map[string]*pgcapture.Source{}, SrcStat: map[string]*pipeline.SourceStats{}, Flows: map[string]*pipeline.FlowStats{},
 		slots: slotWatch{last: map[string]pgcapture.SlotLag{}, warns: map[string]time.Time{}}, started: time.Now(), runners: map[string]*flowRunner{}}
 	for _, f := range cfg.Flows {
 		a.Flows[f.Name] = &pipeline.FlowStats{}
@@ -500,10 +512,11 @@ func (a *App) Run(ctx context.Context) error {
 	for _, name := range cfg.Sources() {
 		src, stats := a.Sources[name], a.SrcStat[name]
 		pc := pipeline.ProducerConfig{Mapping: a.mapping, Logger: a.log, Stats: stats, MaxChangeBytes: int(cfg.Stream.MaxChangeBytes),
-			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}, Room: a.retention, Signer: a.signers[name]}
+			Holds: &holdStore{system: name, dsn: cfg.Systems[name].DSN, mapping: a.mapping}, Room: a.retention, Signer: a.signers[name], PII: a.cipher}
 		for _, e := range a.mapping.Entities {
 			if len(e.SharedFields(name)) > 0 && e.Publishes(name) {
 				rec := pgstate.NewVersionRecorder(name, cfg.Systems[name].DSN, a.mapping)
+				rec.Hasher = a.fieldHash
 				defer rec.Close(context.WithoutCancel(ctx))
 				pc.Versions = rec
 				break
@@ -517,7 +530,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	}
 	for _, f := range cfg.Flows {
-		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, Logger: a.log, Slot: captureSlot(cfg, f.To)})
+		sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: a.mapping, FieldHash: a.fieldHash, Logger: a.log, Slot: captureSlot(cfg, f.To)})
 		if err != nil {
 			return errors.Join(err, stop())
 		}
@@ -538,7 +551,7 @@ func (a *App) Run(ctx context.Context) error {
 		// rewinds its consumer (pipeline.FlowPermissions).
 		ap, err := pipeline.NewApplier(a.flowJS[f.Name], pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch, MaxWaitAttempts: f.MaxWaitAttempts, MaxWait: f.MaxWait, Manage: a.js,
 			Verify: a.verifiers[f.From], Mapping: a.mapping, Target: f.To, MaxClockSkew: f.MaxClockSkew,
-			LargeTxChunks: f.LargeTxChunks, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})
+			LargeTxChunks: f.LargeTxChunks, PII: a.cipher, Logger: a.log, Stats: a.Flows[f.Name], OnApplied: onApplied, OnBatch: onBatch})
 		if err != nil {
 			return errors.Join(err, stop())
 		}

@@ -41,7 +41,8 @@ type Bus struct {
 	// connection).
 	operator identityAuth
 	log      *slog.Logger
-	// dataDir is the data directory (signing keys, signing.go).
+	// dataDir is the data directory given to OpenBus (signing keys,
+	// signing.go; the field-hash key).
 	dataDir string
 
 	mu    sync.Mutex

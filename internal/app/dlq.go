@@ -50,6 +50,17 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 	if tx == nil {
 		return out, pipeline.DropDeadLetter(ctx, js, seq)
 	}
+	cipher, fieldHash, err := personal(cfg, m, bus.dataDir)
+	if err != nil {
+		return out, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	// Personal fields stay sealed in the dead letter; opened only here,
+	// to apply.
+	for i := range tx.Events {
+		if err := cipher.Open(&tx.Events[i]); err != nil {
+			return out, fmt.Errorf("dead letter %d still fails: %w", seq, err)
+		}
+	}
 	// Dead letters are not signed (flows and captures publish them): what
 	// a retry writes is held to the mapping like anything a flow applies.
 	for i := range tx.Events {
@@ -57,7 +68,7 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 			return out, fmt.Errorf("dead letter %d cannot be retried: %w", seq, err)
 		}
 	}
-	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.ToolOrigin(), Mapping: m, Logger: log, Slot: captureSlot(cfg, f.To)})
+	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.ToolOrigin(), Mapping: m, FieldHash: fieldHash, Logger: log, Slot: captureSlot(cfg, f.To)})
 	if err != nil {
 		return out, err
 	}

@@ -18,15 +18,16 @@ func embeddedOptions(e config.Embedded, dataDir string, port int, log *slog.Logg
 	}
 	always, interval := e.SyncPolicy()
 	o := natsembed.Options{
-		StoreDir:     store,
-		Host:         e.Host,
-		Port:         port,
-		SyncAlways:   always,
-		SyncInterval: interval,
-		MaxPayload:   int32(e.MaxPayload), // config.Validate bounds it to 64 MiB
-		MaxStore:     e.MaxStore,
-		MaxMemory:    e.MaxMemory,
-		Logger:       log,
+		StoreDir:      store,
+		Host:          e.Host,
+		Port:          port,
+		SyncAlways:    always,
+		SyncInterval:  interval,
+		MaxPayload:    int32(e.MaxPayload), // config.Validate bounds it to 64 MiB
+		MaxStore:      e.MaxStore,
+		MaxMemory:     e.MaxMemory,
+		EncryptionKey: e.EncryptionKey,
+		Logger:        log,
 	}
 	for _, u := range e.Users {
 		user := natsembed.User{Name: u.User, Password: u.Password, Nkey: u.Nkey}

@@ -72,7 +72,11 @@ func replayHeld(ctx context.Context, cfg *config.Config, bus *Bus, f *config.Flo
 	if err != nil {
 		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
 	}
-	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: m, Logger: log, Slot: captureSlot(cfg, f.To)})
+	cipher, fieldHash, err := personal(cfg, m, bus.dataDir)
+	if err != nil {
+		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
+	}
+	sink, err := pgsink.New(pgsink.Config{Flow: f.Name, Source: f.From, System: f.To, DSN: cfg.Systems[f.To].DSN, Origin: f.Origin, Mapping: m, FieldHash: fieldHash, Logger: log, Slot: captureSlot(cfg, f.To)})
 	if err != nil {
 		return pipeline.FlowCounts{}, err
 	}
@@ -84,7 +88,7 @@ func replayHeld(ctx context.Context, cfg *config.Config, bus *Bus, f *config.Flo
 	stats := &pipeline.FlowStats{}
 	ap, err := pipeline.NewApplier(js, pipeline.ApplierConfig{Flow: f.Name, Source: f.From, Sink: sink, Batch: f.Batch,
 		Verify: verify, Mapping: m, Target: f.To, MaxClockSkew: f.MaxClockSkew,
-		MaxWaitAttempts: f.MaxWaitAttempts, LargeTxChunks: f.LargeTxChunks, Logger: log, Stats: stats})
+		MaxWaitAttempts: f.MaxWaitAttempts, LargeTxChunks: f.LargeTxChunks, PII: cipher, Logger: log, Stats: stats})
 	if err != nil {
 		return pipeline.FlowCounts{}, err
 	}

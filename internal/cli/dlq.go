@@ -9,8 +9,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/internal/app"
 	"github.com/duplex-cdc/duplex/internal/config"
+	"github.com/duplex-cdc/duplex/internal/pii"
+	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/spf13/cobra"
 )
@@ -73,9 +76,10 @@ func dlqCmd(g *globals) *cobra.Command {
 		}
 		return n, nil
 	}
+	var full bool
 	show := &cobra.Command{
 		Use:   "show SEQ",
-		Short: "Show one dead letter in full, with its event",
+		Short: "Show one dead letter with its event (values cut to 64 characters; personal fields stay sealed)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			seq, err := seqArg(args)
 			if err != nil {
@@ -86,10 +90,14 @@ func dlqCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if !full {
+					shortValues(d)
+				}
 				return writeJSON(g.stdout, d)
 			})
 		},
 	}
+	show.Flags().BoolVar(&full, "full", false, "print values uncut (personal fields stay sealed)")
 	retry := &cobra.Command{
 		Use:   "retry SEQ...",
 		Short: "Apply dead letters again after the data or the mapping was fixed (newer events of the same key win)",
@@ -163,4 +171,41 @@ func oneLine(s string, n int) string {
 		return s[:n-1] + "…"
 	}
 	return s
+}
+
+// shortValues cuts the values of a dead letter's event and change to
+// redact.MaxValue characters and shows a sealed personal value as
+// "(pii, sealed with key <id>)".
+func shortValues(d *pipeline.StoredDeadLetter) {
+	if d.Event != nil && d.Event.Data != nil {
+		data := make(map[string]any, len(d.Event.Data))
+		for k, v := range d.Event.Data {
+			data[k] = shortValue(v)
+		}
+		d.Event.Data = data
+	}
+	if d.Change != nil {
+		for _, r := range []capture.Row{d.Change.New, d.Change.Old} {
+			for k, v := range r {
+				r[k] = shortValue(v)
+			}
+		}
+	}
+}
+
+func shortValue(v any) any {
+	switch x := v.(type) {
+	case string:
+		return redact.Value(x)
+	case map[string]any:
+		if kid, ok := x["kid"].(string); ok && pii.IsSealed(x) {
+			return "(pii, sealed with key " + redact.Value(kid) + ")"
+		}
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = shortValue(e)
+		}
+		return out
+	}
+	return v
 }

@@ -22,6 +22,7 @@ type Config struct {
 	Stream  Stream                   `yaml:"stream"`
 	HA      HA                       `yaml:"ha"`
 	HTTP    HTTP                     `yaml:"http"`
+	PII     PII                      `yaml:"pii"`
 	Systems map[string]*SystemConfig `yaml:"systems"`
 	Flows   []*Flow                  `yaml:"flows"`
 
@@ -203,6 +204,7 @@ func (c *Config) Validate() error {
 	}
 	c.Stream.validate(bad)
 	c.HTTP.validate(bad)
+	c.PII.validate(bad)
 	switch {
 	case c.HA.LeaseTTL == 0:
 		c.HA.LeaseTTL = 10 * time.Second

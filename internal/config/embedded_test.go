@@ -50,6 +50,10 @@ flows:
 		{name: "extra user", nats: "embedded: {users: [{user: ops, password: pw}]}", wantAlways: true,
 			check: func(e Embedded) bool { return e.Enabled && len(e.Users) == 1 }},
 		{name: "embedded true", nats: "embedded: true", wantAlways: true, check: func(e Embedded) bool { return e.Enabled }},
+		{name: "encryption key", nats: "embedded: {encryption_key: a-random-secret-of-32-characters}", wantAlways: true,
+			check: func(e Embedded) bool { return e.EncryptionKey == "a-random-secret-of-32-characters" }},
+		{name: "encryption key from an unset variable", nats: "embedded:\n    encryption_key: ${DUPLEX_JS_KEY}", wantErr: "nats.embedded.encryption_key is empty"},
+		{name: "short encryption key", nats: "embedded: {encryption_key: short}", wantErr: "nats.embedded.encryption_key has 5 characters"},
 		{name: "external server ignores users", nats: "url: nats://nats:4222\n  embedded: {users: [{user: ops, password: pw}]}", wantAlways: true},
 	}
 	for _, tt := range tests {

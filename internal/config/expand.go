@@ -90,6 +90,9 @@ func parse(b []byte, getenv func(string) string) (*Config, error) {
 		return nil, err
 	}
 	c.NATS.section, c.NATS.urlKey, c.NATS.urlRaw = section, urlKey, urlRaw
+	if c.PII.KeyEnv != "" {
+		c.PII.envKeys = getenv(c.PII.KeyEnv)
+	}
 	return &c, nil
 }
 

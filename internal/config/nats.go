@@ -156,6 +156,16 @@ type Embedded struct {
 	MaxStore int64 `yaml:"max_store"`
 	// MaxMemory bounds the bytes of memory-backed streams (default 256 MiB).
 	MaxMemory int64 `yaml:"max_memory"`
+	// EncryptionKey, when set, encrypts the JetStream store at rest
+	// (AES-256-GCM, nats-server's jetstream cipher and key): personal data
+	// in the stream files is unreadable without it. Give it as
+	// ${ENV_VAR}; every start must use the same key, or JetStream cannot
+	// read its store. Empty: the store is in clear.
+	EncryptionKey string `yaml:"encryption_key"`
+	// encryptionKeySet records that the file names encryption_key: an
+	// empty value (an unset ${VAR}) is then refused rather than leaving
+	// the store in clear.
+	encryptionKeySet bool
 	// Users are identities the server accepts besides duplex's own (which
 	// duplex generates into <data dir>/nkeys at the first start), for
 	// instance a reader for the nats CLI with subject permissions.
@@ -177,6 +187,11 @@ func (e *Embedded) UnmarshalYAML(n *yaml.Node) error {
 		return err
 	}
 	e.Enabled = true
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "encryption_key" {
+			e.encryptionKeySet = true
+		}
+	}
 	return nil
 }
 
@@ -237,6 +252,12 @@ func (e *Embedded) validate(bad func(format string, args ...any)) {
 	}
 	if e.Port < 0 || e.Port > 65535 {
 		bad("nats.embedded.port %d: want 0 to 65535", e.Port)
+	}
+	switch {
+	case e.encryptionKeySet && e.EncryptionKey == "":
+		bad("nats.embedded.encryption_key is empty (set it, or the environment variable it names; remove the key to keep the store in clear)")
+	case e.EncryptionKey != "" && len(e.EncryptionKey) < 16:
+		bad("nats.embedded.encryption_key has %d characters: want at least 16 (a random secret)", len(e.EncryptionKey))
 	}
 	for i, u := range e.Users {
 		switch {

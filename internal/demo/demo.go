@@ -5,6 +5,8 @@ package demo
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -124,6 +126,12 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 		env.Close()
 		return nil, err
 	}
+	// The example marks personal fields pii: true: the demo makes a key
+	// of its own in a key file beside its configuration.
+	if cb, err = withPIIKeys(cb, dir); err != nil {
+		env.Close()
+		return nil, fmt.Errorf("demo config: %w", err)
+	}
 	cpath := filepath.Join(dir, "duplex.yaml")
 	if err := os.WriteFile(cpath, cb, 0o644); err != nil {
 		env.Close()
@@ -158,6 +166,42 @@ func NewEnv(ctx context.Context, log *slog.Logger) (*Env, error) {
 		return nil, err
 	}
 	return env, nil
+}
+
+// demoKeysFile is the demo's key file of personal fields, in its directory.
+const demoKeysFile = "pii.keys"
+
+// withPIIKeys writes a random key ("demo") into dir/pii.keys (mode 0600)
+// and returns the configuration document with pii.keys_file naming it
+// (beside the document) and nothing else under pii.
+func withPIIKeys(doc []byte, dir string) ([]byte, error) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, demoKeysFile), []byte("demo "+base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	var n yaml.Node
+	if err := yaml.Unmarshal(doc, &n); err != nil {
+		return nil, err
+	}
+	if n.Kind != yaml.DocumentNode || len(n.Content) == 0 || n.Content[0].Kind != yaml.MappingNode {
+		return nil, errors.New("not a mapping")
+	}
+	root := n.Content[0]
+	keys := &yaml.Node{Kind: yaml.MappingNode, Content: []*yaml.Node{
+		{Kind: yaml.ScalarNode, Value: "keys_file"}, {Kind: yaml.ScalarNode, Value: demoKeysFile}}}
+	found := false
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "pii" {
+			root.Content[i+1], found = keys, true
+		}
+	}
+	if !found {
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "pii"}, keys)
+	}
+	return yaml.Marshal(&n)
 }
 
 // withNATSURL returns a configuration document with its nats section

@@ -5,7 +5,8 @@
 // The package owns:
 //   - the server's options (listen address, JetStream store directory, sync
 //     policy, max payload, JetStream limits, users and their subject
-//     permissions), as a plain Options struct with Validate;
+//     permissions, the key that encrypts the store at rest), as a plain
+//     Options struct with Validate;
 //   - the server's lifecycle: Start waits until the server accepts clients
 //     and JetStream is enabled, and reports why when it does not; Stop shuts
 //     the server down and waits for its goroutines; a stopped server starts

@@ -72,6 +72,14 @@ type Options struct {
 	// client that reaches the port may connect.
 	Users []User
 
+	// EncryptionKey, when set, makes JetStream encrypt its store at rest
+	// with AES-256-GCM (nats-server's JetStreamKey and JetStreamCipher:
+	// the server derives each stream's key from it). Empty: the store is
+	// written in clear. A store written with one key is unreadable with
+	// another (or without): the server then refuses to start JetStream.
+	// Never logged.
+	EncryptionKey string
+
 	// Logger receives the server's log (default: discarded).
 	Logger *slog.Logger
 }

@@ -86,6 +86,9 @@ func (s *Server) Start(ctx context.Context) error {
 		NoSigs:                 true,
 		NoLog:                  true,
 	}
+	if o.EncryptionKey != "" {
+		sopts.JetStreamKey, sopts.JetStreamCipher = o.EncryptionKey, server.AES
+	}
 	for _, u := range o.Users {
 		perms := u.Permissions.server()
 		if u.Nkey != "" {

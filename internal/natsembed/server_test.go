@@ -1,6 +1,7 @@
 package natsembed
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -296,6 +297,76 @@ func TestOptions_Validate(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "p\"") || strings.Contains(err.Error(), "q\"") {
 				t.Errorf("Validate() = %v shows a password", err)
+			}
+		})
+	}
+}
+
+// storeContains reports whether any file under dir holds needle.
+func storeContains(t *testing.T, dir string, needle []byte) bool {
+	t.Helper()
+	found := false
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, needle) {
+			found = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// With EncryptionKey the stream's files hold no plaintext of a message,
+// and the stream reads back after a restart with the same key; without it
+// (the control) they do.
+func TestServer_EncryptionKey(t *testing.T) {
+	plain := []byte("alice.pii-marker@example.com")
+	for _, tc := range []struct {
+		name string
+		key  string
+		want bool // plaintext in the store files
+	}{
+		{"in clear", "", true},
+		{"encrypted", "a-test-key-of-32-characters-long", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			s := startServer(t, Options{EncryptionKey: tc.key, SyncAlways: true})
+			_, js := connect(t, s.URL())
+			if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "CDC", Subjects: []string{"cdc.>"}, Storage: jetstream.FileStorage}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := js.Publish(ctx, "cdc.crm", plain); err != nil {
+				t.Fatal(err)
+			}
+			s.Stop()
+			if got := storeContains(t, s.StoreDir(), plain); got != tc.want {
+				t.Fatalf("plaintext in store files of %s: %v, want %v", s.StoreDir(), got, tc.want)
+			}
+			if err := s.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			_, js = connect(t, s.URL())
+			st, err := js.Stream(ctx, "CDC")
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := st.GetMsg(ctx, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(m.Data, plain) {
+				t.Fatalf("read back %q, want %q", m.Data, plain)
 			}
 		})
 	}

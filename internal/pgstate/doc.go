@@ -6,7 +6,9 @@
 //     the same transaction as the rows (target databases);
 //   - duplex.field_versions: who wrote each shared (owner both) field's
 //     value and when, written by the sink in its apply transaction and by
-//     the capture of the same database (VersionRecorder);
+//     the capture of the same database (VersionRecorder); the value is
+//     recorded as a keyed hash (FieldHasher, HMAC-SHA256) that both must
+//     compute with the same key;
 //   - duplex.snapshots: the initial snapshots completed, per slot;
 //   - duplex.backfills: backfill requests and their progress, per slot;
 //   - duplex.held: entities a source holds back because their table no

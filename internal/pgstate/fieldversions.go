@@ -2,7 +2,10 @@ package pgstate
 
 import (
 	"context"
-	"crypto/md5" //nolint:gosec // matches PostgreSQL's md5() of recorded values; not for security
+	"crypto/hmac"
+	"crypto/md5" //nolint:gosec // reads hashes recorded by older versions; not for security
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -37,13 +40,102 @@ type FieldVersion struct {
 // one recorded. Two column texts that mean the same canonical value are
 // the same value for the rule.
 //
-// A hash is "canonical:" followed by the md5 of the canonical text. Rows
-// written before (no prefix: the md5 of the canonical value by the
-// capture, of the column text by the sink) are read as Legacy.
+// A hash is "hmac:<key id>:" followed by the HMAC-SHA256 (hex) of the
+// canonical text under the key of a FieldHasher, whose id is a fingerprint
+// of the key (FieldHasher.Hash): a hash of an e-mail cannot be looked up
+// in a table of hashes of known addresses without the key. Hashes recorded
+// by older versions are still read, so that an upgrade of a running system
+// keeps its versions: "canonical:" followed by the md5 of the canonical
+// text (HashCanonical), and, before that, no prefix (the md5 of the
+// canonical value by the capture, of the column text by the sink); each
+// is replaced by a keyed hash at the next write of its field. Hashes under
+// another key (an instance given another key) are read as Legacy too.
 const canonicalPrefix = "canonical:"
 
-// HashCanonical is the value_hash of a canonical value of a shared field:
-// nil for NULL.
+// hmacPrefix starts a keyed hash.
+const hmacPrefix = "hmac:"
+
+// FieldHasher computes value_hash as HMAC-SHA256 under a secret key. The
+// capture's VersionRecorder and the sink into the same database must use
+// the same key, or each reads the other's hashes as Legacy. A nil
+// *FieldHasher hashes as older versions did (HashCanonical, md5), for
+// tests that do not care; duplex always configures a key.
+type FieldHasher struct {
+	key    []byte
+	prefix string
+}
+
+// NewFieldHasher returns a hasher with key (at least 16 bytes).
+func NewFieldHasher(key []byte) (*FieldHasher, error) {
+	if len(key) < 16 {
+		return nil, fmt.Errorf("field version hash key has %d bytes, want at least 16", len(key))
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("duplex field version key id"))
+	return &FieldHasher{key: key, prefix: hmacPrefix + hex.EncodeToString(m.Sum(nil))[:8] + ":"}, nil
+}
+
+// KeyID is the fingerprint of the key that hashes carry.
+func (h *FieldHasher) KeyID() string {
+	if h == nil {
+		return ""
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(h.prefix, hmacPrefix), ":")
+}
+
+// Hash is the value_hash of a canonical value of a shared field: nil for
+// NULL.
+func (h *FieldHasher) Hash(v any) *string {
+	if h == nil {
+		return HashCanonical(v)
+	}
+	if v == nil {
+		return nil
+	}
+	m := hmac.New(sha256.New, h.key)
+	m.Write([]byte(canonicalText(v)))
+	out := h.prefix + hex.EncodeToString(m.Sum(nil))
+	return &out
+}
+
+// Legacy says whether v was recorded with another hash than h's (an older
+// duplex, or another key): such a version can be matched only by
+// Holds's older rules, and a value that does not match it is as old as
+// its row's last commit.
+func (h *FieldHasher) Legacy(v FieldVersion) bool {
+	if h == nil {
+		return v.Legacy()
+	}
+	return v.ValueHash != nil && !strings.HasPrefix(*v.ValueHash, h.prefix)
+}
+
+// Holds says whether the recorded version v is the one of a value whose
+// canonical value is canonical (nil: NULL) and whose column text is text:
+// h's keyed hash, or an older md5 (FieldVersion.Holds).
+func (h *FieldHasher) Holds(v FieldVersion, canonical any, text *string) bool {
+	if h == nil || v.ValueHash == nil {
+		return v.Holds(canonical, text)
+	}
+	if strings.HasPrefix(*v.ValueHash, h.prefix) {
+		return samePtr(h.Hash(canonical), v.ValueHash)
+	}
+	if strings.HasPrefix(*v.ValueHash, hmacPrefix) {
+		return false // another key: cannot tell
+	}
+	return v.Holds(canonical, text)
+}
+
+func canonicalText(v any) string {
+	s, ok := v.(string)
+	if !ok {
+		s = fmt.Sprint(v)
+	}
+	return s
+}
+
+// HashCanonical is the value_hash older versions recorded for a canonical
+// value of a shared field ("canonical:" and an unkeyed md5): nil for NULL.
+// Kept to read and test what they recorded; duplex records FieldHasher's.
 func HashCanonical(v any) *string {
 	if v == nil {
 		return nil
@@ -150,6 +242,9 @@ WHERE field_versions.value_hash IS DISTINCT FROM EXCLUDED.value_hash OR field_ve
 // write with. It has its own session, opened on first use (and Ensure
 // run on it). Used by one goroutine.
 type VersionRecorder struct {
+	// Hasher hashes recorded values; it must be the one the sink into
+	// this database uses (nil: HashCanonical, for tests).
+	Hasher  *FieldHasher
 	system  string
 	dsn     string
 	mapping *transform.Mapping
@@ -198,7 +293,7 @@ func (r *VersionRecorder) Record(ctx context.Context, events []transform.Event) 
 		e := r.mapping.Entity(ev.Entity)
 		for _, f := range e.SharedFields(r.system) {
 			if v, ok := ev.Data[f]; ok {
-				w.add(ev, f, v)
+				w.add(r.Hasher, ev, f, v)
 			}
 		}
 	}
@@ -216,9 +311,9 @@ type recording struct {
 	hashes             []*string
 }
 
-func (w *recording) add(ev *transform.Event, field string, v any) {
+func (w *recording) add(h *FieldHasher, ev *transform.Event, field string, v any) {
 	w.ents, w.keys, w.fields, w.ats = append(w.ents, ev.Entity), append(w.keys, ev.Key), append(w.fields, field), append(w.ats, ev.Pos.CommitTime)
-	w.hashes = append(w.hashes, HashCanonical(v))
+	w.hashes = append(w.hashes, h.Hash(v))
 }
 
 // record writes w as this system's versions, each replacing a recorded
@@ -295,10 +390,10 @@ func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) 
 			if !ok || !recorded {
 				continue
 			}
-			if !x.Holds(v, nil) {
+			if !r.Hasher.Holds(x, v, nil) {
 				// Changed since recorded, by a write never read: the
 				// copy's time stands, here as on the other side.
-				unread.add(ev, f, v)
+				unread.add(r.Hasher, ev, f, v)
 				continue
 			}
 			if ev.Versions == nil {

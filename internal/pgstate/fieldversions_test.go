@@ -86,3 +86,72 @@ func TestVersionRecorder_Lookup(t *testing.T) {
 		t.Errorf("k2 (changed by a write never read): %+v, want the copy's version (crm at %s)", fv[1], t1)
 	}
 }
+
+// TestVersionRecorder_KeyedHash: with a FieldHasher the recorded hash is
+// an HMAC-SHA256 under the key (no md5 of the address, no address), both
+// sides recognise it, another key's hash is read as legacy and never
+// matched, and a row recorded by an older duplex (unkeyed md5) still
+// matches the same value, so an upgrade keeps its versions.
+func TestVersionRecorder_KeyedHash(t *testing.T) {
+	ctx := context.Background()
+	m, err := transform.Parse([]byte(sharedEmailMapping))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := newDB(t)
+	conn := connect(t, db, "postgres", nil)
+	if err := pgstate.Ensure(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	h, err := pgstate.NewFieldHasher([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pgstate.NewFieldHasher([]byte("fedcba9876543210fedcba9876543210"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	exec(t, conn, `INSERT INTO duplex.field_versions VALUES ('customer', 'old', 'email', 'erp', '2026-01-02 03:04:05+00', $1)`,
+		*pgstate.HashCanonical("old@example.com"))
+	r := pgstate.NewVersionRecorder("crm", cluster.DSN(db), m)
+	r.Hasher = h
+	defer r.Close(ctx)
+	ev := transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: "new",
+		Pos: transform.Position{LSN: 0x5000, CommitTime: t0}, Data: map[string]any{"id": "new", "email": "new@example.com"}}
+	if err := r.Record(ctx, []transform.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	fv, err := pgstate.ReadFieldVersions(ctx, conn, "customer", []string{"new", "old"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(fv, func(a, b pgstate.FieldVersion) int { return strings.Compare(a.Key, b.Key) })
+	if len(fv) != 2 || fv[0].ValueHash == nil {
+		t.Fatalf("field versions %+v, want new and old", fv)
+	}
+	rec, old := fv[0], fv[1]
+	md5 := strings.TrimPrefix(*pgstate.HashCanonical("new@example.com"), "canonical:")
+	if !strings.HasPrefix(*rec.ValueHash, "hmac:"+h.KeyID()+":") || strings.Contains(*rec.ValueHash, md5) {
+		t.Errorf("recorded hash %q: want hmac:%s:<HMAC-SHA256>, not the md5 %s", *rec.ValueHash, h.KeyID(), md5)
+	}
+	if !h.Holds(rec, "new@example.com", nil) || h.Holds(rec, "other@example.com", nil) || h.Legacy(rec) {
+		t.Errorf("the recording key does not match its own hash %q", *rec.ValueHash)
+	}
+	if other.Holds(rec, "new@example.com", nil) || !other.Legacy(rec) {
+		t.Errorf("another key matches hash %q, or does not read it as legacy", *rec.ValueHash)
+	}
+	if !h.Holds(old, "old@example.com", nil) || h.Holds(old, "x@example.com", nil) || !h.Legacy(old) {
+		t.Errorf("a version an older duplex recorded (md5 %q) is not read as before", *old.ValueHash)
+	}
+	// A copy of the old row still carries the old version.
+	cp := transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: "old",
+		Pos: transform.Position{LSN: 0x6000, CommitTime: t0.Add(time.Hour)}, Data: map[string]any{"id": "old", "email": "old@example.com"}}
+	evs := []transform.Event{cp}
+	if err := r.Lookup(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := evs[0].Versions["email"]; !ok || v.Source != "erp" || !v.At.Equal(t0) {
+		t.Errorf("copy of a value an older duplex recorded: versions %+v, want erp at %s", evs[0].Versions, t0)
+	}
+}

@@ -8,6 +8,10 @@
 // password=secret, or a password parameter); none of that, nor a database
 // name, user name or query parameter, survives.
 //
+// It also owns how values of rows are shown (value.go): cut to MaxValue
+// characters, and the value of a personal field (pii: true) replaced by
+// Masked, in logs, errors, dead letter reasons and the CLI.
+//
 // It does not own where secrets come from (internal/config) nor how
 // connections use them; callers pass what they are about to print.
 package redact

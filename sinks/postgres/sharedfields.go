@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/internal/pgstate"
+	"github.com/duplex-cdc/duplex/internal/redact"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -94,15 +95,15 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 			var held version
 			r, recorded := known[k+"\x00"+field]
 			// The value held, as the capture of this database would
-			// publish it (see pgstate.HashCanonical for why canonical).
+			// publish it (see pgstate.FieldHasher and canonicalPrefix for why canonical).
 			// A value that has none (not in the enum map, not a
 			// currency) was dead-lettered by the capture, never
 			// recorded: it is treated as never versioned.
 			canon, convErr := s.cfg.Mapping.ColumnCanonical(s.cfg.System, e, field, cur.texts[i])
 			switch {
-			case recorded && convErr == nil && r.Holds(canon, cur.texts[i]):
+			case recorded && convErr == nil && s.cfg.FieldHash.Holds(r, canon, cur.texts[i]):
 				held = version{source: r.Source, at: r.CommitTime}
-			case recorded && convErr == nil && !r.Legacy():
+			case recorded && convErr == nil && !s.cfg.FieldHash.Legacy(r):
 				// Changed here since the last recorded version: the capture
 				// of this database records that write's version as it reads
 				// it from the WAL. Until then its age is unknown, and
@@ -149,10 +150,12 @@ func (s *Sink) resolveShared(ctx context.Context, tx pgx.Tx, e *transform.Entity
 				continue // the held version stands for the value both agree on
 			}
 			conflicts++
+			// Values cut, and masked for a personal field (redact).
+			f := e.Field(field)
 			s.log.Info("conflict: the target holds a later write of a shared field; incoming value dropped",
 				slog.String("entity", e.Name), slog.String("key", k), slog.String("field", field),
-				slog.String("kept", deref(cur.values[i])), slog.String("kept_from", held.source), slog.Time("kept_at", held.at),
-				slog.String("dropped", textOf(incoming)), slog.String("dropped_from", in.source), slog.Time("dropped_at", in.at))
+				slog.String("kept", redact.Field(deref(cur.values[i]), f.PII)), slog.String("kept_from", held.source), slog.Time("kept_at", held.at),
+				slog.String("dropped", redact.Field(textOf(incoming), f.PII)), slog.String("dropped_from", in.source), slog.Time("dropped_at", in.at))
 			row := *p.row
 			row.Values = slices.Delete(slices.Clone(row.Values), vi, vi+1)
 			p.row = &row
@@ -262,7 +265,7 @@ func (s *Sink) recordVersions(ctx context.Context, tx pgx.Tx, e *transform.Entit
 				continue
 			}
 			w.Keys, w.Sources, w.At = append(w.Keys, k), append(w.Sources, v.source), append(w.At, v.at)
-			w.Hashes = append(w.Hashes, pgstate.HashCanonical(canon))
+			w.Hashes = append(w.Hashes, s.cfg.FieldHash.Hash(canon))
 		}
 		if len(w.Keys) == 0 {
 			continue

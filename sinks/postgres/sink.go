@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -35,7 +36,12 @@ type Config struct {
 	// ("duplex_to_erp"). The capture of this database skips it.
 	Origin  string
 	Mapping *transform.Mapping
-	Logger  *slog.Logger
+	// FieldHash hashes the values of shared fields recorded in
+	// duplex.field_versions; it must be the one the capture of this
+	// database records with (nil: the unkeyed md5 of older versions, for
+	// tests).
+	FieldHash *pgstate.FieldHasher
+	Logger    *slog.Logger
 	// Slot is the replication slot of this database's own capture (it is
 	// also a source), "" when it is none: rows whose owned fields the
 	// other system edited are re-read through it (enforce: owner).
