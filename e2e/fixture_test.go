@@ -369,8 +369,27 @@ func (c *child) get(path string) (*http.Response, error) {
 	return (&http.Client{Timeout: 5 * time.Second}).Do(req)
 }
 
-// startChild runs `duplex run` as a separate process (the test binary).
+// startChild runs `duplex run` as a separate process (the test binary),
+// with the fixture's directory as its data directory.
 func (f *fixture) startChild() *child {
+	f.t.Helper()
+	return f.startChildIn(f.dir)
+}
+
+// startInstance runs `duplex run` as startChild does, with a data
+// directory of its own, as an instance on another host would have: its
+// own listener token, signing keys (trusted by the other instances
+// through the source database's duplex.signing_keys) and field-hash key.
+func (f *fixture) startInstance() *child {
+	f.t.Helper()
+	dataDir, err := os.MkdirTemp(f.dir, "instance-")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return f.startChildIn(dataDir)
+}
+
+func (f *fixture) startChildIn(dataDir string) *child {
 	f.t.Helper()
 	logPath := filepath.Join(f.dir, fmt.Sprintf("duplex-%d.log", time.Now().UnixNano()))
 	lf, err := os.Create(logPath)
@@ -382,13 +401,13 @@ func (f *fixture) startChild() *child {
 		f.t.Fatal(err)
 	}
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.Command(os.Args[0], "run", "--config", f.cfgPath, "--data-dir", f.dir, "--log-level", "info", "--listen", listen)
+	cmd := exec.Command(os.Args[0], "run", "--config", f.cfgPath, "--data-dir", dataDir, "--log-level", "info", "--listen", listen)
 	cmd.Env = append(os.Environ(), childEnv+"=1", "CRM_DSN="+f.env("CRM_DSN"), "ERP_DSN="+f.env("ERP_DSN"))
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		f.t.Fatal(err)
 	}
-	c := &child{cmd: cmd, log: logPath, listen: listen, dataDir: f.dir}
+	c := &child{cmd: cmd, log: logPath, listen: listen, dataDir: dataDir}
 	f.t.Cleanup(func() {
 		if c.cmd.ProcessState == nil {
 			_ = c.cmd.Process.Kill()

@@ -221,14 +221,17 @@ func TestStandby_DoesNotFetchWhileActiveLives(t *testing.T) {
 // TestStandby_KillActiveTwice: two duplex processes with one configuration
 // and an external nats-server; during 20,000 row changes the active one is
 // SIGKILLed twice, the standby takes over each time and the killed one is
-// restarted as the new standby. Both systems end equal and every committed
-// CRM transaction was applied to the ERP (counted by ticks, above).
+// restarted as the new standby. Each instance has a data directory of its
+// own, as on two hosts: each signs with its own key, and the other trusts
+// it through the source database's duplex.signing_keys. Both systems end
+// equal and every committed CRM transaction was applied to the ERP
+// (counted by ticks, above), with nothing dead-lettered.
 func TestStandby_KillActiveTwice(t *testing.T) {
 	const ttl = 5 * time.Second
 	f, proc := newStandbyFixture(t, ttl)
-	a := f.startChild()
+	a := f.startInstance()
 	waitRole(t, a, "active", 60*time.Second)
-	b := f.startChild()
+	b := f.startInstance()
 	waitRole(t, b, "standby", 60*time.Second)
 	f.waitSlot(t)
 	const total = 20_000
@@ -249,7 +252,7 @@ func TestStandby_KillActiveTwice(t *testing.T) {
 		if took > ttl+10*time.Second {
 			t.Errorf("takeover took %s, want within about the lease TTL (%s)", took, ttl)
 		}
-		a, b = b, f.startChild()
+		a, b = b, f.startInstance()
 		waitRole(t, b, "standby", 60*time.Second)
 	}
 	l.waitRows(t, total, 3*time.Minute)

@@ -249,7 +249,12 @@ func (a *Applier) session(ctx context.Context) error {
 				// source's capture did not sign applies nothing.
 				if err := a.cfg.Verify.Verify(m.Subject(), m.Headers(), m.Data()); err != nil {
 					var se *SignatureError
-					errors.As(err, &se)
+					if !errors.As(err, &se) {
+						// The source's recorded keys could not be read:
+						// not the message's fault; the session ends
+						// and the next one fetches it again.
+						return fmt.Errorf("flow %s: %w", a.cfg.Flow, err)
+					}
 					if err := a.refuseMsg(ctx, m, se.Reason, err); err != nil {
 						return err
 					}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -98,7 +99,78 @@ func (s *Signer) Sign(msg *nats.Msg, msgID string) error {
 // Verifier checks the signatures of the messages of one source.
 type Verifier struct {
 	source string
-	keys   map[string]nkeys.KeyPair
+
+	mu   sync.Mutex
+	keys map[string]nkeys.KeyPair
+	// lookup, when set, reads the keys the source's captures recorded
+	// (its database's duplex.signing_keys); a message signed by a key
+	// not known yet makes the verifier read them again, at most once
+	// every verifierRefresh.
+	lookup func(context.Context) ([]string, error)
+	looked time.Time
+}
+
+// verifierRefresh is the least time between two look-ups of a source's
+// recorded keys; a message with an unknown key arriving sooner waits for
+// it (a forger holding capture credentials slows the flow, nothing more).
+const verifierRefresh = time.Second
+
+// WithLookup makes v trust, besides its own keys, those lookup returns
+// (the source database's duplex.signing_keys, where every instance that
+// may capture the source records its public key at start): an active
+// and a standby with data directories of their own trust each other's
+// captures without sharing files. It reads them once now; an error then
+// is returned, and v keeps its own keys.
+func (v *Verifier) WithLookup(ctx context.Context, lookup func(context.Context) ([]string, error)) error {
+	v.mu.Lock()
+	v.lookup = lookup
+	v.mu.Unlock()
+	return v.refresh(ctx)
+}
+
+// refresh reads the recorded keys and trusts those that are user nkeys.
+func (v *Verifier) refresh(ctx context.Context) error {
+	v.mu.Lock()
+	lookup := v.lookup
+	if wait := verifierRefresh - time.Since(v.looked); !v.looked.IsZero() && wait > 0 {
+		v.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		v.mu.Lock()
+	}
+	v.looked = time.Now()
+	v.mu.Unlock()
+	if lookup == nil {
+		return nil
+	}
+	keys, err := lookup(ctx)
+	if err != nil {
+		return fmt.Errorf("signing keys of %s: %w", v.source, err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, pk := range keys {
+		pk = strings.TrimSpace(pk)
+		if _, ok := v.keys[pk]; ok || !strings.HasPrefix(pk, "U") {
+			continue
+		}
+		if kp, err := nkeys.FromPublicKey(pk); err == nil {
+			v.keys[pk] = kp
+		}
+	}
+	return nil
+}
+
+func (v *Verifier) key(pub string) (nkeys.KeyPair, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	kp, ok := v.keys[pub]
+	return kp, ok
 }
 
 // NewVerifier returns a verifier that trusts publicKeys (user nkeys,
@@ -107,7 +179,17 @@ type Verifier struct {
 // message it signed is applied). Errors: no key, or one that is not a
 // user public key.
 func NewVerifier(source string, publicKeys []string) (*Verifier, error) {
-	if len(publicKeys) == 0 {
+	return newVerifier(source, publicKeys, false)
+}
+
+// NewRecordedKeysVerifier returns a verifier that starts with publicKeys,
+// possibly none, and is to learn the rest from WithLookup.
+func NewRecordedKeysVerifier(source string, publicKeys []string) (*Verifier, error) {
+	return newVerifier(source, publicKeys, true)
+}
+
+func newVerifier(source string, publicKeys []string, none bool) (*Verifier, error) {
+	if len(publicKeys) == 0 && !none {
 		return nil, fmt.Errorf("signing keys of %s: none trusted", source)
 	}
 	v := &Verifier{source: source, keys: map[string]nkeys.KeyPair{}}
@@ -147,9 +229,19 @@ func (v *Verifier) Verify(subject string, hdr nats.Header, body []byte) error {
 	if !ok {
 		return &SignatureError{Reason: "bad signature", Detail: fmt.Sprintf("%s header of a message on %s is not <key>.<signature>", SignatureHeader, subject)}
 	}
-	kp, ok := v.keys[pub]
+	kp, ok := v.key(pub)
 	if !ok {
-		return &SignatureError{Reason: "unknown key", Detail: fmt.Sprintf("message on %s is signed by key %s, which is not trusted for %s", subject, truncate(pub, 12), v.source)}
+		// A key recorded since the last look-up (a standby's capture
+		// took over): read the source's recorded keys again.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := v.refresh(ctx)
+		cancel()
+		if kp, ok = v.key(pub); !ok && err != nil {
+			return fmt.Errorf("message on %s is signed by key %s, not trusted yet, and the keys recorded for %s could not be read: %w", subject, truncate(pub, 12), v.source, err)
+		}
+	}
+	if !ok {
+		return &SignatureError{Reason: "unknown key", Detail: fmt.Sprintf("message on %s is signed by key %s, which is not trusted for %s (neither configured nor recorded in its duplex.signing_keys)", subject, truncate(pub, 12), v.source)}
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(sig64)
 	if err != nil {

@@ -415,16 +415,18 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			a.Close()
 			return nil, err
 		}
-		if !cfg.NATS.UsesEmbedded() && cfg.Systems[name].SigningKey == "" {
-			opts.Logger.Warn("the capture signs with a key generated in this data directory: another instance (a standby) with a data directory of its own signs with another key, and each refuses what the other's capture published; set systems.<name>.signing_key and signing_public_keys to files every instance shares",
-				slog.String("system", name), slog.String("key", a.signers[name].PublicKey()))
+		// Flows elsewhere (a standby with a data directory of its own)
+		// learn the key from the source database.
+		if err := recordSigningKey(ctx, cfg.Systems[name].DSN, name, a.signers[name].PublicKey()); err != nil {
+			a.Close()
+			return nil, err
 		}
 	}
 	for _, f := range cfg.Flows {
 		if a.verifiers[f.From] != nil {
 			continue
 		}
-		if a.verifiers[f.From], err = loadVerifier(cfg, opts.DataDir, f.From); err != nil {
+		if a.verifiers[f.From], err = loadVerifier(ctx, cfg, opts.DataDir, f.From); err != nil {
 			a.Close()
 			return nil, err
 		}

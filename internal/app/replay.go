@@ -81,7 +81,7 @@ func replayHeld(ctx context.Context, cfg *config.Config, bus *Bus, f *config.Flo
 		return pipeline.FlowCounts{}, err
 	}
 	defer sink.Close(context.WithoutCancel(ctx))
-	verify, err := loadVerifier(cfg, bus.dataDir, f.From)
+	verify, err := loadVerifier(ctx, cfg, bus.dataDir, f.From)
 	if err != nil {
 		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
 	}

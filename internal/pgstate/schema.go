@@ -138,6 +138,24 @@ CREATE TABLE duplex.held_released (
 );
 COMMENT ON TABLE duplex.held_released IS 'duplex: per entity a source held and released, the position up to which its held changes were read again and published';`,
 	},
+	{
+		// Flows trust the keys a source's captures sign with. Instances
+		// with data directories of their own (an active and a standby on
+		// two hosts) each generate a key; each registers its public key
+		// here, in the source database, which only duplex's role (or the
+		// database's owners) may write, and a flow reads it from here: a
+		// publisher on the bus cannot add a key (pipeline/sign.go).
+		description: "record the public keys the captures of this database sign with",
+		sql: `
+CREATE TABLE duplex.signing_keys (
+	system     text NOT NULL,
+	public_key text NOT NULL,
+	host       text NOT NULL DEFAULT '',
+	added_at   timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (system, public_key)
+);
+COMMENT ON TABLE duplex.signing_keys IS 'duplex: public keys (nkeys, U...) the captures of this system sign their messages with; flows trust exactly these (delete a row to revoke a key)';`,
+	},
 }
 
 // Latest is the schema version this binary migrates databases to.

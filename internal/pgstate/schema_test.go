@@ -215,7 +215,8 @@ func TestEnsure_UpgradesReleaseInPlace(t *testing.T) {
 		t.Errorf("upgraded schema differs from a fresh install:\n got %q\nwant %q", got, want)
 	}
 	later := []string{"column slots.", "constraint duplex.slots ", // migration 3
-		"column held_released.", "constraint duplex.held_released "} // migration 4
+		"column held_released.", "constraint duplex.held_released ", // migration 4
+		"column signing_keys.", "constraint duplex.signing_keys "} // migration 5
 	freshCols := slices.DeleteFunc(slices.Clone(want), func(l string) bool {
 		for _, p := range later {
 			if strings.HasPrefix(l, p) {
