@@ -255,5 +255,53 @@ func TestSchemaCases_Neighbours(t *testing.T) {
 				c.want = append([]want{wantERP(`SELECT id, amount, touched FROM deals ORDER BY id`, "1|11.00|by INSERT", "3|30.00|by INSERT")}, c.want[1:]...)
 			},
 		},
+		{
+			// Case 4: a key change of a document cascades (ON UPDATE
+			// CASCADE) to the payment that refers to it by both parts; in
+			// the ERP the payment follows the document's surrogate id.
+			name: "composite key change cascaded to a referring row",
+			crmDDL: `CREATE TABLE docs (company text NOT NULL, doc_no int NOT NULL, note text, PRIMARY KEY (company, doc_no));
+				CREATE TABLE doc_payments (payment_no int PRIMARY KEY, company text, doc_no int, amount numeric(12,2), FOREIGN KEY (company, doc_no) REFERENCES docs ON UPDATE CASCADE)`,
+			erpDDL:  erpDocsDDL,
+			mapping: docsMapping,
+			before:  []stmt{onCRM(`INSERT INTO docs VALUES ('ACME', 1, 'a1'), ('ACME', 2, 'a2'); INSERT INTO doc_payments VALUES (1, 'ACME', 2, 10.00), (2, 'ACME', 1, 5.00)`)},
+			changes: []stmt{
+				onCRM(`UPDATE docs SET doc_no = 5, note = 'renumbered' WHERE company = 'ACME' AND doc_no = 2`),
+				onCRM(`UPDATE docs SET company = 'Beta' WHERE doc_no = 1`),
+			},
+			want:   docsWant([]string{"ACME|5|renumbered", "Beta|1|a1"}, "1|ACME|5|10.00", "2|Beta|1|5.00"),
+			verify: true,
+		},
+		{
+			// Case 11a with a composite key whose text part has a comma and
+			// quotes: the owner's row is re-read by both key columns (the
+			// re-read's condition was refused, and the ERP kept its edit).
+			name:   "enforce owner on a composite-key entity",
+			crmDDL: `CREATE TABLE deals (co text NOT NULL, id int NOT NULL, amount numeric(12,2), updated_by text, PRIMARY KEY (co, id)); ALTER TABLE deals REPLICA IDENTITY FULL`,
+			erpDDL: `CREATE TABLE deals (co text NOT NULL, id int NOT NULL, amount numeric(12,2), updated_by text, PRIMARY KEY (co, id)); ALTER TABLE deals REPLICA IDENTITY FULL`,
+			mapping: `
+  - name: deal
+    key: [co, id]
+    enforce: owner
+    fields:
+      - {name: co,         type: text,    owner: crm}
+      - {name: id,         type: integer, owner: crm}
+      - {name: amount,     type: decimal, owner: crm}
+      - {name: updated_by, type: text,    owner: erp}
+    systems:
+      crm: {table: public.deals, key_columns: [co, id], columns: {co: {column: co}, id: {column: id}, amount: {column: amount}, updated_by: {column: updated_by}}}
+      erp: {table: public.deals, key_columns: [co, id], columns: {co: {column: co}, id: {column: id}, amount: {column: amount}, updated_by: {column: updated_by}}}
+`,
+			before: []stmt{
+				onCRM(`INSERT INTO deals VALUES ('X, "Y"', 1, 1.00, NULL), ('X, "Y"', 2, 5.00, NULL), ('Z', 1, 7.00, NULL)`),
+				onERP(`INSERT INTO deals VALUES ('X, "Y"', 1, 1.00, NULL), ('X, "Y"', 2, 5.00, NULL), ('Z', 1, 7.00, NULL)`),
+			},
+			changes: []stmt{onERP(`UPDATE deals SET amount = amount + 1, updated_by = 'erp user' WHERE id = 1`)},
+			want: []want{
+				wantERP(`SELECT co, id, amount, updated_by FROM deals ORDER BY 1, 2`, `X, "Y"|1|1.00|erp user`, `X, "Y"|2|5.00|NULL`, "Z|1|7.00|erp user"),
+				wantCRM(`SELECT co, id, amount, updated_by FROM deals ORDER BY 1, 2`, `X, "Y"|1|1.00|erp user`, `X, "Y"|2|5.00|NULL`, "Z|1|7.00|erp user"),
+			},
+			verify: true,
+		},
 	})
 }

@@ -81,13 +81,20 @@ func (s *Sink) reassert(ctx context.Context, tx pgx.Tx, reread map[string][]stri
 			for j, p := range parts {
 				parts[j] = "'" + strings.ReplaceAll(p, "'", "''") + "'"
 			}
-			lits[i] = "(" + strings.Join(parts, ", ") + ")"
-		}
-		filter := fmt.Sprintf("(%s) IN (%s)", strings.Join(cols, ", "), strings.Join(lits, ", "))
-		if len(kcs) == 1 {
-			for i := range lits {
-				lits[i] = strings.TrimSuffix(strings.TrimPrefix(lits[i], "("), ")")
+			if len(kcs) == 1 {
+				lits[i] = parts[0]
+				continue
 			}
+			// A composite key as column = value pairs: the backfill's
+			// condition grammar (internal/pgexpr) has no row
+			// constructors, so (a, b) IN ((…)) would be refused there.
+			for j := range parts {
+				parts[j] = cols[j] + " = " + parts[j]
+			}
+			lits[i] = "(" + strings.Join(parts, " AND ") + ")"
+		}
+		filter := strings.Join(lits, " OR ")
+		if len(kcs) == 1 {
 			filter = fmt.Sprintf("%s IN (%s)", cols[0], strings.Join(lits, ", "))
 		}
 		id, err := pgstate.RequestBackfill(ctx, tx, s.cfg.Slot, t.QualifiedTable(), quoteTable(t), filter, 500)
