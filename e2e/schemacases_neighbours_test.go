@@ -274,9 +274,11 @@ func TestSchemaCases_Neighbours(t *testing.T) {
 		},
 		{
 			// Case 11a with a composite key whose text part has a comma and
-			// quotes: the owner's row is re-read by both key columns (the
-			// re-read's condition was refused, and the ERP kept its edit).
-			name:   "enforce owner on a composite-key entity",
+			// quotes, and 300 rows edited at once: the owner's rows are
+			// re-read by both key columns, in conditions short enough for
+			// the capture (the re-read was refused, and the ERP kept its
+			// edits, with a composite key or more than 4096 bytes of keys).
+			name:   "enforce owner on a composite-key entity, many rows",
 			crmDDL: `CREATE TABLE deals (co text NOT NULL, id int NOT NULL, amount numeric(12,2), updated_by text, PRIMARY KEY (co, id)); ALTER TABLE deals REPLICA IDENTITY FULL`,
 			erpDDL: `CREATE TABLE deals (co text NOT NULL, id int NOT NULL, amount numeric(12,2), updated_by text, PRIMARY KEY (co, id)); ALTER TABLE deals REPLICA IDENTITY FULL`,
 			mapping: `
@@ -295,11 +297,15 @@ func TestSchemaCases_Neighbours(t *testing.T) {
 			before: []stmt{
 				onCRM(`INSERT INTO deals VALUES ('X, "Y"', 1, 1.00, NULL), ('X, "Y"', 2, 5.00, NULL), ('Z', 1, 7.00, NULL)`),
 				onERP(`INSERT INTO deals VALUES ('X, "Y"', 1, 1.00, NULL), ('X, "Y"', 2, 5.00, NULL), ('Z', 1, 7.00, NULL)`),
+				onCRM(`INSERT INTO deals SELECT 'Company ' || g % 3, g, 1.00, NULL FROM generate_series(1, 300) g`),
+				onERP(`INSERT INTO deals SELECT 'Company ' || g % 3, g, 1.00, NULL FROM generate_series(1, 300) g`),
 			},
-			changes: []stmt{onERP(`UPDATE deals SET amount = amount + 1, updated_by = 'erp user' WHERE id = 1`)},
+			changes: []stmt{onERP(`UPDATE deals SET amount = amount + 1, updated_by = 'erp user' WHERE co NOT LIKE 'Company%' AND id = 1 OR co LIKE 'Company%'`)},
 			want: []want{
-				wantERP(`SELECT co, id, amount, updated_by FROM deals ORDER BY 1, 2`, `X, "Y"|1|1.00|erp user`, `X, "Y"|2|5.00|NULL`, "Z|1|7.00|erp user"),
-				wantCRM(`SELECT co, id, amount, updated_by FROM deals ORDER BY 1, 2`, `X, "Y"|1|1.00|erp user`, `X, "Y"|2|5.00|NULL`, "Z|1|7.00|erp user"),
+				wantERP(`SELECT co, id, amount, updated_by FROM deals WHERE co NOT LIKE 'Company%' ORDER BY 1, 2`, `X, "Y"|1|1.00|erp user`, `X, "Y"|2|5.00|NULL`, "Z|1|7.00|erp user"),
+				wantCRM(`SELECT co, id, amount, updated_by FROM deals WHERE co NOT LIKE 'Company%' ORDER BY 1, 2`, `X, "Y"|1|1.00|erp user`, `X, "Y"|2|5.00|NULL`, "Z|1|7.00|erp user"),
+				wantERP(`SELECT count(*), sum(amount) FROM deals WHERE co LIKE 'Company%' AND updated_by = 'erp user'`, "300|300.00"),
+				wantCRM(`SELECT count(*), sum(amount) FROM deals WHERE co LIKE 'Company%' AND updated_by = 'erp user'`, "300|300.00"),
 			},
 			verify: true,
 		},
