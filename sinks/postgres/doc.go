@@ -61,7 +61,8 @@
 // Ownership at the target (ownership.go): an event reporting that its
 // source edited a field this system owns (Event.Violated) writes nothing;
 // with enforce: owner the sink records a re-read of those rows for this
-// database's capture (a backfill in duplex.backfills, in the apply
+// database's capture (backfills in duplex.backfills by the key's columns,
+// each condition within internal/pgexpr's MaxLength, in the apply
 // transaction), which sends the owner's values back. With sequence:
 // follow it moves the key column's sequence past the keys it writes.
 //

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/capture"
+	"github.com/duplex-cdc/duplex/internal/pgexpr"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/pipeline"
 	"github.com/duplex-cdc/duplex/transform"
@@ -81,25 +82,46 @@ func (s *Sink) reassert(ctx context.Context, tx pgx.Tx, reread map[string][]stri
 			for j, p := range parts {
 				parts[j] = "'" + strings.ReplaceAll(p, "'", "''") + "'"
 			}
-			lits[i] = "(" + strings.Join(parts, ", ") + ")"
-		}
-		filter := fmt.Sprintf("(%s) IN (%s)", strings.Join(cols, ", "), strings.Join(lits, ", "))
-		if len(kcs) == 1 {
-			for i := range lits {
-				lits[i] = strings.TrimSuffix(strings.TrimPrefix(lits[i], "("), ")")
+			if len(kcs) == 1 {
+				lits[i] = parts[0]
+				continue
 			}
-			filter = fmt.Sprintf("%s IN (%s)", cols[0], strings.Join(lits, ", "))
+			// A composite key as column = value pairs: the backfill's
+			// condition grammar (internal/pgexpr) has no row
+			// constructors, so (a, b) IN ((…)) would be refused there.
+			for j := range parts {
+				parts[j] = cols[j] + " = " + parts[j]
+			}
+			lits[i] = "(" + strings.Join(parts, " AND ") + ")"
 		}
-		id, err := pgstate.RequestBackfill(ctx, tx, s.cfg.Slot, t.QualifiedTable(), quoteTable(t), filter, 500)
-		if err != nil {
-			return classify(fmt.Errorf("sink %s: enforce ownership of %s: %w", s.cfg.System, name, err), -1, -1)
+		// One re-read per condition of at most pgexpr.MaxLength bytes,
+		// the longest the capture accepts: a longer one would be refused
+		// there and the owner's values never written back.
+		sep, open, closing := " OR ", "", ""
+		if len(kcs) == 1 {
+			sep, open, closing = ", ", cols[0]+" IN (", ")"
+		}
+		var ids []int64
+		for start := 0; start < len(lits); {
+			end, size := start+1, len(open)+len(lits[start])+len(closing)
+			for end < len(lits) && size+len(sep)+len(lits[end]) <= pgexpr.MaxLength {
+				size += len(sep) + len(lits[end])
+				end++
+			}
+			filter := open + strings.Join(lits[start:end], sep) + closing
+			id, err := pgstate.RequestBackfill(ctx, tx, s.cfg.Slot, t.QualifiedTable(), quoteTable(t), filter, 500)
+			if err != nil {
+				return classify(fmt.Errorf("sink %s: enforce ownership of %s: %w", s.cfg.System, name, err), -1, -1)
+			}
+			ids = append(ids, id)
+			start = end
 		}
 		shown := keys
 		if len(shown) > 5 {
 			shown = shown[:5]
 		}
 		s.log.Info("ownership enforced: the owner's rows are read again so that their values go back to the system that edited them",
-			slog.String("entity", name), slog.String("table", t.QualifiedTable()), slog.Int("rows", len(keys)), slog.Any("keys", shown), slog.Int64("backfill", id))
+			slog.String("entity", name), slog.String("table", t.QualifiedTable()), slog.Int("rows", len(keys)), slog.Any("keys", shown), slog.Any("backfills", ids))
 	}
 	return nil
 }
