@@ -309,5 +309,23 @@ func TestSchemaCases_Neighbours(t *testing.T) {
 			},
 			verify: true,
 		},
+		{
+			// 5: a char(n) target key fed from a text source key. 'AB '
+			// and 'AB' are one value of char(4): the key with a trailing
+			// space is refused with the reason in every batch (it would
+			// overwrite the row of 'AB', silently, when they come in
+			// different batches), and the update of 'AB' applies.
+			name:    "char(n) target key, a source key with a trailing space",
+			crmDDL:  `CREATE TABLE people (email text PRIMARY KEY, note text)`,
+			erpDDL:  `CREATE TABLE people (email char(4) PRIMARY KEY, note text)`,
+			mapping: contactsMapping,
+			before:  []stmt{onCRM(`INSERT INTO people VALUES ('AB', 'first'), ('CD', 'c')`)},
+			changes: []stmt{
+				onCRM(`INSERT INTO people VALUES ('AB ', 'second')`),
+				onCRM(`UPDATE people SET note = 'first 2' WHERE email = 'AB'`),
+			},
+			want:       []want{wantERP(`SELECT email, note FROM people ORDER BY email`, "AB  |first 2", "CD  |c")},
+			deadLetter: `key column email of public.people is character(4), which pads with spaces`,
+		},
 	})
 }

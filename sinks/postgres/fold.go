@@ -118,6 +118,11 @@ func singleTxOf(cs []change) int {
 // earlier upsert of the same key in the batch wrote to them.
 func (s *Sink) fold(b *entityBatch, k string, c change) error {
 	row, ti, ei, ev := c.row, c.ti, c.ei, c.ev
+	if row.Op != transform.OpTruncate {
+		if err := s.refusePaddedKey(c); err != nil {
+			return err
+		}
+	}
 	if row.Op == transform.OpTruncate {
 		b.truncate = true
 		b.keys = nil

@@ -213,3 +213,35 @@ func keyTexts(r *transform.Row, cols []string) []string {
 func keyColumns(t *transform.TableMap) []string {
 	return t.KeyColumns()
 }
+
+// refusePaddedKey refuses a change whose key text ends in a space for a
+// key column of type character(n) (bpchar): PostgreSQL pads such values
+// with spaces and ignores trailing spaces when it compares them
+// (https://www.postgresql.org/docs/current/datatype-character.html), so
+// 'AB ' and 'AB' are one value there, and the stored row no longer shows
+// which of the two source keys wrote it. Written, it would silently
+// overwrite (or delete) the row of the other key, in this batch or in a
+// later one; refused, the row of the key without spaces stays, and the
+// dead letter names the column and the fix.
+func (s *Sink) refusePaddedKey(c change) error {
+	t := c.row.Table
+	if s.catalog == nil || t == nil {
+		return nil
+	}
+	ti := s.catalog.Tables[t.QualifiedTable()]
+	if ti == nil {
+		return nil
+	}
+	cols := keyColumns(t)
+	texts := keyTexts(c.row, cols)
+	for i, col := range cols {
+		ci := ti.Columns[col]
+		if ci == nil || ci.Type != "bpchar" || i >= len(texts) || !strings.HasSuffix(texts[i], " ") {
+			continue
+		}
+		return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: c.ti, Event: c.ei,
+			Err: fmt.Errorf("entity %s key %q: key column %s of %s is %s, which pads with spaces and compares without trailing spaces, so it cannot keep this key apart from %q: the %s is refused (a text or varchar key column keeps them apart)",
+				c.row.Entity.Name, c.ev.Key, col, t.QualifiedTable(), ci.SQLType, strings.TrimRight(texts[i], " "), c.row.Op)}
+	}
+	return nil
+}
