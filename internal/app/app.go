@@ -335,7 +335,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	cipher, fieldHash, err := personal(cfg, m, opts.DataDir)
+	cipher, fieldHash, err := personal(ctx, cfg, m)
 	if err != nil {
 		return nil, err
 	}

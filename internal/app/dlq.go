@@ -50,7 +50,7 @@ func RetryDeadLetter(ctx context.Context, cfg *config.Config, bus *Bus, seq uint
 	if tx == nil {
 		return out, pipeline.DropDeadLetter(ctx, js, seq)
 	}
-	cipher, fieldHash, err := personal(cfg, m, bus.dataDir)
+	cipher, fieldHash, err := personal(ctx, cfg, m)
 	if err != nil {
 		return out, fmt.Errorf("dead letter %d: %w", seq, err)
 	}

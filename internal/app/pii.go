@@ -1,13 +1,12 @@
 package app
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
+	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/duplex-cdc/duplex/internal/config"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
@@ -15,17 +14,13 @@ import (
 	"github.com/duplex-cdc/duplex/transform"
 )
 
-// FieldHashFile is the file under the data directory that holds the key of
-// the hash recorded in duplex.field_versions when pii.hash_key names none.
-const FieldHashFile = "field-hash.key"
-
 // personal sets up what an instance does with personal data: the cipher of
 // pii: true fields (keys from pii.keys_file and pii.key_env) and the keyed
 // hash of duplex.field_versions. A mapping with personal fields and no key,
 // a current_key or hash_key the keys lack, or a key file others may read,
 // is refused, naming the key id and where the keys were read from (never a
 // key).
-func personal(cfg *config.Config, m *transform.Mapping, dataDir string) (*pii.Cipher, *pgstate.FieldHasher, error) {
+func personal(ctx context.Context, cfg *config.Config, m *transform.Mapping) (*pii.Cipher, *pgstate.FieldHasher, error) {
 	ring, err := checkKeys(cfg, m)
 	if err != nil {
 		return nil, nil, err
@@ -37,7 +32,7 @@ func personal(cfg *config.Config, m *transform.Mapping, dataDir string) (*pii.Ci
 	var hashKey []byte
 	if id := cfg.PII.HashKey; id != "" {
 		hashKey = ring.Key(id)
-	} else if hashKey, err = fieldHashKey(dataDir); err != nil {
+	} else if hashKey, err = fieldHashKey(ctx, cfg); err != nil {
 		return nil, nil, err
 	}
 	h, err := pgstate.NewFieldHasher(hashKey)
@@ -124,47 +119,28 @@ func loadKeys(cfg *config.Config) (*pii.Keyring, string, error) {
 	return ring, strings.Join(from, " and "), nil
 }
 
-// fieldHashKey reads the field version hash key from the data directory,
-// generating it (32 random bytes, hex, mode 0600) at the first start.
-func fieldHashKey(dataDir string) ([]byte, error) {
-	if dataDir == "" {
-		dataDir = "data"
+// fieldHashKey returns the key of duplex.field_versions' hashes kept in
+// the database of the configuration's first system (by name): every
+// instance of one configuration reads the same key, wherever its data
+// directory is. (A key per data directory made an active and a standby on
+// two hosts hash differently, and after a failover the sink took a newer
+// local write for an older one.) pgstate.FieldHashKey creates it.
+func fieldHashKey(ctx context.Context, cfg *config.Config) ([]byte, error) {
+	names := sortedSystems(cfg)
+	if len(names) == 0 {
+		return nil, fmt.Errorf("field hash key: no system configured")
 	}
-	path := filepath.Join(dataDir, FieldHashFile)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		key := make([]byte, 32)
-		if _, err := rand.Read(key); err != nil {
-			return nil, fmt.Errorf("field hash key: %w", err)
-		}
-		if err := os.MkdirAll(dataDir, 0o700); err != nil {
-			return nil, fmt.Errorf("field hash key: %w", err)
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, os.ErrExist) {
-			return fieldHashKey(dataDir) // another process made it first
-		}
-		if err != nil {
-			return nil, fmt.Errorf("field hash key: %w", err)
-		}
-		if _, err := f.WriteString(hex.EncodeToString(key) + "\n"); err != nil {
-			_ = f.Close()
-			return nil, fmt.Errorf("field hash key %s: %w", path, err)
-		}
-		if err := f.Close(); err != nil {
-			return nil, fmt.Errorf("field hash key %s: %w", path, err)
-		}
-		return key, nil
-	}
+	conn, err := pgx.Connect(ctx, cfg.Systems[names[0]].DSN)
 	if err != nil {
-		return nil, fmt.Errorf("field hash key: %w", err)
+		return nil, fmt.Errorf("field hash key: connect to %s: %w", names[0], err)
 	}
-	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("field hash key %s: mode %04o lets others read it; chmod 600 it", path, st.Mode().Perm())
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := pgstate.Ensure(ctx, conn); err != nil {
+		return nil, fmt.Errorf("field hash key: %s: %w", names[0], err)
 	}
-	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || len(key) < 16 {
-		return nil, fmt.Errorf("field hash key %s: want at least 16 bytes in hex", path)
+	key, err := pgstate.FieldHashKey(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", names[0], err)
 	}
 	return key, nil
 }

@@ -72,7 +72,7 @@ func replayHeld(ctx context.Context, cfg *config.Config, bus *Bus, f *config.Flo
 	if err != nil {
 		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
 	}
-	cipher, fieldHash, err := personal(cfg, m, bus.dataDir)
+	cipher, fieldHash, err := personal(ctx, cfg, m)
 	if err != nil {
 		return pipeline.FlowCounts{}, fmt.Errorf("replay %s: %w", flow, err)
 	}

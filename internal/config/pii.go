@@ -26,10 +26,9 @@ type PII struct {
 	CurrentKey string `yaml:"current_key"`
 	// HashKey names the key (by id) whose bytes key the hash recorded in
 	// duplex.field_versions (HMAC-SHA256). Never rotate it: hashes
-	// recorded under another key are read as unknown. Default: a key
-	// generated into <data dir>/field-hash.key at the first start; every
-	// instance that applies to or captures from one database must then
-	// have the same file.
+	// recorded under another key are read as unknown. Default: a key kept
+	// in the database of the first system (duplex.field_hash_key), the
+	// same for every instance of the configuration.
 	HashKey string `yaml:"hash_key"`
 
 	// envKeys is the value of KeyEnv when the configuration was loaded.

@@ -156,6 +156,23 @@ CREATE TABLE duplex.signing_keys (
 );
 COMMENT ON TABLE duplex.signing_keys IS 'duplex: public keys (nkeys, U...) the captures of this system sign their messages with; flows trust exactly these (delete a row to revoke a key)';`,
 	},
+	{
+		// Every instance of a configuration must hash field versions
+		// under one key: a capture records a version's hash and the sink
+		// of another instance (after a failover) compares it. A key per
+		// data directory made them differ, and an older write then
+		// overwrote a newer one. The key lives in the database, readable
+		// by duplex's role only (its schema).
+		description: "keep the key of duplex.field_versions' hashes",
+		sql: `
+CREATE TABLE duplex.field_hash_key (
+	id         int PRIMARY KEY CHECK (id = 1),
+	key        bytea NOT NULL CHECK (length(key) >= 32),
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON duplex.field_hash_key FROM PUBLIC;
+COMMENT ON TABLE duplex.field_hash_key IS 'duplex: the secret key of the HMAC in duplex.field_versions.value_hash, shared by every duplex instance of the configuration';`,
+	},
 }
 
 // Latest is the schema version this binary migrates databases to.

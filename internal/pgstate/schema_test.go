@@ -216,7 +216,8 @@ func TestEnsure_UpgradesReleaseInPlace(t *testing.T) {
 	}
 	later := []string{"column slots.", "constraint duplex.slots ", // migration 3
 		"column held_released.", "constraint duplex.held_released ", // migration 4
-		"column signing_keys.", "constraint duplex.signing_keys "} // migration 5
+		"column signing_keys.", "constraint duplex.signing_keys ", // migration 5
+		"column field_hash_key.", "constraint duplex.field_hash_key "} // migration 6
 	freshCols := slices.DeleteFunc(slices.Clone(want), func(l string) bool {
 		for _, p := range later {
 			if strings.HasPrefix(l, p) {

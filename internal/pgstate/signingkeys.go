@@ -2,6 +2,7 @@ package pgstate
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -29,4 +30,22 @@ func SigningKeys(ctx context.Context, q Querier, system string) ([]string, error
 		return nil, fmt.Errorf("read signing keys of %s: %w", system, err)
 	}
 	return keys, nil
+}
+
+// FieldHashKey returns the key of duplex.field_versions' hashes kept in
+// this database, creating it (32 random bytes) when there is none yet;
+// concurrent first calls get the same key.
+func FieldHashKey(ctx context.Context, q Querier) ([]byte, error) {
+	fresh := make([]byte, 32)
+	if _, err := rand.Read(fresh); err != nil {
+		return nil, fmt.Errorf("field hash key: %w", err)
+	}
+	if _, err := q.Exec(ctx, `INSERT INTO duplex.field_hash_key (id, key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING`, fresh); err != nil {
+		return nil, fmt.Errorf("field hash key: %w", err)
+	}
+	var key []byte
+	if err := q.QueryRow(ctx, `SELECT key FROM duplex.field_hash_key WHERE id = 1`).Scan(&key); err != nil {
+		return nil, fmt.Errorf("field hash key: %w", err)
+	}
+	return key, nil
 }
