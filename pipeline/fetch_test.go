@@ -105,9 +105,20 @@ func TestApplier_FetchReportsDeliveryGap(t *testing.T) {
 	p.close()
 	// The next session rewinds to the ack floor: everything comes again.
 	p = openTestPuller(ctx, t, a)
-	got := 0
+	got, again := 0, 0
 	for got < 20 && ctx.Err() == nil {
 		msgs, err := a.fetch(ctx, p)
+		if errors.Is(err, errDeliveryGap) && again < 3 {
+			// Seen once under the race detector: a delivery of the
+			// consumer just re-created went astray. The flow ends such a
+			// session and rewinds again, and so does the test.
+			t.Logf("fetch after rewind: %v; rewinding again", err)
+			again++
+			p.close()
+			p = openTestPuller(ctx, t, a)
+			got = 0
+			continue
+		}
 		if err != nil {
 			t.Fatalf("fetch after rewind: %v", err)
 		}
