@@ -154,7 +154,7 @@ func TestSchemaCases_Neighbours(t *testing.T) {
 				CREATE TABLE accts_lo PARTITION OF accts FOR VALUES FROM (0) TO (100);
 				CREATE TABLE accts_hi PARTITION OF accts FOR VALUES FROM (100) TO (1000);
 				CREATE FUNCTION home_region() RETURNS text LANGUAGE sql AS $$ SELECT 'EU' $$`,
-			mapping: regionMapping("        default: {region: {sql: home_region() || '-' || 'x'}}\n"),
+			mapping: regionMapping("        default: {region: {sql: public.home_region() || '-' || 'x'}}\n"),
 			before: []stmt{
 				onCRM(`INSERT INTO accts VALUES (1, 'a'), (150, 'b')`),
 				onERP(`INSERT INTO accts VALUES (1, 'old', 'US')`),
@@ -228,9 +228,9 @@ func TestSchemaCases_Neighbours(t *testing.T) {
 			erpDDL: `CREATE TABLE deals (id int PRIMARY KEY, amount numeric(12,2), touched text);
 				CREATE TABLE audit (id int, op text, role text);
 				CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.touched := 'by ' || TG_OP; RETURN NEW; END $$;
-				CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (COALESCE(NEW.id, OLD.id), TG_OP, current_setting('session_replication_role')); RETURN NULL; END $$;
-				CREATE TRIGGER deals_stamp BEFORE INSERT OR UPDATE ON deals FOR EACH ROW EXECUTE FUNCTION stamp();
-				CREATE TRIGGER deals_audit AFTER INSERT OR UPDATE OR DELETE ON deals FOR EACH ROW EXECUTE FUNCTION audit();
+				CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO public.audit VALUES (COALESCE(NEW.id, OLD.id), TG_OP, current_setting('session_replication_role')); RETURN NULL; END $$;
+				CREATE TRIGGER deals_stamp BEFORE INSERT OR UPDATE ON deals FOR EACH ROW EXECUTE FUNCTION public.stamp();
+				CREATE TRIGGER deals_audit AFTER INSERT OR UPDATE OR DELETE ON deals FOR EACH ROW EXECUTE FUNCTION public.audit();
 				ALTER TABLE deals ENABLE ALWAYS TRIGGER deals_stamp; ALTER TABLE deals ENABLE ALWAYS TRIGGER deals_audit`,
 			mapping: `
   - name: deal
