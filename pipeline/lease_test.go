@@ -127,15 +127,7 @@ func TestLease_LostLeaseStopsBeforeAnotherStarts(t *testing.T) {
 	const ttl = 2 * time.Second
 	_, kv := leaseBucket(t, ttl)
 	cut := &failingKV{KeyValue: kv}
-	a := pipeline.NewLease(cut, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
-	b := pipeline.NewLease(kv, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
-	var sa, sb span
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	wg.Go(func() { _ = a.Run(ctx, sa.work) })
-	waitUntil(t, 5*time.Second, "first holder starts", func() bool { return sa.starts() == 1 })
-	wg.Go(func() { _ = b.Run(ctx, sb.work) })
+	_, _, sa, sb := holderAndStandby(t, ttl, cut, kv)
 	time.Sleep(ttl)
 	cutAt := time.Now()
 	cut.fail.Store(true)
@@ -168,15 +160,7 @@ func TestLease_LostLeaseTakenBackBeforeItExpires(t *testing.T) {
 	const ttl = 2 * time.Second
 	_, kv := leaseBucket(t, ttl)
 	slow := &failingKV{KeyValue: kv}
-	a := pipeline.NewLease(slow, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
-	b := pipeline.NewLease(kv, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
-	var sa, sb span
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	wg.Go(func() { _ = a.Run(ctx, sa.work) })
-	waitUntil(t, 5*time.Second, "first holder starts", func() bool { return sa.starts() == 1 })
-	wg.Go(func() { _ = b.Run(ctx, sb.work) })
+	a, _, sa, sb := holderAndStandby(t, ttl, slow, kv)
 	time.Sleep(ttl / 2)
 	slow.fail.Store(true)
 	waitUntil(t, 2*ttl, "holder fenced", func() bool {
@@ -212,15 +196,7 @@ func TestLease_LostLeaseTakenBackBeforeItExpires(t *testing.T) {
 func TestLease_YieldHandsTheLeaseOver(t *testing.T) {
 	const ttl = 2 * time.Second
 	_, kv := leaseBucket(t, ttl)
-	a := pipeline.NewLease(kv, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
-	b := pipeline.NewLease(kv, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
-	var sa, sb span
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	wg.Go(func() { _ = a.Run(ctx, sa.work) })
-	waitUntil(t, 5*time.Second, "first holder starts", func() bool { return sa.starts() == 1 })
-	wg.Go(func() { _ = b.Run(ctx, sb.work) })
+	a, b, sa, sb := holderAndStandby(t, ttl, kv, kv)
 	time.Sleep(ttl / 2)
 	b.Yield() // not held: nothing happens
 	time.Sleep(ttl / 2)
@@ -238,4 +214,20 @@ func TestLease_YieldHandsTheLeaseOver(t *testing.T) {
 	if len(sa.start) != 1 {
 		t.Errorf("the instance that yielded started again (%d starts)", len(sa.start))
 	}
+}
+
+// holderAndStandby starts a holder of the to-erp flow's lease on kvA and,
+// once its work runs, a standby on kvB; both stop when the test ends.
+func holderAndStandby(t *testing.T, ttl time.Duration, kvA, kvB jetstream.KeyValue) (a, b *pipeline.Lease, sa, sb *span) {
+	t.Helper()
+	a = pipeline.NewLease(kvA, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
+	b = pipeline.NewLease(kvB, pipeline.FlowLeaseKey("to-erp"), pipeline.NewInstance("run"), ttl, nil)
+	sa, sb = &span{}, &span{}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Go(func() { _ = a.Run(ctx, sa.work) })
+	waitUntil(t, 5*time.Second, "first holder starts", func() bool { return sa.starts() == 1 })
+	wg.Go(func() { _ = b.Run(ctx, sb.work) })
+	return a, b, sa, sb
 }
