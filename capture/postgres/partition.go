@@ -65,7 +65,7 @@ func (ss *session) routeRelation(ctx context.Context, msg *pglogrepl.RelationMes
 // "" when there is none (relid is no partition of a mapped table, or no
 // longer exists).
 func (ss *session) mappedAncestor(ctx context.Context, relid uint32) (string, error) {
-	q, err := ss.queryConn(ctx)
+	q, err := ss.decodeConn(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -143,7 +143,7 @@ func (ss *session) truncate(ctx context.Context, msg *pglogrepl.TruncateMessage)
 // leafPartitions returns the OIDs of the leaf partitions of a partitioned
 // table as the catalog has them now.
 func (ss *session) leafPartitions(ctx context.Context, table string) ([]uint32, error) {
-	q, err := ss.queryConn(ctx)
+	q, err := ss.decodeConn(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,9 @@ type session struct {
 	bf       *backfillRun
 	bfPolled time.Time
 	q        *pgx.Conn
+	// visibleXid is the transaction decodeConn last found visible to
+	// other sessions (visible.go).
+	visibleXid uint32
 }
 
 // Stream runs one replication session until ctx ends or the connection

@@ -156,7 +156,7 @@ func (ss *session) resolveUnchanged(ctx context.Context, c *capture.Chunk) error
 
 func (ss *session) readUnchanged(ctx context.Context, c *capture.Chunk, ps []pendingUnchanged) error {
 	rel := ps[0].rel
-	q, err := ss.queryConn(ctx)
+	q, err := ss.decodeConn(ctx)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,94 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// visibleWait bounds how long decodeConn waits for the transaction being
+// decoded to become visible to other sessions. PostgreSQL makes a committed
+// transaction visible microseconds after its commit record is flushed; a
+// transaction still in progress after this long is a server in trouble,
+// and the read goes ahead (what it reads is then reported as it is).
+const visibleWait = 30 * time.Second
+
+// decodeConn returns the query connection for a read the decoding of the
+// current transaction needs (the partition a Relation message names, the
+// leaf partitions of a truncated table, unchanged TOAST values), once that
+// transaction is visible to a new snapshot.
+//
+// The walsender decodes a transaction as soon as its commit record is
+// flushed, and the committing backend leaves the proc array (which is what
+// makes its changes visible) only after that flush (RecordTransactionCommit,
+// then ProcArrayEndTransaction, in PostgreSQL's xact.c). A catalog read
+// made in between does not see what the transaction did: a partition
+// created in it and filled at once is "no partition" and its rows were
+// reported as changes of an unmapped table. pg_xact_status says "in
+// progress" for exactly that window, so the read waits for it to end.
+func (ss *session) decodeConn(ctx context.Context) (*pgx.Conn, error) {
+	q, err := ss.queryConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	xid := ss.tx.Xid
+	if !ss.inTx || xid == 0 || ss.visibleXid == xid {
+		return q, nil
+	}
+	deadline := time.Now().Add(visibleWait)
+	for {
+		status, err := xactStatus(ctx, q, xid)
+		if err != nil {
+			return nil, fmt.Errorf("capture %s: status of transaction %d: %w", ss.src.cfg.System, xid, err)
+		}
+		if status != "in progress" {
+			ss.visibleXid = xid
+			return q, nil
+		}
+		if time.Now().After(deadline) {
+			ss.src.log.Warn("the transaction being decoded is still in progress for other sessions; reading the catalog anyway",
+				"xid", xid, "waited", visibleWait.String())
+			ss.visibleXid = xid
+			return q, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// xactStatus returns pg_xact_status of a 32-bit transaction ID: "in
+// progress", "committed", "aborted", or "" when it is too old for the
+// server to know. The ID is widened to the 64-bit xid8 with the epoch of
+// the server's next transaction ID (xid is not newer than it, and at most
+// 2^31 older).
+func xactStatus(ctx context.Context, q *pgx.Conn, xid uint32) (string, error) {
+	var next string
+	if err := q.QueryRow(ctx, `SELECT pg_snapshot_xmax(pg_current_snapshot())::text`).Scan(&next); err != nil {
+		return "", err
+	}
+	n, err := strconv.ParseUint(next, 10, 64)
+	if err != nil {
+		return "", fmt.Errorf("next transaction ID %q: %w", next, err)
+	}
+	full := n&^0xFFFFFFFF | uint64(xid)
+	if full > n {
+		if full < 1<<32 {
+			return "", nil
+		}
+		full -= 1 << 32
+	}
+	var status *string
+	if err := q.QueryRow(ctx, `SELECT pg_xact_status($1::text::xid8)`, strconv.FormatUint(full, 10)).Scan(&status); err != nil {
+		return "", err
+	}
+	if status == nil {
+		return "", nil
+	}
+	return *status, nil
+}
