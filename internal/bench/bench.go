@@ -77,7 +77,10 @@ type Options struct {
 	// with ExtraEnv added to its environment.
 	Exe      string
 	ExtraEnv []string
-	Out      io.Writer
+	// CPUProfileDir, when set, is where each duplex process of the shapes
+	// writes its CPU profile (<shape>-<n>.pprof, pprof format).
+	CPUProfileDir string
+	Out           io.Writer
 	Logger   *slog.Logger
 }
 

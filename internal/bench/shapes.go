@@ -240,8 +240,11 @@ func (r *shapeRun) startDuplex(ctx context.Context) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(r.o.Exe, "run", "--config", r.env.URLConfigPath, "--data-dir", filepath.Join(r.env.Dir, "child"),
-		"--log-level", "info", "--listen", "off")
+	args := []string{"run", "--config", r.env.URLConfigPath, "--data-dir", filepath.Join(r.env.Dir, "child"), "--log-level", "info", "--listen", "off"}
+	if r.o.CPUProfileDir != "" {
+		args = append(args, "--cpu-profile", filepath.Join(r.o.CPUProfileDir, fmt.Sprintf("%s-%d.pprof", r.shape, r.starts)))
+	}
+	cmd := exec.Command(r.o.Exe, args...)
 	cmd.Env = append(append(os.Environ(), r.o.ExtraEnv...), "CRM_DSN="+r.env.CRM.DSN("crm"), "ERP_DSN="+r.env.ERP.DSN("erp"), "NATS_URL="+r.nats.URL())
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {

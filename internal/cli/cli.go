@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -117,7 +118,7 @@ func envOr(k, def string) string {
 }
 
 func runCmd(g *globals) *cobra.Command {
-	var cfgPath, dataDir, listen string
+	var cfgPath, dataDir, listen, cpuProfile string
 	c := &cobra.Command{
 		Use:   "run",
 		Short: "Run the configured flows until SIGINT/SIGTERM, then stop cleanly",
@@ -130,6 +131,13 @@ func runCmd(g *globals) *cobra.Command {
 				dataDir = envOr("DUPLEX_DATA_DIR", cfg.DataDir)
 			}
 			log := g.logger()
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			metrics := ops.NewMetrics()
 			a, err := app.Start(cmd.Context(), app.Options{Config: cfg, DataDir: dataDir, Logger: log, OnBatch: metrics.OnBatch})
 			if err != nil {
@@ -182,7 +190,22 @@ func runCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&cfgPath, "config", "duplex.yaml", "configuration file")
 	c.Flags().StringVar(&dataDir, "data-dir", "", "directory for the embedded NATS store, the nkeys of duplex's identities on it and the listener's generated token (default $DUPLEX_DATA_DIR, then data_dir of the config, then ./data)")
 	c.Flags().StringVar(&listen, "listen", envOr("DUPLEX_LISTEN", ops.DefaultListen), "address of /metrics, /healthz, /readyz (open), /api/status, /api/replay and the status page (bearer token: http.token or <data dir>/http.token) (off to disable)")
+	c.Flags().StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the whole run to this file when duplex stops (a live process: /debug/pprof/profile on the listener)")
 	return c
+}
+
+// startCPUProfile starts a CPU profile written to path (created 0600) and
+// returns what stops it.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func checkCmd(g *globals) *cobra.Command {
@@ -262,6 +285,7 @@ func benchCmd(g *globals) *cobra.Command {
 	c.Flags().StringSliceVar(&opts.Shapes, "shape", nil, "workload shapes to compare with native logical replication (default all: "+strings.Join(bench.Shapes(), ",")+"); "+bench.ShapeLegacy+" runs the previous bench (--rows, --rows-per-tx, --steady-rate, --steady-for, --skip-native)")
 	c.Flags().IntVar(&opts.Runs, "runs", 1, "runs of each shape (the table shows min / median / max)")
 	c.Flags().Float64Var(&opts.Scale, "scale", 1, "size of the shapes: the number of transactions (and snapshot rows) times this; a transaction's size stays")
+	c.Flags().StringVar(&opts.CPUProfileDir, "cpu-profile-dir", "", "write a CPU profile of each duplex process the shapes run into this directory (<shape>-<n>.pprof)")
 	c.Flags().BoolVar(&opts.Stages, "stages", false, "also measure each stage alone on the same backlog: capture+decode+normalize, publish to JetStream, consume+apply")
 	c.Flags().IntVar(&opts.Rows, "rows", 100_000, "with --shape legacy: rows inserted by the bulk workload")
 	c.Flags().IntVar(&opts.RowsPerTx, "rows-per-tx", 900, "with --shape legacy: rows per bulk transaction")
