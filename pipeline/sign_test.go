@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -25,6 +26,36 @@ func newKey(t *testing.T) (seed []byte, pub string) {
 	seed, _ = kp.Seed()
 	pub, _ = kp.PublicKey()
 	return seed, pub
+}
+
+// TestSigner_SameSignatureAsNkeys: the Signer (crypto/ed25519 with the
+// key derived once) signs exactly as the nkey itself does, so a signature
+// checks with nkeys' own Verify.
+func TestSigner_SameSignatureAsNkeys(t *testing.T) {
+	seed, pub := newKey(t)
+	signer, err := pipeline.NewSigner("crm", seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg("duplex.crm.tx")
+	msg.Data = []byte(`{"v":1}`)
+	if err := signer.Sign(msg, "crm:0/1:0"); err != nil {
+		t.Fatal(err)
+	}
+	key, sig64, _ := strings.Cut(msg.Header.Get(pipeline.SignatureHeader), ".")
+	if key != pub {
+		t.Fatalf("signed by %s, want %s", key, pub)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(sig64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, _ := nkeys.FromSeed(seed)
+	want, _ := kp.Sign([]byte("duplex-signature-v1\x00crm\x00duplex.crm.tx\x00crm:0/1:0\x00{\"v\":1}"))
+	if string(sig) != string(want) {
+		pk, _ := nkeys.FromPublicKey(pub)
+		t.Fatalf("signature differs from the nkey's (nkeys verifies it: %v)", pk.Verify([]byte("x"), sig))
+	}
 }
 
 func TestVerifier_Verify(t *testing.T) {
