@@ -81,7 +81,7 @@ type Options struct {
 	// writes its CPU profile (<shape>-<n>.pprof, pprof format).
 	CPUProfileDir string
 	Out           io.Writer
-	Logger   *slog.Logger
+	Logger        *slog.Logger
 }
 
 // ShapeLegacy is the bench before the shapes: bulk one way and both ways,
