@@ -33,13 +33,21 @@ func (h *fakeHolds) Hold(_ context.Context, hd pipeline.Hold) error {
 
 func (h *fakeHolds) Release(context.Context, string, capture.LSN) error { return nil }
 
-// fakeVersions remembers the events it was asked to record.
-type fakeVersions struct{ recorded []transform.Event }
-
-func (v *fakeVersions) Record(_ context.Context, evs []transform.Event) error {
-	v.recorded = append(v.recorded, evs...)
-	return nil
+// fakeVersions remembers the events it was asked to record (read after
+// the capture stopped).
+type fakeVersions struct {
+	mu       sync.Mutex
+	recorded []transform.Event
 }
+
+func (v *fakeVersions) Add(evs []transform.Event) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.recorded = append(v.recorded, evs...)
+	return 0
+}
+
+func (v *fakeVersions) Flush(context.Context) error { return nil }
 
 func (v *fakeVersions) Lookup(context.Context, []transform.Event) error { return nil }
 

@@ -25,9 +25,14 @@ type ProducerConfig struct {
 	Logger      *slog.Logger
 	Stats       *SourceStats
 	// Versions, when set, records the versions of local writes to shared
-	// fields before they are published.
+	// fields: collected (Add) as they are read, written (Flush) before the
+	// slot is confirmed past them. Used from two goroutines.
 	Versions interface {
-		Record(ctx context.Context, events []transform.Event) error
+		// Add collects the versions the events carry and returns how
+		// many are pending.
+		Add(events []transform.Event) int
+		// Flush writes what Add collected.
+		Flush(ctx context.Context) error
 		// Lookup sets the recorded versions of the shared fields of
 		// copied rows (snapshot, backfill).
 		Lookup(ctx context.Context, events []transform.Event) error
@@ -300,6 +305,11 @@ func (p *producer) run(ctx context.Context) error {
 	return err
 }
 
+// maxPendingVersions bounds the field versions the capture collects
+// (VersionRecorder.Add) before it writes them itself rather than waiting
+// for the tracker.
+const maxPendingVersions = 10000
+
 // track waits for acknowledgements in publish order and confirms the end
 // LSN of each transaction whose every chunk is stored.
 func (p *producer) track(ctx context.Context) {
@@ -338,6 +348,15 @@ func (p *producer) track(ctx context.Context) {
 		}
 		p.cfg.Stats.update(func(s *SourceCounts) { s.InFlight = len(p.pending) })
 		if e.last {
+			if p.cfg.Versions != nil {
+				// The versions of the local writes of every transaction
+				// handed on so far, this one's included, are recorded
+				// before the slot may move past it.
+				if err := p.cfg.Versions.Flush(ctx); err != nil {
+					p.fail(err)
+					return
+				}
+			}
 			p.src.Confirm(e.endLSN)
 			p.releaseHolds(ctx, e.endLSN)
 		}
@@ -405,8 +424,12 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		})
 	}
 	if rec := p.versionsToRecord(tx.Events); p.cfg.Versions != nil && !c.Tx.Applied && !c.Tx.Snapshot && len(rec) > 0 {
-		if err := p.cfg.Versions.Record(ctx, rec); err != nil {
-			return err
+		// Written by the tracker before it confirms this transaction
+		// (or here, when many are pending).
+		if p.cfg.Versions.Add(rec) >= maxPendingVersions {
+			if err := p.cfg.Versions.Flush(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	if p.cfg.Versions != nil && c.Tx.Snapshot && len(tx.Events) > 0 {
