@@ -264,13 +264,8 @@ func (s *Sink) checkParents(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 			notNull = append(notNull, "c."+pgx.Identifier{c}.Sanitize()+" IS NOT NULL")
 			vals = append(vals, "c."+pgx.Identifier{c}.Sanitize()+"::text")
 		}
-		// One probe of the target's key index per written row, and one of
-		// the parent's unique index per reference (OFFSET 0 keeps both
-		// subqueries from being turned into joins): planned as joins,
-		// with statistics from before a bulk load, PostgreSQL hashed
-		// the whole child and parent tables for every batch.
-		q := fmt.Sprintf("SELECT u.n::text, concat_ws(', ', %s) FROM unnest(%s) WITH ORDINALITY AS u(%s, n) CROSS JOIN LATERAL (SELECT %s FROM %s c WHERE %s OFFSET 0) c WHERE %s AND NOT EXISTS (SELECT 1 FROM %s p WHERE %s OFFSET 0) LIMIT 1",
-			strings.Join(vals, ", "), un, alias, strings.Join(childCols(fk.childCols), ", "), fk.childSQL, match,
+		q := fmt.Sprintf("SELECT u.n::text, concat_ws(', ', %s) FROM %s c JOIN unnest(%s) WITH ORDINALITY AS u(%s, n) ON %s WHERE %s AND NOT EXISTS (SELECT 1 FROM %s p WHERE %s) LIMIT 1",
+			strings.Join(vals, ", "), fk.childSQL, un, alias, match,
 			strings.Join(notNull, " AND "), fk.parentSQL, fk.match("p", fk.parentCols, "c", fk.childCols, false))
 		var n, v string
 		err = tx.QueryRow(ctx, q, args...).Scan(&n, &v)
@@ -290,15 +285,6 @@ func (s *Sink) checkParents(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 			e.Name, key, fk.child, fk.name, strings.Join(fk.childCols, ", "), v, fk.parent)}
 	}
 	return nil
-}
-
-// childCols is "c"."col", … for the columns cols of the child c.
-func childCols(cols []string) []string {
-	out := make([]string, len(cols))
-	for i, c := range cols {
-		out[i] = "c." + pgx.Identifier{c}.Sanitize()
-	}
-	return out
 }
 
 // checkChildren handles the children left referencing rows a batch (or a
