@@ -43,11 +43,7 @@ func TestPartition_CreatedInADecodedTransactionNotYetVisible(t *testing.T) {
 	if err := src.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- src.Stream(sctx, rec) }()
-	defer func() { cancel(); <-done }()
+	rec := streamInto(t, src)
 
 	conn, err := pgx.Connect(ctx, cl.DSN("src"))
 	if err != nil {

@@ -18,6 +18,26 @@ import (
 // even when a later transaction changed it), else read from the source by
 // key (the current row: the later value, whose own change follows in the
 // slot); unknown when the row is gone; never NULL.
+// streamInto streams src into a recorder until the test ends; a stream
+// that ends before is logged.
+func streamInto(t *testing.T, src *Source) *recorder {
+	t.Helper()
+	rec := &recorder{}
+	sctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Stream(sctx, rec) }()
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		select {
+		case err := <-done:
+			t.Logf("stream ended: %v", err)
+			done <- err
+		case <-sctx.Done():
+		}
+	}()
+	return rec
+}
+
 func TestUnchanged_ValuesFoundForUpdates(t *testing.T) {
 	ctx := context.Background()
 	cl := harness.NewCluster(t, harness.ClusterOptions{})
@@ -60,19 +80,7 @@ func TestUnchanged_ValuesFoundForUpdates(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	rec := &recorder{}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- src.Stream(sctx, rec) }()
-	defer func() { cancel(); <-done }()
-	go func() {
-		select {
-		case err := <-done:
-			t.Logf("stream ended: %v", err)
-			done <- err
-		case <-sctx.Done():
-		}
-	}()
+	rec := streamInto(t, src)
 
 	type seen struct {
 		table, status string
