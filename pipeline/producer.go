@@ -25,8 +25,9 @@ type ProducerConfig struct {
 	Logger      *slog.Logger
 	Stats       *SourceStats
 	// Versions, when set, records the versions of local writes to shared
-	// fields: collected (Add) as they are read, written (Flush) before the
-	// slot is confirmed past them. Used from two goroutines.
+	// fields: collected (Add) as they are read, written (Flush) at least
+	// every versionsFlushEvery and before the slot is confirmed past them.
+	// Used from two goroutines.
 	Versions interface {
 		// Add collects the versions the events carry and returns how
 		// many are pending.
