@@ -212,3 +212,40 @@ func TestSharedFields_EndlessWaitIsShownThenDeadLettered(t *testing.T) {
 		return r.Checks["flow to-crm"] == "running", fmt.Sprintf("readiness %+v", r)
 	})
 }
+
+// TestSharedFields_TwoWritesInOneTransaction: a transaction that inserts
+// a row and updates its shared field (two versions of the field with one
+// commit time) is recorded with the value the row ends with, so that the
+// other system's later edit of the field is applied at once. The capture
+// recorded the first statement's value: the sink took the row's value for
+// a local write not recorded yet, waited for its record until max_wait,
+// and dead-lettered the other system's edit.
+func TestSharedFields_TwoWritesInOneTransaction(t *testing.T) {
+	f := newMemberFixture(t)
+	f.tweak = func(c *config.Config) {
+		for _, fl := range c.Flows {
+			fl.MaxWait = 6 * time.Second
+		}
+	}
+	f.inProcess()
+	crm, erp := f.conn("crm"), f.conn("erp")
+	m := uuid.New()
+	ctx := context.Background()
+	tx, err := crm.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO members VALUES ($1, 'A', 'eur')`, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE members SET status = 'I' WHERE id = $1`, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitMember(t, erp, "erp", m, "inactive EUR")
+	f.exec("erp", `UPDATE members SET status = 'suspended' WHERE crm_member_id = $1`, m)
+	waitMember(t, crm, "crm", m, "S eur")
+	assertNoDeadLetters(t, f)
+}

@@ -25,8 +25,9 @@ type ProducerConfig struct {
 	Logger      *slog.Logger
 	Stats       *SourceStats
 	// Versions, when set, records the versions of local writes to shared
-	// fields: collected (Add) as they are read, written (Flush) before the
-	// slot is confirmed past them. Used from two goroutines.
+	// fields: collected (Add) as they are read, written (Flush) at least
+	// every versionsFlushEvery and before the slot is confirmed past them.
+	// Used from two goroutines.
 	Versions interface {
 		// Add collects the versions the events carry and returns how
 		// many are pending.
@@ -310,14 +311,41 @@ func (p *producer) run(ctx context.Context) error {
 // for the tracker.
 const maxPendingVersions = 10000
 
+// versionsFlushEvery bounds how long the versions of local writes stay
+// collected while the tracker has no transaction to confirm: while a
+// message waits for room in the stream or for its acknowledgement, or a
+// long transaction is read. The sink into the same database waits for
+// them meanwhile, and the flows that make room in the stream may be the
+// ones waiting. Recording a version before its transaction is published
+// is safe (the write is committed); only confirming before it is not.
+const versionsFlushEvery = 100 * time.Millisecond
+
 // track waits for acknowledgements in publish order and confirms the end
 // LSN of each transaction whose every chunk is stored.
 func (p *producer) track(ctx context.Context) {
+	var tick <-chan time.Time
+	if p.cfg.Versions != nil {
+		t := time.NewTicker(versionsFlushEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	flush := func() bool {
+		if err := p.cfg.Versions.Flush(ctx); err != nil {
+			p.fail(err)
+			return false
+		}
+		return true
+	}
 	for {
 		var e pending
 		select {
 		case <-ctx.Done():
 			return
+		case <-tick:
+			if !flush() {
+				return
+			}
+			continue
 		case e = <-p.pending:
 		}
 		if e.drained != nil {
@@ -325,11 +353,25 @@ func (p *producer) track(ctx context.Context) {
 			continue
 		}
 		if e.fut != nil {
-			select {
-			case <-ctx.Done():
-				return
-			case <-e.fut.Ok():
-			case err := <-e.fut.Err():
+			var err error
+			failed := false
+		ack:
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick:
+					if !flush() {
+						return
+					}
+				case <-e.fut.Ok():
+					break ack
+				case err = <-e.fut.Err():
+					failed = true
+					break ack
+				}
+			}
+			if failed {
 				if !permanentPublish(err) {
 					p.fail(fmt.Errorf("publish %s: %w", e.msgID, err))
 					return

@@ -34,8 +34,11 @@ func (ss *session) decodeConn(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Not only while ss.inTx: the unchanged values of a transaction's
+	// last chunk are read once its commit was decoded (ss.tx is still
+	// that transaction's until the next Begin).
 	xid := ss.tx.Xid
-	if !ss.inTx || xid == 0 || ss.visibleXid == xid {
+	if xid == 0 || ss.visibleXid == xid {
 		return q, nil
 	}
 	deadline := time.Now().Add(visibleWait)
@@ -64,24 +67,19 @@ func (ss *session) decodeConn(ctx context.Context) (*pgx.Conn, error) {
 
 // xactStatus returns pg_xact_status of a 32-bit transaction ID: "in
 // progress", "committed", "aborted", or "" when it is too old for the
-// server to know. The ID is widened to the 64-bit xid8 with the epoch of
-// the server's next transaction ID (xid is not newer than it, and at most
-// 2^31 older).
+// server to know.
 func xactStatus(ctx context.Context, q *pgx.Conn, xid uint32) (string, error) {
 	var next string
 	if err := q.QueryRow(ctx, `SELECT pg_snapshot_xmax(pg_current_snapshot())::text`).Scan(&next); err != nil {
 		return "", err
 	}
-	n, err := strconv.ParseUint(next, 10, 64)
-	if err != nil {
-		return "", fmt.Errorf("next transaction ID %q: %w", next, err)
+	xmax, err := strconv.ParseUint(next, 10, 64)
+	if err != nil || xmax >= 1<<62 {
+		return "", fmt.Errorf("xmax of a snapshot %q: not a 64-bit transaction ID", next)
 	}
-	full := n&^0xFFFFFFFF | uint64(xid)
-	if full > n {
-		if full < 1<<32 {
-			return "", nil
-		}
-		full -= 1 << 32
+	full, ok := widenXid(xmax, xid)
+	if !ok {
+		return "", nil
 	}
 	var status *string
 	if err := q.QueryRow(ctx, `SELECT pg_xact_status($1::text::xid8)`, strconv.FormatUint(full, 10)).Scan(&status); err != nil {
@@ -91,4 +89,21 @@ func xactStatus(ctx context.Context, q *pgx.Conn, xid uint32) (string, error) {
 		return "", nil
 	}
 	return *status, nil
+}
+
+// widenXid returns the 64-bit transaction ID (xid8) of the 32-bit xid,
+// given xmax, the 64-bit xmax of a snapshot taken now: the ID within 2^31
+// of xmax on either side, as PostgreSQL widens a 32-bit ID near a known
+// 64-bit one (FullTransactionIdFromAllowableAt in transam.h). Either
+// side, because the xmax of a snapshot is latestCompletedXid + 1
+// (GetSnapshotData in procarray.c): the transaction being decoded has not
+// completed for other sessions yet, so while an older transaction still
+// runs (any concurrent load) its ID is above xmax. False when the ID
+// would come before the first normal transaction ID (3).
+func widenXid(xmax uint64, xid uint32) (uint64, bool) {
+	full := int64(xmax) + int64(int32(xid-uint32(xmax)))
+	if full < 3 {
+		return 0, false
+	}
+	return uint64(full), true
 }

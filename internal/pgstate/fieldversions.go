@@ -346,8 +346,8 @@ func (r *VersionRecorder) Add(events []transform.Event) int {
 }
 
 // Flush writes the versions Add collected, in one statement. On an error
-// they are dropped: the capture confirms nothing past them and reads
-// their transactions again.
+// they stay pending, for the next Flush (the capture reads their
+// transactions again too, and adds them again: harmless).
 func (r *VersionRecorder) Flush(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -355,11 +355,14 @@ func (r *VersionRecorder) Flush(ctx context.Context) error {
 }
 
 func (r *VersionRecorder) flush(ctx context.Context) error {
-	w := r.pending
-	r.pending = recording{}
-	if err := r.record(ctx, &w); err != nil {
+	if err := r.record(ctx, &r.pending); err != nil {
+		// Kept for the next flush: the error may have been returned to
+		// the capture's goroutine (Lookup, or many pending) while the
+		// tracker goes on confirming; its next flush must write them
+		// before it confirms past them.
 		return fmt.Errorf("record versions %s: %w", r.system, err)
 	}
+	r.pending = recording{}
 	return nil
 }
 
@@ -377,7 +380,9 @@ func (w *recording) add(h *FieldHasher, ev *transform.Event, field string, v any
 }
 
 // record writes w as this system's versions, each replacing a recorded
-// version that is not newer.
+// version that is not newer. Of two versions of one field with the same
+// commit time (two statements of one transaction, an INSERT then an
+// UPDATE), the one added last is the row's value and wins.
 func (r *VersionRecorder) record(ctx context.Context, w *recording) error {
 	if len(w.keys) == 0 {
 		return nil
@@ -388,8 +393,8 @@ func (r *VersionRecorder) record(ctx context.Context, w *recording) error {
 	_, err := r.conn.Exec(ctx, `
 INSERT INTO duplex.field_versions AS v (entity, key, field, source, commit_time, value_hash)
 SELECT DISTINCT ON (u.e, u.k, u.f) u.e, u.k, u.f, $1, u.at, u.h
-FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS u(e, k, f, at, h)
-ORDER BY u.e, u.k, u.f, u.at DESC
+FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) WITH ORDINALITY AS u(e, k, f, at, h, n)
+ORDER BY u.e, u.k, u.f, u.at DESC, u.n DESC
 ON CONFLICT (entity, key, field) DO UPDATE SET source = EXCLUDED.source, commit_time = EXCLUDED.commit_time, value_hash = EXCLUDED.value_hash
 WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, w.ents, w.keys, w.fields, w.ats, w.hashes)
 	if err != nil {

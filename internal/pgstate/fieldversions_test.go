@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -153,5 +154,92 @@ func TestVersionRecorder_KeyedHash(t *testing.T) {
 	}
 	if v, ok := evs[0].Versions["email"]; !ok || v.Source != "erp" || !v.At.Equal(t0) {
 		t.Errorf("copy of a value an older duplex recorded: versions %+v, want erp at %s", evs[0].Versions, t0)
+	}
+}
+
+// TestVersionRecorder_SameTimeLaterWins: two local writes of one shared
+// field with the same commit time (two statements of one transaction: an
+// INSERT and an UPDATE, or two UPDATEs) recorded in one flush record the
+// later one's value, the one the row holds. Recording the earlier one
+// made the sink into this database take the row's value for a local
+// write not recorded yet and wait for it up to max_wait, then dead-letter
+// the other system's write.
+func TestVersionRecorder_SameTimeLaterWins(t *testing.T) {
+	ctx := context.Background()
+	m, err := transform.Parse([]byte(sharedEmailMapping))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := newDB(t)
+	conn := connect(t, db, "postgres", nil)
+	r := pgstate.NewVersionRecorder("crm", cluster.DSN(db), m)
+	defer r.Close(ctx)
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	write := func(key, email string, lsn uint64, at time.Time) transform.Event {
+		return transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: key,
+			Pos: transform.Position{LSN: capture.LSN(lsn), CommitTime: at}, Data: map[string]any{"id": key, "email": email}}
+	}
+	// k1: one transaction, two statements. k2: two transactions, added
+	// separately (the capture adds a chunk at a time), flushed together.
+	r.Add([]transform.Event{write("k1", "first@example.com", 0x5000, t0), write("k1", "second@example.com", 0x5000, t0)})
+	r.Add([]transform.Event{write("k2", "first@example.com", 0x5000, t0)})
+	r.Add([]transform.Event{write("k2", "second@example.com", 0x6000, t0)})
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fv, err := pgstate.ReadFieldVersions(ctx, conn, "customer", []string{"k1", "k2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fv) != 2 {
+		t.Fatalf("field versions %+v, want k1 and k2", fv)
+	}
+	for _, v := range fv {
+		if !v.Holds("second@example.com", nil) {
+			t.Errorf("%s: the recorded hash is not the later write's (second@example.com): %+v", v.Key, v)
+		}
+	}
+}
+
+// TestVersionRecorder_FailedFlushKept: versions a flush could not write
+// stay pending for the next flush. The capture's tracker confirms the
+// slot after a successful flush; when a flush made on the capture's path
+// (a look-up of copied rows, or many pending) failed and dropped them, the
+// tracker's next flush had nothing to write and the slot could be
+// confirmed past local writes whose versions were never recorded.
+func TestVersionRecorder_FailedFlushKept(t *testing.T) {
+	ctx := context.Background()
+	m, err := transform.Parse([]byte(sharedEmailMapping))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := newDB(t)
+	conn := connect(t, db, "postgres", nil)
+	r := pgstate.NewVersionRecorder("crm", cluster.DSN(db), m)
+	defer r.Close(ctx)
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	ev := func(key string) transform.Event {
+		return transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: key,
+			Pos: transform.Position{LSN: 0x5000, CommitTime: t0}, Data: map[string]any{"id": key, "email": key + "@example.com"}}
+	}
+	// The recorder's session exists (Ensure ran on it).
+	if err := r.Record(ctx, []transform.Event{ev("k0")}); err != nil {
+		t.Fatal(err)
+	}
+	r.Add([]transform.Event{ev("k1")})
+	// The recorder's session is cut: the flush fails.
+	exec(t, conn, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
+	if err := r.Flush(ctx); err == nil {
+		t.Fatal("flush on a terminated session: no error")
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fv, err := pgstate.ReadFieldVersions(ctx, conn, "customer", []string{"k1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fv) != 1 || !fv[0].Holds("k1@example.com", nil) {
+		t.Fatalf("after a failed flush and a successful one: versions %+v, want k1's", fv)
 	}
 }
