@@ -13,8 +13,12 @@ import (
 // decoded to become visible to other sessions. PostgreSQL makes a committed
 // transaction visible microseconds after its commit record is flushed; a
 // transaction still in progress after this long is a server in trouble,
-// and the read goes ahead (what it reads is then reported as it is).
-const visibleWait = 30 * time.Second
+// or one whose commit waits for a synchronous standby that is duplex's own
+// slot (synchronous_standby_names = '*'), which cannot confirm what it has
+// not read: the read then goes ahead, with a WARN, and what it reads is
+// reported as it is. The replication loop sends no status meanwhile, so
+// the bound stays well under the default wal_sender_timeout (60 s).
+const visibleWait = 10 * time.Second
 
 // decodeConn returns the query connection for a read the decoding of the
 // current transaction needs (the partition a Relation message names, the
