@@ -66,6 +66,52 @@ func syncRepCluster(t *testing.T) *harness.Cluster {
 	}})
 }
 
+// streamingSource creates database src on cl with ddl, a Source "crm"
+// of table (key id, no snapshot) on it, and streams it into a recorder
+// until the test ends.
+func streamingSource(t *testing.T, cl *harness.Cluster, ddl, table string) *recorder {
+	t.Helper()
+	ctx := context.Background()
+	if err := cl.CreateDatabase(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Exec(ctx, "src", ddl); err != nil {
+		t.Fatal(err)
+	}
+	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "p", Publication: "p", Tables: []string{table},
+		Keys: map[string][]string{table: {"id"}}, Snapshot: SnapshotNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return streamInto(t, src)
+}
+
+// partitionedOrders is orders, partitioned by range of id, with one
+// partition (0-99).
+const partitionedOrders = `
+	CREATE TABLE orders (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+	CREATE TABLE orders_1 PARTITION OF orders FOR VALUES FROM (0) TO (100);`
+
+// capturedFrom waits for a captured change and returns each as "<table>
+// from <partition>".
+func capturedFrom(t *testing.T, rec *recorder) []string {
+	t.Helper()
+	var tables []string
+	waitUntil(t, 20*time.Second, "the insert is captured", func() bool {
+		tables = nil
+		for _, c := range rec.all() {
+			for _, ch := range c.Changes {
+				tables = append(tables, ch.QualifiedTable()+" from "+ch.Partition)
+			}
+		}
+		return len(tables) > 0
+	})
+	return tables
+}
+
 // TestPartition_NotYetVisibleWithAnOlderTransactionOpen: as
 // TestPartition_CreatedInADecodedTransactionNotYetVisible, with an older
 // transaction still open (any concurrent load): the decoded transaction's
@@ -77,27 +123,7 @@ func syncRepCluster(t *testing.T) *harness.Cluster {
 func TestPartition_NotYetVisibleWithAnOlderTransactionOpen(t *testing.T) {
 	ctx := context.Background()
 	cl := syncRepCluster(t)
-	if err := cl.CreateDatabase(ctx, "src"); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.Exec(ctx, "src", `
-		CREATE TABLE orders (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
-		CREATE TABLE orders_1 PARTITION OF orders FOR VALUES FROM (0) TO (100);`); err != nil {
-		t.Fatal(err)
-	}
-	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "p", Publication: "p", Tables: []string{"public.orders"},
-		Keys: map[string][]string{"public.orders": {"id"}}, Snapshot: SnapshotNever})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := src.Ensure(ctx); err != nil {
-		t.Fatal(err)
-	}
-	rec := &recorder{}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- src.Stream(sctx, rec) }()
-	defer func() { cancel(); <-done }()
+	rec := streamingSource(t, cl, partitionedOrders, "public.orders")
 
 	// An older transaction with an ID, open throughout.
 	older, err := pgx.Connect(ctx, cl.DSN("src"))
@@ -115,16 +141,7 @@ func TestPartition_NotYetVisibleWithAnOlderTransactionOpen(t *testing.T) {
 	}
 	heldCommit(t, cl, "src", `CREATE TABLE orders_2 PARTITION OF orders FOR VALUES FROM (100) TO (200);
 		INSERT INTO orders VALUES (150, 'in the new partition')`, 500*time.Millisecond)
-	var tables []string
-	waitUntil(t, 20*time.Second, "the insert is captured", func() bool {
-		tables = nil
-		for _, c := range rec.all() {
-			for _, ch := range c.Changes {
-				tables = append(tables, ch.QualifiedTable()+" from "+ch.Partition)
-			}
-		}
-		return len(tables) > 0
-	})
+	tables := capturedFrom(t, rec)
 	if want := "public.orders from public.orders_2"; strings.Join(tables, ", ") != want {
 		t.Fatalf("captured %q, want %q", tables, want)
 	}
@@ -137,30 +154,11 @@ func TestPartition_NotYetVisibleWithAnOlderTransactionOpen(t *testing.T) {
 // later one of the same transaction that left it as it was carried the
 // value from before the first.
 func TestUnchanged_ReadAtCommitWaitsUntilVisible(t *testing.T) {
-	ctx := context.Background()
 	cl := syncRepCluster(t)
-	if err := cl.CreateDatabase(ctx, "src"); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.Exec(ctx, "src", `
+	rec := streamingSource(t, cl, `
 		CREATE TABLE docs (id int PRIMARY KEY, body text, note text);
 		ALTER TABLE docs ALTER body SET STORAGE EXTERNAL;
-		INSERT INTO docs VALUES (1, repeat('w', 10000), 'a');`); err != nil {
-		t.Fatal(err)
-	}
-	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "p", Publication: "p", Tables: []string{"public.docs"},
-		Keys: map[string][]string{"public.docs": {"id"}}, Snapshot: SnapshotNever})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := src.Ensure(ctx); err != nil {
-		t.Fatal(err)
-	}
-	rec := &recorder{}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- src.Stream(sctx, rec) }()
-	defer func() { cancel(); <-done }()
+		INSERT INTO docs VALUES (1, repeat('w', 10000), 'a');`, "public.docs")
 
 	heldCommit(t, cl, "src", `BEGIN;
 		UPDATE docs SET body = repeat('x', 10000) WHERE id = 1;
