@@ -10,6 +10,7 @@ import (
 	"github.com/duplex-cdc/duplex/capture"
 	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/transform"
+	"github.com/jackc/pgx/v5"
 )
 
 const sharedEmailMapping = `
@@ -157,6 +158,21 @@ func TestVersionRecorder_KeyedHash(t *testing.T) {
 	}
 }
 
+// newRecorder is a recorder of crm's shared e-mail (sharedEmailMapping)
+// on a new database, closed when the test ends, and a connection to it.
+func newRecorder(t *testing.T) (*pgstate.VersionRecorder, *pgx.Conn) {
+	t.Helper()
+	m, err := transform.Parse([]byte(sharedEmailMapping))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := newDB(t)
+	conn := connect(t, db, "postgres", nil)
+	r := pgstate.NewVersionRecorder("crm", cluster.DSN(db), m)
+	t.Cleanup(func() { r.Close(context.Background()) })
+	return r, conn
+}
+
 // TestVersionRecorder_SameTimeLaterWins: two local writes of one shared
 // field with the same commit time (two statements of one transaction: an
 // INSERT and an UPDATE, or two UPDATEs) recorded in one flush record the
@@ -166,14 +182,7 @@ func TestVersionRecorder_KeyedHash(t *testing.T) {
 // the other system's write.
 func TestVersionRecorder_SameTimeLaterWins(t *testing.T) {
 	ctx := context.Background()
-	m, err := transform.Parse([]byte(sharedEmailMapping))
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := newDB(t)
-	conn := connect(t, db, "postgres", nil)
-	r := pgstate.NewVersionRecorder("crm", cluster.DSN(db), m)
-	defer r.Close(ctx)
+	r, conn := newRecorder(t)
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	write := func(key, email string, lsn uint64, at time.Time) transform.Event {
 		return transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: key,
@@ -209,14 +218,7 @@ func TestVersionRecorder_SameTimeLaterWins(t *testing.T) {
 // confirmed past local writes whose versions were never recorded.
 func TestVersionRecorder_FailedFlushKept(t *testing.T) {
 	ctx := context.Background()
-	m, err := transform.Parse([]byte(sharedEmailMapping))
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := newDB(t)
-	conn := connect(t, db, "postgres", nil)
-	r := pgstate.NewVersionRecorder("crm", cluster.DSN(db), m)
-	defer r.Close(ctx)
+	r, conn := newRecorder(t)
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	ev := func(key string) transform.Event {
 		return transform.Event{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: key,
