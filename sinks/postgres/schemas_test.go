@@ -422,3 +422,82 @@ func TestSink_NonDeferrableForeignKeyCycleIsApplied(t *testing.T) {
 	mustApply(t, s, tx(300, del("child", "10"), del("parent", "1")))
 	wantRows(t, conn, `SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)`, "0|0")
 }
+
+// ---- which rows the foreign-key check reads ----------------------------------
+
+// refMapping: a child refers to its parent by the parent's canonical key,
+// a reference the ERP sink resolves to the parent's erp_no, which the
+// foreign key references; the child's note is owned by the CRM, its key
+// (and so the right to create it) by the ERP when keyOwner is erp.
+func refMapping(keyOwner string) string {
+	return fmt.Sprintf(`version: 1
+systems: [crm, erp]
+entities:
+  - name: parent
+    key: id
+    fields:
+      - {name: id, type: integer, owner: crm}
+    systems:
+      crm: {table: public.parent, key_column: id, columns: {id: {column: id}}}
+      erp: {table: public.parent, key_column: crm_id, columns: {id: {column: crm_id}}}
+  - name: child
+    key: id
+    fields:
+      - {name: id, type: integer, owner: %s}
+      - {name: parent, type: integer, owner: crm}
+      - {name: note, type: text, owner: crm}
+    systems:
+      crm: {table: public.child, key_column: id, columns: {id: {column: id}, parent: {column: parent_id}, note: {column: note}}}
+      erp: {table: public.child, key_column: id, columns: {id: {column: id}, parent: {column: parent_no, ref: {entity: parent, column: erp_no}}, note: {column: note}}}
+`, keyOwner)
+}
+
+const refDDL = `CREATE TABLE parent (erp_no serial PRIMARY KEY, crm_id int UNIQUE NOT NULL);
+	CREATE TABLE child (id int PRIMARY KEY, parent_no int REFERENCES parent ON DELETE CASCADE, note text)`
+
+// An update that does not write a foreign key's columns is not checked
+// against the key, as PostgreSQL's own check of an update does not run when
+// the referencing columns are unchanged (RI_FKey_fk_upd_check_required in
+// ri_triggers.c): the row held those values before. A child the ERP owns,
+// left without its parent by someone else, still takes the CRM's note.
+func TestSink_ForeignKeyNotCheckedForAnUpdateOfOtherColumns(t *testing.T) {
+	s, conn, _ := newSchemaTarget(t, refDDL, refMapping("erp"))
+	exec(t, conn, `SET session_replication_role = replica; INSERT INTO child VALUES (10, 99, 'old'); RESET session_replication_role`)
+	mustApply(t, s, tx(100, upsert("child", "10", map[string]any{"id": "10", "note": "new"})))
+	wantRows(t, conn, `SELECT id, parent_no, note FROM child`, "10|99|new")
+	// A row that writes the key's column by value is still checked.
+	_, err := s.Apply(context.Background(), []*transform.Tx{tx(200, upsert("child", "10", map[string]any{"id": "10", "parent": "7", "note": "x"}))})
+	applyError(t, err, pipeline.Waiting) // the reference to parent 7 is not resolved: it has not arrived
+}
+
+// A child whose foreign key column is a reference the sink resolved from
+// the parent in the same transaction is not read again, but a parent the
+// same batch deletes afterwards still takes its children with it (ON
+// DELETE CASCADE), and without a cascade the delete is refused, naming
+// the constraint.
+func TestSink_ForeignKeyResolvedByReference(t *testing.T) {
+	for _, cascade := range []bool{true, false} {
+		t.Run(fmt.Sprintf("cascade=%v", cascade), func(t *testing.T) {
+			ddl := refDDL
+			if !cascade {
+				ddl = strings.Replace(ddl, " ON DELETE CASCADE", "", 1)
+			}
+			s, conn, _ := newSchemaTarget(t, ddl, refMapping("crm"))
+			mustApply(t, s, tx(100, upsert("parent", "1", map[string]any{"id": "1"}),
+				upsert("child", "10", map[string]any{"id": "10", "parent": "1", "note": "a"})))
+			wantRows(t, conn, `SELECT c.id, p.crm_id FROM child c JOIN parent p ON p.erp_no = c.parent_no`, "10|1")
+			later := tx(200, upsert("child", "11", map[string]any{"id": "11", "parent": "1", "note": "b"}), del("parent", "1"))
+			if cascade {
+				mustApply(t, s, later)
+				wantRows(t, conn, `SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)`, "0|0")
+				return
+			}
+			_, err := s.Apply(context.Background(), []*transform.Tx{later})
+			applyError(t, err, pipeline.Permanent)
+			if err == nil || !strings.Contains(err.Error(), "child_parent_no_fkey") {
+				t.Errorf("apply: %v; want the refusal naming child_parent_no_fkey", err)
+			}
+			wantRows(t, conn, `SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)`, "1|1")
+		})
+	}
+}
