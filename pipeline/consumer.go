@@ -209,8 +209,21 @@ func (p *puller) close() {
 	p.it, p.next = nil, nil
 }
 
+// fetchLinger is the longest a batch waits for more messages after its
+// first one; fetchPoll how long it waits for a message once that time is
+// over, which takes what the subscription already buffered. A batch is
+// what arrived while the last one was applied, plus at most fetchLinger:
+// a fixed wait per message (it was 5 ms) let a steady trickle of one
+// message every few milliseconds grow a batch for as long as Batch
+// messages took to arrive, and every transaction in it waited that long.
+const (
+	fetchLinger = 2 * time.Millisecond
+	fetchPoll   = 100 * time.Microsecond
+)
+
 // fetch returns what the flow's subscription has now, at most Batch
-// messages or 8 MiB, or waits up to a second for the first message.
+// messages or 8 MiB, or waits up to a second for the first message
+// (then at most fetchLinger for more).
 //
 // Deliveries are checked to be contiguous (the consumer sequence of each
 // message is the one after the last): a message the consumer delivered
@@ -252,8 +265,9 @@ func (a *Applier) fetch(ctx context.Context, p *puller) ([]jetstream.Msg, error)
 		return nil, err
 	}
 	out, size := []jetstream.Msg{first}, msgBytes(first)
+	linger := time.Now().Add(fetchLinger)
 	for len(out) < a.cfg.Batch {
-		m, err := p.it.Next(jetstream.NextMaxWait(5 * time.Millisecond))
+		m, err := p.it.Next(jetstream.NextMaxWait(max(time.Until(linger), fetchPoll)))
 		if errors.Is(err, nats.ErrTimeout) {
 			break
 		}

@@ -172,3 +172,51 @@ func fetchSetup(t *testing.T) jetstream.JetStream {
 	}
 	return js
 }
+
+// A steady trickle of messages, each a millisecond or so after the last,
+// does not hold a batch open: fetch returns what came within fetchLinger
+// of its first message, not everything until Batch is full. With a fixed
+// wait of 5 ms for every next message (before), the batch grew for as
+// long as the trickle lasted (here 256 messages, about a quarter of a
+// second), and every transaction in it waited that long to be applied.
+func TestApplier_FetchDoesNotWaitForATrickle(t *testing.T) {
+	js := fetchSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := fetchApplier(t, js)
+	p := openTestPuller(ctx, t, a)
+	pubCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; pubCtx.Err() == nil; i++ {
+			if _, err := js.Publish(pubCtx, Subject("crm"), []byte(`{"v":1}`), jetstream.WithMsgID(fmt.Sprintf("crm:%d:0", i))); err != nil && pubCtx.Err() == nil {
+				done <- err
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		done <- nil
+	}()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("publish: %v", err)
+		}
+	}()
+	if _, err := a.fetch(ctx, p); err != nil { // the first message: the trickle has begun
+		t.Fatal(err)
+	}
+	for range 5 {
+		start := time.Now()
+		msgs, err := a.fetch(ctx, p)
+		took := time.Since(start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Generous: the first message may take a while under load, the
+		// linger is 2 ms; a batch filled by the trickle takes 256 ms.
+		if took > 100*time.Millisecond || len(msgs) == a.cfg.Batch {
+			t.Fatalf("fetch took %s for %d messages of a trickle; want well under 100ms and less than a full batch", took, len(msgs))
+		}
+	}
+}

@@ -336,19 +336,43 @@ func (p *producer) track(ctx context.Context) {
 		}
 		return true
 	}
+	// The end LSN of the last transaction whose every chunk is stored,
+	// not yet confirmed (0: none). Confirming is batched (confirmEvery).
+	var toConfirm capture.LSN
+	var confirmed time.Time
+	confirm := func() bool {
+		if toConfirm == 0 {
+			return true
+		}
+		if p.cfg.Versions != nil {
+			// The versions of the local writes of every transaction
+			// handed on so far, this one's included, are recorded
+			// before the slot may move past it.
+			if !flush() {
+				return false
+			}
+		}
+		p.src.Confirm(toConfirm)
+		p.releaseHolds(ctx, toConfirm)
+		toConfirm, confirmed = 0, time.Now()
+		return true
+	}
 	for {
 		var e pending
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick:
-			if !flush() {
+			if !flush() || !confirm() {
 				return
 			}
 			continue
 		case e = <-p.pending:
 		}
 		if e.drained != nil {
+			if !confirm() {
+				return
+			}
 			close(e.drained)
 			continue
 		}
@@ -390,20 +414,26 @@ func (p *producer) track(ctx context.Context) {
 		}
 		p.cfg.Stats.update(func(s *SourceCounts) { s.InFlight = len(p.pending) })
 		if e.last {
-			if p.cfg.Versions != nil {
-				// The versions of the local writes of every transaction
-				// handed on so far, this one's included, are recorded
-				// before the slot may move past it.
-				if err := p.cfg.Versions.Flush(ctx); err != nil {
-					p.fail(err)
-					return
-				}
+			toConfirm = e.endLSN
+		}
+		if toConfirm != 0 && (len(p.pending) == 0 || time.Since(confirmed) >= confirmEvery) {
+			if !confirm() {
+				return
 			}
-			p.src.Confirm(e.endLSN)
-			p.releaseHolds(ctx, e.endLSN)
 		}
 	}
 }
+
+// confirmEvery is how often, at most, the tracker confirms while more
+// acknowledged transactions wait behind the one it just took. Confirming
+// records the pending field versions first: one statement against the
+// source, which the tracker made once per transaction with local writes
+// of shared fields, while the acknowledgements behind it waited and the
+// capture, once MaxInFlight were unconfirmed, waited too. Batched, a
+// flood of small transactions costs one statement per confirmEvery. The
+// slot's position is reported to the server every StatusInterval anyway;
+// nothing is confirmed before its versions are recorded.
+const confirmEvery = 20 * time.Millisecond
 
 // Chunk implements capture.Handler.
 func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
