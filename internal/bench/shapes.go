@@ -242,6 +242,10 @@ func (r *shapeRun) startDuplex(ctx context.Context) (func(), error) {
 	}
 	args := []string{"run", "--config", r.env.URLConfigPath, "--data-dir", filepath.Join(r.env.Dir, "child"), "--log-level", "info", "--listen", "off"}
 	if r.o.CPUProfileDir != "" {
+		if err := os.MkdirAll(r.o.CPUProfileDir, 0o755); err != nil {
+			lf.Close()
+			return nil, err
+		}
 		args = append(args, "--cpu-profile", filepath.Join(r.o.CPUProfileDir, fmt.Sprintf("%s-%d.pprof", r.shape, r.starts)))
 	}
 	cmd := exec.Command(r.o.Exe, args...)
@@ -854,11 +858,32 @@ func (r *shapeRun) snapshot(ctx context.Context) (map[string]Measure, map[string
 	anyRow := func(a, b, c string) string {
 		return fmt.Sprintf(`SELECT $1::int > 0 AND (EXISTS (SELECT 1 FROM %s) OR EXISTS (SELECT 1 FROM %s) OR EXISTS (SELECT 1 FROM %s))`, a, b, c)
 	}
-	allRows := func(a, b, c string) string {
-		return fmt.Sprintf(`SELECT (SELECT count(*) FROM %s) + (SELECT count(*) FROM %s) + (SELECT count(*) FROM %s) >= $1`, a, b, c)
+	// The last marker is the row of each table's highest key: duplex
+	// copies a table in key order and its flow applies the chunks in
+	// order, and native synchronizes a table in one transaction, so once
+	// all three are there everything is. Three index probes a poll, where
+	// counting the tables cost the target a second of CPU of every ten
+	// (a whole scan every 100 ms) while duplex copied; the count is made
+	// once, afterwards (checkCopied).
+	lastKeys, err := highestKeys(ctx, r.env.CRM.DSN("crm"))
+	if err != nil {
+		return nil, nil, err
 	}
-	dl := []track{{name: r.shape, dsn: r.env.ERP.DSN("erp"), first: anyRow("customers", "sales_orders", "sales_order_lines"), last: allRows("customers", "sales_orders", "sales_order_lines"),
-		firstArg: n, lastArg: n, rows: n, interval: poll}}
+	nativeKeys, err := highestKeys(ctx, r.env.CRM.DSN("native_src"))
+	if err != nil {
+		return nil, nil, err
+	}
+	lastRows := func(tables [3][2]string) string {
+		var parts []string
+		for i, t := range tables {
+			parts = append(parts, fmt.Sprintf(`EXISTS (SELECT 1 FROM %s WHERE %s = ($1::text[])[%d]::uuid)`, t[0], t[1], i+1))
+		}
+		return "SELECT " + strings.Join(parts, " AND ")
+	}
+	erpTables := [3][2]string{{"customers", "crm_account_id"}, {"sales_orders", "crm_order_id"}, {"sales_order_lines", "crm_line_id"}}
+	crmTables := [3][2]string{{"accounts", "id"}, {"orders", "id"}, {"order_lines", "id"}}
+	dl := []track{{name: r.shape, dsn: r.env.ERP.DSN("erp"), first: anyRow("customers", "sales_orders", "sales_order_lines"), last: lastRows(erpTables),
+		firstArg: n, lastArg: lastKeys, rows: n, interval: poll}}
 	stop, err := r.startDuplex(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -869,9 +894,12 @@ func (r *shapeRun) snapshot(ctx context.Context) (map[string]Measure, map[string
 	if err != nil {
 		return nil, nil, fmt.Errorf("duplex: %w", err)
 	}
+	if err := checkCopied(ctx, r.env.ERP.DSN("erp"), erpTables, n); err != nil {
+		return nil, nil, fmt.Errorf("duplex: %w", err)
+	}
 	duplex := r.measures(dl, ws, peak)
-	nl := []track{{name: r.shape, dsn: r.env.ERP.DSN("native_dst"), first: anyRow("accounts", "orders", "order_lines"), last: allRows("accounts", "orders", "order_lines"),
-		firstArg: n, lastArg: n, rows: n, interval: poll}}
+	nl := []track{{name: r.shape, dsn: r.env.ERP.DSN("native_dst"), first: anyRow("accounts", "orders", "order_lines"), last: lastRows(crmTables),
+		firstArg: n, lastArg: nativeKeys, rows: n, interval: poll}}
 	if err := r.env.ERP.Exec(ctx, "native_dst", fmt.Sprintf("CREATE SUBSCRIPTION native CONNECTION '%s' PUBLICATION native", r.env.CRM.DSN("native_src"))); err != nil {
 		return nil, nil, err
 	}
@@ -879,7 +907,49 @@ func (r *shapeRun) snapshot(ctx context.Context) (map[string]Measure, map[string
 	if err != nil {
 		return nil, nil, fmt.Errorf("native: %w", err)
 	}
+	if err := checkCopied(ctx, r.env.ERP.DSN("native_dst"), crmTables, n); err != nil {
+		return nil, nil, fmt.Errorf("native: %w", err)
+	}
 	return r.measures(nl, ws, 0), duplex, nil
+}
+
+// highestKeys returns the text of the highest id of accounts, orders and
+// order_lines in the database (uuid has no max aggregate in PostgreSQL
+// 15).
+func highestKeys(ctx context.Context, dsn string) ([]string, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var out []string
+	for _, t := range []string{"accounts", "orders", "order_lines"} {
+		var k string
+		if err := conn.QueryRow(ctx, fmt.Sprintf(`SELECT id::text FROM %s ORDER BY id DESC LIMIT 1`, t)).Scan(&k); err != nil {
+			return nil, fmt.Errorf("highest key of %s: %w", t, err)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// checkCopied fails unless the three tables hold n rows in all: the
+// snapshot's last marker was seen, so every row must be there.
+func checkCopied(ctx context.Context, dsn string, tables [3][2]string, n int) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var got int
+	if err := conn.QueryRow(ctx, fmt.Sprintf(`SELECT (SELECT count(*) FROM %s) + (SELECT count(*) FROM %s) + (SELECT count(*) FROM %s)`,
+		tables[0][0], tables[1][0], tables[2][0])).Scan(&got); err != nil {
+		return err
+	}
+	if got != n {
+		return fmt.Errorf("the last rows were copied, but the target holds %d rows, want %d", got, n)
+	}
+	return nil
 }
 
 // ShapeTableColumns are the columns of the table runShapes prints.
