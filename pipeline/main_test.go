@@ -15,9 +15,8 @@ import (
 // clears that channel (cleanupReplySub) when it returns; a small object
 // is stored before the goroutine has run, which then waits on a nil
 // channel forever (nats.go v1.55.0, jetstream/publish.go and object.go).
-// Seen once in CI under the race detector, after a large change's object
-// was stored: one parked goroutine per such Put, not something duplex
-// starts or could stop.
+// Seen once in a run of the whole suite (race detector): one parked
+// goroutine per such Put, not something duplex starts or could stop.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"))
 }
