@@ -221,8 +221,18 @@ const (
 	fetchPoll   = 100 * time.Microsecond
 )
 
+// batchMaxBytes bounds the messages of one batch (their bodies and
+// headers); a single larger message (up to fetchMaxBytes) is a batch of
+// its own. Decoded, folded and turned into statement arguments, a batch
+// takes several times its size in memory, and Go's collector lets the
+// heap grow to twice what is live: 8 MiB batches of snapshot chunks
+// (40,000 rows in one target transaction) made the flow's batch most of
+// duplex's peak RSS during an initial snapshot (366 MB for 1,000,000
+// rows).
+const batchMaxBytes = 4 << 20
+
 // fetch returns what the flow's subscription has now, at most Batch
-// messages or 8 MiB, or waits up to a second for the first message
+// messages or batchMaxBytes, or waits up to a second for the first message
 // (then at most fetchLinger for more).
 //
 // Deliveries are checked to be contiguous (the consumer sequence of each
@@ -277,7 +287,7 @@ func (a *Applier) fetch(ctx context.Context, p *puller) ([]jetstream.Msg, error)
 		if err := a.delivered(m); err != nil {
 			return nil, err
 		}
-		if size+msgBytes(m) > fetchMaxBytes {
+		if size+msgBytes(m) > batchMaxBytes {
 			p.next = m
 			break
 		}

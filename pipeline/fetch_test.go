@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -218,5 +219,51 @@ func TestApplier_FetchDoesNotWaitForATrickle(t *testing.T) {
 		if took > 100*time.Millisecond || len(msgs) == a.cfg.Batch {
 			t.Fatalf("fetch took %s for %d messages of a trickle; want well under 100ms and less than a full batch", took, len(msgs))
 		}
+	}
+}
+
+// A batch holds at most batchMaxBytes of messages: a backlog of large
+// messages (snapshot chunks) comes in several batches, each taken into
+// memory, decoded and applied alone, in order and without a gap.
+func TestApplier_FetchBoundsABatchByBytes(t *testing.T) {
+	js := fetchSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const total, size = 12, 600 << 10
+	body := []byte(`{"v":1,"pad":"` + strings.Repeat("x", size) + `"}`)
+	for i := range total {
+		if _, err := js.Publish(ctx, Subject("crm"), body, jetstream.WithMsgID(fmt.Sprintf("crm:%d:0", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := fetchApplier(t, js)
+	p := openTestPuller(ctx, t, a)
+	got, batches := 0, 0
+	for got < total && ctx.Err() == nil {
+		msgs, err := a.fetch(ctx, p)
+		if err != nil {
+			t.Fatalf("fetch after %d of %d messages: %v", got, total, err)
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		batches++
+		bytes := 0
+		for _, m := range msgs {
+			if seq := seqOf(m); seq != uint64(got+1) {
+				t.Fatalf("message %d has stream sequence %d", got+1, seq)
+			}
+			bytes += msgBytes(m)
+			got++
+		}
+		if bytes > batchMaxBytes {
+			t.Fatalf("a batch of %d messages holds %d bytes, more than %d", len(msgs), bytes, batchMaxBytes)
+		}
+		if err := msgs[len(msgs)-1].Ack(); err != nil { // the consumer acknowledges all before it
+			t.Fatal(err)
+		}
+	}
+	if got != total || batches < 2 {
+		t.Errorf("fetched %d of %d messages in %d batches", got, total, batches)
 	}
 }
