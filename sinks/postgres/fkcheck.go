@@ -250,10 +250,6 @@ func (s *Sink) checkParents(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 		if fk.child != t.QualifiedTable() {
 			continue
 		}
-		keys := s.rowsToCheck(e, t, fk, b, keys)
-		if len(keys) == 0 {
-			continue
-		}
 		match, err := s.keyMatch(t, "c", "u", "k")
 		if err != nil {
 			return err
@@ -289,66 +285,6 @@ func (s *Sink) checkParents(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 			e.Name, key, fk.child, fk.name, strings.Join(fk.childCols, ", "), v, fk.parent)}
 	}
 	return nil
-}
-
-// rowsToCheck returns the keys (of keys) whose rows may break fk after
-// this batch's writes. Two kinds of row cannot, and are left out, so that
-// the check costs nothing where it can prove nothing:
-//   - a row the batch only updates (it cannot create it: insertable is
-//     false) without writing any of fk's columns. The row existed before,
-//     with the values it still holds; a parent it refers to that this
-//     batch deletes is found by checkChildren, from the parent's side.
-//   - a row whose one-column fk's column is a mapping reference to the
-//     table and column fk references: resolveRefs read the value from the
-//     parent row in this very transaction (or refused the row), so the
-//     parent exists. Again, a delete of that parent in the batch is
-//     checkChildren's.
-//
-// Every other row (one that may be inserted, with a default where the
-// batch does not write the column; one writing a column of fk by value)
-// is checked. In the order-to-cash example the first kind is every
-// write-back into the CRM (customer and order numbers), the second every
-// order line into the ERP (order_no found by crm_order_id).
-func (s *Sink) rowsToCheck(e *transform.Entity, t *transform.TableMap, fk *foreignKey, b *entityBatch, keys []string) []string {
-	byRef := s.refersToParent(t, fk)
-	out := keys[:0:0]
-	for _, k := range keys {
-		r := b.rows[k].row
-		writes := false
-		for _, v := range r.Values {
-			if slices.Contains(fk.childCols, v.Column) {
-				writes = true
-				break
-			}
-		}
-		switch {
-		case !writes && !s.insertable(e, t, r):
-		case writes && byRef:
-		default:
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-// refersToParent says whether fk has one column and t maps it as a
-// reference (ref) to the very table and column fk references.
-func (s *Sink) refersToParent(t *transform.TableMap, fk *foreignKey) bool {
-	if len(fk.childCols) != 1 {
-		return false
-	}
-	for _, c := range t.Columns {
-		if c.Column != fk.childCols[0] || c.Ref == nil {
-			continue
-		}
-		re := s.cfg.Mapping.Entity(c.Ref.Entity)
-		if re == nil {
-			return false
-		}
-		rt := re.Tables[s.cfg.System]
-		return rt != nil && rt.QualifiedTable() == fk.parent && c.Ref.Column == fk.parentCols[0]
-	}
-	return false
 }
 
 // checkChildren handles the children left referencing rows a batch (or a
