@@ -11,16 +11,16 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"slices"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/duplex-cdc/duplex/examples"
 	"github.com/duplex-cdc/duplex/internal/app"
@@ -441,37 +441,50 @@ const steadyWorkers = 4
 // connections, for d. It returns the rows committed and the time taken.
 func steady(ctx context.Context, dsn string, rate int, d time.Duration) (int, time.Duration, error) {
 	start := time.Now()
-	var total atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
+	var mu sync.Mutex
+	total := 0
+	var errs []error
+	gctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
 	for w := range steadyWorkers {
-		g.Go(func() error {
-			conn, err := pgx.Connect(gctx, dsn)
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(gctx))
-			gen := workload.New(42 + uint64(w))
-			gen.KeepOrders = true
-			share := float64(rate) / steadyWorkers
-			rows := 0
-			for time.Since(start) < d {
-				// Keep the committed rows on the share's schedule.
-				due := start.Add(time.Duration(float64(rows) / share * float64(time.Second)))
-				if w := time.Until(due); w > 0 {
-					time.Sleep(w)
-				}
-				n, err := gen.Step(gctx, conn)
+		wg.Go(func() {
+			if err := func() error {
+				conn, err := pgx.Connect(gctx, dsn)
 				if err != nil {
 					return err
 				}
-				rows += n
+				defer conn.Close(context.WithoutCancel(gctx))
+				gen := workload.New(42 + uint64(w))
+				gen.KeepOrders = true
+				share := float64(rate) / steadyWorkers
+				rows := 0
+				for time.Since(start) < d {
+					// Keep the committed rows on the share's schedule.
+					due := start.Add(time.Duration(float64(rows) / share * float64(time.Second)))
+					if w := time.Until(due); w > 0 {
+						time.Sleep(w)
+					}
+					n, err := gen.Step(gctx, conn)
+					if err != nil {
+						return err
+					}
+					rows += n
+				}
+				mu.Lock()
+				total += rows
+				mu.Unlock()
+				return nil
+			}(); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				cancel()
 			}
-			total.Add(int64(rows))
-			return nil
 		})
 	}
-	err := g.Wait()
-	return int(total.Load()), time.Since(start), err
+	wg.Wait()
+	return total, time.Since(start), errors.Join(errs...)
 }
 
 // native runs the bulk workload through a publication and subscription
