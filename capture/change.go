@@ -145,6 +145,13 @@ type TxInfo struct {
 	// Snapshot marks rows copied by the initial snapshot: each chunk
 	// stands alone, and CommitLSN is the slot's consistent point.
 	Snapshot bool
+	// SnapshotName, for rows of the initial snapshot, names the snapshot
+	// the slot exported and the rows were read in (SET TRANSACTION
+	// SNAPSHOT); it stays importable while the chunk is handed on, so
+	// what else is read about the rows (the recorded versions of their
+	// shared fields) is read as of the same moment. Empty otherwise (a
+	// backfill chunk reads the rows live).
+	SnapshotName string
 }
 
 // Chunk is a run of consecutive changes of one transaction. Large

@@ -49,7 +49,7 @@ func (v *fakeVersions) Add(evs []transform.Event) int {
 
 func (v *fakeVersions) Flush(context.Context) error { return nil }
 
-func (v *fakeVersions) Lookup(context.Context, []transform.Event) error { return nil }
+func (v *fakeVersions) Lookup(context.Context, string, []transform.Event) error { return nil }
 
 // TestRunCapture_HeldEntity: a change without a mapped column at or below
 // the position a released hold of its entity was read again up to is WAL

@@ -35,8 +35,9 @@ type ProducerConfig struct {
 		// Flush writes what Add collected.
 		Flush(ctx context.Context) error
 		// Lookup sets the recorded versions of the shared fields of
-		// copied rows (snapshot, backfill).
-		Lookup(ctx context.Context, events []transform.Event) error
+		// copied rows (snapshot, backfill); snapshot names the exported
+		// snapshot the rows were read in ("" when none).
+		Lookup(ctx context.Context, snapshot string, events []transform.Event) error
 	}
 	// PII, when set, seals the personal fields (pii: true) of every event
 	// before it is published (after the versions of shared fields were
@@ -505,7 +506,7 @@ func (p *producer) Chunk(ctx context.Context, c *capture.Chunk) error {
 		}
 	}
 	if p.cfg.Versions != nil && c.Tx.Snapshot && len(tx.Events) > 0 {
-		if err := p.cfg.Versions.Lookup(ctx, tx.Events); err != nil {
+		if err := p.cfg.Versions.Lookup(ctx, c.Tx.SnapshotName, tx.Events); err != nil {
 			return err
 		}
 	}

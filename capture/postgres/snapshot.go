@@ -100,7 +100,7 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(s.snap.name)); err != nil {
 		return fmt.Errorf("capture %s: snapshot: use exported snapshot: %w", s.cfg.System, err)
 	}
-	info := capture.TxInfo{System: s.cfg.System, CommitLSN: s.snap.consistent, EndLSN: s.snap.consistent, CommitTime: s.snap.at, Snapshot: true}
+	info := capture.TxInfo{System: s.cfg.System, CommitLSN: s.snap.consistent, EndLSN: s.snap.consistent, CommitTime: s.snap.at, Snapshot: true, SnapshotName: s.snap.name}
 	s.setProgress(func(p *SnapshotProgress) { *p = SnapshotProgress{Running: true} })
 	chunk, total := 0, int64(0)
 	started := time.Now()

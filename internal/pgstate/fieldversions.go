@@ -410,17 +410,33 @@ WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, w.ents, w.keys, w.fields
 // database restored from a backup and copied again must not pass its old
 // values off as new.
 //
+// snapshot names the exported snapshot the rows were read in (the initial
+// snapshot; "" for a backfill, read live). The versions are then read in
+// that same snapshot: the copy is compared with what was recorded when it
+// was taken, not with what the sink into this database recorded since.
+// Read live, a value the sink overwrote after the snapshot's moment (the
+// other flow applies while the snapshot copies) no longer matched the
+// record, was taken for a local write never read, and went out with the
+// copy's time: it overwrote the newer value in the other system, and its
+// version here, silently.
+//
 // A copied value that is not the one recorded comes from a local write
 // this capture never read from the WAL, or it would have recorded it: one
 // made before the slot existed, or lost with a slot that was dropped or
 // invalidated (the copy is the backfill of `duplex resync`). The copy
 // carries it with the copy's time, and Lookup records that version here
-// too: otherwise the sink into this database, which never overwrites a
-// local write the capture has not recorded, would wait for a record that
-// never comes, up to max_wait, and then dead-letter the other system's
-// write. A shared field without any recorded version is left unrecorded
-// (the sink takes its age from the row's last commit).
-func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) error {
+// too, unless the record changed since it was read: otherwise the sink
+// into this database, which never overwrites a local write the capture
+// has not recorded, would wait for a record that never comes, up to
+// max_wait, and then dead-letter the other system's write.
+//
+// A shared field without any recorded version when the rows were read is
+// left unrecorded (the sink takes its age from the row's last commit).
+// When a version was recorded since (the sink wrote the row after the
+// snapshot), the copy carries it if it is of the copied value, and
+// otherwise one microsecond less, with its source: the copy is older than
+// that write and must lose to it wherever it arrives.
+func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []transform.Event) error {
 	var ents, keys []string
 	for i := range events {
 		ev := &events[i]
@@ -442,16 +458,28 @@ func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) 
 	if err := r.connect(ctx); err != nil {
 		return fmt.Errorf("look up versions %s: %w", r.system, err)
 	}
-	recorded, err := lookupFieldVersions(ctx, r.conn, ents, keys)
+	then, err := r.lookupAt(ctx, snapshot, ents, keys)
 	if err != nil {
 		r.close(ctx)
 		return fmt.Errorf("look up versions %s: %w", r.system, err)
 	}
-	known := map[string]FieldVersion{}
-	for _, x := range recorded {
-		known[x.Entity+"\x00"+x.Key+"\x00"+x.Field] = x
+	now := then
+	if snapshot != "" {
+		if now, err = lookupFieldVersions(ctx, r.conn, ents, keys); err != nil {
+			r.close(ctx)
+			return fmt.Errorf("look up versions %s: %w", r.system, err)
+		}
 	}
+	index := func(vs []FieldVersion) map[string]FieldVersion {
+		m := make(map[string]FieldVersion, len(vs))
+		for _, x := range vs {
+			m[x.Entity+"\x00"+x.Key+"\x00"+x.Field] = x
+		}
+		return m
+	}
+	known, since := index(then), index(now)
 	var unread recording
+	var was []FieldVersion // parallel to unread: the record the copy was compared with
 	for i := range events {
 		ev := &events[i]
 		if ev.Op != transform.OpUpsert {
@@ -459,14 +487,31 @@ func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) 
 		}
 		for _, f := range r.mapping.Entity(ev.Entity).SharedFields(r.system) {
 			v, ok := ev.Data[f]
-			x, recorded := known[ev.Entity+"\x00"+ev.Key+"\x00"+f]
-			if !ok || !recorded {
+			if !ok {
+				continue
+			}
+			id := ev.Entity + "\x00" + ev.Key + "\x00" + f
+			x, recorded := known[id]
+			if !recorded {
+				y, later := since[id]
+				if !later {
+					continue
+				}
+				at := y.CommitTime
+				if !r.Hasher.Holds(y, v, nil) {
+					at = at.Add(-time.Microsecond)
+				}
+				if ev.Versions == nil {
+					ev.Versions = map[string]transform.FieldVersion{}
+				}
+				ev.Versions[f] = transform.FieldVersion{Source: y.Source, At: at}
 				continue
 			}
 			if !r.Hasher.Holds(x, v, nil) {
 				// Changed since recorded, by a write never read: the
 				// copy's time stands, here as on the other side.
 				unread.add(r.Hasher, ev, f, v)
+				was = append(was, x)
 				continue
 			}
 			if ev.Versions == nil {
@@ -475,8 +520,55 @@ func (r *VersionRecorder) Lookup(ctx context.Context, events []transform.Event) 
 			ev.Versions[f] = transform.FieldVersion{Source: x.Source, At: x.CommitTime}
 		}
 	}
-	if err := r.record(ctx, &unread); err != nil {
+	if err := r.recordUnread(ctx, &unread, was); err != nil {
 		return fmt.Errorf("record versions of copied values %s: %w", r.system, err)
+	}
+	return nil
+}
+
+// lookupAt reads the recorded versions of the pairs (ents[i], keys[i]) as
+// they were in the exported snapshot (live when snapshot is "").
+func (r *VersionRecorder) lookupAt(ctx context.Context, snapshot string, ents, keys []string) ([]FieldVersion, error) {
+	if snapshot == "" {
+		return lookupFieldVersions(ctx, r.conn, ents, keys)
+	}
+	// An exported snapshot's name is hex digits and dashes
+	// (00000004-00000138-1); it comes from the server, and is checked
+	// anyway before it is put into the statement.
+	if strings.Trim(snapshot, "0123456789ABCDEFabcdef-") != "" {
+		return nil, fmt.Errorf("exported snapshot %q: not a snapshot name", snapshot)
+	}
+	tx, err := r.conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read only
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+snapshot+"'"); err != nil {
+		return nil, fmt.Errorf("import exported snapshot %s: %w", snapshot, err)
+	}
+	return lookupFieldVersions(ctx, tx, ents, keys)
+}
+
+// recordUnread records w (copied values of writes never read, with the
+// copy's time) where the record is still was[i], the one the copy was
+// compared with: a version recorded since is newer than the copy.
+func (r *VersionRecorder) recordUnread(ctx context.Context, w *recording, was []FieldVersion) error {
+	if len(w.keys) == 0 {
+		return nil
+	}
+	wasAt := make([]time.Time, len(was))
+	wasHash := make([]*string, len(was))
+	for i, x := range was {
+		wasAt[i], wasHash[i] = x.CommitTime, x.ValueHash
+	}
+	_, err := r.conn.Exec(ctx, `
+UPDATE duplex.field_versions AS v SET source = $1, commit_time = u.at, value_hash = u.h
+FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::timestamptz[], $8::text[]) AS u(e, k, f, at, h, was_at, was_h)
+WHERE v.entity = u.e AND v.key = u.k AND v.field = u.f AND v.commit_time = u.was_at AND v.value_hash IS NOT DISTINCT FROM u.was_h`,
+		r.system, w.ents, w.keys, w.fields, w.ats, w.hashes, wasAt, wasHash)
+	if err != nil {
+		r.close(ctx)
+		return err
 	}
 	return nil
 }
