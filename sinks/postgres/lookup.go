@@ -6,6 +6,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -19,6 +20,21 @@ import (
 // of the referenced rows in the target (for example a customer's
 // customer_no found by its crm_account_id).
 func (s *Sink) resolveRefs(ctx context.Context, tx pgx.Tx, e *transform.Entity, rows []*pendingRow) error {
+	if !slices.ContainsFunc(rows[0].row.Values, func(v transform.ColValue) bool { return v.Ref != nil }) {
+		return nil
+	}
+	// A row may be the change's own, which every attempt at the batch
+	// folds again: the resolved values go into a copy, so that an attempt
+	// rolled back to its savepoint (writePerTx, then writeInOrder) looks
+	// each reference up again. Resolved in place, the retry kept the
+	// value read in the rolled-back attempt (a parent inserted there, and
+	// again with a new serial in the retry): the foreign-key check then
+	// refused a valid transaction.
+	for _, p := range rows {
+		row := *p.row
+		row.Values = slices.Clone(row.Values)
+		p.row = &row
+	}
 	for ci, c := range rows[0].row.Values {
 		if c.Ref == nil {
 			continue
