@@ -146,11 +146,16 @@ type TxInfo struct {
 	// stands alone, and CommitLSN is the slot's consistent point.
 	Snapshot bool
 	// SnapshotName, for rows of the initial snapshot, names the snapshot
-	// the slot exported and the rows were read in (SET TRANSACTION
-	// SNAPSHOT); it stays importable while the chunk is handed on, so
-	// what else is read about the rows (the recorded versions of their
-	// shared fields) is read as of the same moment. Empty otherwise (a
-	// backfill chunk reads the rows live).
+	// the rows were read in (the slot's, imported with SET TRANSACTION
+	// SNAPSHOT), as the reading transaction exports it
+	// (pg_export_snapshot): it stays importable while that transaction
+	// is open, which it is while the chunk is handed on, so what else is
+	// read about the rows (the recorded versions of their shared fields)
+	// is read as of the same moment. Not the slot's own export: that one
+	// is importable only while the replication session that created the
+	// slot lives, and that session sits idle in a transaction for the
+	// whole copy (idle_in_transaction_session_timeout ends it). Empty
+	// otherwise (a backfill chunk reads the rows live).
 	SnapshotName string
 }
 

@@ -100,7 +100,16 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(s.snap.name)); err != nil {
 		return fmt.Errorf("capture %s: snapshot: use exported snapshot: %w", s.cfg.System, err)
 	}
-	info := capture.TxInfo{System: s.cfg.System, CommitLSN: s.snap.consistent, EndLSN: s.snap.consistent, CommitTime: s.snap.at, Snapshot: true, SnapshotName: s.snap.name}
+	// The chunks carry a snapshot this transaction exports (the same one
+	// it imported): it stays importable exactly while the copy runs,
+	// whatever becomes of the slot's replication session, which sits idle
+	// in a transaction meanwhile (idle_in_transaction_session_timeout ends
+	// it) and whose own export is importable only while it lives.
+	var name string
+	if err := tx.QueryRow(ctx, `SELECT pg_export_snapshot()`).Scan(&name); err != nil {
+		return fmt.Errorf("capture %s: snapshot: export for the chunks: %w", s.cfg.System, err)
+	}
+	info := capture.TxInfo{System: s.cfg.System, CommitLSN: s.snap.consistent, EndLSN: s.snap.consistent, CommitTime: s.snap.at, Snapshot: true, SnapshotName: name}
 	s.setProgress(func(p *SnapshotProgress) { *p = SnapshotProgress{Running: true} })
 	chunk, total := 0, int64(0)
 	started := time.Now()
