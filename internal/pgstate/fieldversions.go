@@ -520,7 +520,7 @@ func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []
 			ev.Versions[f] = transform.FieldVersion{Source: x.Source, At: x.CommitTime}
 		}
 	}
-	if err := r.recordUnread(ctx, &unread, was); err != nil {
+	if err := r.recordUnread(ctx, &unread, was, snapshot != ""); err != nil {
 		return fmt.Errorf("record versions of copied values %s: %w", r.system, err)
 	}
 	return nil
@@ -551,8 +551,20 @@ func (r *VersionRecorder) lookupAt(ctx context.Context, snapshot string, ents, k
 
 // recordUnread records w (copied values of writes never read, with the
 // copy's time) where the record is still was[i], the one the copy was
-// compared with: a version recorded since is newer than the copy.
-func (r *VersionRecorder) recordUnread(ctx context.Context, w *recording, was []FieldVersion) error {
+// compared with (a version recorded since is newer than the copy).
+//
+// For a backfill (inSnapshot false) the record must also not be newer
+// than the copy, as before 755879c: a backfill reads its rows live and
+// looks their versions up later (at the chunk's high watermark), so the
+// record it compared with may be the sink's write after the read, which
+// the row now holds. Replaced by the copy's stale value, that record no
+// longer matched the row, and the sink into this database waited for a
+// local write never made until max_wait dead-lettered the other system's
+// write. The rows of an initial snapshot were compared with the versions
+// of their own snapshot, so there a record newer than the copy's time is
+// one that the write never read replaced (between the slot's creation
+// and its consistent point), and it is replaced.
+func (r *VersionRecorder) recordUnread(ctx context.Context, w *recording, was []FieldVersion, inSnapshot bool) error {
 	if len(w.keys) == 0 {
 		return nil
 	}
@@ -564,8 +576,9 @@ func (r *VersionRecorder) recordUnread(ctx context.Context, w *recording, was []
 	_, err := r.conn.Exec(ctx, `
 UPDATE duplex.field_versions AS v SET source = $1, commit_time = u.at, value_hash = u.h
 FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::timestamptz[], $8::text[]) AS u(e, k, f, at, h, was_at, was_h)
-WHERE v.entity = u.e AND v.key = u.k AND v.field = u.f AND v.commit_time = u.was_at AND v.value_hash IS NOT DISTINCT FROM u.was_h`,
-		r.system, w.ents, w.keys, w.fields, w.ats, w.hashes, wasAt, wasHash)
+WHERE v.entity = u.e AND v.key = u.k AND v.field = u.f AND v.commit_time = u.was_at AND v.value_hash IS NOT DISTINCT FROM u.was_h
+	AND ($9 OR v.commit_time <= u.at)`,
+		r.system, w.ents, w.keys, w.fields, w.ats, w.hashes, wasAt, wasHash, inSnapshot)
 	if err != nil {
 		r.close(ctx)
 		return err
