@@ -233,3 +233,52 @@ func TestSnapshot_OtherFlowAppliesAfterTheChunksLookup(t *testing.T) {
 		})
 	}
 }
+
+// TestBackfill_SinkWriteAfterTheChunksReadKeepsApplying: a backfill
+// (`duplex resync`) of the CRM reads a customer live; flow to-crm then
+// applies the ERP's newer e-mail (after the chunk's high watermark, so
+// the row stays in the chunk); the chunk's versions are looked up when the
+// stream reaches the watermark. The copy's value then differs from the
+// record and is taken for a write never read. On 755879c its version
+// replaced the sink's newer record, which the row still matches: the next
+// ERP write of the field waited for the CRM's capture to record a local
+// write that never happened (dead-lettered after max_wait).
+func TestBackfill_SinkWriteAfterTheChunksReadKeepsApplying(t *testing.T) {
+	ctx := context.Background()
+	key := uuid.NewString()
+	crm, _ := newPair(t, key, "old@example.com", "old@example.com")
+	var t0 time.Time
+	if err := crm.conn.QueryRow(ctx, `SELECT pg_xact_commit_timestamp(xmin) FROM accounts`).Scan(&t0); err != nil {
+		t.Fatal(err)
+	}
+	local := transform.Event{Version: 1, Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: key,
+		Pos: transform.Position{LSN: 0x100, CommitTime: t0.UTC()}, Data: map[string]any{"id": key, "email": "old@example.com"}}
+	if err := crm.rec.Record(ctx, []transform.Event{local}); err != nil {
+		t.Fatal(err)
+	}
+	// The chunk reads the row (clock_timestamp() after the low watermark).
+	var read time.Time
+	if err := crm.conn.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&read); err != nil {
+		t.Fatal(err)
+	}
+	read = read.UTC()
+	fromERP := func(lsn capture.LSN, at time.Time, email string) *transform.Tx {
+		ev := transform.Event{Version: 1, Source: "erp", Entity: "customer", Op: transform.OpUpsert, Key: key,
+			ID: transform.EventID("erp", lsn, 0), Pos: transform.Position{LSN: lsn, CommitTime: at},
+			Data: map[string]any{"id": key, "email": email}}
+		return &transform.Tx{Version: 1, Source: "erp", CommitLSN: lsn, EndLSN: lsn + 1, CommitTime: at, Xid: uint32(lsn), Last: true, Events: []transform.Event{ev}}
+	}
+	mustApply(t, crm.sink, fromERP(0x200, read.Add(time.Millisecond), "new@example.com"))
+	// The stream reaches the chunk's high watermark: its versions.
+	evs := []transform.Event{{Version: 1, Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: key,
+		Pos: transform.Position{LSN: 0x150, CommitTime: read}, Data: map[string]any{"id": key, "email": "old@example.com"}}}
+	if err := crm.rec.Lookup(ctx, "", evs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := crm.sink.Apply(ctx, []*transform.Tx{fromERP(0x300, read.Add(time.Second), "newer@example.com")}); err != nil {
+		t.Fatalf("the ERP's next write of the e-mail: %v", err)
+	}
+	if got := crm.email(t, "accounts", "id", key); got != "newer@example.com" {
+		t.Errorf("CRM holds %s, want newer@example.com", got)
+	}
+}
