@@ -54,15 +54,15 @@ func TestSnapshot_SnapshotNameImportableWhileTheCopyRuns(t *testing.T) {
 	ctx := context.Background()
 	b := newBackfillSetupWith(t, `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);
 		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 24) g;
-		ALTER DATABASE src SET idle_in_transaction_session_timeout = '1s'`, []string{"id"}, SnapshotInitial)
+		ALTER DATABASE src SET idle_in_transaction_session_timeout = '2s'`, []string{"id"}, SnapshotInitial)
 	conn, err := pgx.Connect(ctx, b.cl.DSN("src"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	// 6 chunks of 4 rows, 400 ms each: every statement of the copy comes
+	// 6 chunks of 4 rows, 800 ms each: every statement of the copy comes
 	// within the timeout, the copy as a whole does not.
-	h := &importer{conn: conn, took: 400 * time.Millisecond}
+	h := &importer{conn: conn, took: 800 * time.Millisecond}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
