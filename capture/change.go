@@ -119,6 +119,12 @@ type Change struct {
 	// partitions truncated. A table all of whose partitions were
 	// truncated is not in it.
 	Partitions map[string][]string `json:",omitempty"`
+	// RowCommitTime, for a row copied by a snapshot or backfill from a
+	// table of CommitTimes (capture/postgres Config), is the commit time
+	// of the transaction that last wrote the row
+	// (pg_xact_commit_timestamp(xmin), read with the row); nil when
+	// unknown (track_commit_timestamp off then, or the row frozen).
+	RowCommitTime *time.Time `json:",omitempty"`
 }
 
 // QualifiedTable is "schema.table".

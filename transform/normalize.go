@@ -172,6 +172,20 @@ func (m *Mapping) normalize(system string, tx *capture.TxInfo, index int, ch *ca
 			}
 		}
 		ev.Violated = violated
+		if tx.Snapshot && ch.RowCommitTime != nil {
+			// A copied row's shared values are as old as its last write
+			// until the recorded versions say otherwise (the capture's
+			// look-up of them replaces these): the age the sink into this
+			// database gives a value it never versioned.
+			for _, f := range e.SharedFields(system) {
+				if _, ok := ev.Data[f]; ok {
+					if ev.Versions == nil {
+						ev.Versions = map[string]FieldVersion{}
+					}
+					ev.Versions[f] = FieldVersion{Source: system, At: ch.RowCommitTime.UTC()}
+				}
+			}
+		}
 		if !news && !ownsKey && len(violated) == 0 {
 			return out, nil
 		}

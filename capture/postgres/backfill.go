@@ -109,6 +109,8 @@ type backfillRun struct {
 	chunk int
 	first string // queries of the first and the next chunks
 	next  string
+	// withTime: the queries read each row's commit time (CommitTimes).
+	withTime bool
 
 	phase   int // one of the phase constants
 	rows    []capture.Change
@@ -196,13 +198,18 @@ func (ss *session) pollBackfill(ctx context.Context) error {
 	if filter != "" {
 		cond = " AND (" + filter + ")"
 	}
-	first, next, err := keysetQueries(ctx, q, job.Table, key, cond, job.ChunkRows)
+	tracks, err := tracksCommitTimes(ctx, q)
+	if err != nil {
+		return fmt.Errorf("capture %s: backfill %d: %w", s.cfg.System, id, err)
+	}
+	withTime := s.cfg.CommitTimes[job.Table] && tracks
+	first, next, err := keysetQueries(ctx, q, job.Table, key, cond, job.ChunkRows, withTime)
 	if err != nil {
 		return ss.failBackfill(ctx, job, fmt.Errorf("key columns %v: %w", key, err))
 	}
 	nonce := make([]byte, 4)
 	_, _ = rand.Read(nonce)
-	b := &backfillRun{job: *job, key: key, nonce: hex.EncodeToString(nonce), first: first, next: next}
+	b := &backfillRun{job: *job, key: key, nonce: hex.EncodeToString(nonce), first: first, next: next, withTime: withTime}
 	if job.LastKey != nil {
 		b.lastKey = *job.LastKey
 	}
@@ -262,7 +269,7 @@ func (ss *session) readBackfillChunk(ctx context.Context) error {
 		_ = tx.Rollback(ctx)
 		return ss.failBackfill(ctx, &b.job, fmt.Errorf("read chunk: %w", err))
 	}
-	rows, lastKey, err := s.readChunk(r, b.job.Table, b.key)
+	rows, lastKey, err := s.readChunk(r, b.job.Table, b.key, b.withTime)
 	if err != nil {
 		_ = tx.Rollback(ctx)
 		return ss.failBackfill(ctx, &b.job, err)

@@ -109,6 +109,10 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 	if err := tx.QueryRow(ctx, `SELECT pg_export_snapshot()`).Scan(&name); err != nil {
 		return fmt.Errorf("capture %s: snapshot: export for the chunks: %w", s.cfg.System, err)
 	}
+	tracksCommits, err := tracksCommitTimes(ctx, tx)
+	if err != nil {
+		return fmt.Errorf("capture %s: snapshot: %w", s.cfg.System, err)
+	}
 	info := capture.TxInfo{System: s.cfg.System, CommitLSN: s.snap.consistent, EndLSN: s.snap.consistent, CommitTime: s.snap.at, Snapshot: true, SnapshotName: name}
 	s.setProgress(func(p *SnapshotProgress) { *p = SnapshotProgress{Running: true} })
 	chunk, total := 0, int64(0)
@@ -122,7 +126,8 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 		if err := tx.QueryRow(ctx, `SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::regclass`, quoteQualified(table)).Scan(&estimate); err != nil {
 			return fmt.Errorf("capture %s: snapshot of %s: %w", s.cfg.System, table, err)
 		}
-		first, next, err := keysetQueries(ctx, tx, table, key, "", s.cfg.SnapshotChunk)
+		withTime := s.cfg.CommitTimes[table] && tracksCommits
+		first, next, err := keysetQueries(ctx, tx, table, key, "", s.cfg.SnapshotChunk, withTime)
 		if err != nil {
 			return fmt.Errorf("capture %s: snapshot of %s: %w", s.cfg.System, table, err)
 		}
@@ -143,7 +148,7 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 			if err != nil {
 				return fmt.Errorf("capture %s: snapshot of %s: %w", s.cfg.System, table, err)
 			}
-			changes, lastKey, err := s.readChunk(r, table, key)
+			changes, lastKey, err := s.readChunk(r, table, key, withTime)
 			if err != nil {
 				return err
 			}
@@ -197,7 +202,7 @@ func (s *Source) runSnapshot(ctx context.Context, h capture.Handler) error {
 
 // readChunk decodes a page of rows as insert changes and returns the text
 // of the last row's key (its key columns' text joined by capture.JoinKey).
-func (s *Source) readChunk(r pgx.Rows, table string, key []string) ([]capture.Change, string, error) {
+func (s *Source) readChunk(r pgx.Rows, table string, key []string, withTime bool) ([]capture.Change, string, error) {
 	defer r.Close()
 	dec := NewDecoder()
 	schema, name := splitTable(table)
@@ -207,6 +212,25 @@ func (s *Source) readChunk(r pgx.Rows, table string, key []string) ([]capture.Ch
 	for r.Next() {
 		fds := r.FieldDescriptions()
 		raw := r.RawValues()
+		var committed *time.Time
+		if withTime {
+			// keysetQueries put the commit time of the row's last write
+			// after its columns.
+			n := len(fds) - 1
+			if raw[n] != nil {
+				v, err := dec.Decode(fds[n].DataTypeOID, raw[n])
+				if err != nil {
+					return nil, "", fmt.Errorf("capture %s: snapshot of %s: commit time: %w", s.cfg.System, table, err)
+				}
+				t, ok := v.(time.Time)
+				if !ok {
+					return nil, "", fmt.Errorf("capture %s: snapshot of %s: commit time: %T", s.cfg.System, table, v)
+				}
+				t = t.UTC()
+				committed = &t
+			}
+			fds, raw = fds[:n], raw[:n]
+		}
 		row := make(capture.Row, len(fds))
 		for i, fd := range fds {
 			if raw[i] == nil {
@@ -223,7 +247,7 @@ func (s *Source) readChunk(r pgx.Rows, table string, key []string) ([]capture.Ch
 			}
 		}
 		lastKey = capture.JoinKey(parts)
-		out = append(out, capture.Change{Schema: schema, Table: name, Op: capture.Insert, New: row})
+		out = append(out, capture.Change{Schema: schema, Table: name, Op: capture.Insert, New: row, RowCommitTime: committed})
 	}
 	if err := r.Err(); err != nil {
 		return nil, "", fmt.Errorf("capture %s: snapshot of %s: %w", s.cfg.System, table, err)
@@ -235,10 +259,11 @@ func (s *Source) readChunk(r pgx.Rows, table string, key []string) ([]capture.Ch
 // a table in key order: "ORDER BY a, b LIMIT n", and "WHERE (a, b) >
 // ($1::ta, $2::tb)" (a row comparison, in the order of the key columns'
 // btree operators, as ORDER BY sorts) for the page after a key. cond, when
-// set, is a further filter (SQL).
+// set, is a further filter (SQL). With commitTime each row is followed by
+// the commit time of its last write (NULL when unknown).
 func keysetQueries(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, table string, key []string, cond string, limit int) (first, next string, err error) {
+}, table string, key []string, cond string, limit int, commitTime bool) (first, next string, err error) {
 	r, err := q.Query(ctx, `SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
 		WHERE attrelid = $1::regclass AND attname = ANY($2) AND attnum > 0 AND NOT attisdropped`, quoteQualified(table), key)
 	if err != nil {
@@ -269,8 +294,13 @@ func keysetQueries(ctx context.Context, q interface {
 	if len(key) == 1 {
 		where = cols[0] + " > " + params[0]
 	}
-	first = fmt.Sprintf("SELECT * FROM %s WHERE true%s ORDER BY %s LIMIT %d", quoteQualified(table), cond, order, limit)
-	next = fmt.Sprintf("SELECT * FROM %s WHERE %s%s ORDER BY %s LIMIT %d", quoteQualified(table), where, cond, order, limit)
+	sel := "*"
+	if commitTime {
+		// Last, after the row's columns (readChunk takes it from there).
+		sel = "*, pg_xact_commit_timestamp(xmin)"
+	}
+	first = fmt.Sprintf("SELECT %s FROM %s WHERE true%s ORDER BY %s LIMIT %d", sel, quoteQualified(table), cond, order, limit)
+	next = fmt.Sprintf("SELECT %s FROM %s WHERE %s%s ORDER BY %s LIMIT %d", sel, quoteQualified(table), where, cond, order, limit)
 	return first, next, nil
 }
 
@@ -301,4 +331,16 @@ func splitTable(t string) (string, string) {
 		}
 	}
 	return "public", t
+}
+
+// tracksCommitTimes says whether the database records commit times
+// (track_commit_timestamp): pg_xact_commit_timestamp fails without.
+func tracksCommitTimes(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (bool, error) {
+	var on bool
+	if err := q.QueryRow(ctx, `SELECT current_setting('track_commit_timestamp')::bool`).Scan(&on); err != nil {
+		return false, fmt.Errorf("read track_commit_timestamp: %w", err)
+	}
+	return on, nil
 }

@@ -44,6 +44,13 @@ type Config struct {
 	// keyset pagination of snapshots and backfills ("schema.table" ->
 	// columns; one for a simple key).
 	Keys map[string][]string
+	// CommitTimes are the tables ("schema.table") whose copied rows
+	// (snapshot, backfill) carry the commit time of their last write
+	// (capture.Change.RowCommitTime): the tables of shared fields, whose
+	// never-versioned values are as old as that write, as the sink into
+	// this database takes them. Read only when the database has
+	// track_commit_timestamp on.
+	CommitTimes map[string]bool
 	// SnapshotChunk is the rows per snapshot chunk (default 500).
 	SnapshotChunk int
 	// StatusInterval is how often a standby status update is sent

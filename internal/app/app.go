@@ -436,9 +436,13 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	for _, name := range cfg.Sources() {
 		sys := cfg.Systems[name]
 		keys := map[string][]string{}
+		commitTimes := map[string]bool{}
 		for _, e := range m.Entities {
 			if e.Publishes(name) {
 				keys[e.Tables[name].QualifiedTable()] = e.Tables[name].KeyColumns()
+				if len(e.SharedFields(name)) > 0 {
+					commitTimes[e.Tables[name].QualifiedTable()] = true
+				}
 			}
 		}
 		var flows []string
@@ -448,7 +452,7 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 			}
 		}
 		src, err := pgcapture.New(pgcapture.Config{System: name, DSN: sys.DSN, Slot: sys.Slot, Publication: sys.Publication, Flows: flows,
-			Tables: snapshotOrder(cfg, m, name, cats), Keys: keys, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, SnapshotChunk: sys.SnapshotChunk, Logger: a.log})
+			Tables: snapshotOrder(cfg, m, name, cats), Keys: keys, CommitTimes: commitTimes, Snapshot: sys.Snapshot, DuplexOrigins: cfg.OriginsInto(name), ChunkSize: sys.ChunkSize, SnapshotChunk: sys.SnapshotChunk, Logger: a.log})
 		if err == nil {
 			err = src.Ensure(ctx)
 		}

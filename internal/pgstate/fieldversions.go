@@ -478,7 +478,7 @@ func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []
 		return m
 	}
 	known, since := index(then), index(now)
-	var unread recording
+	var unread, never recording
 	var was []FieldVersion // parallel to unread: the record the copy was compared with
 	for i := range events {
 		ev := &events[i]
@@ -493,6 +493,14 @@ func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []
 			id := ev.Entity + "\x00" + ev.Key + "\x00" + f
 			x, recorded := known[id]
 			if !recorded {
+				if age, ok := ev.Versions[f]; ok {
+					// Never versioned, and as old as its row's last write
+					// (the capture read that commit time with the row):
+					// recorded so here too, unless the sink recorded a
+					// version since, which stays.
+					never.add(r.Hasher, &transform.Event{Entity: ev.Entity, Key: ev.Key, Pos: transform.Position{CommitTime: age.At}}, f, v)
+					continue
+				}
 				y, later := since[id]
 				if !later {
 					continue
@@ -510,6 +518,7 @@ func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []
 			if !r.Hasher.Holds(x, v, nil) {
 				// Changed since recorded, by a write never read: the
 				// copy's time stands, here as on the other side.
+				delete(ev.Versions, f)
 				unread.add(r.Hasher, ev, f, v)
 				was = append(was, x)
 				continue
@@ -522,6 +531,27 @@ func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []
 	}
 	if err := r.recordUnread(ctx, &unread, was, snapshot != ""); err != nil {
 		return fmt.Errorf("record versions of copied values %s: %w", r.system, err)
+	}
+	if err := r.recordNever(ctx, &never); err != nil {
+		return fmt.Errorf("record versions of copied values %s: %w", r.system, err)
+	}
+	return nil
+}
+
+// recordNever records w (copied values never versioned, as old as their
+// rows' last writes) where nothing is recorded yet.
+func (r *VersionRecorder) recordNever(ctx context.Context, w *recording) error {
+	if len(w.keys) == 0 {
+		return nil
+	}
+	_, err := r.conn.Exec(ctx, `
+INSERT INTO duplex.field_versions (entity, key, field, source, commit_time, value_hash)
+SELECT DISTINCT ON (u.e, u.k, u.f) u.e, u.k, u.f, $1, u.at, u.h
+FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS u(e, k, f, at, h)
+ON CONFLICT (entity, key, field) DO NOTHING`, r.system, w.ents, w.keys, w.fields, w.ats, w.hashes)
+	if err != nil {
+		r.close(ctx)
+		return err
 	}
 	return nil
 }

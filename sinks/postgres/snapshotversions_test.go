@@ -41,10 +41,11 @@ entities:
 // system is one side of a two-way pair: its database, the sink into it,
 // and the recorder its capture uses.
 type system struct {
-	name string
-	conn *pgx.Conn
-	sink *postgres.Sink
-	rec  *pgstate.VersionRecorder
+	name    string
+	mapping *transform.Mapping
+	conn    *pgx.Conn
+	sink    *postgres.Sink
+	rec     *pgstate.VersionRecorder
 }
 
 func newSystem(t *testing.T, m *transform.Mapping, name, other, ddl string) *system {
@@ -73,7 +74,7 @@ func newSystem(t *testing.T, m *transform.Mapping, name, other, ddl string) *sys
 	}
 	rec := pgstate.NewVersionRecorder(name, cluster.DSN(db), m)
 	t.Cleanup(func() { rec.Close(context.Background()) })
-	return &system{name: name, conn: conn, sink: s, rec: rec}
+	return &system{name: name, mapping: m, conn: conn, sink: s, rec: rec}
 }
 
 // exportSnapshot is what creating the capture's slot does: the server's
@@ -102,15 +103,42 @@ func (s *system) exportSnapshot(t *testing.T) (time.Time, string) {
 	return at.UTC(), name
 }
 
-// copyOf is the copy of key with email that the system's initial snapshot
-// hands on, with the versions Lookup gives it.
+// copyOf is the copy of key that the system's initial snapshot hands on:
+// the row read in the exported snapshot with the commit time of its last
+// write (as capture/postgres reads a table of shared fields), normalized,
+// with the versions Lookup gives it.
 func (s *system) copyOf(t *testing.T, snapshot string, at time.Time, key, email string) *transform.Tx {
 	t.Helper()
+	ctx := context.Background()
 	const lsn = capture.LSN(0x5000)
-	evs := []transform.Event{{Version: 1, Source: s.name, Entity: "customer", Op: transform.OpUpsert, Key: key,
-		ID: transform.EventID(s.name, lsn, 0), Pos: transform.Position{LSN: lsn, CommitTime: at},
-		Data: map[string]any{"id": key, "email": email}}}
-	if err := s.rec.Lookup(context.Background(), snapshot, evs); err != nil {
+	table, col := "accounts", "id"
+	if s.name == "erp" {
+		table, col = "customers", "crm_id"
+	}
+	tx, err := s.conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+snapshot+"'"); err != nil {
+		t.Fatal(err)
+	}
+	var held string
+	var committed time.Time
+	if err := tx.QueryRow(ctx, `SELECT email, pg_xact_commit_timestamp(xmin) FROM `+table+` WHERE `+col+` = $1`, key).Scan(&held, &committed); err != nil {
+		t.Fatal(err)
+	}
+	_ = tx.Rollback(ctx)
+	if held != email {
+		t.Fatalf("the %s's snapshot holds %s, the test copies %s", s.name, held, email)
+	}
+	info := &capture.TxInfo{System: s.name, CommitLSN: lsn, EndLSN: lsn, CommitTime: at, Snapshot: true, SnapshotName: snapshot}
+	committed = committed.UTC()
+	ch := &capture.Change{Schema: "public", Table: table, Op: capture.Insert, New: capture.Row{col: key, "email": email}, RowCommitTime: &committed}
+	evs, err := s.mapping.Normalize(s.name, info, 0, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.rec.Lookup(ctx, snapshot, evs); err != nil {
 		t.Fatal(err)
 	}
 	return &transform.Tx{Version: 1, Source: s.name, CommitLSN: lsn, EndLSN: lsn, CommitTime: at, Last: true, Snapshot: true, Events: evs}
