@@ -20,6 +20,13 @@ import (
 // transaction committed.
 func heldCommit(t *testing.T, cl *harness.Cluster, db, sql string, hold time.Duration) {
 	t.Helper()
+	heldCommitDuring(t, cl, db, sql, hold, nil)
+}
+
+// heldCommitDuring is heldCommit that runs during (when set) once the
+// transaction waits, before the hold.
+func heldCommitDuring(t *testing.T, cl *harness.Cluster, db, sql string, hold time.Duration, during func()) {
+	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, cl.DSN(db))
 	if err != nil {
@@ -45,6 +52,9 @@ func heldCommit(t *testing.T, cl *harness.Cluster, db, sql string, hold time.Dur
 		_ = admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'`, pid).Scan(&n)
 		return n == 1
 	})
+	if during != nil {
+		during()
+	}
 	time.Sleep(hold)
 	if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
 		t.Fatal(err)
@@ -250,7 +260,13 @@ func TestStream_HandsOnATransactionOnceVisible(t *testing.T) {
 	go func() { done <- src.Stream(sctx, rec) }()
 	defer func() { cancel(); <-done }()
 
-	heldCommit(t, cl, "src", `INSERT INTO items VALUES (1, 'a'), (2, 'b')`, time.Second)
+	// A newer transaction ends while the insert waits: a new snapshot's
+	// xmax is then above the insert's ID, which only xip shows running.
+	heldCommitDuring(t, cl, "src", `INSERT INTO items VALUES (1, 'a'), (2, 'b')`, time.Second, func() {
+		if _, err := conn.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+			t.Fatal(err)
+		}
+	})
 	waitUntil(t, 20*time.Second, "the insert is handed on", func() bool { return len(rec.all()) > 0 })
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
