@@ -52,10 +52,10 @@ func TestTwoWay_WriteBackOfAnOrderDecodedBeforeItWasVisible(t *testing.T) {
 		return n == 1, "the order's commit does not wait for the synchronous standby"
 	})
 	// Keep the order invisible in the CRM while whatever duplex does with
-	// it can happen: at most 5 s (the capture waits up to 10 s for a
+	// it can happen: at most 3 s (the capture waits up to 10 s for a
 	// transaction to become visible); when the ERP got the order, until
 	// its write-back was applied to the CRM.
-	if f.heldUntilWrittenBack(t, erp, ord, 5*time.Second) {
+	if f.heldUntilWrittenBack(t, erp, ord, 3*time.Second) {
 		t.Logf("the ERP got the order while it was not visible in the CRM")
 	}
 	if _, err := crm.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
