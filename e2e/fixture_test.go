@@ -102,6 +102,8 @@ type fixtureOptions struct {
 	mapping string
 	// tls starts own clusters with ssl on and this certificate.
 	tls *harness.ServerTLS
+	// settings are postgresql.conf settings of both own clusters.
+	settings map[string]string
 }
 
 func newFixture(t *testing.T, o fixtureOptions) *fixture {
@@ -110,8 +112,8 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	n := fixtureSeq.Add(1)
 	f := &fixture{t: t, id: fmt.Sprintf("t%d", n), crm: sharedCRM, erp: sharedERP, dir: t.TempDir()}
 	if o.own || o.tls != nil {
-		f.crm = harness.NewCluster(t, harness.ClusterOptions{TLS: o.tls})
-		f.erp = harness.NewCluster(t, harness.ClusterOptions{TLS: o.tls})
+		f.crm = harness.NewCluster(t, harness.ClusterOptions{TLS: o.tls, Settings: o.settings})
+		f.erp = harness.NewCluster(t, harness.ClusterOptions{TLS: o.tls, Settings: o.settings})
 	}
 	f.crmDB, f.erpDB = "crm_"+f.id, "erp_"+f.id
 	for _, s := range []struct {

@@ -10,9 +10,12 @@
 // Origin, Begin, Insert, Update, Delete, Truncate and Commit messages, keeps
 // a relation cache, turns text-format values into exact Go values by type
 // OID (numeric becomes decimal.Decimal), and hands each transaction on in
-// chunks. It answers keepalives and reports as flushed only the LSN that the
-// caller confirmed durable (Confirm), so a crash anywhere makes the slot
-// send again whatever was not yet safe downstream.
+// chunks, the last one once a new snapshot of the database shows the
+// transaction (the walsender decodes it before the committing backend
+// leaves the proc array; visible.go). It answers keepalives and reports
+// as flushed only the LSN that the caller confirmed durable (Confirm), so a
+// crash anywhere makes the slot send again whatever was not yet safe
+// downstream.
 //
 // A mapped table may be partitioned: the changes pgoutput sends under a
 // partition's name are handed on under the mapped table's (Change.Partition
@@ -34,7 +37,9 @@
 // (publication and slot), stream.go (the replication session: keepalives,
 // status updates, flush position), pgoutput.go (decoding pgoutput messages
 // into chunks), unchanged.go (the values of unchanged TOASTed columns,
-// from the old row or read again by key), partition.go (changes of
+// from the old row or read again by key), visible.go (waiting until the
+// transaction being decoded is visible to other sessions, before a catalog
+// read for it and before it is handed on), partition.go (changes of
 // partitions routed to their mapped partitioned table, truncates of some
 // partitions told from truncates of all), decode.go (values by type OID),
 // snapshot.go (initial copy in the slot's exported snapshot, in pages by

@@ -82,6 +82,11 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		}
 		c.Tx, c.Last = ss.tx, true
 		ss.chunk = nil
+		// Handed on only once visible here (visible.go): what comes
+		// back from the other system must find it.
+		if err := ss.waitVisible(ctx); err != nil {
+			return err
+		}
 		if err := ss.resolveUnchanged(ctx, c); err != nil {
 			return err
 		}

@@ -40,9 +40,10 @@ type session struct {
 	bf       *backfillRun
 	bfPolled time.Time
 	q        *pgx.Conn
-	// visibleXid is the transaction decodeConn last found visible to
-	// other sessions (visible.go).
+	// visibleXid is the transaction waitVisible last found visible to
+	// other sessions, seen the last snapshot it read (visible.go).
 	visibleXid uint32
+	seen       *txSnapshot
 }
 
 // Stream runs one replication session until ctx ends or the connection

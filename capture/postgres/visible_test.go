@@ -20,6 +20,13 @@ import (
 // transaction committed.
 func heldCommit(t *testing.T, cl *harness.Cluster, db, sql string, hold time.Duration) {
 	t.Helper()
+	heldCommitDuring(t, cl, db, sql, hold, nil)
+}
+
+// heldCommitDuring is heldCommit that runs during (when set) once the
+// transaction waits, before the hold.
+func heldCommitDuring(t *testing.T, cl *harness.Cluster, db, sql string, hold time.Duration, during func()) {
+	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, cl.DSN(db))
 	if err != nil {
@@ -45,6 +52,9 @@ func heldCommit(t *testing.T, cl *harness.Cluster, db, sql string, hold time.Dur
 		_ = admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'`, pid).Scan(&n)
 		return n == 1
 	})
+	if during != nil {
+		during()
+	}
 	time.Sleep(hold)
 	if _, err := admin.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
 		t.Fatal(err)
@@ -181,5 +191,86 @@ func TestUnchanged_ReadAtCommitWaitsUntilVisible(t *testing.T) {
 	}
 	if got, _ := u.Value.(string); !u.Known || got != strings.Repeat("x", 10000) {
 		t.Fatalf("second update: body known %v, value %.12q…, want the first update's (xxx…)", u.Known, got)
+	}
+}
+
+// visibilityRecorder records, for each chunk it is handed, how many of the
+// rows the chunk inserted into items a new snapshot of the source shows
+// at that moment.
+type visibilityRecorder struct {
+	recorder
+	conn    *pgx.Conn
+	visible []int // per chunk handed on
+	rows    []int
+}
+
+func (r *visibilityRecorder) Chunk(ctx context.Context, c *capture.Chunk) error {
+	var ids []int64
+	for _, ch := range c.Changes {
+		if id, ok := ch.New["id"].(int64); ok {
+			ids = append(ids, id)
+		}
+	}
+	var n int
+	if err := r.conn.QueryRow(ctx, `SELECT count(*) FROM items WHERE id = ANY($1)`, ids).Scan(&n); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.visible = append(r.visible, n)
+	r.rows = append(r.rows, len(ids))
+	r.mu.Unlock()
+	return r.recorder.Chunk(ctx, c)
+}
+
+// TestStream_HandsOnATransactionOnceVisible: a transaction is handed on
+// only once a new snapshot of its database shows it. The walsender
+// decodes it as soon as its commit record is flushed, before the
+// committing backend leaves the proc array; handed on at once, its
+// changes reached the other system, whose write-back (the ERP's order
+// number for a sales order duplex inserted) came back to this database
+// while the row was not yet visible there: the update found no row, and
+// the write-back was left out as if the row had been deleted, silently
+// (TestOps_RestoreERPFromDumpThenReplay under CPU load: an order without
+// its order_no).
+func TestStream_HandsOnATransactionOnceVisible(t *testing.T) {
+	ctx := context.Background()
+	cl := syncRepCluster(t)
+	if err := cl.CreateDatabase(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Exec(ctx, "src", `CREATE TABLE items (id int PRIMARY KEY, v text)`); err != nil {
+		t.Fatal(err)
+	}
+	src, err := New(Config{System: "crm", DSN: cl.DSN("src"), Slot: "p", Publication: "p", Tables: []string{"public.items"},
+		Keys: map[string][]string{"public.items": {"id"}}, Snapshot: SnapshotNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, cl.DSN("src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rec := &visibilityRecorder{conn: conn}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- src.Stream(sctx, rec) }()
+	defer func() { cancel(); <-done }()
+
+	// A newer transaction ends while the insert waits: a new snapshot's
+	// xmax is then above the insert's ID, which only xip shows running.
+	heldCommitDuring(t, cl, "src", `INSERT INTO items VALUES (1, 'a'), (2, 'b')`, time.Second, func() {
+		if _, err := conn.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	waitUntil(t, 20*time.Second, "the insert is handed on", func() bool { return len(rec.all()) > 0 })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.visible) != 1 || rec.rows[0] != 2 || rec.visible[0] != 2 {
+		t.Fatalf("handed on %d chunks with %v rows, of which a new snapshot showed %v when handed on; want 1 chunk of 2 rows, both visible", len(rec.visible), rec.rows, rec.visible)
 	}
 }
