@@ -83,9 +83,14 @@ func (ss *session) handle(ctx context.Context, data []byte) error {
 		c.Tx, c.Last = ss.tx, true
 		ss.chunk = nil
 		// Handed on only once visible here (visible.go): what comes
-		// back from the other system must find it.
-		if err := ss.waitVisible(ctx); err != nil {
-			return err
+		// back from the other system must find it. Not a transaction of
+		// duplex's own sink: what comes back to this database about its
+		// rows is applied by that same session, whose commit returned
+		// (the rows visible) before it applies anything else.
+		if !ss.tx.Applied {
+			if err := ss.waitVisible(ctx); err != nil {
+				return err
+			}
 		}
 		if err := ss.resolveUnchanged(ctx, c); err != nil {
 			return err
