@@ -432,10 +432,12 @@ WHERE v.commit_time <= EXCLUDED.commit_time`, r.system, w.ents, w.keys, w.fields
 //
 // A shared field without any recorded version when the rows were read is
 // left unrecorded (the sink takes its age from the row's last commit).
-// When a version was recorded since (the sink wrote the row after the
-// snapshot), the copy carries it if it is of the copied value, and
-// otherwise one microsecond less, with its source: the copy is older than
-// that write and must lose to it wherever it arrives.
+// The copy carries that same age when the capture read it with the row
+// (normalizing sets it in Event.Versions; capture.Change.RowCommitTime).
+// Without it, when a version was recorded since (the sink wrote the row
+// after the snapshot), the copy carries that version if it is of the
+// copied value, and otherwise one microsecond less, with its source: the
+// copy is older than that write and must lose to it wherever it arrives.
 func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []transform.Event) error {
 	var ents, keys []string
 	for i := range events {
@@ -478,7 +480,7 @@ func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []
 		return m
 	}
 	known, since := index(then), index(now)
-	var unread, never recording
+	var unread recording
 	var was []FieldVersion // parallel to unread: the record the copy was compared with
 	for i := range events {
 		ev := &events[i]
@@ -493,12 +495,12 @@ func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []
 			id := ev.Entity + "\x00" + ev.Key + "\x00" + f
 			x, recorded := known[id]
 			if !recorded {
-				if age, ok := ev.Versions[f]; ok {
+				if _, ok := ev.Versions[f]; ok {
 					// Never versioned, and as old as its row's last write
-					// (the capture read that commit time with the row):
-					// recorded so here too, unless the sink recorded a
-					// version since, which stays.
-					never.add(r.Hasher, &transform.Event{Entity: ev.Entity, Key: ev.Key, Pos: transform.Position{CommitTime: age.At}}, f, v)
+					// (the capture read that commit time with the row).
+					// Not recorded here: the sink into this database gives
+					// the value that same age, and records it before it
+					// writes anything else into the row (resolveShared).
 					continue
 				}
 				y, later := since[id]
@@ -531,27 +533,6 @@ func (r *VersionRecorder) Lookup(ctx context.Context, snapshot string, events []
 	}
 	if err := r.recordUnread(ctx, &unread, was, snapshot != ""); err != nil {
 		return fmt.Errorf("record versions of copied values %s: %w", r.system, err)
-	}
-	if err := r.recordNever(ctx, &never); err != nil {
-		return fmt.Errorf("record versions of copied values %s: %w", r.system, err)
-	}
-	return nil
-}
-
-// recordNever records w (copied values never versioned, as old as their
-// rows' last writes) where nothing is recorded yet.
-func (r *VersionRecorder) recordNever(ctx context.Context, w *recording) error {
-	if len(w.keys) == 0 {
-		return nil
-	}
-	_, err := r.conn.Exec(ctx, `
-INSERT INTO duplex.field_versions (entity, key, field, source, commit_time, value_hash)
-SELECT DISTINCT ON (u.e, u.k, u.f) u.e, u.k, u.f, $1, u.at, u.h
-FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS u(e, k, f, at, h)
-ON CONFLICT (entity, key, field) DO NOTHING`, r.system, w.ents, w.keys, w.fields, w.ats, w.hashes)
-	if err != nil {
-		r.close(ctx)
-		return err
 	}
 	return nil
 }
