@@ -49,7 +49,8 @@ func (s *Sink) delete(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 		un, alias := keyUnnest(len(kcs), 1, "k")
 		q = fmt.Sprintf("DELETE FROM %s AS t USING unnest(%s) AS u(%s) WHERE %s", quoteTable(t), un, alias, match)
 	}
-	return s.execRows(ctx, tx, q, from, args, func(n int) string {
+	_, err := s.execRows(ctx, tx, q, from, args, func(n int) string {
 		return fmt.Sprintf("delete %d rows from %s (entity %s)", n, t.QualifiedTable(), e.Name)
 	})
+	return err
 }

@@ -12,35 +12,40 @@ import (
 
 // execRows runs a statement over rows (args holds one array per column,
 // a value per row). Normally all rows at once; in isolate mode row by row,
-// each under a savepoint, so that a failure names its row's event.
-func (s *Sink) execRows(ctx context.Context, tx pgx.Tx, sql string, rows []*pendingRow, args []any, what func(n int) string) error {
+// each under a savepoint, so that a failure names its row's event. It
+// returns the rows the statement reports it changed (the command tag).
+func (s *Sink) execRows(ctx context.Context, tx pgx.Tx, sql string, rows []*pendingRow, args []any, what func(n int) string) (int64, error) {
 	if !s.isolate || len(rows) == 1 {
-		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		tag, err := tx.Exec(ctx, sql, args...)
+		if err != nil {
 			ei := -1
 			if len(rows) == 1 {
 				ei = rows[0].ev
 			}
-			return classify(fmt.Errorf("sink %s: %s: %w", s.cfg.System, what(len(rows)), err), singleTx(rows), ei)
+			return 0, classify(fmt.Errorf("sink %s: %s: %w", s.cfg.System, what(len(rows)), err), singleTx(rows), ei)
 		}
-		return nil
+		return tag.RowsAffected(), nil
 	}
+	var changed int64
 	one := make([]any, len(args))
 	for ri, p := range rows {
 		for ci, a := range args {
 			one[ci] = a.([]*string)[ri : ri+1]
 		}
 		if _, err := tx.Exec(ctx, "SAVEPOINT duplex_row"); err != nil {
-			return classify(fmt.Errorf("sink %s: savepoint: %w", s.cfg.System, err), -1, -1)
+			return 0, classify(fmt.Errorf("sink %s: savepoint: %w", s.cfg.System, err), -1, -1)
 		}
-		if _, err := tx.Exec(ctx, sql, one...); err != nil {
+		tag, err := tx.Exec(ctx, sql, one...)
+		if err != nil {
 			_, _ = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT duplex_row")
-			return classify(fmt.Errorf("sink %s: %s: %w", s.cfg.System, what(1), err), p.tx, p.ev)
+			return 0, classify(fmt.Errorf("sink %s: %s: %w", s.cfg.System, what(1), err), p.tx, p.ev)
 		}
+		changed += tag.RowsAffected()
 		if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT duplex_row"); err != nil {
-			return classify(fmt.Errorf("sink %s: release savepoint: %w", s.cfg.System, err), -1, -1)
+			return 0, classify(fmt.Errorf("sink %s: release savepoint: %w", s.cfg.System, err), -1, -1)
 		}
 	}
-	return nil
+	return changed, nil
 }
 
 // singleTx returns the batch index of the transaction all rows come from,

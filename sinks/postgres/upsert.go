@@ -72,7 +72,8 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 		what := func(n int) string {
 			return fmt.Sprintf("upsert %d rows into %s (entity %s)", n, t.QualifiedTable(), e.Name)
 		}
-		if err := s.execRows(ctx, tx, sql, rows, args, what); err != nil {
+		changed, err := s.execRows(ctx, tx, sql, rows, args, what)
+		if err != nil {
 			if col, ok := notNullViolation(err); ok && s.staleNotNull(t, col, cols) {
 				// The table changed since the catalog was read (a NOT NULL
 				// column added, a DEFAULT dropped): read it again and
@@ -97,7 +98,8 @@ func (s *Sink) upsert(ctx context.Context, tx pgx.Tx, e *transform.Entity, b *en
 			}
 			return err
 		}
-		if !s.insertable(e, t, rows[0].row) {
+		if !s.insertable(e, t, rows[0].row) && changed < int64(len(rows)) {
+			// Some rows were not changed: equal already, or not there.
 			if err := s.checkUpdated(ctx, tx, e, t, rows); err != nil {
 				return err
 			}
@@ -189,19 +191,6 @@ func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 	if ko := e.KeyOwner(); ko != rows[0].source && ko != transform.OwnerBoth && !ownKey {
 		return nil
 	}
-	if ownKey {
-		// The target owns the key: a streamed change of a row it does
-		// not have (deleted here while the change was on its way) is
-		// left out, since the delete travels the other way too. A row
-		// copied from the other system (its snapshot or a backfill) is a
-		// row that system has and the owner does not: one the other
-		// system created (issue 11, case 10). It is refused, never
-		// created here and never dropped silently.
-		rows = slices.DeleteFunc(slices.Clone(rows), func(p *pendingRow) bool { return !p.copied })
-		if len(rows) == 0 {
-			return nil
-		}
-	}
 	match, err := s.keyMatch(t, "t", "u", "k")
 	if err != nil {
 		return err
@@ -233,12 +222,38 @@ func (s *Sink) checkUpdated(ctx context.Context, tx pgx.Tx, e *transform.Entity,
 	if len(missing) == 0 {
 		return nil
 	}
-	for _, p := range rows {
-		if p.row.Key == missing[0] && ownKey {
-			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
-				Err: fmt.Errorf("copied by %s's snapshot or a backfill, the row is not in %s: %w", p.source, s.cfg.System,
-					&transform.OwnershipError{System: p.source, Table: e.Tables[p.source].QualifiedTable(), Entity: e.Name, Key: p.row.Key, Owner: s.cfg.System, Op: "insert"})}
+	if ownKey {
+		// The target owns the key: a streamed change of a row it does
+		// not have (deleted here while the change was on its way) is
+		// left out, since the delete travels the other way too; said at
+		// INFO, with the keys, since a row not yet visible here would
+		// look the same. A row copied from the other system (its
+		// snapshot or a backfill) is a row that system has and the
+		// owner does not: one the other system created (issue 11, case
+		// 10). It is refused, never created here and never dropped
+		// silently.
+		var left []string
+		for _, k := range missing {
+			for _, p := range rows {
+				if p.row.Key != k {
+					continue
+				}
+				if p.copied {
+					return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
+						Err: fmt.Errorf("copied by %s's snapshot or a backfill, the row is not in %s: %w", p.source, s.cfg.System,
+							&transform.OwnershipError{System: p.source, Table: e.Tables[p.source].QualifiedTable(), Entity: e.Name, Key: p.row.Key, Owner: s.cfg.System, Op: "insert"})}
+				}
+				left = append(left, k)
+			}
 		}
+		if len(left) > 0 {
+			shown := left[:min(len(left), 10)]
+			s.log.Info("changes of rows this system owns and does not have were left out (deleted here while the change was on its way)",
+				slog.String("entity", e.Name), slog.String("table", t.QualifiedTable()), slog.Int("rows", len(left)), slog.Any("keys", shown))
+		}
+		return nil
+	}
+	for _, p := range rows {
 		if p.row.Key == missing[0] && len(p.row.Unknown) > 0 {
 			return &pipeline.ApplyError{Kind: pipeline.Permanent, Tx: p.tx, Event: p.ev,
 				Err: fmt.Errorf("entity %s key %s: no row in %s to update, and the change left %v unchanged (unchanged TOAST) without their values: neither the old row (REPLICA IDENTITY FULL) nor the source row, read again by key, gave them (deleted since?), so the row is not created with them NULL",
