@@ -109,16 +109,7 @@ func TestVersionRecorder_LookupInTheExportedSnapshot(t *testing.T) {
 	t2, t1 := t0.Add(time.Hour), t0.Add(2*time.Hour) // the sink's write, the copy's time
 	exec(t, conn, `INSERT INTO duplex.field_versions VALUES ('customer', 'k1', 'email', 'crm', $1, $2)`, t0, *pgstate.HashCanonical("old@example.com"))
 	// The slot's session exports the snapshot the rows are copied in.
-	exporter := connect(t, conn.Config().Database, "postgres", nil)
-	tx, err := exporter.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck
-	var snapshot string
-	if err := tx.QueryRow(ctx, `SELECT pg_export_snapshot()`).Scan(&snapshot); err != nil {
-		t.Fatal(err)
-	}
+	snapshot := exportSnapshot(t, conn)
 	// Then the sink writes newer values of the other system, and records
 	// their versions: k1 changed, k2 and k3 versioned for the first time
 	// (k3 with the value the copy holds: the sink found it as old as the
@@ -236,6 +227,25 @@ func newRecorder(t *testing.T) (*pgstate.VersionRecorder, *pgx.Conn) {
 	r := pgstate.NewVersionRecorder("crm", cluster.DSN(db), m)
 	t.Cleanup(func() { r.Close(context.Background()) })
 	return r, conn
+}
+
+// exportSnapshot is what creating a slot with EXPORT_SNAPSHOT (or the
+// copy's own transaction) does: a snapshot of conn's database, exported by
+// a transaction that stays open until the test ends.
+func exportSnapshot(t *testing.T, conn *pgx.Conn) string {
+	t.Helper()
+	ctx := context.Background()
+	exporter := connect(t, conn.Config().Database, "postgres", nil)
+	tx, err := exporter.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	var snapshot string
+	if err := tx.QueryRow(ctx, `SELECT pg_export_snapshot()`).Scan(&snapshot); err != nil {
+		t.Fatal(err)
+	}
+	return snapshot
 }
 
 // TestVersionRecorder_SameTimeLaterWins: two local writes of one shared

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/duplex-cdc/duplex/internal/pgstate"
 	"github.com/duplex-cdc/duplex/transform"
 )
@@ -72,16 +70,7 @@ func TestVersionRecorder_SnapshotReplacesARecordNewerThanTheCopy(t *testing.T) {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	t1, t2 := t0.Add(time.Hour), t0.Add(2*time.Hour) // the copy's time, the ERP's write
 	exec(t, conn, `INSERT INTO duplex.field_versions VALUES ('customer', 'k1', 'email', 'erp', $1, $2)`, t2, *pgstate.HashCanonical("erp@example.com"))
-	exporter := connect(t, conn.Config().Database, "postgres", nil)
-	tx, err := exporter.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck
-	var snapshot string
-	if err := tx.QueryRow(ctx, `SELECT pg_export_snapshot()`).Scan(&snapshot); err != nil {
-		t.Fatal(err)
-	}
+	snapshot := exportSnapshot(t, conn)
 	evs := []transform.Event{{Source: "crm", Entity: "customer", Op: transform.OpUpsert, Key: "k1",
 		Pos: transform.Position{LSN: 0x5000, CommitTime: t1}, Data: map[string]any{"id": "k1", "email": "local@example.com"}}}
 	if err := r.Lookup(ctx, snapshot, evs); err != nil {
