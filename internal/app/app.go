@@ -365,15 +365,19 @@ func Start(ctx context.Context, opts Options) (*App, error) {
 	}
 	a.bus, a.nc, a.js = bus, bus.nc, bus.js
 	js := a.js
-	if err := pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: cfg.Sources(), MaxStoreBytes: cfg.Stream.MaxStoreBytes,
-		DLQMaxAge: cfg.Stream.DLQMaxAge, Duplicates: cfg.Stream.Duplicates, Replicas: cfg.Stream.Replicas}); err != nil {
+	if err := untilPlaced(ctx, a.log, "the streams", func(ctx context.Context) error {
+		return pipeline.EnsureStreams(ctx, js, pipeline.StreamConfig{Sources: cfg.Sources(), MaxStoreBytes: cfg.Stream.MaxStoreBytes,
+			DLQMaxAge: cfg.Stream.DLQMaxAge, Duplicates: cfg.Stream.Duplicates, Replicas: cfg.Stream.Replicas})
+	}); err != nil {
 		a.Close()
 		return nil, err
 	}
 	// Objects of large changes are kept until the retention removes the
 	// messages that refer to them (never by age alone: a stalled flow
 	// must still find them).
-	if err := pipeline.EnsureLargeChanges(ctx, js, 0, cfg.Stream.Replicas); err != nil {
+	if err := untilPlaced(ctx, a.log, "the store of large changes", func(ctx context.Context) error {
+		return pipeline.EnsureLargeChanges(ctx, js, 0, cfg.Stream.Replicas)
+	}); err != nil {
 		a.Close()
 		return nil, err
 	}

@@ -432,3 +432,41 @@ func tlsOptions(n config.NATS) []nats.Option {
 	}
 	return opts
 }
+
+// placementWait bounds how long the start waits for a JetStream cluster
+// that cannot place duplex's streams and buckets yet.
+const placementWait = time.Minute
+
+// untilPlaced runs ensure (the creation or update of a stream or bucket)
+// again while JetStream answers that it cannot place it now, with a WARN
+// each time, for up to placementWait; then, or on any other error, it
+// returns the error. A cluster just started, or one whose node came back,
+// answers so until its meta leader hears from every peer (seen: "no
+// suitable peers for placement, peer offline" a moment after every node
+// reported healthy), and duplex exited at start.
+func untilPlaced(ctx context.Context, log *slog.Logger, what string, ensure func(context.Context) error) error {
+	deadline := time.Now().Add(placementWait)
+	wait := 250 * time.Millisecond
+	for {
+		err := ensure(ctx)
+		if err == nil || !placementPending(err) || time.Now().After(deadline) {
+			return err
+		}
+		log.Warn("JetStream cannot place "+what+" yet; trying again", slog.Any("error", err), slog.Duration("in", wait))
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// placementPending says whether err is JetStream answering that it cannot
+// place an asset now: JSClusterNoPeersErr (10005, "no suitable peers for
+// placement") or JSClusterNotAvailErr (10008, "JetStream system
+// temporarily unavailable"), nats-server's server/errors.json.
+func placementPending(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10005 || apiErr.ErrorCode == 10008)
+}

@@ -31,7 +31,11 @@ type leases struct {
 }
 
 func newLeases(ctx context.Context, js jetstream.JetStream, cfg *config.Config, log *slog.Logger) (*leases, error) {
-	kv, err := pipeline.EnsureLeases(ctx, js, cfg.HA.LeaseTTL, cfg.Stream.Replicas)
+	var kv jetstream.KeyValue
+	err := untilPlaced(ctx, log, "the lease bucket", func(ctx context.Context) (err error) {
+		kv, err = pipeline.EnsureLeases(ctx, js, cfg.HA.LeaseTTL, cfg.Stream.Replicas)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
